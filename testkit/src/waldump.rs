@@ -1,0 +1,125 @@
+//! Parsing `pg_waldump` output (15–18), for differential tests.
+//!
+//! Record lines look like (src/bin/pg_waldump/pg_waldump.c, `XLogDumpDisplayRecord`):
+//! `rmgr: Transaction len (rec/tot):     34/    34, tx:        735, lsn: 0/01000060, prev 0/01000028, desc: COMMIT 2025-11-21 19:00:00.123456 UTC`
+//! `tot` is `xl_tot_len`; `rec` is `tot` minus full-page-image bytes. Timestamps print in the
+//! `TZ` of the process: the helpers here run pg_waldump with `TZ=UTC`.
+
+use std::path::Path;
+
+use crate::PgInstall;
+
+/// One record line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DumpRecord {
+    /// rmgr name.
+    pub rmgr: String,
+    /// `rec` length.
+    pub rec_len: u32,
+    /// `tot` length.
+    pub tot_len: u32,
+    /// `tx:`.
+    pub xid: u32,
+    /// `lsn:` as a number.
+    pub lsn: u64,
+    /// `prev` as a number.
+    pub prev: u64,
+    /// The record type name (first word of `desc:`).
+    pub id: String,
+    /// The rest of the description.
+    pub desc: String,
+}
+
+fn parse_lsn(s: &str) -> Option<u64> {
+    let (h, l) = s.split_once('/')?;
+    Some((u64::from_str_radix(h, 16).ok()? << 32) | u64::from_str_radix(l, 16).ok()?)
+}
+
+/// Parses one record line; `None` for anything else.
+pub fn parse_line(line: &str) -> Option<DumpRecord> {
+    let rest = line.strip_prefix("rmgr: ")?;
+    let (rmgr, rest) = rest.split_once(" len (rec/tot):")?;
+    let (lens, rest) = rest.split_once(", tx:")?;
+    let (rec_len, tot_len) = lens.split_once('/')?;
+    let (tx, rest) = rest.split_once(", lsn: ")?;
+    let (lsn, rest) = rest.split_once(", prev ")?;
+    let (prev, rest) = rest.split_once(", desc: ")?;
+    let (id, desc) = rest.split_once(' ').unwrap_or((rest, ""));
+    Some(DumpRecord {
+        rmgr: rmgr.trim().to_owned(),
+        rec_len: rec_len.trim().parse().ok()?,
+        tot_len: tot_len.trim().parse().ok()?,
+        xid: tx.trim().parse().ok()?,
+        lsn: parse_lsn(lsn.trim())?,
+        prev: parse_lsn(prev.trim())?,
+        id: id.to_owned(),
+        desc: desc.trim_end().to_owned(),
+    })
+}
+
+/// Parses a whole dump.
+pub fn parse(text: &str) -> Vec<DumpRecord> {
+    text.lines().filter_map(parse_line).collect()
+}
+
+/// The transaction-end timestamp in a COMMIT/ABORT desc, as printed
+/// (`2025-11-21 19:00:00.123456 UTC`), and the prepared xid prefix if any.
+pub fn xact_time_and_xid(desc: &str) -> Option<(String, Option<u32>)> {
+    let (xid, rest) = match desc.split_once(": ") {
+        Some((x, r)) if x.bytes().all(|b| b.is_ascii_digit()) && !x.is_empty() => {
+            (x.parse().ok(), r)
+        }
+        _ => (None, desc),
+    };
+    let ts = rest.split(';').next()?.trim();
+    Some((ts.to_owned(), xid))
+}
+
+/// A key's value in a `k v; k v` desc (e.g. `redo` or `tli` of a checkpoint).
+pub fn desc_field<'a>(desc: &'a str, key: &str) -> Option<&'a str> {
+    desc.split("; ")
+        .find_map(|part| part.strip_prefix(key)?.strip_prefix(' '))
+}
+
+/// Runs this version's `pg_waldump` over `dir`, from the start of segment file `first` to the
+/// end of `last` or of valid WAL. Returns stdout, then
+/// stderr (which holds the line saying why it stopped).
+pub fn dump_dir(install: &PgInstall, dir: &Path, first: &str, last: &str) -> String {
+    let out = install
+        .command("pg_waldump")
+        .arg("-p")
+        .arg(dir)
+        .arg(first)
+        .arg(last)
+        .output()
+        .expect("run pg_waldump");
+    // pg_waldump exits non-zero at the end of valid WAL; the records printed are what counts.
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    text
+}
+
+/// Formats a `TimestampTz` (µs since 2000-01-01 UTC) as pg_waldump prints it with `TZ=UTC`.
+pub fn format_pg_timestamp(pg_micros: i64) -> String {
+    let us = pg_micros + 946_684_800_000_000;
+    let secs = us.div_euclid(1_000_000);
+    let frac = pg_micros % 1_000_000;
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    // days-to-civil (Howard Hinnant)
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{frac:06} UTC",
+        sod / 3600,
+        sod / 60 % 60,
+        sod % 60
+    )
+}

@@ -1,1 +1,10 @@
+//! # pitr: point-in-time recovery for PostgreSQL
+//!
+//! The library behind the `pitr` binary. PostgreSQL formats live in the `walfmt` crate; this
+//! crate holds the jobs (`wal inspect` for now; `stream`, `backup`, `restore` and `verify` as
+//! they land) and the CLI.
+//!
+//! Errors: each module has a `thiserror` enum; `anyhow` is used only in `main.rs`.
 
+pub mod cli;
+pub mod wal;

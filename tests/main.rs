@@ -1,4 +1,4 @@
 //! pitr's integration tests: one binary, one module per area. Tests that need PostgreSQL use
 //! `testkit` to start real servers of every installed major (all four under `CI=true`).
 
-mod differential;
+mod inspect;

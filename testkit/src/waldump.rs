@@ -123,3 +123,173 @@ pub fn format_pg_timestamp(pg_micros: i64) -> String {
         sod % 60
     )
 }
+
+/// A decoded record in neutral terms, so test crates can compare their decoder's output
+/// with `pg_waldump` without this crate depending on the decoder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OurRecord {
+    /// Start LSN.
+    pub lsn: u64,
+    /// rmgr name as pg_waldump prints it.
+    pub rmgr: String,
+    /// `xl_tot_len`.
+    pub tot_len: u32,
+    /// `xl_tot_len` minus full-page-image bytes.
+    pub rec_len: u32,
+    /// `xl_prev`.
+    pub prev: u64,
+    /// `xl_xid`.
+    pub xid: u32,
+    /// What the decoder made of it.
+    pub detail: OurDetail,
+}
+
+/// The decoded details pg_waldump also prints.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OurDetail {
+    /// Commit or abort: pg_waldump's id (`COMMIT`...), `xact_time`, and the transaction.
+    Xact {
+        /// `COMMIT`, `COMMIT_PREPARED`, `ABORT` or `ABORT_PREPARED`.
+        id: &'static str,
+        /// µs since 2000-01-01 UTC.
+        time: i64,
+        /// The transaction (the prepared one's for the prepared kinds).
+        xid: u32,
+    },
+    /// `XLOG_RESTORE_POINT`.
+    RestorePoint(String),
+    /// A checkpoint: shutdown?, redo LSN as text, timeline.
+    Checkpoint(bool, String, u32),
+    /// `XLOG_SWITCH`.
+    Switch,
+    /// `XLOG_END_OF_RECOVERY` with the new timeline.
+    EndOfRecovery(u32),
+    /// `XLOG_XACT_PREPARE`.
+    Prepare,
+    /// Not interpreted.
+    Other,
+}
+
+/// Asserts that `ours` is exactly what pg_waldump printed: the same records in the same
+/// order, with the same LSN, rmgr, lengths, prev-link and xid, and the same decoded details.
+pub fn assert_same(label: &str, ours: &[OurRecord], theirs: &[DumpRecord]) {
+    for (i, (o, t)) in ours.iter().zip(theirs).enumerate() {
+        let ctx = || format!("{label}, record #{i}: ours {o:?}\n pg_waldump {t:?}");
+        assert_eq!(
+            (o.lsn, o.rmgr.as_str(), o.tot_len, o.rec_len, o.prev, o.xid),
+            (t.lsn, t.rmgr.as_str(), t.tot_len, t.rec_len, t.prev, t.xid),
+            "{}",
+            ctx()
+        );
+        match &o.detail {
+            OurDetail::Xact { id, time, xid } => {
+                assert_eq!(*id, t.id, "{}", ctx());
+                let (ts, pxid) = xact_time_and_xid(&t.desc).unwrap_or_else(|| panic!("{}", ctx()));
+                assert_eq!(format_pg_timestamp(*time), ts, "{}", ctx());
+                if let Some(p) = pxid {
+                    assert_eq!(*xid, p, "prepared xid: {}", ctx());
+                }
+            }
+            OurDetail::RestorePoint(name) => {
+                assert_eq!(t.id, "RESTORE_POINT", "{}", ctx());
+                assert_eq!(name, &t.desc, "{}", ctx());
+            }
+            OurDetail::Checkpoint(shutdown, redo, tli) => {
+                assert_eq!(
+                    t.id,
+                    if *shutdown {
+                        "CHECKPOINT_SHUTDOWN"
+                    } else {
+                        "CHECKPOINT_ONLINE"
+                    },
+                    "{}",
+                    ctx()
+                );
+                assert_eq!(
+                    Some(redo.as_str()),
+                    desc_field(&t.desc, "redo"),
+                    "{}",
+                    ctx()
+                );
+                assert_eq!(
+                    Some(tli.to_string().as_str()),
+                    desc_field(&t.desc, "tli"),
+                    "{}",
+                    ctx()
+                );
+            }
+            OurDetail::Switch => assert_eq!(t.id, "SWITCH", "{}", ctx()),
+            OurDetail::EndOfRecovery(tli) => {
+                assert_eq!(t.id, "END_OF_RECOVERY", "{}", ctx());
+                assert_eq!(
+                    Some(tli.to_string().as_str()),
+                    desc_field(&t.desc, "tli"),
+                    "{}",
+                    ctx()
+                );
+            }
+            OurDetail::Prepare => assert_eq!(t.id, "PREPARE", "{}", ctx()),
+            OurDetail::Other => {
+                let interpreted = matches!(
+                    (t.rmgr.as_str(), t.id.as_str()),
+                    (
+                        "Transaction",
+                        "COMMIT" | "ABORT" | "COMMIT_PREPARED" | "ABORT_PREPARED" | "PREPARE"
+                    ) | (
+                        "XLOG",
+                        "SWITCH"
+                            | "RESTORE_POINT"
+                            | "CHECKPOINT_ONLINE"
+                            | "CHECKPOINT_SHUTDOWN"
+                            | "END_OF_RECOVERY"
+                    )
+                );
+                assert!(!interpreted, "not decoded: {}", ctx());
+            }
+        }
+    }
+    assert_eq!(
+        ours.len(),
+        theirs.len(),
+        "{label}: we decoded {} records, pg_waldump {}",
+        ours.len(),
+        theirs.len()
+    );
+}
+
+/// Asserts the dump contains what the workload is meant to exercise, so a differential test
+/// cannot pass vacuously.
+pub fn assert_coverage(label: &str, theirs: &[DumpRecord], seg_size: u64) {
+    assert!(theirs.len() > 500, "{label}: only {} records", theirs.len());
+    let has = |id: &str| theirs.iter().any(|t| t.id == id);
+    for id in [
+        "COMMIT",
+        "ABORT",
+        "COMMIT_PREPARED",
+        "ABORT_PREPARED",
+        "PREPARE",
+        "RESTORE_POINT",
+        "CHECKPOINT_ONLINE",
+        "SWITCH",
+    ] {
+        assert!(has(id), "{label}: workload has no {id} record");
+    }
+    assert!(
+        theirs.iter().any(|t| u64::from(t.tot_len) > seg_size),
+        "{label}: no record longer than a segment"
+    );
+    assert!(
+        theirs.iter().any(|t| t.rec_len < t.tot_len),
+        "{label}: no full-page image"
+    );
+    assert!(
+        theirs.iter().any(|t| t.desc.contains("subxacts")),
+        "{label}: no subtransactions"
+    );
+    assert!(
+        theirs
+            .iter()
+            .any(|t| t.id == "COMMIT_PREPARED" && t.desc.contains("dropped stats")),
+        "{label}: no COMMIT_PREPARED with dropped stats"
+    );
+}

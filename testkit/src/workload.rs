@@ -27,7 +27,7 @@ pub fn run(c: &Cluster, small_commits: u32) {
     ));
     // A record larger than one 1 MiB segment, and a few spanning pages.
     c.psql(
-        "SELECT pg_logical_emit_message(true, 'pitr', decode(string_agg(md5(g::text), ''), 'hex')) FROM generate_series(1, 90000) g;
+        "SELECT pg_logical_emit_message(true, 'pitr', repeat('pitr-wal ', 130000));
          SELECT pg_logical_emit_message(false, 'pitr', repeat('y', 20000));
          INSERT INTO big SELECT g, decode(string_agg(md5((g*h)::text), ''), 'hex') FROM generate_series(1, 5) g, generate_series(1, 400) h GROUP BY g;",
     );

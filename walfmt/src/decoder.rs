@@ -707,10 +707,17 @@ impl WalDecoder {
                 if raw.iter().all(|&b| b == 0) {
                     return Ok(Some(Poll::End(self.end(anchor, EndReason::Zeroed))));
                 }
-                if first && PgVersion::from_magic(hdr.magic).is_none() {
-                    return Err(self.fail(DecodeError::UnsupportedMagic {
-                        lsn: page,
-                        magic: hdr.magic,
+                if first {
+                    return Err(self.fail(match PgVersion::from_magic(hdr.magic) {
+                        Some(found) => DecodeError::VersionMismatch {
+                            lsn: page,
+                            expected: v.major(),
+                            found: found.major(),
+                        },
+                        None => DecodeError::UnsupportedMagic {
+                            lsn: page,
+                            magic: hdr.magic,
+                        },
                     }));
                 }
                 return Ok(Some(Poll::End(self.end(

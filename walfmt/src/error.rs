@@ -50,6 +50,16 @@ pub enum DecodeError {
         /// Why.
         reason: String,
     },
+    /// The first page is WAL of another PostgreSQL version than the one expected.
+    #[error("at {lsn}: WAL is from PostgreSQL {found}, expected {expected}")]
+    VersionMismatch {
+        /// Where.
+        lsn: Lsn,
+        /// Expected major.
+        expected: u32,
+        /// Found major.
+        found: u32,
+    },
     /// A segment's long header names a different system than the one expected.
     #[error("at {lsn}: WAL belongs to system {found}, expected {expected}")]
     SystemIdMismatch {
@@ -92,6 +102,7 @@ impl DecodeError {
         match self {
             DecodeError::UnsupportedMagic { lsn, .. }
             | DecodeError::BadFirstPage { lsn, .. }
+            | DecodeError::VersionMismatch { lsn, .. }
             | DecodeError::SystemIdMismatch { lsn, .. }
             | DecodeError::SizeMismatch { lsn, .. }
             | DecodeError::Misuse { lsn, .. } => *lsn,

@@ -44,6 +44,9 @@ impl WalFileName {
     /// Parses a bare file name (no directory).
     pub fn parse(name: &str, seg: WalSegSize) -> Result<WalFileName, ParseError> {
         let bad = || ParseError::FileName(name.to_owned());
+        if !name.is_ascii() {
+            return Err(bad());
+        }
         let hex8 = |s: &str| -> Option<u32> {
             (s.len() == 8 && s.bytes().all(|b| b.is_ascii_hexdigit()))
                 .then(|| u32::from_str_radix(s, 16).ok())

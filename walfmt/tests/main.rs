@@ -1,1 +1,12 @@
+//! walfmt's tests, in one binary:
+//! - `units`: names, LSNs, history files, backup_label, timestamps;
+//! - `fixtures`: committed segments from PostgreSQL 15-18 against the stored pg_waldump output
+//!   (no PostgreSQL needed);
+//! - `robustness`: property tests over random and mutated WAL (no panic, no hang, right LSN);
+//! - `differential`: fresh WAL from real servers against each version's own pg_waldump.
 
+mod common;
+mod differential;
+mod fixtures;
+mod robustness;
+mod units;

@@ -1,0 +1,589 @@
+//! `pitr wal inspect`: summaries of WAL segment files.
+//!
+//! Files are read in chunks (1 MiB) and fed to [`walfmt::Summarizer`], so memory stays small
+//! whatever the segment size. A file that directly continues the previous one (same timeline
+//! and system, next segment number, WAL not ended) joins its stream; any other starts a new
+//! stream at its segment start. lz4-frame files (magic `04 22 4D 18`) are decompressed on
+//! the fly.
+
+use std::fs::File;
+use std::io::{self, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use walfmt::page::{PageHeader, SIZE_OF_LONG_PHD};
+use walfmt::{
+    DecoderConfig, EndOfWal, Lsn, SegNo, SegmentSummary, Summarizer, TimeLineId, WalFileName,
+    WalSegSize,
+};
+
+const LZ4_FRAME_MAGIC: [u8; 4] = [0x04, 0x22, 0x4D, 0x18];
+const CHUNK: usize = 1 << 20;
+
+/// Errors that stop `wal inspect` as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum InspectError {
+    /// A file could not be opened or read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+}
+
+/// One file's summary, as printed (`--json` prints a list of these).
+#[derive(Debug, Serialize)]
+pub struct FileSummary {
+    /// The path given.
+    pub file: String,
+    /// Canonical segment name (from the page header).
+    pub segment: Option<String>,
+    /// Timeline of the first page.
+    pub timeline: Option<u32>,
+    /// Segment number.
+    pub segno: Option<u64>,
+    /// LSN of the segment's first byte.
+    pub start_lsn: Option<String>,
+    /// PostgreSQL major version (from the page magic).
+    pub pg_version: Option<u32>,
+    /// System identifier (a string: it does not fit a JSON double).
+    pub system_id: Option<String>,
+    /// `wal_segment_size` in bytes.
+    pub wal_segment_size: Option<u32>,
+    /// lz4-compressed input?
+    pub compressed: bool,
+    /// First record starting in this segment.
+    pub first_lsn: Option<String>,
+    /// Last record starting in this segment.
+    pub last_lsn: Option<String>,
+    /// End of that record.
+    pub last_end: Option<String>,
+    /// Records starting in this segment.
+    pub records: u64,
+    /// Commits (plain and prepared).
+    pub commits: u64,
+    /// Aborts (plain and prepared).
+    pub aborts: u64,
+    /// Earliest commit time (RFC 3339, UTC).
+    pub min_commit_time: Option<String>,
+    /// Latest commit time (RFC 3339, UTC).
+    pub max_commit_time: Option<String>,
+    /// Every commit and abort, in LSN order.
+    pub xacts: Vec<XactJson>,
+    /// Restore points.
+    pub restore_points: Vec<RestorePointJson>,
+    /// Checkpoints.
+    pub checkpoints: Vec<CheckpointJson>,
+    /// Timeline switches (end-of-recovery records).
+    pub timeline_switches: Vec<TimelineSwitchJson>,
+    /// LSN of an `XLOG_SWITCH` ending the segment.
+    pub switch_lsn: Option<String>,
+    /// Where valid WAL ended, if in this segment.
+    pub end_of_wal: Option<EndJson>,
+    /// Records with a valid checksum whose body could not be interpreted.
+    pub malformed_records: Vec<String>,
+    /// Why this file could not be decoded at all.
+    pub error: Option<String>,
+}
+
+/// A commit or abort.
+#[derive(Debug, Serialize)]
+pub struct XactJson {
+    /// Record start.
+    pub lsn: String,
+    /// `xact_time`, RFC 3339 UTC.
+    pub time: String,
+    /// Transaction id.
+    pub xid: u32,
+    /// `COMMIT`, `COMMIT_PREPARED`, `ABORT` or `ABORT_PREPARED`.
+    pub kind: &'static str,
+}
+
+/// A restore point.
+#[derive(Debug, Serialize)]
+pub struct RestorePointJson {
+    /// Record start.
+    pub lsn: String,
+    /// Name.
+    pub name: String,
+    /// Creation time, RFC 3339 UTC.
+    pub time: String,
+}
+
+/// A checkpoint.
+#[derive(Debug, Serialize)]
+pub struct CheckpointJson {
+    /// Record start.
+    pub lsn: String,
+    /// Redo pointer.
+    pub redo: String,
+    /// Timeline.
+    pub timeline: u32,
+    /// Previous timeline.
+    pub prev_timeline: u32,
+    /// `online` or `shutdown`.
+    pub kind: &'static str,
+    /// Checkpoint time (Unix seconds).
+    pub time_unix: i64,
+}
+
+/// A timeline switch.
+#[derive(Debug, Serialize)]
+pub struct TimelineSwitchJson {
+    /// Record start.
+    pub lsn: String,
+    /// New timeline.
+    pub timeline: u32,
+    /// Parent.
+    pub prev_timeline: u32,
+    /// When.
+    pub time: String,
+}
+
+/// Where WAL ended.
+#[derive(Debug, Serialize)]
+pub struct EndJson {
+    /// Position.
+    pub lsn: String,
+    /// Why, in words.
+    pub reason: String,
+    /// An ordinary tail (zeros, recycled page, record continued elsewhere) rather than invalid data.
+    pub clean: bool,
+}
+
+/// The result of `inspect`.
+#[derive(Debug)]
+pub struct InspectReport {
+    /// One per input file, in input order.
+    pub files: Vec<FileSummary>,
+}
+
+impl InspectReport {
+    /// The first file with invalid WAL, as one line naming file and LSN.
+    pub fn first_problem(&self) -> Option<String> {
+        self.files.iter().find_map(|f| {
+            if let Some(e) = &f.error {
+                return Some(format!("{}: {e}", f.file));
+            }
+            if let Some(end) = f.end_of_wal.as_ref().filter(|e| !e.clean) {
+                return Some(format!(
+                    "{}: invalid WAL at {}: {}",
+                    f.file, end.lsn, end.reason
+                ));
+            }
+            f.malformed_records
+                .first()
+                .map(|m| format!("{}: {m}", f.file))
+        })
+    }
+}
+
+fn empty_summary(path: &Path) -> FileSummary {
+    FileSummary {
+        file: path.display().to_string(),
+        segment: None,
+        timeline: None,
+        segno: None,
+        start_lsn: None,
+        pg_version: None,
+        system_id: None,
+        wal_segment_size: None,
+        compressed: false,
+        first_lsn: None,
+        last_lsn: None,
+        last_end: None,
+        records: 0,
+        commits: 0,
+        aborts: 0,
+        min_commit_time: None,
+        max_commit_time: None,
+        xacts: Vec::new(),
+        restore_points: Vec::new(),
+        checkpoints: Vec::new(),
+        timeline_switches: Vec::new(),
+        switch_lsn: None,
+        end_of_wal: None,
+        malformed_records: Vec::new(),
+        error: None,
+    }
+}
+
+fn end_json(e: &EndOfWal) -> EndJson {
+    EndJson {
+        lsn: e.lsn.to_string(),
+        reason: e.to_string(),
+        clean: e.is_clean(),
+    }
+}
+
+fn fill(f: &mut FileSummary, s: SegmentSummary) {
+    let l = |x: Option<Lsn>| x.map(|v| v.to_string());
+    f.first_lsn = l(s.first_lsn);
+    f.last_lsn = l(s.last_lsn);
+    f.last_end = l(s.last_end);
+    f.records = s.records;
+    f.commits = s.commits;
+    f.aborts = s.aborts;
+    f.min_commit_time = s.min_commit_time.map(|t| t.to_string());
+    f.max_commit_time = s.max_commit_time.map(|t| t.to_string());
+    f.xacts = s
+        .xacts
+        .iter()
+        .map(|x| XactJson {
+            lsn: x.lsn.to_string(),
+            time: x.time.to_string(),
+            xid: x.xid,
+            kind: x.kind.name(),
+        })
+        .collect();
+    f.restore_points = s
+        .restore_points
+        .iter()
+        .map(|r| RestorePointJson {
+            lsn: r.lsn.to_string(),
+            name: r.name.clone(),
+            time: r.time.to_string(),
+        })
+        .collect();
+    f.checkpoints = s
+        .checkpoints
+        .iter()
+        .map(|c| CheckpointJson {
+            lsn: c.lsn.to_string(),
+            redo: c.redo.to_string(),
+            timeline: c.tli.0,
+            prev_timeline: c.prev_tli.0,
+            kind: if c.shutdown { "shutdown" } else { "online" },
+            time_unix: c.time_unix,
+        })
+        .collect();
+    f.timeline_switches = s
+        .timeline_switches
+        .iter()
+        .map(|t| TimelineSwitchJson {
+            lsn: t.lsn.to_string(),
+            timeline: t.tli.0,
+            prev_timeline: t.prev_tli.0,
+            time: t.time.to_string(),
+        })
+        .collect();
+    f.switch_lsn = l(s.switch_lsn);
+    f.end_of_wal = s.end_of_wal.as_ref().map(end_json);
+    f.malformed_records = s.malformed.iter().map(|m| m.to_string()).collect();
+}
+
+/// Opens a file, transparently decompressing lz4 frames. Returns the reader and whether it
+/// was compressed.
+fn open(path: &Path) -> io::Result<(Box<dyn Read>, bool)> {
+    let mut f = BufReader::new(File::open(path)?);
+    let mut magic = [0u8; 4];
+    let n = read_full(&mut f, &mut magic)?;
+    let head = io::Cursor::new(magic[..n].to_vec());
+    let chained = head.chain(f);
+    if n == 4 && magic == LZ4_FRAME_MAGIC {
+        Ok((Box::new(lz4_flex::frame::FrameDecoder::new(chained)), true))
+    } else {
+        Ok((Box::new(chained), false))
+    }
+}
+
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+struct Identity {
+    tli: TimeLineId,
+    segno: SegNo,
+    seg: WalSegSize,
+    sysid: u64,
+    /// The file is named for a later segment than its header says: a recycled segment that
+    /// was never written after recycling. It holds no WAL of its own.
+    recycled_from: Option<SegNo>,
+}
+
+/// Reads what a segment's first (long) page header says about the file.
+fn identify(first: &[u8], path: &Path) -> Result<Identity, String> {
+    if first.len() < SIZE_OF_LONG_PHD {
+        return Err(format!("not a WAL segment: only {} bytes", first.len()));
+    }
+    let hdr = PageHeader::parse(first).ok_or("not a WAL segment: no page header")?;
+    if hdr.version().is_none() {
+        if first[..SIZE_OF_LONG_PHD].iter().all(|&b| b == 0) {
+            return Err("at 0/0: the segment is all zeros where a page header should be".into());
+        }
+        return Err(format!(
+            "not a PostgreSQL 15-18 WAL segment: page magic 0x{:04X} (expected 0xD110, 0xD113, 0xD116 or 0xD118)",
+            hdr.magic
+        ));
+    }
+    let long = hdr
+        .long
+        .ok_or("not a WAL segment: its first page has no long header")?;
+    let seg = WalSegSize::new(long.seg_size).map_err(|e| e.to_string())?;
+    if hdr.pageaddr.segment_offset(seg) != 0 {
+        return Err(format!(
+            "not the start of a segment: first page address is {}",
+            hdr.pageaddr
+        ));
+    }
+    let segno = hdr.pageaddr.segment(seg);
+    // Cross-check the file name when it is a WAL name.
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let name = name.strip_suffix(".lz4").unwrap_or(name);
+    if let Ok(WalFileName::Segment(t, s) | WalFileName::Partial(t, s)) =
+        WalFileName::parse(name, seg)
+    {
+        if s > segno {
+            return Ok(Identity {
+                tli: t,
+                segno: s,
+                seg,
+                sysid: long.sysid,
+                recycled_from: Some(segno),
+            });
+        }
+        if s != segno {
+            return Err(format!(
+                "file name says segment {} but its header says {}",
+                name,
+                walfmt::names::segment_file_name(t, segno, seg)
+            ));
+        }
+    }
+    Ok(Identity {
+        tli: hdr.tli,
+        segno,
+        seg,
+        sysid: long.sysid,
+        recycled_from: None,
+    })
+}
+
+struct Stream {
+    sum: Summarizer,
+    tli: TimeLineId,
+    seg: WalSegSize,
+    sysid: u64,
+    next: SegNo,
+    files: Vec<(usize, SegNo)>,
+}
+
+fn close(stream: Option<Stream>, out: &mut [FileSummary]) {
+    let Some(st) = stream else { return };
+    let summaries = match st.sum.finish() {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some((i, _)) = st.files.last() {
+                out[*i].error = Some(e.to_string());
+            }
+            return;
+        }
+    };
+    for s in summaries {
+        if let Some((i, _)) = st.files.iter().find(|(_, n)| *n == s.segno) {
+            fill(&mut out[*i], s);
+        }
+    }
+}
+
+/// Summarises the given files.
+pub fn inspect(paths: &[PathBuf]) -> Result<InspectReport, InspectError> {
+    let mut out: Vec<FileSummary> = paths.iter().map(|p| empty_summary(p)).collect();
+    let mut stream: Option<Stream> = None;
+    let mut buf = vec![0u8; CHUNK];
+    for (i, path) in paths.iter().enumerate() {
+        let io_err = |source| InspectError::Io {
+            path: path.clone(),
+            source,
+        };
+        let (mut reader, compressed) = open(path).map_err(io_err)?;
+        out[i].compressed = compressed;
+        let n = read_full(&mut reader, &mut buf).map_err(io_err)?;
+        let id = match identify(&buf[..n], path) {
+            Ok(id) => id,
+            Err(e) => {
+                out[i].error = Some(e);
+                continue;
+            }
+        };
+        let f = &mut out[i];
+        f.segment = Some(walfmt::names::segment_file_name(id.tli, id.segno, id.seg));
+        f.timeline = Some(id.tli.0);
+        f.segno = Some(id.segno.0);
+        f.start_lsn = id.segno.start_lsn(id.seg).map(|l| l.to_string());
+        f.system_id = Some(id.sysid.to_string());
+        f.wal_segment_size = Some(id.seg.get());
+        f.pg_version = PageHeader::parse(&buf[..n])
+            .and_then(|h| h.version())
+            .map(|v| v.major());
+        if let Some(old) = id.recycled_from {
+            f.end_of_wal = Some(EndJson {
+                lsn: f.start_lsn.clone().unwrap_or_default(),
+                reason: format!(
+                    "recycled segment: its pages still hold old WAL of segment {}",
+                    walfmt::names::segment_file_name(id.tli, old, id.seg)
+                ),
+                clean: true,
+            });
+            close(stream.take(), &mut out);
+            continue;
+        }
+
+        let continues = stream.as_ref().is_some_and(|s| {
+            s.tli == id.tli
+                && s.seg == id.seg
+                && s.sysid == id.sysid
+                && s.next == id.segno
+                && s.sum.end_of_wal().is_none()
+        });
+        if !continues {
+            close(stream.take(), &mut out);
+            let mut cfg = DecoderConfig::new(id.seg);
+            cfg.sysid = Some(id.sysid);
+            match Summarizer::new(cfg, id.segno) {
+                Ok(sum) => {
+                    stream = Some(Stream {
+                        sum,
+                        tli: id.tli,
+                        seg: id.seg,
+                        sysid: id.sysid,
+                        next: id.segno,
+                        files: Vec::new(),
+                    })
+                }
+                Err(e) => {
+                    out[i].error = Some(e.to_string());
+                    continue;
+                }
+            }
+        }
+        let Some(st) = stream.as_mut() else { continue };
+        st.files.push((i, id.segno));
+        st.next = SegNo(id.segno.0 + 1);
+        let mut total = n as u64;
+        let mut chunk_len = n;
+        loop {
+            // Never feed past the segment's size (a longer file is not a segment).
+            let room = id.seg.bytes().saturating_sub(total - chunk_len as u64) as usize;
+            let feed = chunk_len.min(room);
+            if let Err(e) = st.sum.feed(&buf[..feed]) {
+                out[i].error = Some(e.to_string());
+                break;
+            }
+            if chunk_len == 0 || st.sum.end_of_wal().is_some() {
+                break;
+            }
+            chunk_len = read_full(&mut reader, &mut buf).map_err(io_err)?;
+            total += chunk_len as u64;
+            if chunk_len == 0 {
+                break;
+            }
+        }
+        if total > id.seg.bytes() {
+            out[i].error = Some(format!(
+                "file is {total} bytes, longer than the {}-byte segment size",
+                id.seg.bytes()
+            ));
+        }
+        if out[i].error.is_some() {
+            close(stream.take(), &mut out);
+        }
+    }
+    close(stream.take(), &mut out);
+    Ok(InspectReport { files: out })
+}
+
+/// Human-readable report.
+pub fn print_text(w: &mut impl Write, report: &InspectReport, xacts: bool) -> io::Result<()> {
+    for (i, f) in report.files.iter().enumerate() {
+        if i > 0 {
+            writeln!(w)?;
+        }
+        writeln!(w, "{}", f.file)?;
+        if let Some(e) = &f.error {
+            writeln!(w, "  error:         {e}")?;
+            if f.segment.is_none() {
+                continue;
+            }
+        }
+        writeln!(
+            w,
+            "  segment:       {} (timeline {}, starts at {}){}",
+            f.segment.as_deref().unwrap_or("?"),
+            f.timeline.unwrap_or(0),
+            f.start_lsn.as_deref().unwrap_or("?"),
+            if f.compressed { ", lz4" } else { "" }
+        )?;
+        writeln!(
+            w,
+            "  cluster:       PostgreSQL {}, system {}, {} MiB segments",
+            f.pg_version.unwrap_or(0),
+            f.system_id.as_deref().unwrap_or("?"),
+            f.wal_segment_size.unwrap_or(0) >> 20
+        )?;
+        match (&f.first_lsn, &f.last_lsn) {
+            (Some(a), Some(b)) => writeln!(w, "  records:       {} ({a} .. {b})", f.records)?,
+            _ => writeln!(w, "  records:       0")?,
+        }
+        writeln!(
+            w,
+            "  transactions:  {} commits, {} aborts",
+            f.commits, f.aborts
+        )?;
+        if let (Some(a), Some(b)) = (&f.min_commit_time, &f.max_commit_time) {
+            writeln!(w, "  commit times:  {a} .. {b}")?;
+        }
+        for r in &f.restore_points {
+            writeln!(w, "  restore point: {:?} at {} ({})", r.name, r.lsn, r.time)?;
+        }
+        for c in &f.checkpoints {
+            writeln!(
+                w,
+                "  checkpoint:    {} at {} (redo {}, timeline {})",
+                c.kind, c.lsn, c.redo, c.timeline
+            )?;
+        }
+        for t in &f.timeline_switches {
+            writeln!(
+                w,
+                "  new timeline:  {} (from {}) at {}, {}",
+                t.timeline, t.prev_timeline, t.lsn, t.time
+            )?;
+        }
+        if let Some(s) = &f.switch_lsn {
+            writeln!(w, "  ends with:     WAL switch at {s}")?;
+        }
+        if let Some(e) = &f.end_of_wal {
+            let what = if e.clean {
+                "valid WAL ends"
+            } else {
+                "INVALID WAL"
+            };
+            writeln!(w, "  {what}: {}", e.reason)?;
+        }
+        for m in &f.malformed_records {
+            writeln!(w, "  malformed:     {m}")?;
+        }
+        if xacts {
+            for x in &f.xacts {
+                writeln!(
+                    w,
+                    "    {:<16} {:<15} xid {:<10} {}",
+                    x.lsn, x.kind, x.xid, x.time
+                )?;
+            }
+        }
+    }
+    Ok(())
+}

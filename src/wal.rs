@@ -371,7 +371,7 @@ fn identify(first: &[u8], path: &Path) -> Result<Identity, String> {
 }
 
 struct Stream {
-    sum: Summarizer,
+    sum: Summarizer<'static>,
     tli: TimeLineId,
     seg: WalSegSize,
     sysid: u64,

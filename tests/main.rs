@@ -1,4 +1,6 @@
 //! pitr's integration tests: one binary, one module per area. Tests that need PostgreSQL use
 //! `testkit` to start real servers of every installed major (all four under `CI=true`).
 
+#![allow(clippy::unwrap_used)] // tests panic on failure by design
+
 mod inspect;

@@ -17,6 +17,8 @@
 //!   also when a test panics. Start a cluster on the thread that will own it.
 //! - Helpers panic with the server log tail on failure: they are for tests.
 
+#![allow(clippy::unwrap_used)] // test support: panics are the error reporting
+
 pub mod waldump;
 pub mod workload;
 
@@ -589,10 +591,10 @@ impl Drop for Cluster {
             }
             let _ = child.wait();
         }
-        if std::env::var_os("PITR_KEEP_TEST_CLUSTERS").is_some() {
-            if let Some(d) = self.dir.take() {
-                eprintln!("testkit: kept {}", d.keep().display());
-            }
+        if std::env::var_os("PITR_KEEP_TEST_CLUSTERS").is_some()
+            && let Some(d) = self.dir.take()
+        {
+            eprintln!("testkit: kept {}", d.keep().display());
         }
     }
 }

@@ -25,6 +25,8 @@
 //! Checks follow PostgreSQL's `XLogReaderValidatePageHeader`, `ValidXLogRecordHeader` and
 //! `XLogDecodeNextRecord` (src/backend/access/transam/xlogreader.c).
 
+use std::borrow::Cow;
+
 use crate::error::DecodeError;
 use crate::lsn::{Lsn, TimeLineId, WalSegSize};
 use crate::page::{
@@ -282,9 +284,9 @@ enum Phase {
 
 /// The incremental decoder. See the module docs.
 #[derive(Debug)]
-pub struct WalDecoder {
+pub struct WalDecoder<'a> {
     cfg: DecoderConfig,
-    buf: Vec<u8>,
+    buf: Cow<'a, [u8]>,
     rd: usize,
     pos: Lsn,
     skip: u64,
@@ -298,7 +300,7 @@ pub struct WalDecoder {
     overwritten: Vec<Lsn>,
 }
 
-impl WalDecoder {
+impl<'a> WalDecoder<'a> {
     /// A decoder that expects input starting at `start`.
     pub fn new(cfg: DecoderConfig, start: StartAt) -> Result<Self, DecodeError> {
         let (pos, phase) = match start {
@@ -342,7 +344,7 @@ impl WalDecoder {
         }
         Ok(WalDecoder {
             cfg,
-            buf: Vec::new(),
+            buf: Cow::Borrowed(&[]),
             rd: 0,
             pos,
             skip: 0,
@@ -357,13 +359,29 @@ impl WalDecoder {
         })
     }
 
-    /// Appends input. Bytes must follow the previously fed ones without gap.
+    /// Appends input (copied). Bytes must follow the previously fed ones without gap.
     pub fn feed(&mut self, bytes: &[u8]) {
-        if self.rd > 0 && (self.rd >= self.buf.len() / 2 || self.rd > 1 << 20) {
-            self.buf.drain(..self.rd);
+        if self.rd == self.buf.len() && matches!(self.buf, Cow::Borrowed(_)) {
+            self.buf = Cow::Owned(Vec::new());
             self.rd = 0;
         }
-        self.buf.extend_from_slice(bytes);
+        let buf = self.buf.to_mut();
+        if self.rd > 0 && (self.rd >= buf.len() / 2 || self.rd > 1 << 20) {
+            buf.drain(..self.rd);
+            self.rd = 0;
+        }
+        buf.extend_from_slice(bytes);
+    }
+
+    /// Appends input without copying it when all earlier input is consumed (e.g. a whole
+    /// segment read into memory); otherwise copies like [`WalDecoder::feed`].
+    pub fn feed_borrowed(&mut self, bytes: &'a [u8]) {
+        if self.rd == self.buf.len() {
+            self.buf = Cow::Borrowed(bytes);
+            self.rd = 0;
+        } else {
+            self.feed(bytes);
+        }
     }
 
     /// Declares that no more input will come: a record left incomplete ends decoding with
@@ -436,8 +454,10 @@ impl WalDecoder {
     }
 
     /// Decodes the next record, if the input holds it.
+    #[inline]
     pub fn poll(&mut self) -> Result<Poll<'_>, DecodeError> {
         let blcksz = u64::from(self.cfg.blcksz);
+        let page_mask = blcksz - 1;
         loop {
             match self.phase {
                 Phase::Ended(e) => return Ok(Poll::End(e)),
@@ -461,13 +481,13 @@ impl WalDecoder {
             if matches!(self.phase, Phase::SwitchPadding) {
                 self.phase = Phase::RecordStart;
             }
-            if self.pos.0 % blcksz == 0 {
+            if self.pos.0 & page_mask == 0 {
                 match self.page_header()? {
                     Some(p) => return Ok(p),
                     None => continue,
                 }
             }
-            let page_left = (blcksz - self.pos.0 % blcksz) as usize;
+            let page_left = (blcksz - (self.pos.0 & page_mask)) as usize;
             match self.phase {
                 Phase::SkipCont { remaining } => {
                     let Some(rem) = remaining else {
@@ -591,6 +611,7 @@ impl WalDecoder {
     }
 
     /// Header checks of `ValidXLogRecordHeader`. Returns the reason to stop, if any.
+    #[inline]
     fn check_header(&self, start: Lsn, hdr: &RecordHeader) -> Option<EndReason> {
         if !is_valid_rmid(hdr.rmid) {
             return Some(EndReason::InvalidRmgr { rmid: hdr.rmid });
@@ -610,6 +631,7 @@ impl WalDecoder {
 
     /// Verifies the CRC of a complete record and returns it. `in_buf`: the record is
     /// `buf[from..from+len]` and still unconsumed; otherwise it is `rec_buf`.
+    #[inline(always)]
     fn finish_record(
         &mut self,
         start: Lsn,
@@ -648,7 +670,13 @@ impl WalDecoder {
             self.phase = Phase::SwitchPadding;
         } else {
             let aligned = end.maxalign().unwrap_or(end);
-            self.skip = aligned.0 - end.0;
+            let pad = (aligned.0 - end.0) as usize;
+            // Consume the alignment padding now when it is there (the common case).
+            if in_buf && self.avail() >= pad {
+                self.consume(pad);
+            } else {
+                self.skip = pad as u64;
+            }
             self.phase = Phase::RecordStart;
         }
         let data: &[u8] = if in_buf {
@@ -770,17 +798,17 @@ impl WalDecoder {
                 },
             ))));
         }
-        if let Some(prev) = self.tli {
-            if hdr.tli < prev {
-                return Ok(Some(Poll::End(self.end(
-                    anchor,
-                    EndReason::TimelineWentBack {
-                        found: hdr.tli,
-                        previous: prev,
-                        page,
-                    },
-                ))));
-            }
+        if let Some(prev) = self.tli
+            && hdr.tli < prev
+        {
+            return Ok(Some(Poll::End(self.end(
+                anchor,
+                EndReason::TimelineWentBack {
+                    found: hdr.tli,
+                    previous: prev,
+                    page,
+                },
+            ))));
         }
         self.tli = Some(hdr.tli);
         self.seen_page = true;

@@ -21,6 +21,7 @@
 //! segment is reported as an unsupported magic.
 
 pub mod backup_label;
+pub mod crc;
 pub mod decoder;
 pub mod error;
 pub mod history;

@@ -21,13 +21,13 @@ impl Lsn {
 
     /// The segment holding this byte.
     pub fn segment(self, seg: WalSegSize) -> SegNo {
-        SegNo(self.0 / seg.bytes())
+        SegNo(self.0 >> seg.shift())
     }
 
     /// The segment holding the byte *before* this position (PostgreSQL's `XLByteToPrevSeg`),
     /// which is the right segment for an end pointer.
     pub fn prev_segment(self, seg: WalSegSize) -> SegNo {
-        SegNo(self.0.saturating_sub(1) / seg.bytes())
+        SegNo(self.0.saturating_sub(1) >> seg.shift())
     }
 
     /// Offset of this byte within its segment.
@@ -99,7 +99,7 @@ pub struct SegNo(pub u64);
 impl SegNo {
     /// LSN of the first byte of this segment, or `None` on overflow.
     pub fn start_lsn(self, seg: WalSegSize) -> Option<Lsn> {
-        self.0.checked_mul(seg.bytes()).map(Lsn)
+        (self.0 <= u64::MAX >> seg.shift()).then(|| Lsn(self.0 << seg.shift()))
     }
 }
 
@@ -127,6 +127,11 @@ impl WalSegSize {
     /// Size in bytes.
     pub fn bytes(self) -> u64 {
         u64::from(self.0)
+    }
+
+    /// log2 of the size.
+    pub fn shift(self) -> u32 {
+        self.0.trailing_zeros()
     }
 
     /// Size in bytes, as `u32`.

@@ -139,10 +139,11 @@ pub fn rmgr_name(rmid: u8) -> String {
 }
 
 /// The CRC-32C of a complete record, as PostgreSQL computes it.
+#[inline]
 pub fn record_crc(rec: &[u8]) -> u32 {
     let body = rec.get(SIZE_OF_XLOG_RECORD..).unwrap_or(&[]);
     let head = rec.get(..20).unwrap_or(rec);
-    crc32c::crc32c_append(crc32c::crc32c(body), head)
+    crate::crc::two_part(0, body, head)
 }
 
 /// The fixed record header.
@@ -264,6 +265,19 @@ impl<'a> Record<'a> {
         };
         let rec = self.data;
         let tot = (self.header.tot_len as usize).min(rec.len());
+        // Fast path: no block references, short main data (every commit record).
+        if tot >= SIZE_OF_XLOG_RECORD + 2
+            && rec[SIZE_OF_XLOG_RECORD] == XLR_BLOCK_ID_DATA_SHORT
+            && SIZE_OF_XLOG_RECORD + 2 + rec[SIZE_OF_XLOG_RECORD + 1] as usize == tot
+        {
+            let main_len = rec[SIZE_OF_XLOG_RECORD + 1] as usize;
+            return Ok(BlockLayout {
+                blocks: 0,
+                fpi_len: 0,
+                main_off: tot - main_len,
+                main_len,
+            });
+        }
         let mut off = SIZE_OF_XLOG_RECORD;
         let mut remaining = tot
             .checked_sub(SIZE_OF_XLOG_RECORD)

@@ -15,6 +15,16 @@ use crate::page::PgVersion;
 use crate::record::{Decoded, Record, RecordFormatError, XactKind};
 use crate::time::PgTimestamp;
 
+/// Cheap pre-filter: can [`Record::decode`] return anything but `Other` for this record?
+#[inline]
+fn interesting(rmid: u8, info: u8) -> bool {
+    match rmid {
+        0 => !matches!(info & 0xF0, 0x20 | 0x30 | 0x60 | 0x80 | 0xA0 | 0xB0),
+        1 => matches!(info & 0x70, 0x00 | 0x10 | 0x20 | 0x30 | 0x40),
+        _ => false,
+    }
+}
+
 /// One transaction end, as recovery targets see it.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct XactEntry {
@@ -137,6 +147,9 @@ impl SegmentSummary {
         }
         self.last_lsn = Some(rec.lsn);
         self.last_end = Some(rec.end);
+        if !interesting(rec.header.rmid, rec.header.info) {
+            return;
+        }
         let decoded = match rec.decode() {
             Ok(d) => d,
             Err(e) => {
@@ -194,14 +207,16 @@ impl SegmentSummary {
 /// Summarises a run of consecutive segments decoded as one stream, so records crossing
 /// segment boundaries are reassembled and CRC-checked. Feed the segments in order.
 #[derive(Debug)]
-pub struct Summarizer {
-    dec: WalDecoder,
+pub struct Summarizer<'a> {
+    dec: WalDecoder<'a>,
     seg: WalSegSize,
-    summaries: BTreeMap<SegNo, SegmentSummary>,
+    /// The segment records are currently landing in (the hot path avoids the map).
+    current: SegmentSummary,
+    done: BTreeMap<SegNo, SegmentSummary>,
     end: Option<EndOfWal>,
 }
 
-impl Summarizer {
+impl<'a> Summarizer<'a> {
     /// Starts at the beginning of segment `first`.
     pub fn new(cfg: DecoderConfig, first: SegNo) -> Result<Self, DecodeError> {
         let start = first.start_lsn(cfg.seg_size).ok_or(DecodeError::Misuse {
@@ -209,29 +224,52 @@ impl Summarizer {
             reason: "segment number out of range",
         })?;
         let dec = WalDecoder::new(cfg, StartAt::SegmentStart(start))?;
-        let mut summaries = BTreeMap::new();
-        summaries.insert(first, SegmentSummary::new(first));
         Ok(Summarizer {
             dec,
             seg: cfg.seg_size,
-            summaries,
+            current: SegmentSummary::new(first),
+            done: BTreeMap::new(),
             end: None,
         })
     }
 
-    /// Feeds the next bytes and summarises every record they complete.
+    /// Feeds the next bytes (copied) and summarises every record they complete.
     pub fn feed(&mut self, bytes: &[u8]) -> Result<(), DecodeError> {
         let from = self.dec.fed_up_to();
         self.dec.feed(bytes);
+        self.note_fed(from);
+        self.drain()
+    }
+
+    /// Like [`Summarizer::feed`], without copying when possible.
+    pub fn feed_borrowed(&mut self, bytes: &'a [u8]) -> Result<(), DecodeError> {
+        let from = self.dec.fed_up_to();
+        self.dec.feed_borrowed(bytes);
+        self.note_fed(from);
+        self.drain()
+    }
+
+    /// Every segment fed gets a summary, even one where no record starts.
+    fn note_fed(&mut self, from: Lsn) {
         let to = self.dec.fed_up_to();
         if to > from {
             for s in from.segment(self.seg).0..=to.prev_segment(self.seg).0 {
-                self.summaries
-                    .entry(SegNo(s))
-                    .or_insert_with(|| SegmentSummary::new(SegNo(s)));
+                if s != self.current.segno.0 {
+                    self.done
+                        .entry(SegNo(s))
+                        .or_insert_with(|| SegmentSummary::new(SegNo(s)));
+                }
             }
         }
-        self.drain()
+    }
+
+    fn switch_to(&mut self, segno: SegNo) {
+        let next = self
+            .done
+            .remove(&segno)
+            .unwrap_or_else(|| SegmentSummary::new(segno));
+        let prev = std::mem::replace(&mut self.current, next);
+        self.done.insert(prev.segno, prev);
     }
 
     fn drain(&mut self) -> Result<(), DecodeError> {
@@ -242,19 +280,25 @@ impl Summarizer {
             match self.dec.poll()? {
                 Poll::Record(rec) => {
                     let segno = rec.lsn.segment(self.seg);
-                    self.summaries
-                        .entry(segno)
-                        .or_insert_with(|| SegmentSummary::new(segno))
-                        .observe(&rec);
+                    if segno != self.current.segno {
+                        // Not `self.switch_to`: `rec` borrows the decoder.
+                        let next = self
+                            .done
+                            .remove(&segno)
+                            .unwrap_or_else(|| SegmentSummary::new(segno));
+                        let prev = std::mem::replace(&mut self.current, next);
+                        self.done.insert(prev.segno, prev);
+                    }
+                    self.current.observe(&rec);
                 }
                 Poll::NeedMore => return Ok(()),
                 Poll::End(e) => {
                     self.end = Some(e);
                     let segno = e.lsn.segment(self.seg);
-                    self.summaries
-                        .entry(segno)
-                        .or_insert_with(|| SegmentSummary::new(segno))
-                        .end_of_wal = Some(e);
+                    if segno != self.current.segno {
+                        self.switch_to(segno);
+                    }
+                    self.current.end_of_wal = Some(e);
                     return Ok(());
                 }
             }
@@ -265,7 +309,9 @@ impl Summarizer {
     pub fn finish(mut self) -> Result<Vec<SegmentSummary>, DecodeError> {
         self.dec.finish();
         self.drain()?;
-        Ok(self.summaries.into_values().collect())
+        let cur = self.current;
+        self.done.insert(cur.segno, cur);
+        Ok(self.done.into_values().collect())
     }
 
     /// The PostgreSQL version, once known.
@@ -292,7 +338,7 @@ pub fn summarize_segment(
     bytes: &[u8],
 ) -> Result<SegmentSummary, DecodeError> {
     let mut s = Summarizer::new(cfg, segno)?;
-    s.feed(bytes)?;
+    s.feed_borrowed(bytes)?;
     let mut all = s.finish()?;
     let mut out = all
         .iter()

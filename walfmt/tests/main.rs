@@ -5,6 +5,8 @@
 //! - `robustness`: property tests over random and mutated WAL (no panic, no hang, right LSN);
 //! - `differential`: fresh WAL from real servers against each version's own pg_waldump.
 
+#![allow(clippy::unwrap_used)] // tests panic on failure by design
+
 mod common;
 mod differential;
 mod fixtures;

@@ -5,6 +5,8 @@
 //! Usage: `cargo run -p testkit --bin make-fixtures [-- OUTDIR]` (default `testdata/wal`);
 //! `scripts/make-fixtures.sh` wraps it.
 
+#![allow(clippy::unwrap_used)] // a fixture generator: panics are the error reporting
+
 use std::fmt::Write as _;
 use std::fs;
 use std::io::Write;

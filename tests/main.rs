@@ -3,4 +3,5 @@
 
 #![allow(clippy::unwrap_used)] // tests panic on failure by design
 
+mod harness;
 mod inspect;

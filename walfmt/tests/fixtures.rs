@@ -323,7 +323,10 @@ fn switch_record_ending_exactly_at_a_page_boundary() {
     // switch's end on the page boundary: pad with an XLOG_NOOP carrying main data.
     let switch_at = page_end - 24;
     let noop_len = switch_at - pos;
-    assert!(noop_len > 29 + 255 && noop_len % 8 == 0, "{noop_len}");
+    assert!(
+        noop_len > 29 + 255 && noop_len.is_multiple_of(8),
+        "{noop_len}"
+    );
     let noop = craft_record(0, 0x20, all[k - 1].lsn, &vec![7u8; noop_len - 29]);
     assert_eq!(noop.len(), noop_len);
     bytes[pos..pos + noop.len()].copy_from_slice(&noop);

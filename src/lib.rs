@@ -7,4 +7,5 @@
 //! Errors: each module has a `thiserror` enum; `anyhow` is used only in `main.rs`.
 
 pub mod cli;
+pub mod replication;
 pub mod wal;

@@ -320,7 +320,7 @@ fn identify(first: &[u8], path: &Path) -> Result<Identity, String> {
     let hdr = PageHeader::parse(first).ok_or("not a WAL segment: no page header")?;
     if hdr.version().is_none() {
         if first[..SIZE_OF_LONG_PHD].iter().all(|&b| b == 0) {
-            return Err("at 0/0: the segment is all zeros where a page header should be".into());
+            return Err("the file begins with zeros where the first page header should be (a preallocated segment never written?)".into());
         }
         return Err(format!(
             "not a PostgreSQL 15-18 WAL segment: page magic 0x{:04X} (expected 0xD110, 0xD113, 0xD116 or 0xD118)",
@@ -361,8 +361,14 @@ fn identify(first: &[u8], path: &Path) -> Result<Identity, String> {
             ));
         }
     }
+    // The first segment of a new timeline starts with pages copied from the parent timeline:
+    // the file name, when it is a WAL name, says which timeline the file belongs to.
+    let tli = match WalFileName::parse(name, seg) {
+        Ok(WalFileName::Segment(t, _) | WalFileName::Partial(t, _)) => t,
+        _ => hdr.tli,
+    };
     Ok(Identity {
-        tli: hdr.tli,
+        tli,
         segno,
         seg,
         sysid: long.sysid,
@@ -376,6 +382,8 @@ struct Stream {
     seg: WalSegSize,
     sysid: u64,
     next: SegNo,
+    /// The last file was fed whole (a full segment): the next one may continue the stream.
+    complete: bool,
     files: Vec<(usize, SegNo)>,
 }
 
@@ -445,6 +453,7 @@ pub fn inspect(paths: &[PathBuf]) -> Result<InspectReport, InspectError> {
                 && s.seg == id.seg
                 && s.sysid == id.sysid
                 && s.next == id.segno
+                && s.complete
                 && s.sum.end_of_wal().is_none()
         });
         if !continues {
@@ -459,6 +468,7 @@ pub fn inspect(paths: &[PathBuf]) -> Result<InspectReport, InspectError> {
                         seg: id.seg,
                         sysid: id.sysid,
                         next: id.segno,
+                        complete: false,
                         files: Vec::new(),
                     })
                 }
@@ -490,9 +500,26 @@ pub fn inspect(paths: &[PathBuf]) -> Result<InspectReport, InspectError> {
                 break;
             }
         }
+        // Count what was not fed (after the end of WAL) to check the file's size.
+        loop {
+            let n = read_full(&mut reader, &mut buf).map_err(io_err)?;
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+        }
+        let partial = path
+            .to_str()
+            .is_some_and(|p| p.ends_with(".partial") || p.ends_with(".partial.lz4"));
+        st.complete = total == id.seg.bytes();
         if total > id.seg.bytes() {
             out[i].error = Some(format!(
                 "file is {total} bytes, longer than the {}-byte segment size",
+                id.seg.bytes()
+            ));
+        } else if total < id.seg.bytes() && !partial {
+            out[i].error = Some(format!(
+                "truncated segment file: {total} of {} bytes",
                 id.seg.bytes()
             ));
         }

@@ -65,19 +65,37 @@ fn clusters_of_every_major_start_answer_and_vanish() {
     }
 }
 
+/// Alive and not a zombie.
+fn pid_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
 #[test]
 fn a_panicking_test_leaves_no_postmaster() {
     let install = PgInstall::for_tests().remove(0);
-    let (tx, rx) = std::sync::mpsc::channel();
-    let r = std::thread::spawn(move || {
-        let c = Cluster::start(&install, ClusterOptions::default());
-        tx.send(c.data_dir().to_path_buf()).unwrap();
-        panic!("test failure inside a cluster's scope");
+    // Checked on the thread that owns the cluster, after the unwind and before the thread
+    // exits: this is `Drop` at work, not the parent-death signal.
+    std::thread::spawn(move || {
+        let mut seen = None;
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let c = Cluster::start(&install, ClusterOptions::default());
+            seen = c.postmaster_pid().map(|p| (p, c.data_dir().to_path_buf()));
+            assert!(pid_alive(seen.as_ref().unwrap().0));
+            panic!("test failure inside a cluster's scope");
+        }));
+        assert!(r.is_err());
+        let (pid, data) = seen.unwrap();
+        assert!(!pid_alive(pid), "postmaster {pid} survived a panic");
+        assert!(!postmaster_running(&data));
     })
-    .join();
-    assert!(r.is_err());
-    let data = rx.recv().unwrap();
-    assert!(!postmaster_running(&data), "postmaster survived a panic");
+    .join()
+    .unwrap();
 }
 
 #[test]

@@ -279,7 +279,7 @@ fn bad_input_gives_one_clear_line() {
         (write_tmp(tmp.path(), "short", b"abc"), "not a WAL segment"),
         (
             write_tmp(tmp.path(), "000000010000000000000009", &vec![0u8; 1 << 20]),
-            "all zeros",
+            "begins with zeros",
         ),
     ];
     for (path, want) in cases {
@@ -366,4 +366,90 @@ fn help_explains() {
         text.contains("--json") && text.contains("lz4") && text.contains("Exits 1"),
         "{text}"
     );
+}
+
+#[test]
+fn truncated_files_fail_unless_partial() {
+    let tmp = tempfile::tempdir().unwrap();
+    let files = fixture_segments(17);
+    let name = files[0]
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .trim_end_matches(".lz4")
+        .to_owned();
+    let seg = unlz4(&files[0]);
+    let cut = write_tmp(tmp.path(), &name, &seg[..300_000]);
+    let out = pitr(&["wal", "inspect", cut.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("truncated segment file: 300000 of 1048576 bytes") && err.contains(&name),
+        "{err}"
+    );
+    // A .partial may be short: it is a segment still being written.
+    let part = write_tmp(tmp.path(), &format!("{name}.partial"), &seg[..300_000]);
+    let out = pitr(&["wal", "inspect", part.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A truncated file does not run on into the next one.
+    let next = files[1]
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .trim_end_matches(".lz4")
+        .to_owned();
+    let n = write_tmp(tmp.path(), &next, &unlz4(&files[1]));
+    let (j, out) = inspect_json(&[cut, n]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        j[1]["error"].is_null() && j[1]["end_of_wal"]["clean"] != false,
+        "{}",
+        j[1]
+    );
+}
+
+#[test]
+fn first_segment_of_a_new_timeline_is_named_by_its_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let files = fixture_segments(16);
+    // The same bytes filed under timeline 2 (as PostgreSQL does at promotion).
+    let renamed: Vec<PathBuf> = files[..2]
+        .iter()
+        .map(|f| {
+            let n = f
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .trim_end_matches(".lz4");
+            write_tmp(tmp.path(), &format!("00000002{}", &n[8..]), &unlz4(f))
+        })
+        .collect();
+    let (j, out) = inspect_json(&renamed);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(j[0]["timeline"], 2);
+    assert!(j[0]["segment"].as_str().unwrap().starts_with("00000002"));
+    // Decoded as one stream: no record is left unchecked at the boundary.
+    assert!(j[0]["end_of_wal"].is_null(), "{}", j[0]["end_of_wal"]);
+}
+
+#[test]
+fn a_header_in_the_last_possible_segment_is_an_error_not_a_panic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut seg = unlz4(&fixture_segments(15)[0]);
+    seg[8..16].copy_from_slice(&0xFFFF_FFFF_FFF0_0000u64.to_le_bytes());
+    let p = write_tmp(tmp.path(), "odd-name", &seg);
+    let out = pitr(&["wal", "inspect", p.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("last possible WAL segment"));
 }

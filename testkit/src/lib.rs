@@ -400,10 +400,17 @@ impl Cluster {
                     panic!("postgres exited during start ({status}):\n{last_log}");
                 }
                 let pid = fs::read_to_string(self.data.join("postmaster.pid")).unwrap_or_default();
-                if pid
+                // Trust the pid file only once it is this postmaster's (a killed predecessor
+                // can leave one saying "ready").
+                let ours = pid
                     .lines()
-                    .nth(7)
-                    .is_some_and(|s| matches!(s.trim(), "ready" | "standby"))
+                    .next()
+                    .is_some_and(|l| l.trim() == child.id().to_string());
+                if ours
+                    && pid
+                        .lines()
+                        .nth(7)
+                        .is_some_and(|s| matches!(s.trim(), "ready" | "standby"))
                 {
                     self.child = Some(child);
                     return;
@@ -569,6 +576,11 @@ impl Cluster {
         self.launch();
     }
 
+    /// The postmaster's process id, while it runs.
+    pub fn postmaster_pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Whether the postmaster is running.
     pub fn is_running(&mut self) -> bool {
         self.child
@@ -603,11 +615,18 @@ impl Drop for Cluster {
 /// no postmaster behind. Runs after the uid change, so the setting survives it.
 #[allow(unsafe_code)]
 fn die_with_parent(cmd: &mut Command) {
-    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    let parent = std::process::id();
+    // SAFETY: prctl and getppid are async-signal-safe and touch no memory of the parent.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            // If the parent died between fork and prctl, no signal will ever come.
+            if libc::getppid() as u32 != parent {
+                return Err(std::io::Error::other(
+                    "parent exited before the postmaster started",
+                ));
             }
             Ok(())
         });

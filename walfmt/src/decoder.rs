@@ -87,9 +87,12 @@ pub enum EndReason {
         /// The page address found.
         found: Lsn,
     },
-    /// The input stopped in the middle of a record or header ([`WalDecoder::finish`]); the
-    /// rest may come in the next segment or message.
-    InputEnded,
+    /// The input stopped ([`WalDecoder::finish`]) before the next complete record; the rest
+    /// may come in the next segment or message.
+    InputEnded {
+        /// The input ends inside a record (rather than before one, or in switch padding).
+        mid_record: bool,
+    },
     /// A record length below the 24-byte header size.
     InvalidRecordLength {
         /// The length found.
@@ -180,7 +183,7 @@ impl EndOfWal {
     pub fn is_clean(&self) -> bool {
         matches!(
             self.reason,
-            EndReason::Zeroed | EndReason::RecycledPage { .. } | EndReason::InputEnded
+            EndReason::Zeroed | EndReason::RecycledPage { .. } | EndReason::InputEnded { .. }
         )
     }
 }
@@ -196,7 +199,10 @@ impl std::fmt::Display for EndOfWal {
                     "end of WAL at {at}: recycled page (page address {found})"
                 )
             }
-            EndReason::InputEnded => write!(f, "end of input at {at}, inside a record"),
+            EndReason::InputEnded { mid_record: true } => {
+                write!(f, "end of input inside the record at {at}")
+            }
+            EndReason::InputEnded { mid_record: false } => write!(f, "end of input at {at}"),
             EndReason::InvalidRecordLength { len } => {
                 write!(
                     f,
@@ -336,6 +342,12 @@ impl<'a> WalDecoder<'a> {
                 (lsn, Phase::RecordStart)
             }
         };
+        if pos.0 >= Self::limit(cfg.seg_size) {
+            return Err(DecodeError::Misuse {
+                lsn: pos,
+                reason: "start is in the last possible WAL segment",
+            });
+        }
         if !cfg.blcksz.is_power_of_two() || !(1024..=65536).contains(&cfg.blcksz) {
             return Err(DecodeError::Misuse {
                 lsn: pos,
@@ -359,8 +371,21 @@ impl<'a> WalDecoder<'a> {
         })
     }
 
+    /// The highest LSN input may reach: the start of the last segment below 2^64 (a segment
+    /// there could not end), so position arithmetic never overflows.
+    fn limit(seg: WalSegSize) -> u64 {
+        u64::MAX - seg.bytes() + 1
+    }
+
+    /// How many of `n` more bytes fit below [`WalDecoder::limit`].
+    fn room(&self, n: usize) -> usize {
+        let left = Self::limit(self.cfg.seg_size).saturating_sub(self.fed_up_to().0);
+        n.min(usize::try_from(left).unwrap_or(usize::MAX))
+    }
+
     /// Appends input (copied). Bytes must follow the previously fed ones without gap.
     pub fn feed(&mut self, bytes: &[u8]) {
+        let bytes = &bytes[..self.room(bytes.len())];
         if self.rd == self.buf.len() && matches!(self.buf, Cow::Borrowed(_)) {
             self.buf = Cow::Owned(Vec::new());
             self.rd = 0;
@@ -376,6 +401,7 @@ impl<'a> WalDecoder<'a> {
     /// Appends input without copying it when all earlier input is consumed (e.g. a whole
     /// segment read into memory); otherwise copies like [`WalDecoder::feed`].
     pub fn feed_borrowed(&mut self, bytes: &'a [u8]) {
+        let bytes = &bytes[..self.room(bytes.len())];
         if self.rd == self.buf.len() {
             self.buf = Cow::Borrowed(bytes);
             self.rd = 0;
@@ -604,7 +630,8 @@ impl<'a> WalDecoder<'a> {
     fn need_more(&mut self) -> Poll<'static> {
         if self.input_done {
             let at = self.record_anchor();
-            Poll::End(self.end(at, EndReason::InputEnded))
+            let mid_record = matches!(self.phase, Phase::InRecord { .. }) || self.avail() > 0;
+            Poll::End(self.end(at, EndReason::InputEnded { mid_record }))
         } else {
             Poll::NeedMore
         }
@@ -712,10 +739,15 @@ impl<'a> WalDecoder<'a> {
             return Ok(Some(self.need_more()));
         }
         let raw = &self.buf[self.rd..self.rd + hsize];
-        // `hsize` bytes are available, and a long header is only demanded at offset 0.
-        let Some(hdr) = PageHeader::parse(raw) else {
+        // Short fields always; long fields only where a long header belongs (segment start).
+        // A long-header flag elsewhere is caught by the flag check below, never by waiting
+        // for bytes that are not part of this header.
+        let Some(mut hdr) = PageHeader::parse_short(raw) else {
             return Ok(Some(self.need_more()));
         };
+        if seg_off == 0 {
+            hdr = PageHeader::parse(raw).unwrap_or(hdr);
+        }
         let first = !self.seen_page;
         // Magic.
         match self.cfg.version {

@@ -147,6 +147,21 @@ impl PageHeader {
         })
     }
 
+    /// Decodes only the 24-byte short header fields (`long` is `None` whatever the flags say).
+    pub fn parse_short(page: &[u8]) -> Option<PageHeader> {
+        let b = page.get(..crate::page::SIZE_OF_SHORT_PHD)?;
+        Some(PageHeader {
+            magic: u16::from_le_bytes([b[0], b[1]]),
+            info: u16::from_le_bytes([b[2], b[3]]),
+            tli: TimeLineId(u32::from_le_bytes([b[4], b[5], b[6], b[7]])),
+            pageaddr: Lsn(u64::from_le_bytes([
+                b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15],
+            ])),
+            rem_len: u32::from_le_bytes([b[16], b[17], b[18], b[19]]),
+            long: None,
+        })
+    }
+
     /// Header size in bytes: 40 for a long header, 24 otherwise.
     pub fn size(&self) -> usize {
         if self.info & XLP_LONG_HEADER != 0 {

@@ -213,3 +213,62 @@ proptest! {
         let _ = walfmt::WalFileName::parse(&s, WalSegSize::DEFAULT);
     }
 }
+
+#[test]
+fn long_header_flag_mid_segment_ends_decoding_there() {
+    // Review finding: a long-header flag on a mid-segment page once made the decoder wait
+    // for header bytes forever and report a clean end.
+    let (start, seg) = fixture_segment();
+    let (orig, _) = run(start, &seg, SEG as usize, None);
+    let mut bad = seg.clone();
+    let page = 5 * 8192;
+    bad[page + 2] |= 0x02;
+    for chunk in [SEG as usize, 8192, 100] {
+        let (got, end) = run(start, &bad, chunk, None);
+        let end = end.unwrap();
+        assert!(
+            matches!(end.reason, walfmt::EndReason::BadPageInfo { .. }),
+            "{end}"
+        );
+        assert!(!end.is_clean());
+        let page_lsn = Lsn(start.0 + page as u64);
+        assert!(end.lsn <= page_lsn);
+        assert_eq!(got.len(), orig.iter().filter(|r| r.lsn < end.lsn).count());
+    }
+}
+
+#[test]
+fn the_last_segment_below_2_pow_64_is_refused_not_overflowed() {
+    let seg = WalSegSize::new(SEG).unwrap();
+    let last = Lsn(u64::MAX - u64::from(SEG) + 1);
+    let cfg = DecoderConfig::new(seg);
+    assert!(WalDecoder::new(cfg, StartAt::SegmentStart(last)).is_err());
+    assert!(walfmt::Summarizer::new(cfg, walfmt::SegNo(u64::MAX >> 20)).is_err());
+    // The segment before it decodes, and input past the limit is not accepted.
+    let before = Lsn(last.0 - u64::from(SEG));
+    let mut d = WalDecoder::new(cfg, StartAt::SegmentStart(before)).unwrap();
+    d.feed(&vec![0u8; 3 * SEG as usize]);
+    assert_eq!(d.fed_up_to(), last);
+    d.finish();
+    assert!(matches!(d.poll().unwrap(), Poll::End(_)));
+}
+
+#[test]
+fn input_that_stops_before_a_record_is_not_called_mid_record() {
+    let (start, seg) = fixture_segment();
+    let (orig, _) = run(start, &seg, SEG as usize, None);
+    let r = &orig[10];
+    let cut = (r.end.maxalign().unwrap().0 - start.0) as usize;
+    let (_, end) = run(start, &seg[..cut], SEG as usize, None);
+    let end = end.unwrap();
+    assert_eq!(
+        end.reason,
+        walfmt::EndReason::InputEnded { mid_record: false },
+        "{end}"
+    );
+    let (_, end) = run(start, &seg[..cut + 5], SEG as usize, None);
+    assert_eq!(
+        end.unwrap().reason,
+        walfmt::EndReason::InputEnded { mid_record: true }
+    );
+}

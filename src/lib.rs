@@ -8,4 +8,5 @@
 
 pub mod cli;
 pub mod replication;
+pub mod repo;
 pub mod wal;

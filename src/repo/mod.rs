@@ -1,0 +1,461 @@
+//! The repo: where WAL (and, later, base backups) are kept. See `docs/repo-format.md`.
+//!
+//! # Object layout (format 1)
+//!
+//! | key | content |
+//! |---|---|
+//! | `pitr.json` | identity: format version, system identifier, segment size. Written once; a repo never mixes clusters |
+//! | `wal/TTTTTTTT/<segment>.lz4` | a complete WAL segment, lz4 frame with content size and checksum |
+//! | `wal/TTTTTTTT/<segment>.partial.<END>.lz4` | the segment's first bytes up to LSN `END` (16 hex digits), while it is being filled |
+//! | `wal/TTTTTTTT/<segment>.summary.json` | walfmt's summary of a complete segment (commits with LSN and time, restore points...) |
+//! | `wal/TTTTTTTT.history` | a timeline history file, as the server sent it |
+//!
+//! `TTTTTTTT` is the timeline in hex. Names are unique per content (a partial's name carries
+//! its end LSN), so no object is ever rewritten with different bytes: every publish is a
+//! create-if-absent ([`store::ObjectStore::put_if_absent`]).
+
+pub mod local;
+pub mod memory;
+pub mod store;
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use walfmt::names::segment_file_name;
+use walfmt::{Lsn, SegNo, TimeLineId, WalFileName, WalSegSize};
+
+use store::{ObjectStore, PutOutcome, StoreError, StoreErrorKind};
+
+/// The repo format this code writes and reads.
+pub const FORMAT: u32 = 1;
+/// The identity object.
+pub const IDENTITY_KEY: &str = "pitr.json";
+
+/// Repo-level errors.
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    /// A bad `--repo` value.
+    #[error("invalid --repo {0:?}: {1}")]
+    BadSpec(String, String),
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The repo was made for another cluster.
+    #[error(
+        "repo {repo} belongs to database system {repo_system}, but the server is system {server_system}: use another --repo (a repo never mixes two clusters)"
+    )]
+    OtherCluster {
+        /// Repo location.
+        repo: String,
+        /// Its system id.
+        repo_system: u64,
+        /// The server's.
+        server_system: u64,
+    },
+    /// The repo's identity or an object is unreadable or inconsistent.
+    #[error("repo {repo}: {message}")]
+    Corrupt {
+        /// Repo location.
+        repo: String,
+        /// What is wrong, naming the object.
+        message: String,
+    },
+}
+
+/// `pitr.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// Repo format version.
+    pub format: u32,
+    /// The cluster's system identifier (a string: JSON numbers lose 64-bit precision).
+    pub system_id: String,
+    /// `wal_segment_size` in bytes.
+    pub wal_segment_size: u32,
+    /// The PostgreSQL major version when the repo was made.
+    pub pg_major: u32,
+    /// The pitr version that made it.
+    pub created_by: String,
+}
+
+/// An object of the WAL area, parsed from its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WalObject {
+    /// A complete segment.
+    Segment(TimeLineId, SegNo),
+    /// A partial segment holding WAL up to the LSN.
+    Partial(TimeLineId, SegNo, Lsn),
+    /// A segment summary.
+    Summary(TimeLineId, SegNo),
+    /// A history file.
+    History(TimeLineId),
+}
+
+/// Key of a complete segment.
+pub fn segment_key(tli: TimeLineId, segno: SegNo, seg: WalSegSize) -> String {
+    format!(
+        "wal/{:08X}/{}.lz4",
+        tli.0,
+        segment_file_name(tli, segno, seg)
+    )
+}
+
+/// Key of a partial segment ending at `end`.
+pub fn partial_key(tli: TimeLineId, segno: SegNo, end: Lsn, seg: WalSegSize) -> String {
+    format!(
+        "wal/{:08X}/{}.partial.{:016X}.lz4",
+        tli.0,
+        segment_file_name(tli, segno, seg),
+        end.0
+    )
+}
+
+/// Key of a segment summary.
+pub fn summary_key(tli: TimeLineId, segno: SegNo, seg: WalSegSize) -> String {
+    format!(
+        "wal/{:08X}/{}.summary.json",
+        tli.0,
+        segment_file_name(tli, segno, seg)
+    )
+}
+
+/// Key of a history file.
+pub fn history_key(tli: TimeLineId) -> String {
+    format!("wal/{:08X}.history", tli.0)
+}
+
+/// Parses a WAL-area key.
+pub fn parse_wal_key(key: &str, seg: WalSegSize) -> Option<WalObject> {
+    let rest = key.strip_prefix("wal/")?;
+    if let Some(h) = rest.strip_suffix(".history") {
+        return u32::from_str_radix(h, 16)
+            .ok()
+            .filter(|_| h.len() == 8)
+            .map(|t| WalObject::History(TimeLineId(t)));
+    }
+    let (_, file) = rest.split_once('/')?;
+    let name = file.get(..24)?;
+    let WalFileName::Segment(tli, segno) = WalFileName::parse(name, seg).ok()? else {
+        return None;
+    };
+    match &file[24..] {
+        ".lz4" => Some(WalObject::Segment(tli, segno)),
+        ".summary.json" => Some(WalObject::Summary(tli, segno)),
+        r => {
+            let hex = r.strip_prefix(".partial.")?.strip_suffix(".lz4")?;
+            (hex.len() == 16)
+                .then(|| u64::from_str_radix(hex, 16).ok())
+                .flatten()
+                .map(|e| WalObject::Partial(tli, segno, Lsn(e)))
+        }
+    }
+}
+
+/// lz4-frame compresses with content size and content checksum (xxHash32), so a reader
+/// detects any corruption of the uncompressed bytes.
+pub fn compress(data: &[u8]) -> Bytes {
+    let mut info = lz4_flex::frame::FrameInfo::new();
+    info.content_checksum = true;
+    info.content_size = Some(data.len() as u64);
+    info.block_size = lz4_flex::frame::BlockSize::Max4MB;
+    let mut enc = lz4_flex::frame::FrameEncoder::with_frame_info(
+        info,
+        Vec::with_capacity(data.len() / 2 + 64),
+    );
+    // Writing to a Vec cannot fail.
+    let _ = enc.write_all(data);
+    Bytes::from(enc.finish().unwrap_or_default())
+}
+
+/// Decompresses and verifies an object written by [`compress`].
+pub fn decompress(data: &[u8], key: &str) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    lz4_flex::frame::FrameDecoder::new(data)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("{key}: corrupt object: {e}"))?;
+    Ok(out)
+}
+
+/// Where archiving should resume: the newest WAL the repo holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArchivedTip {
+    /// Timeline.
+    pub tli: TimeLineId,
+    /// Segment.
+    pub segno: SegNo,
+    /// Complete segment (resume at the next), or partial (resume at its start).
+    pub complete: bool,
+    /// End of the archived WAL.
+    pub end: Lsn,
+}
+
+/// A repo: a store plus the layout.
+#[derive(Debug, Clone)]
+pub struct Repo {
+    store: Arc<dyn ObjectStore>,
+    /// Where it is (for messages).
+    pub location: String,
+}
+
+impl Repo {
+    /// Opens `--repo`: a path, `file:///path`, or (later) `s3://bucket/prefix`.
+    pub fn open(spec: &str) -> Result<Repo, RepoError> {
+        let spec = spec.trim();
+        if spec.is_empty() {
+            return Err(RepoError::BadSpec(
+                spec.into(),
+                "empty: give a directory or file:///path".into(),
+            ));
+        }
+        if let Some(rest) = spec.strip_prefix("s3://") {
+            return Err(RepoError::BadSpec(
+                spec.into(),
+                format!(
+                    "S3 repos (bucket {rest:?}) are not supported by this build yet: use a local directory"
+                ),
+            ));
+        }
+        let path = if let Some(p) = spec.strip_prefix("file://") {
+            if !p.starts_with('/') {
+                return Err(RepoError::BadSpec(
+                    spec.into(),
+                    "file:// URLs need an absolute path, like file:///var/lib/pitr".into(),
+                ));
+            }
+            p
+        } else if spec.contains("://") {
+            return Err(RepoError::BadSpec(
+                spec.into(),
+                "unknown scheme: use a path, file:///path or s3://bucket/prefix".into(),
+            ));
+        } else {
+            spec
+        };
+        let store = local::LocalStore::open(std::path::Path::new(path))?;
+        Ok(Repo::with_store(Arc::new(store)))
+    }
+
+    /// A repo over any store.
+    pub fn with_store(store: Arc<dyn ObjectStore>) -> Repo {
+        let location = store.describe();
+        Repo { store, location }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// Reads `pitr.json`.
+    pub async fn identity(&self) -> Result<Option<Identity>, RepoError> {
+        let Some(b) = self.store.get(IDENTITY_KEY).await? else {
+            return Ok(None);
+        };
+        let id: Identity = serde_json::from_slice(&b).map_err(|e| RepoError::Corrupt {
+            repo: self.location.clone(),
+            message: format!("{IDENTITY_KEY} is unreadable: {e}"),
+        })?;
+        if id.format != FORMAT {
+            return Err(RepoError::Corrupt {
+                repo: self.location.clone(),
+                message: format!(
+                    "repo format {} is not supported by this pitr (format {FORMAT})",
+                    id.format
+                ),
+            });
+        }
+        Ok(Some(id))
+    }
+
+    /// Makes the repo this cluster's, or checks that it is.
+    pub async fn claim(
+        &self,
+        system_id: u64,
+        seg: WalSegSize,
+        pg_major: u32,
+    ) -> Result<Identity, RepoError> {
+        if let Some(id) = self.identity().await? {
+            return self.check(id, system_id, seg);
+        }
+        let id = Identity {
+            format: FORMAT,
+            system_id: system_id.to_string(),
+            wal_segment_size: seg.get(),
+            pg_major,
+            created_by: format!("pitr {}", env!("CARGO_PKG_VERSION")),
+        };
+        let body = serde_json::to_vec_pretty(&id).unwrap_or_default();
+        match self
+            .store
+            .put_if_absent(IDENTITY_KEY, Bytes::from(body))
+            .await
+        {
+            Ok(_) => Ok(id),
+            // Someone else claimed it meanwhile: check theirs.
+            Err(e) if e.kind == StoreErrorKind::Conflict => match self.identity().await? {
+                Some(other) => self.check(other, system_id, seg),
+                None => Err(e.into()),
+            },
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn check(&self, id: Identity, system_id: u64, seg: WalSegSize) -> Result<Identity, RepoError> {
+        let repo_system: u64 = id.system_id.parse().map_err(|_| RepoError::Corrupt {
+            repo: self.location.clone(),
+            message: format!("{IDENTITY_KEY}: bad system_id {:?}", id.system_id),
+        })?;
+        if repo_system != system_id {
+            return Err(RepoError::OtherCluster {
+                repo: self.location.clone(),
+                repo_system,
+                server_system: system_id,
+            });
+        }
+        if id.wal_segment_size != seg.get() {
+            return Err(RepoError::Corrupt {
+                repo: self.location.clone(),
+                message: format!(
+                    "made for {}-byte WAL segments, the server uses {}",
+                    id.wal_segment_size,
+                    seg.get()
+                ),
+            });
+        }
+        Ok(id)
+    }
+
+    /// Publishes an object (create-if-absent; identical re-upload is fine).
+    pub async fn put(&self, key: &str, data: Bytes) -> Result<PutOutcome, StoreError> {
+        self.store.put_if_absent(key, data).await
+    }
+
+    /// The newest archived WAL: highest segment, then highest timeline, complete before partial.
+    pub async fn tip(&self, seg: WalSegSize) -> Result<Option<ArchivedTip>, RepoError> {
+        let mut best: Option<ArchivedTip> = None;
+        for o in self.store.list("wal/").await? {
+            let t = match parse_wal_key(&o.key, seg) {
+                Some(WalObject::Segment(tli, segno)) => ArchivedTip {
+                    tli,
+                    segno,
+                    complete: true,
+                    end: SegNo(segno.0 + 1).start_lsn(seg).unwrap_or(Lsn(u64::MAX)),
+                },
+                Some(WalObject::Partial(tli, segno, end)) => ArchivedTip {
+                    tli,
+                    segno,
+                    complete: false,
+                    end,
+                },
+                _ => continue,
+            };
+            let key = |a: &ArchivedTip| (a.segno, a.tli, a.complete, a.end);
+            if best.as_ref().is_none_or(|b| key(&t) > key(b)) {
+                best = Some(t);
+            }
+        }
+        Ok(best)
+    }
+
+    /// Fetches a WAL file by its PostgreSQL name (segment, `.partial` or `.history`),
+    /// decompressed and verified. Partial segments come back zero-padded to the segment size.
+    /// A plain segment name is served only from a complete segment, never from a partial.
+    pub async fn fetch_wal(
+        &self,
+        name: &str,
+        seg: WalSegSize,
+    ) -> Result<Option<Vec<u8>>, RepoError> {
+        let corrupt = |message: String| RepoError::Corrupt {
+            repo: self.location.clone(),
+            message,
+        };
+        match WalFileName::parse(name, seg)
+            .map_err(|e| RepoError::BadSpec(name.into(), e.to_string()))?
+        {
+            WalFileName::History(tli) => {
+                Ok(self.store.get(&history_key(tli)).await?.map(|b| b.to_vec()))
+            }
+            WalFileName::Segment(tli, segno) => {
+                let key = segment_key(tli, segno, seg);
+                let Some(b) = self.store.get(&key).await? else {
+                    return Ok(None);
+                };
+                let data = decompress(&b, &key).map_err(corrupt)?;
+                if data.len() as u64 != seg.bytes() {
+                    return Err(corrupt(format!(
+                        "{key}: {} bytes, expected {}",
+                        data.len(),
+                        seg.bytes()
+                    )));
+                }
+                Ok(Some(data))
+            }
+            WalFileName::Partial(tli, segno) => {
+                let prefix = format!(
+                    "wal/{:08X}/{}.partial.",
+                    tli.0,
+                    segment_file_name(tli, segno, seg)
+                );
+                let newest = self
+                    .store
+                    .list(&prefix)
+                    .await?
+                    .into_iter()
+                    .filter_map(|o| match parse_wal_key(&o.key, seg) {
+                        Some(WalObject::Partial(_, _, end)) => Some((end, o.key)),
+                        _ => None,
+                    })
+                    .max();
+                let Some((end, key)) = newest else {
+                    return Ok(None);
+                };
+                let Some(b) = self.store.get(&key).await? else {
+                    return Ok(None);
+                };
+                let mut data = decompress(&b, &key).map_err(corrupt)?;
+                let expect = end
+                    .0
+                    .saturating_sub(segno.start_lsn(seg).map_or(0, |l| l.0));
+                if data.len() as u64 != expect {
+                    return Err(corrupt(format!(
+                        "{key}: {} bytes, expected {expect}",
+                        data.len()
+                    )));
+                }
+                data.resize(seg.bytes() as usize, 0);
+                Ok(Some(data))
+            }
+            WalFileName::Backup(..) => Err(RepoError::BadSpec(
+                name.into(),
+                ".backup files are not archived".into(),
+            )),
+        }
+    }
+}
+
+/// Retries a storage operation on transient errors with capped exponential backoff
+/// (100 ms doubling to `cap`), forever: WAL is never dropped. Permanent errors return.
+pub async fn retry<T, F, Fut>(what: &str, cap: Duration, mut op: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut delay = Duration::from_millis(100);
+    let mut attempt = 0u64;
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_transient() => {
+                attempt += 1;
+                if attempt == 1 || attempt % 10 == 0 {
+                    tracing::warn!(error = %e, attempt, "{what}: storage error, retrying");
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(cap);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}

@@ -449,7 +449,7 @@ where
             Ok(v) => return Ok(v),
             Err(e) if e.is_transient() => {
                 attempt += 1;
-                if attempt == 1 || attempt % 10 == 0 {
+                if attempt == 1 || attempt.is_multiple_of(10) {
                     tracing::warn!(error = %e, attempt, "{what}: storage error, retrying");
                 }
                 tokio::time::sleep(delay).await;

@@ -9,17 +9,100 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "pitr", version, about, long_about = None, propagate_version = true)]
 pub struct Cli {
+    /// Log format: human-readable text or one JSON object per line.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "PITR_LOG_FORMAT"
+    )]
+    pub log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// JSON lines.
+    Json,
+}
+
 /// Top-level commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Archive WAL continuously from a PostgreSQL server into a repo (the sidecar job).
+    ///
+    /// Connects as a physical replication client, creates the replication slot if missing
+    /// (with RESERVE_WAL, so the server keeps WAL until pitr has it), and archives every
+    /// byte. The flush position reported to the server never runs ahead of WAL durable in
+    /// the repo, so a crash of pitr loses nothing. The segment being filled is published
+    /// every --partial-every, which bounds how far the archive trails the server.
+    ///
+    /// The server needs wal_level = replica (or logical), max_wal_senders and
+    /// max_replication_slots > 0, a role with REPLICATION, and a pg_hba.conf line for the
+    /// "replication" database. Stops cleanly on SIGTERM or SIGINT.
+    Stream(StreamArgs),
     /// Work with WAL segment files.
     #[command(subcommand)]
     Wal(WalCommand),
+}
+
+/// Arguments of `pitr stream`.
+#[derive(Debug, Args)]
+pub struct StreamArgs {
+    /// The server, as a libpq connection string or postgresql:// URI. PG* environment
+    /// variables and ~/.pgpass apply as with psql.
+    #[arg(
+        long,
+        env = "PITR_SOURCE",
+        default_value = "",
+        hide_default_value = true,
+        value_name = "CONNINFO"
+    )]
+    pub source: String,
+    /// Where to archive: a directory or file:///path.
+    #[arg(long, env = "PITR_REPO", value_name = "REPO")]
+    pub repo: String,
+    /// Physical replication slot to use (created when missing).
+    #[arg(long, env = "PITR_SLOT", default_value = "pitr")]
+    pub slot: String,
+    /// Stream without a slot (the server may recycle WAL before pitr archives it).
+    #[arg(long, conflicts_with = "slot")]
+    pub no_slot: bool,
+    /// How often the segment being filled is published (e.g. 1s, 500ms).
+    #[arg(long, env = "PITR_PARTIAL_EVERY", default_value = "1s", value_parser = parse_duration)]
+    pub partial_every: std::time::Duration,
+    /// Standby status update interval when the server does not ask.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub status_interval: std::time::Duration,
+}
+
+/// Parses `500ms`, `1s`, `2m`, `1h` or a number of seconds.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: f64 = n
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: use e.g. 500ms, 1s, 2m"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("invalid duration unit in {s:?}: use ms, s, m or h")),
+    };
+    if !(0.001..=86_400.0 * 365.0).contains(&secs) {
+        return Err(format!("duration {s:?} out of range"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
 }
 
 /// `pitr wal ...`
@@ -38,6 +121,26 @@ pub enum WalCommand {
     /// broken header) rather than ending cleanly (zeros, a recycled page, a record continued in
     /// a segment not given).
     Inspect(InspectArgs),
+    /// Fetch one archived WAL file from a repo, decompressed and verified, into DEST.
+    ///
+    /// Usable as PostgreSQL's restore_command:
+    ///   restore_command = 'pitr wal fetch %f %p --repo /var/lib/pitr'
+    /// Exits 1 when the file is not in the repo (as recovery expects), 2 on usage errors.
+    /// A segment name is served only from a complete archived segment; NAME.partial gives the
+    /// newest partial copy, zero-padded.
+    Fetch(FetchArgs),
+}
+
+/// Arguments of `pitr wal fetch`.
+#[derive(Debug, Args)]
+pub struct FetchArgs {
+    /// WAL file name: a segment (000000010000000000000003), NAME.partial, or TTTTTTTT.history.
+    pub name: String,
+    /// Where to write it.
+    pub dest: PathBuf,
+    /// The repo: a directory or file:///path.
+    #[arg(long, env = "PITR_REPO")]
+    pub repo: String,
 }
 
 /// Arguments of `pitr wal inspect`.

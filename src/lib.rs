@@ -9,4 +9,5 @@
 pub mod cli;
 pub mod replication;
 pub mod repo;
+pub mod stream;
 pub mod wal;

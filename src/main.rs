@@ -5,10 +5,92 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use pitr::cli::{Cli, Command, WalCommand};
+use pitr::cli::{Cli, Command, LogFormat, WalCommand};
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PITR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => b.with_target(false).init(),
+        LogFormat::Json => b.json().init(),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Stream(a) => {
+            init_logging(cli.log_format);
+            let source = pitr::replication::conninfo::ConnParams::parse(&a.source, true)?;
+            let repo = pitr::repo::Repo::open(&a.repo)?;
+            let opts = pitr::stream::StreamOptions {
+                source,
+                repo,
+                slot: if a.no_slot { None } else { Some(a.slot) },
+                partial_every: a.partial_every,
+                status_interval: a.status_interval,
+                reconnect_cap: std::time::Duration::from_secs(30),
+            };
+            runtime()?.block_on(async move {
+                let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+                tokio::spawn(async move {
+                    let mut term =
+                        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                            .ok();
+                    let t = async {
+                        match term.as_mut() {
+                            Some(t) => {
+                                t.recv().await;
+                            }
+                            None => std::future::pending::<()>().await,
+                        }
+                    };
+                    tokio::select! {
+                        _ = t => {}
+                        _ = tokio::signal::ctrl_c() => {}
+                    }
+                    tracing::info!("signal received: finishing uploads and stopping");
+                    let _ = stop_tx.send(true);
+                });
+                pitr::stream::run(opts, stop_rx).await
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Wal(WalCommand::Fetch(a)) => {
+            let repo = pitr::repo::Repo::open(&a.repo)?;
+            let found = runtime()?.block_on(async {
+                let id = repo.identity().await?.ok_or_else(|| {
+                    anyhow::anyhow!("{} is not a pitr repo (no pitr.json)", repo.location)
+                })?;
+                let seg = walfmt::WalSegSize::new(id.wal_segment_size)?;
+                anyhow::Ok(repo.fetch_wal(&a.name, seg).await?)
+            })?;
+            let Some(data) = found else {
+                eprintln!("pitr: {}: not in the repo", a.name);
+                return Ok(ExitCode::from(1));
+            };
+            let tmp = a.dest.with_extension("pitr-tmp");
+            let res = (|| -> std::io::Result<()> {
+                let mut f = std::fs::File::create(&tmp)?;
+                f.write_all(&data)?;
+                f.sync_all()?;
+                std::fs::rename(&tmp, &a.dest)
+            })();
+            if let Err(e) = res {
+                let _ = std::fs::remove_file(&tmp);
+                anyhow::bail!("writing {}: {e}", a.dest.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Wal(WalCommand::Inspect(args)) => {
             let stdout = std::io::stdout();
             let mut out = stdout.lock();
@@ -30,7 +112,29 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind::*;
+            if matches!(
+                e.kind(),
+                DisplayHelp | DisplayVersion | DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                e.exit();
+            }
+            // One line, like every other pitr error; `--help` has the details.
+            let text = e.to_string();
+            let first: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            let first = first.join(" ");
+            let first = first.trim_start_matches("error: ");
+            eprintln!("pitr: error: {first} (see pitr --help)");
+            return ExitCode::from(2);
+        }
+    };
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

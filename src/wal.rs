@@ -614,3 +614,25 @@ pub fn print_text(w: &mut impl Write, report: &InspectReport, xacts: bool) -> io
     }
     Ok(())
 }
+
+/// A segment summary as stored in the repo (`wal/TTTTTTTT/<segment>.summary.json`): the same
+/// JSON as `pitr wal inspect --json` prints for one file, with the object key as `file`.
+pub fn summary_json(
+    key: &str,
+    tli: TimeLineId,
+    seg: WalSegSize,
+    pg_version: Option<u32>,
+    system_id: u64,
+    s: SegmentSummary,
+) -> FileSummary {
+    let mut f = empty_summary(Path::new(key));
+    f.segment = Some(walfmt::names::segment_file_name(tli, s.segno, seg));
+    f.timeline = Some(tli.0);
+    f.segno = Some(s.segno.0);
+    f.start_lsn = s.segno.start_lsn(seg).map(|l| l.to_string());
+    f.pg_version = pg_version;
+    f.system_id = Some(system_id.to_string());
+    f.wal_segment_size = Some(seg.get());
+    fill(&mut f, s);
+    f
+}

@@ -7,3 +7,4 @@ mod harness;
 mod inspect;
 mod replication;
 mod store;
+mod stream;

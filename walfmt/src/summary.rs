@@ -305,6 +305,32 @@ impl<'a> Summarizer<'a> {
         }
     }
 
+    /// Takes the summaries that can no longer change: those of segments before the one where
+    /// the next (or pending) record starts. For streaming, where input never finishes.
+    pub fn take_complete(&mut self) -> Vec<SegmentSummary> {
+        let frontier = self
+            .dec
+            .pending_record()
+            .unwrap_or(self.dec.position())
+            .segment(self.seg);
+        if self.end.is_some() {
+            return Vec::new();
+        }
+        let keep = self.done.split_off(&frontier);
+        let mut out: Vec<SegmentSummary> = std::mem::replace(&mut self.done, keep)
+            .into_values()
+            .collect();
+        if self.current.segno < frontier {
+            let next = self
+                .done
+                .remove(&frontier)
+                .unwrap_or_else(|| SegmentSummary::new(frontier));
+            out.push(std::mem::replace(&mut self.current, next));
+        }
+        out.sort_by_key(|s| s.segno);
+        out
+    }
+
     /// No more input: returns the summaries of every segment fed, in order.
     pub fn finish(mut self) -> Result<Vec<SegmentSummary>, DecodeError> {
         self.dec.finish();

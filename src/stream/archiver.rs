@@ -1,0 +1,333 @@
+//! The archiver task: turns the WAL byte stream into repo objects.
+//!
+//! # Invariants
+//!
+//! - `archived` (a watch channel) only ever holds an LSN up to which WAL is durable in the
+//!   repo; the receiver reports it to the server as the flush position (`--ack repo`), so the
+//!   slot keeps every byte the repo does not yet hold.
+//! - It never decreases.
+//! - The segment being filled is published as `…partial.<END>.lz4` at most every
+//!   `partial_every`, when it grew; the previous partial of that segment is deleted only
+//!   after the newer object is durable. A complete segment replaces its partials the same way.
+//! - Storage errors are retried forever with backoff (the channel then fills and the
+//!   receiver stops reading: back-pressure, not data loss); a conflict (different bytes under
+//!   a name) stops archiving with an error.
+//! - Memory: one segment buffer plus its compressed copy, whatever the WAL rate.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::{mpsc, oneshot, watch};
+use walfmt::{DecoderConfig, Lsn, SegNo, Summarizer, TimeLineId, WalSegSize};
+
+use crate::repo::{self, Repo, WalObject};
+
+use super::StreamError;
+
+/// Messages from the receiver.
+#[derive(Debug)]
+pub enum ArchMsg {
+    /// WAL bytes at `start` (contiguous with what came before since the last `Begin`).
+    Wal {
+        /// LSN of the first byte.
+        start: Lsn,
+        /// The bytes.
+        data: Bytes,
+    },
+    /// A new run of WAL begins at this segment start on this timeline (after a (re)connect
+    /// or a timeline switch). What is buffered is published first.
+    Begin {
+        /// Timeline.
+        tli: TimeLineId,
+        /// A segment start.
+        start: Lsn,
+    },
+    /// Publish what is buffered now; answers with the archived LSN once durable.
+    Sync(oneshot::Sender<Lsn>),
+}
+
+/// Archiver settings.
+#[derive(Debug, Clone)]
+pub struct ArchiverConfig {
+    /// Segment size.
+    pub seg: WalSegSize,
+    /// Partial publish interval.
+    pub partial_every: Duration,
+    /// Cap of the retry backoff.
+    pub retry_cap: Duration,
+    /// The cluster, for the summaries' decoder.
+    pub system_id: u64,
+}
+
+/// The archiver's state.
+#[derive(Debug)]
+pub struct Archiver {
+    repo: Repo,
+    cfg: ArchiverConfig,
+    tli: TimeLineId,
+    segno: SegNo,
+    seg_start: Lsn,
+    buf: BytesMut,
+    /// Bytes of `buf` durable in the repo (as a partial or, when full, the segment).
+    published_len: usize,
+    /// Partials of the current segment to delete once superseded (key, end).
+    stale: Vec<(String, Lsn)>,
+    summarizer: Option<Summarizer<'static>>,
+    archived: watch::Sender<Lsn>,
+    active: bool,
+}
+
+impl Archiver {
+    /// A new archiver; `archived` starts at what the repo already holds.
+    pub fn new(repo: Repo, cfg: ArchiverConfig, archived: watch::Sender<Lsn>) -> Self {
+        Archiver {
+            repo,
+            cfg,
+            tli: TimeLineId(1),
+            segno: SegNo(0),
+            seg_start: Lsn(0),
+            buf: BytesMut::new(),
+            published_len: 0,
+            stale: Vec::new(),
+            summarizer: None,
+            archived,
+            active: false,
+        }
+    }
+
+    fn advance(&self, to: Lsn) {
+        self.archived.send_if_modified(|cur| {
+            if to > *cur {
+                *cur = to;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Runs until the channel closes (publishing what is buffered) or an error.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<ArchMsg>) -> Result<(), StreamError> {
+        let mut tick = tokio::time::interval(self.cfg.partial_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    None => {
+                        self.publish_partial().await?;
+                        return Ok(());
+                    }
+                    Some(m) => self.handle(m).await?,
+                },
+                _ = tick.tick() => self.publish_partial().await?,
+            }
+        }
+    }
+
+    async fn handle(&mut self, m: ArchMsg) -> Result<(), StreamError> {
+        match m {
+            ArchMsg::Begin { tli, start } => {
+                self.publish_partial().await?;
+                self.begin(tli, start).await?;
+            }
+            ArchMsg::Wal { start, data } => self.append(start, data).await?,
+            ArchMsg::Sync(ack) => {
+                self.publish_partial().await?;
+                let _ = ack.send(*self.archived.borrow());
+            }
+        }
+        Ok(())
+    }
+
+    async fn begin(&mut self, tli: TimeLineId, start: Lsn) -> Result<(), StreamError> {
+        let seg = self.cfg.seg;
+        if start.segment_offset(seg) != 0 {
+            return Err(StreamError::Internal(format!(
+                "archiving must start at a segment boundary, not {start}"
+            )));
+        }
+        self.tli = tli;
+        self.segno = start.segment(seg);
+        self.seg_start = start;
+        self.buf = BytesMut::with_capacity(seg.bytes() as usize);
+        self.published_len = 0;
+        self.stale = self.partials_of(tli, self.segno).await?;
+        self.summarizer = self.summarizer_from(tli, self.segno).await?;
+        self.active = true;
+        Ok(())
+    }
+
+    /// A summarizer positioned at `segno`. If complete segments just before it lack their
+    /// summary (pitr died between uploading a segment and its summary, which is written once
+    /// the next segment shows where its last record ends), it starts at the oldest of those
+    /// (up to 8 back) and replays them from the repo, so their summaries get written.
+    async fn summarizer_from(
+        &self,
+        tli: TimeLineId,
+        segno: SegNo,
+    ) -> Result<Option<Summarizer<'static>>, StreamError> {
+        let seg = self.cfg.seg;
+        let mut missing = Vec::new();
+        let mut s = segno.0;
+        while s > 0 && missing.len() < 8 {
+            s -= 1;
+            let prev = SegNo(s);
+            let store = self.repo.store();
+            let seg_key = repo::segment_key(tli, prev, seg);
+            let sum_key = repo::summary_key(tli, prev, seg);
+            let has_seg = repo::retry("get", self.cfg.retry_cap, || store.get(&seg_key)).await?;
+            let Some(body) = has_seg else { break };
+            let has_sum = repo::retry("get", self.cfg.retry_cap, || store.get(&sum_key)).await?;
+            if has_sum.is_some() {
+                break;
+            }
+            missing.push((prev, body));
+        }
+        let first = missing.last().map_or(segno, |(s, _)| *s);
+        let mut dc = DecoderConfig::new(seg);
+        dc.sysid = Some(self.cfg.system_id);
+        let Ok(mut sum) = Summarizer::new(dc, first) else {
+            return Ok(None);
+        };
+        for (s, body) in missing.iter().rev() {
+            let key = repo::segment_key(tli, *s, seg);
+            let data = repo::decompress(body, &key).map_err(StreamError::Internal)?;
+            if sum.feed(&data).is_err() {
+                return Ok(None);
+            }
+            tracing::info!(segment = %walfmt::names::segment_file_name(tli, *s, seg), "rebuilding a missing summary");
+        }
+        Ok(Some(sum))
+    }
+
+    async fn partials_of(
+        &self,
+        tli: TimeLineId,
+        segno: SegNo,
+    ) -> Result<Vec<(String, Lsn)>, StreamError> {
+        let seg = self.cfg.seg;
+        let prefix = format!(
+            "wal/{:08X}/{}.partial.",
+            tli.0,
+            walfmt::names::segment_file_name(tli, segno, seg)
+        );
+        let list = repo::retry("list", self.cfg.retry_cap, || {
+            self.repo.store().list(&prefix)
+        })
+        .await?;
+        Ok(list
+            .into_iter()
+            .filter_map(|o| match repo::parse_wal_key(&o.key, seg) {
+                Some(WalObject::Partial(_, _, end)) => Some((o.key, end)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    async fn append(&mut self, start: Lsn, mut data: Bytes) -> Result<(), StreamError> {
+        if !self.active {
+            return Err(StreamError::Internal("WAL before Begin".into()));
+        }
+        let expected = Lsn(self.seg_start.0 + self.buf.len() as u64);
+        if start != expected {
+            return Err(StreamError::Gap {
+                expected,
+                got: start,
+            });
+        }
+        let seg_len = self.cfg.seg.bytes() as usize;
+        while !data.is_empty() {
+            let n = data.len().min(seg_len - self.buf.len());
+            let piece = data.split_to(n);
+            if let Some(s) = self.summarizer.as_mut() {
+                // A decode error only affects summaries, never the archived bytes.
+                if let Err(e) = s.feed(&piece) {
+                    tracing::warn!(error = %e, "WAL summary: decoding failed; summaries stop for this run");
+                    self.summarizer = None;
+                }
+            }
+            self.buf.extend_from_slice(&piece);
+            if self.buf.len() == seg_len {
+                self.complete_segment().await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn put(&self, key: &str, body: Bytes) -> Result<(), StreamError> {
+        repo::retry("upload", self.cfg.retry_cap, || {
+            self.repo.put(key, body.clone())
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_stale(&mut self, upto: Lsn) -> Result<(), StreamError> {
+        let (gone, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.stale)
+            .into_iter()
+            .partition(|(_, e)| *e <= upto);
+        self.stale = keep;
+        for (k, _) in gone {
+            repo::retry("delete", self.cfg.retry_cap, || {
+                self.repo.store().delete(&k)
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn complete_segment(&mut self) -> Result<(), StreamError> {
+        let seg = self.cfg.seg;
+        let key = repo::segment_key(self.tli, self.segno, seg);
+        let body = repo::compress(&self.buf);
+        self.put(&key, body).await?;
+        let end = Lsn(self.seg_start.0 + seg.bytes());
+        self.advance(end);
+        tracing::info!(segment = %walfmt::names::segment_file_name(self.tli, self.segno, seg), "archived segment");
+        self.delete_stale(end).await?;
+        self.publish_summaries().await?;
+        self.segno = SegNo(self.segno.0 + 1);
+        self.seg_start = end;
+        self.buf.clear();
+        self.published_len = 0;
+        self.stale = self.partials_of(self.tli, self.segno).await?;
+        Ok(())
+    }
+
+    async fn publish_summaries(&mut self) -> Result<(), StreamError> {
+        let Some(s) = self.summarizer.as_mut() else {
+            return Ok(());
+        };
+        let version = s.version().map(|v| v.major());
+        for summary in s.take_complete() {
+            let key = repo::summary_key(self.tli, summary.segno, self.cfg.seg);
+            let json = crate::wal::summary_json(
+                &key,
+                self.tli,
+                self.cfg.seg,
+                version,
+                self.cfg.system_id,
+                summary,
+            );
+            let body = Bytes::from(serde_json::to_vec(&json).unwrap_or_default());
+            self.put(&key, body).await?;
+        }
+        Ok(())
+    }
+
+    /// Publishes the segment being filled, if it grew since the last publish.
+    async fn publish_partial(&mut self) -> Result<(), StreamError> {
+        if !self.active || self.buf.len() <= self.published_len {
+            return Ok(());
+        }
+        let end = Lsn(self.seg_start.0 + self.buf.len() as u64);
+        let key = repo::partial_key(self.tli, self.segno, end, self.cfg.seg);
+        let body = repo::compress(&self.buf);
+        self.put(&key, body).await?;
+        self.published_len = self.buf.len();
+        self.advance(end);
+        self.delete_stale(Lsn(end.0 - 1)).await?;
+        self.stale.push((key, end));
+        Ok(())
+    }
+}

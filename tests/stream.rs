@@ -1,0 +1,418 @@
+//! `pitr stream` as a user runs it (the binary, against real servers of every major).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use testkit::{Cluster, ClusterOptions, PgInstall};
+
+fn pitr() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_pitr"));
+    c.env("PITR_LOG", "info")
+        .env_remove("PITR_REPO")
+        .env_remove("PITR_SOURCE");
+    c
+}
+
+fn source(c: &Cluster) -> String {
+    format!(
+        "host=127.0.0.1 port={} user=postgres sslmode=disable",
+        c.port()
+    )
+}
+
+fn start_stream(c: &Cluster, repo: &Path, log: &Path) -> Child {
+    pitr()
+        .args([
+            "stream",
+            "--partial-every",
+            "200ms",
+            "--source",
+            &source(c),
+            "--repo",
+        ])
+        .arg(repo)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+fn stop(mut child: Child) {
+    unsafe_free_sigterm(child.id());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            assert!(st.success(), "pitr stream exited with {st}");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pitr stream did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn unsafe_free_sigterm(pid: u32) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
+
+fn kill9(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Complete segments in the repo for a timeline, as names.
+fn repo_segments(repo: &Path, tli: u32) -> Vec<String> {
+    let dir = repo.join(format!("wal/{tli:08X}"));
+    let mut v: Vec<String> = std::fs::read_dir(&dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter_map(|n| {
+                    n.strip_suffix(".lz4")
+                        .filter(|s| s.len() == 24)
+                        .map(str::to_owned)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn fetch(repo: &Path, name: &str, dest: &Path) -> Vec<u8> {
+    let out = pitr()
+        .args(["wal", "fetch", name])
+        .arg(dest)
+        .arg("--repo")
+        .arg(repo)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "fetch {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read(dest).unwrap()
+}
+
+/// Every complete segment in the repo equals the server's own copy; segments are contiguous.
+fn assert_identical_and_contiguous(repo: &Path, c: &Cluster, tli: u32, tmp: &Path) -> Vec<String> {
+    let segs = repo_segments(repo, tli);
+    assert!(!segs.is_empty(), "no segments archived");
+    for (i, s) in segs.iter().enumerate() {
+        if i > 0 {
+            let prev = u64::from_str_radix(&segs[i - 1][8..], 16).unwrap();
+            let cur = u64::from_str_radix(&s[8..], 16).unwrap();
+            assert_eq!(
+                cur,
+                prev + 1,
+                "gap in the archive between {} and {s}",
+                segs[i - 1]
+            );
+        }
+        let got = fetch(repo, s, &tmp.join("fetched"));
+        let want =
+            std::fs::read(c.wal_dir().join(s)).unwrap_or_else(|e| panic!("{s} not in pg_wal: {e}"));
+        assert!(got == want, "archived {s} differs from the server's copy");
+        // Its summary is there and agrees with what walfmt reads.
+        let summary = repo.join(format!("wal/{tli:08X}/{s}.summary.json"));
+        if i + 1 < segs.len() {
+            assert!(summary.exists(), "no summary for {s}");
+        }
+    }
+    segs
+}
+
+fn pgbench(c: &Cluster, args: &[&str]) -> Child {
+    c.install()
+        .command("pgbench")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &c.port().to_string(),
+            "-U",
+            "postgres",
+        ])
+        .args(args)
+        .arg("postgres")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn opts() -> ClusterOptions {
+    ClusterOptions::default()
+        .wal_segsize_mb(1)
+        .conf("wal_keep_size = '64MB'")
+}
+
+#[test]
+fn archives_byte_identical_segments_on_every_major() {
+    for install in PgInstall::for_tests() {
+        let major = install.major;
+        let c = Cluster::start(&install, opts());
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = tmp.path().join("repo");
+        let child = start_stream(&c, &repo, &tmp.path().join("stream.log"));
+        wait_for("the slot", Duration::from_secs(20), || {
+            c.psql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'pitr' AND active")
+                == "1"
+        });
+        assert!(
+            pgbench(&c, &["-i", "-s", "2", "-q"])
+                .wait()
+                .unwrap()
+                .success()
+        );
+        assert!(
+            pgbench(&c, &["-c", "2", "-T", "2"])
+                .wait()
+                .unwrap()
+                .success()
+        );
+        let last = c.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+        c.switch_wal();
+        wait_for("the switched segment", Duration::from_secs(60), || {
+            repo_segments(&repo, 1).contains(&last)
+        });
+        stop(child);
+        let segs = assert_identical_and_contiguous(&repo, &c, 1, tmp.path());
+        assert!(segs.len() >= 5, "PG {major}: only {} segments", segs.len());
+        // The slot never ran ahead of the archive, and advanced with it.
+        let restart: String =
+            c.psql("SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'pitr'");
+        let seg_of_restart = c.psql(&format!("SELECT pg_walfile_name('{restart}')"));
+        assert!(
+            seg_of_restart >= last,
+            "PG {major}: slot at {restart} did not advance"
+        );
+        // wal inspect reads the archive (compressed segments), with no invalid WAL.
+        let files: Vec<PathBuf> = segs
+            .iter()
+            .map(|s| repo.join(format!("wal/00000001/{s}.lz4")))
+            .collect();
+        let out = pitr()
+            .args(["wal", "inspect"])
+            .args(&files)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "PG {major}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn kill_9_at_random_moments_loses_nothing() {
+    let install = PgInstall::for_tests().pop().unwrap();
+    let c = Cluster::start(&install, opts());
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    assert!(
+        pgbench(&c, &["-i", "-s", "1", "-q"])
+            .wait()
+            .unwrap()
+            .success()
+    );
+    let mut load = pgbench(&c, &["-c", "2", "-T", "12"]);
+    let mut seed = std::process::id() as u64;
+    for round in 0..4 {
+        let child = start_stream(&c, &repo, &tmp.path().join(format!("stream{round}.log")));
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        std::thread::sleep(Duration::from_millis(700 + (seed >> 33) % 1500));
+        kill9(child);
+    }
+    assert!(load.wait().unwrap().success());
+    let child = start_stream(&c, &repo, &tmp.path().join("final.log"));
+    let last = c.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    c.switch_wal();
+    wait_for("the last segment", Duration::from_secs(60), || {
+        repo_segments(&repo, 1).contains(&last)
+    });
+    stop(child);
+    let segs = assert_identical_and_contiguous(&repo, &c, 1, tmp.path());
+    // The first archived segment is where the slot began: nothing before it was skipped.
+    assert!(segs.len() >= 4, "{segs:?}");
+    // No stray temporary files or undecodable objects.
+    let out = pitr()
+        .args(["wal", "inspect"])
+        .args(
+            segs.iter()
+                .map(|s| repo.join(format!("wal/00000001/{s}.lz4"))),
+        )
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn one_line_error(args: &[&str], env: &[(&str, &str)], want: &str) {
+    let mut cmd = pitr();
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.stdin(Stdio::null()).output().unwrap();
+    assert!(!out.status.success(), "{args:?} succeeded");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.lines().last().unwrap_or("");
+    assert!(
+        last.starts_with("pitr: error: ") || last.starts_with("error:"),
+        "{args:?}: {err}"
+    );
+    assert!(last.contains(want), "{args:?}: expected {want:?} in {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn refusals_are_one_clear_line() {
+    let install = PgInstall::for_tests().pop().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    let r = repo.to_str().unwrap();
+    let c = Cluster::start(
+        &install,
+        ClusterOptions::default().auth(testkit::Auth::Scram("pw".into())),
+    );
+    let src = |extra: &str| {
+        format!(
+            "host=127.0.0.1 port={} user=postgres sslmode=disable {extra}",
+            c.port()
+        )
+    };
+    one_line_error(
+        &["stream", "--source", &src("password=nope"), "--repo", r],
+        &[],
+        "password authentication failed",
+    );
+    one_line_error(
+        &[
+            "stream",
+            "--source",
+            "host=127.0.0.1 port=1 sslmode=disable",
+            "--repo",
+            r,
+        ],
+        &[],
+        "cannot connect to 127.0.0.1:1",
+    );
+    c.psql("CREATE ROLE norepl LOGIN PASSWORD 'pw2'");
+    one_line_error(
+        &[
+            "stream",
+            "--source",
+            &format!(
+                "host=127.0.0.1 port={} user=norepl password=pw2 sslmode=disable",
+                c.port()
+            ),
+            "--repo",
+            r,
+        ],
+        &[],
+        "ALTER ROLE norepl REPLICATION",
+    );
+    one_line_error(
+        &[
+            "stream",
+            "--source",
+            &src("password=pw"),
+            "--repo",
+            "ftp://x/y",
+        ],
+        &[],
+        "invalid --repo",
+    );
+    one_line_error(
+        &[
+            "stream",
+            "--source",
+            &src("password=pw"),
+            "--repo",
+            "file://relative",
+        ],
+        &[],
+        "absolute path",
+    );
+    one_line_error(
+        &["stream", "--source", "host=x bogus=1", "--repo", r],
+        &[],
+        "unknown parameter \"bogus\"",
+    );
+    one_line_error(
+        &[
+            "stream",
+            "--source",
+            &src("password=pw"),
+            "--repo",
+            r,
+            "--partial-every",
+            "soon",
+        ],
+        &[],
+        "invalid duration",
+    );
+    // A repo that belongs to another cluster.
+    let other = Cluster::start(&install, ClusterOptions::default());
+    std::fs::create_dir_all(&repo).unwrap();
+    std::fs::write(
+        repo.join("pitr.json"),
+        format!(
+            r#"{{"format":1,"system_id":"{}","wal_segment_size":16777216,"pg_major":{},"created_by":"test"}}"#,
+            other.psql("SELECT system_identifier FROM pg_control_system()"),
+            install.major
+        ),
+    )
+    .unwrap();
+    one_line_error(
+        &["stream", "--source", &src("password=pw"), "--repo", r],
+        &[],
+        "belongs to database system",
+    );
+    // wal_level = minimal.
+    let minimal = Cluster::start(
+        &install,
+        ClusterOptions::default()
+            .conf("wal_level = minimal")
+            .conf("max_wal_senders = 0"),
+    );
+    one_line_error(
+        &[
+            "stream",
+            "--source",
+            &format!(
+                "host=127.0.0.1 port={} user=postgres sslmode=disable",
+                minimal.port()
+            ),
+            "--repo",
+            tmp.path().join("r2").to_str().unwrap(),
+        ],
+        &[],
+        "wal_level",
+    );
+}

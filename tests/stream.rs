@@ -416,3 +416,105 @@ fn refusals_are_one_clear_line() {
         "wal_level",
     );
 }
+
+fn start_stream_src(src: &str, repo: &Path, log: &Path) -> Child {
+    pitr()
+        .args([
+            "stream",
+            "--partial-every",
+            "200ms",
+            "--source",
+            src,
+            "--repo",
+        ])
+        .arg(repo)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn failover_to_a_promoted_standby_archives_both_timelines_without_gap() {
+    for install in PgInstall::for_tests() {
+        let major = install.major;
+        let p = Cluster::start(&install, opts());
+        p.psql("CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 5000);");
+        let s = Cluster::standby_of(&p, &["wal_keep_size = '64MB'"]);
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = tmp.path().join("repo");
+        let a = start_stream(&p, &repo, &tmp.path().join("a.log"));
+        p.psql("INSERT INTO t SELECT generate_series(1, 20000);");
+        let last1 = p.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+        p.switch_wal();
+        wait_for("primary segments", Duration::from_secs(60), || {
+            repo_segments(&repo, 1).contains(&last1)
+        });
+        // Let the standby catch up, then fail over to it.
+        let target = p.psql("SELECT pg_current_wal_flush_lsn()");
+        wait_for("standby replay", Duration::from_secs(30), || {
+            s.psql(&format!("SELECT pg_last_wal_replay_lsn() >= '{target}'")) == "t"
+        });
+        stop(a);
+        s.promote();
+        s.psql(
+            "DO $$ BEGIN FOR i IN 1..300 LOOP INSERT INTO t VALUES (-i); COMMIT; END LOOP; END $$;",
+        );
+        // pitr is pointed at the new primary.
+        let b = start_stream_src(
+            &format!(
+                "host=127.0.0.1 port={} user=postgres sslmode=disable",
+                s.port()
+            ),
+            &repo,
+            &tmp.path().join("b.log"),
+        );
+        let last2 = s.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+        assert!(last2.starts_with("00000002"), "{last2}");
+        s.switch_wal();
+        wait_for("new-timeline segments", Duration::from_secs(60), || {
+            repo_segments(&repo, 2).contains(&last2)
+        });
+        stop(b);
+        let log = std::fs::read_to_string(tmp.path().join("b.log")).unwrap_or_default();
+        // The history file, byte for byte.
+        let hist = std::fs::read(s.wal_dir().join("00000002.history")).unwrap();
+        assert_eq!(
+            fetch(&repo, "00000002.history", &tmp.path().join("h")),
+            hist,
+            "PG {major}"
+        );
+        // Timeline 1 up to the fork, timeline 2 from the fork's segment on: contiguous, and
+        // identical to each server's own files.
+        let t1 = assert_identical_and_contiguous(&repo, &p, 1, tmp.path());
+        let t2 = assert_identical_and_contiguous(&repo, &s, 2, tmp.path());
+        let h =
+            walfmt::TimelineHistory::parse(walfmt::TimeLineId(2), &String::from_utf8_lossy(&hist))
+                .unwrap();
+        let fork = h.ancestors[0].end;
+        let fork_seg = fork.0 >> 20;
+        let first2 = u64::from_str_radix(&t2[0][8..], 16).unwrap();
+        assert_eq!(
+            first2, fork_seg,
+            "PG {major}: timeline 2 must start at the fork's segment\n{log}"
+        );
+        let last_t1 = u64::from_str_radix(&t1.last().unwrap()[8..], 16).unwrap();
+        assert!(
+            last_t1 + 1 >= fork_seg,
+            "PG {major}: timeline 1 archive ends before the fork"
+        );
+        // The fork segment of timeline 1 is kept as a partial when the fork is mid-segment.
+        if fork.0 % (1 << 20) != 0 && last_t1 < fork_seg {
+            let name = format!("00000001{}", &t2[0][8..]);
+            let part = fetch(&repo, &format!("{name}.partial"), &tmp.path().join("p"));
+            let off = (fork.0 % (1 << 20)) as usize;
+            let p_copy = std::fs::read(p.wal_dir().join(&name)).unwrap();
+            assert_eq!(
+                &part[..off],
+                &p_copy[..off],
+                "PG {major}: old-timeline partial differs before the fork"
+            );
+        }
+    }
+}

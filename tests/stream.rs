@@ -518,3 +518,78 @@ fn failover_to_a_promoted_standby_archives_both_timelines_without_gap() {
         }
     }
 }
+
+#[test]
+fn storage_outage_holds_the_slot_and_catches_up_without_gap() {
+    use pitr::repo::Repo;
+    use pitr::repo::local::LocalStore;
+    use pitr::repo::memory::FaultyStore;
+    use std::sync::Arc;
+
+    let install = PgInstall::for_tests().pop().unwrap();
+    let c = Cluster::start(&install, opts());
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("repo");
+    let faulty = FaultyStore::new(LocalStore::open(&dir).unwrap());
+    let repo = Repo::with_store(Arc::new(faulty.clone()));
+    let stream_opts = pitr::stream::StreamOptions {
+        source: pitr::replication::conninfo::ConnParams::parse(&source(&c), true).unwrap(),
+        repo,
+        slot: Some("pitr".into()),
+        partial_every: Duration::from_millis(200),
+        status_interval: Duration::from_secs(1),
+        reconnect_cap: Duration::from_secs(2),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let runner = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(pitr::stream::run(stream_opts, stop_rx))
+    });
+    wait_for("the slot", Duration::from_secs(20), || {
+        c.psql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'pitr' AND active")
+            == "1"
+    });
+    assert!(
+        pgbench(&c, &["-i", "-s", "1", "-q"])
+            .wait()
+            .unwrap()
+            .success()
+    );
+    let before = c.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    c.switch_wal();
+    wait_for("archiving", Duration::from_secs(30), || {
+        repo_segments(&dir, 1).contains(&before)
+    });
+    // Outage: storage fails every call for 10 s while the server keeps writing.
+    faulty.set_down(true);
+    let slot_at_outage =
+        c.psql("SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'pitr'");
+    let mut load = pgbench(&c, &["-c", "2", "-T", "8"]);
+    std::thread::sleep(Duration::from_secs(10));
+    assert!(load.wait().unwrap().success());
+    let during = c.psql(&format!(
+        "SELECT restart_lsn <= '{slot_at_outage}'::pg_lsn FROM pg_replication_slots WHERE slot_name = 'pitr'"
+    ));
+    assert_eq!(
+        during, "t",
+        "the slot advanced while nothing could be archived"
+    );
+    assert_eq!(
+        c.psql("SELECT count(*) FROM pg_stat_replication"),
+        "1",
+        "the connection stayed up"
+    );
+    faulty.set_down(false);
+    let last = c.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    c.switch_wal();
+    wait_for("catching up", Duration::from_secs(90), || {
+        repo_segments(&dir, 1).contains(&last)
+    });
+    stop_tx.send(true).unwrap();
+    runner.join().unwrap().unwrap();
+    assert_identical_and_contiguous(&dir, &c, 1, tmp.path());
+}

@@ -505,7 +505,7 @@ fn failover_to_a_promoted_standby_archives_both_timelines_without_gap() {
             "PG {major}: timeline 1 archive ends before the fork"
         );
         // The fork segment of timeline 1 is kept as a partial when the fork is mid-segment.
-        if fork.0 % (1 << 20) != 0 && last_t1 < fork_seg {
+        if !fork.0.is_multiple_of(1 << 20) && last_t1 < fork_seg {
             let name = format!("00000001{}", &t2[0][8..]);
             let part = fetch(&repo, &format!("{name}.partial"), &tmp.path().join("p"));
             let off = (fork.0 % (1 << 20)) as usize;

@@ -23,6 +23,13 @@ if [ ! -x /usr/lib/postgresql/15/bin/postgres ] || [ ! -x /usr/lib/postgresql/15
 fi
 ln -sfn /usr/lib/postgresql/15 "$CACHE/pg/15"
 
+# The TLS tests make certificates with the openssl CLI.
+if ! command -v openssl >/dev/null 2>&1; then
+    log "installing openssl"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq openssl >/dev/null
+fi
+
 # The server runs as the `postgres` OS user when tests run as root.
 if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
     log "creating the postgres OS user"

@@ -212,3 +212,310 @@ impl pitr::replication::conninfo::Env for NoEnv {
         None
     }
 }
+
+/// A CA and a server certificate for `localhost`/127.0.0.1, made with the openssl CLI.
+fn make_certs(dir: &std::path::Path) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=pitr-test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "server.crt",
+    ]);
+}
+
+#[test]
+fn tls_modes_as_libpq() {
+    // The PyPI builds of 16 and 18 lack SSL: use a major built with OpenSSL (15 or 17).
+    let Some(install) = PgInstall::for_tests().into_iter().rev().find(|i| {
+        std::process::Command::new(i.tool("pg_config"))
+            .arg("--configure")
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("openssl"))
+    }) else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "no PostgreSQL built with OpenSSL among the tested majors"
+        );
+        return;
+    };
+    let certs = tempfile::tempdir().unwrap();
+    make_certs(certs.path());
+    let c = Cluster::start(
+        &install,
+        ClusterOptions::default().auth(Auth::Scram("tls pw".into())),
+    );
+    for f in ["server.crt", "server.key"] {
+        let dst = c.data_dir().join(f);
+        std::fs::copy(certs.path().join(f), &dst).unwrap();
+        std::fs::set_permissions(&dst, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        testkit::chown_tree_to_server(&dst);
+    }
+    c.psql("ALTER SYSTEM SET ssl = on; SELECT pg_reload_conf();");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let ca = certs.path().join("ca.crt");
+    let p = |host: &str, extra: &str| {
+        ConnParams::parse(
+            &format!(
+                "host={host} port={} user=postgres password='tls pw' {extra}",
+                c.port()
+            ),
+            true,
+        )
+        .unwrap()
+    };
+    rt().block_on(async {
+        for mode in ["prefer", "require"] {
+            let conn = PgConn::connect(&p("127.0.0.1", &format!("sslmode={mode}")), true)
+                .await
+                .unwrap();
+            assert!(conn.tls, "sslmode={mode} should use TLS when offered");
+        }
+        // verify-full: the CA signs the certificate, and it names localhost and 127.0.0.1.
+        let mut conn = PgConn::connect(
+            &p(
+                "localhost",
+                &format!("sslmode=verify-full sslrootcert={}", ca.display()),
+            ),
+            true,
+        )
+        .await
+        .unwrap();
+        assert!(conn.tls);
+        conn.identify_system().await.unwrap(); // SCRAM-SHA-256-PLUS (channel binding) over TLS
+        PgConn::connect(
+            &p(
+                "127.0.0.1",
+                &format!("sslmode=verify-ca sslrootcert={}", ca.display()),
+            ),
+            true,
+        )
+        .await
+        .unwrap();
+        // A wrong root: refused, clearly.
+        let other = tempfile::tempdir().unwrap();
+        make_certs(other.path());
+        let e = PgConn::connect(
+            &p(
+                "localhost",
+                &format!(
+                    "sslmode=verify-full sslrootcert={}",
+                    other.path().join("ca.crt").display()
+                ),
+            ),
+            true,
+        )
+        .await
+        .unwrap_err();
+        assert!(e.to_string().contains("TLS") && !e.is_transient(), "{e}");
+        // verify-* without a root certificate: told what to do.
+        let e = PgConn::connect(
+            &ConnParams::parse_with(
+                &format!(
+                    "host=localhost port={} user=postgres password=x sslmode=verify-full",
+                    c.port()
+                ),
+                true,
+                &NoEnv,
+            )
+            .unwrap(),
+            true,
+        )
+        .await
+        .unwrap_err();
+        assert!(e.to_string().contains("sslrootcert"), "{e}");
+        let conn = PgConn::connect(&p("127.0.0.1", "sslmode=disable"), true)
+            .await
+            .unwrap();
+        assert!(!conn.tls);
+    });
+    // A server without TLS: prefer falls back, require refuses.
+    let plain = Cluster::start(&install, ClusterOptions::default());
+    rt().block_on(async {
+        let base = format!("host=127.0.0.1 port={} user=postgres", plain.port());
+        let conn = PgConn::connect(
+            &ConnParams::parse(&format!("{base} sslmode=prefer"), true).unwrap(),
+            true,
+        )
+        .await
+        .unwrap();
+        assert!(!conn.tls);
+        let e = PgConn::connect(
+            &ConnParams::parse(&format!("{base} sslmode=require"), true).unwrap(),
+            true,
+        )
+        .await
+        .unwrap_err();
+        assert!(e.to_string().contains("does not support TLS"), "{e}");
+    });
+}
+
+#[test]
+fn md5_and_cleartext_password_methods() {
+    let install = PgInstall::for_tests().pop().unwrap();
+    let c = Cluster::start(&install, ClusterOptions::default());
+    c.psql(
+        "SET password_encryption = 'md5'; CREATE ROLE r_md5 LOGIN REPLICATION PASSWORD 'md5 pw';",
+    );
+    c.psql("CREATE ROLE r_clear LOGIN REPLICATION PASSWORD 'clear pw';");
+    let hba = format!(
+        "host replication r_md5 127.0.0.1/32 md5\nhost replication r_clear 127.0.0.1/32 password\n{}",
+        std::fs::read_to_string(c.data_dir().join("pg_hba.conf")).unwrap()
+    );
+    std::fs::write(c.data_dir().join("pg_hba.conf"), hba).unwrap();
+    c.psql("SELECT pg_reload_conf()");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    rt().block_on(async {
+        for (user, pw) in [("r_md5", "md5 pw"), ("r_clear", "clear pw")] {
+            let mut conn = PgConn::connect(&tcp(&c, &format!("user={user} password='{pw}'")), true)
+                .await
+                .unwrap();
+            conn.identify_system().await.unwrap();
+            let e = PgConn::connect(&tcp(&c, &format!("user={user} password=bad")), true)
+                .await
+                .unwrap_err();
+            assert_eq!(e.sqlstate(), Some("28P01"), "{user}: {e}");
+        }
+    });
+}
+
+struct MapEnv(Vec<(&'static str, String)>);
+impl pitr::replication::conninfo::Env for MapEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        self.0
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.clone())
+    }
+}
+
+#[test]
+fn connection_strings_env_and_pgpass_as_libpq() {
+    use pitr::replication::conninfo::{Host, SslMode};
+    // URI with percent-encoding, several hosts, query parameters.
+    let p = ConnParams::parse_with(
+        "postgresql://arch%40iver:p%3Ass@db1:5433,[::1]:5434/mydb?sslmode=verify-full&application_name=pitr-x",
+        true,
+        &NoEnv,
+    )
+    .unwrap();
+    assert_eq!(p.user, "arch@iver");
+    assert_eq!(p.password.as_ref().unwrap().expose(), "p:ss");
+    assert_eq!(
+        p.hosts,
+        vec![Host::Tcp("db1".into(), 5433), Host::Tcp("::1".into(), 5434)]
+    );
+    assert_eq!(p.dbname, "mydb");
+    assert_eq!(p.sslmode, SslMode::VerifyFull);
+    assert_eq!(p.application_name, "pitr-x");
+    assert_eq!(
+        format!("{:?}", p.password),
+        "Some(********)",
+        "the password never prints"
+    );
+    assert!(!format!("{p:?}").contains("p:ss"));
+    // Key/value with quoting; a Unix socket directory.
+    let p = ConnParams::parse_with(
+        r"host=/run/pg port=6000 user='o\'brien' password='a b'",
+        true,
+        &NoEnv,
+    )
+    .unwrap();
+    assert_eq!(p.hosts, vec![Host::Unix("/run/pg".into(), 6000)]);
+    assert_eq!(p.user, "o'brien");
+    // Environment fills what the string leaves out; the string wins.
+    let env = MapEnv(vec![
+        ("PGHOST", "envhost".into()),
+        ("PGPORT", "7000".into()),
+        ("PGUSER", "envuser".into()),
+        ("PGSSLMODE", "require".into()),
+        ("PGPASSWORD", "envpw".into()),
+    ]);
+    let p = ConnParams::parse_with("port=7001", true, &env).unwrap();
+    assert_eq!(p.hosts, vec![Host::Tcp("envhost".into(), 7001)]);
+    assert_eq!((p.user.as_str(), p.sslmode), ("envuser", SslMode::Require));
+    assert_eq!(p.password.unwrap().expose(), "envpw");
+    // .pgpass: replication connections match the database "replication"; escapes; first match wins.
+    let dir = tempfile::tempdir().unwrap();
+    let pass = dir.path().join("pgpass");
+    std::fs::write(&pass, "# comment\ndb1:5432:mydb:arch:wrong\ndb1:5432:replication:arch:right\\:pw\n*:*:*:*:fallback\n").unwrap();
+    std::fs::set_permissions(&pass, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let env = MapEnv(vec![("PGPASSFILE", pass.display().to_string())]);
+    let p = ConnParams::parse_with("host=db1 user=arch dbname=mydb", true, &env).unwrap();
+    assert_eq!(p.password.unwrap().expose(), "right:pw");
+    let p = ConnParams::parse_with("host=db1 user=arch dbname=mydb", false, &env).unwrap();
+    assert_eq!(p.password.unwrap().expose(), "wrong");
+    let p = ConnParams::parse_with("host=other user=x", true, &env).unwrap();
+    assert_eq!(p.password.unwrap().expose(), "fallback");
+    // A password file others can read is ignored, as libpq does.
+    std::fs::set_permissions(&pass, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let p = ConnParams::parse_with("host=db1 user=arch", true, &env).unwrap();
+    assert!(p.password.is_none());
+    // Bad input: one clear message.
+    for (s, want) in [
+        ("host", "missing \"=\""),
+        ("sslmode=sometimes", "invalid sslmode"),
+        ("port=http", "invalid port"),
+        ("nosuch=1", "unknown parameter"),
+        ("password='open", "unterminated"),
+        ("mysql://x", "unsupported URI scheme"),
+    ] {
+        let e = ConnParams::parse_with(s, true, &NoEnv).unwrap_err();
+        assert!(e.to_string().contains(want), "{s}: {e}");
+    }
+}

@@ -339,6 +339,13 @@ impl ConnParams {
         let s = conninfo.trim();
         let kv = if s.starts_with("postgresql://") || s.starts_with("postgres://") {
             parse_uri(s)?
+        } else if let Some((scheme, _)) = s
+            .split_once("://")
+            .filter(|(sch, _)| sch.bytes().all(|b| b.is_ascii_alphanumeric()))
+        {
+            return Err(ConnInfoError(format!(
+                "unsupported URI scheme {scheme:?}: use postgresql://user@host/db or key=value pairs"
+            )));
         } else {
             parse_keyword_value(s)?
         };

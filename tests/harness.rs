@@ -163,17 +163,7 @@ fn standby_from_base_backup_and_promotion() {
         let s = Cluster::standby_of(&p, &[]);
         assert_eq!(s.psql("SELECT pg_is_in_recovery()"), "t");
         p.psql("INSERT INTO t VALUES (2)");
-        // Wait for replay.
-        let lsn = p.psql("SELECT pg_current_wal_lsn()");
-        let mut caught_up = false;
-        for _ in 0..200 {
-            if s.psql(&format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'")) == "t" {
-                caught_up = true;
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        assert!(caught_up, "standby did not replay");
+        testkit::wait_caught_up(&p, &s);
         assert_eq!(s.psql("SELECT count(*) FROM t"), "2");
         s.promote();
         assert_eq!(s.psql("SELECT pg_is_in_recovery()"), "f");

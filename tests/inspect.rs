@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::Value;
+use testkit::PgInstall;
 use testkit::waldump::{self, DumpRecord};
-use testkit::{Cluster, ClusterOptions, PgInstall};
 
 fn pitr(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_pitr"))
@@ -168,16 +168,7 @@ fn inspect_json_on_live_wal_agrees_with_pg_waldump() {
     for install in PgInstall::for_tests() {
         let major = install.major;
         let tmp = tempfile::tempdir().unwrap();
-        let names = {
-            let c = Cluster::start(
-                &install,
-                ClusterOptions::default()
-                    .wal_segsize_mb(1)
-                    .conf("wal_keep_size = '1GB'"),
-            );
-            testkit::workload::run(&c, 60);
-            testkit::copy_wal_segments(&c.wal_dir(), tmp.path(), 1)
-        };
+        let names = testkit::workload::make_wal(&install, tmp.path(), 60);
         let dump = waldump::dump_dir(&install, tmp.path(), &names[0], &names[names.len() - 1]);
         let theirs = waldump::parse(&dump);
         // Only the segments pg_waldump read (the rest of pg_wal is recycled or preallocated).

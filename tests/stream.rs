@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use testkit::{Cluster, ClusterOptions, PgInstall};
+use testkit::{Cluster, ClusterOptions, PgInstall, wait_for};
 
 fn pitr() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_pitr"));
@@ -22,21 +22,7 @@ fn source(c: &Cluster) -> String {
 }
 
 fn start_stream(c: &Cluster, repo: &Path, log: &Path) -> Child {
-    pitr()
-        .args([
-            "stream",
-            "--partial-every",
-            "200ms",
-            "--source",
-            &source(c),
-            "--repo",
-        ])
-        .arg(repo)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap()
+    start_stream_src(&source(c), repo, log)
 }
 
 fn stop(mut child: Child) {
@@ -86,14 +72,6 @@ fn repo_segments(repo: &Path, tli: u32) -> Vec<String> {
         .unwrap_or_default();
     v.sort();
     v
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn fetch(repo: &Path, name: &str, dest: &Path) -> Vec<u8> {
@@ -452,10 +430,7 @@ fn failover_to_a_promoted_standby_archives_both_timelines_without_gap() {
             repo_segments(&repo, 1).contains(&last1)
         });
         // Let the standby catch up, then fail over to it.
-        let target = p.psql("SELECT pg_current_wal_flush_lsn()");
-        wait_for("standby replay", Duration::from_secs(30), || {
-            s.psql(&format!("SELECT pg_last_wal_replay_lsn() >= '{target}'")) == "t"
-        });
+        testkit::wait_caught_up(&p, &s);
         stop(a);
         s.promote();
         s.psql(

@@ -652,3 +652,23 @@ pub fn copy_wal_segments(wal_dir: &Path, dest: &Path, tli: u32) -> Vec<String> {
     }
     names
 }
+
+/// Polls `ready` every 50 ms until it holds; panics naming `what` after `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ready() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A standby has replayed everything its primary has flushed.
+pub fn wait_caught_up(primary: &Cluster, standby: &Cluster) {
+    let target = primary.psql("SELECT pg_current_wal_flush_lsn()");
+    wait_for("standby replay", Duration::from_secs(60), || {
+        standby.psql(&format!("SELECT pg_last_wal_replay_lsn() >= '{target}'")) == "t"
+    });
+}

@@ -62,3 +62,20 @@ pub fn run(c: &Cluster, small_commits: u32) {
         n = small_commits / 3 + 1
     ));
 }
+
+/// A fresh 1 MiB-segment cluster of `install` runs the workload; its timeline-1 segment
+/// files are copied into `dest`. Returns their names, in order.
+pub fn make_wal(
+    install: &crate::PgInstall,
+    dest: &std::path::Path,
+    small_commits: u32,
+) -> Vec<String> {
+    let c = Cluster::start(
+        install,
+        crate::ClusterOptions::default()
+            .wal_segsize_mb(1)
+            .conf("wal_keep_size = '1GB'"),
+    );
+    run(&c, small_commits);
+    crate::copy_wal_segments(&c.wal_dir(), dest, 1)
+}

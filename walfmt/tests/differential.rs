@@ -19,17 +19,7 @@ fn differential(major: u32) {
     };
     let label = format!("PostgreSQL {major}");
     let tmp = tempfile::tempdir().unwrap();
-    let names = {
-        let c = Cluster::start(
-            &install,
-            ClusterOptions::default()
-                .wal_segsize_mb(1)
-                .conf("wal_keep_size = '1GB'"),
-        );
-        assert_eq!(c.server_version_num() / 10000, major);
-        testkit::workload::run(&c, 300);
-        testkit::copy_wal_segments(&c.wal_dir(), tmp.path(), 1)
-    };
+    let names = testkit::workload::make_wal(&install, tmp.path(), 300);
     let seg = WalSegSize::new(1 << 20).unwrap();
     let dump = waldump::dump_dir(&install, tmp.path(), &names[0], &names[names.len() - 1]);
     let theirs = waldump::parse(&dump);
@@ -146,13 +136,7 @@ fn timeline_switch(major: u32) {
         let s = Cluster::standby_of(&p, &["wal_keep_size = '1GB'"]);
         p.psql("INSERT INTO t VALUES (-1); SELECT pg_switch_wal();");
         // Let the standby catch up, then promote it.
-        let target = p.psql("SELECT pg_current_wal_lsn()");
-        for _ in 0..400 {
-            if s.psql(&format!("SELECT pg_last_wal_replay_lsn() >= '{target}'")) == "t" {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(25));
-        }
+        testkit::wait_caught_up(&p, &s);
         s.promote();
         s.psql(
             "DO $$ BEGIN FOR i IN 1..200 LOOP INSERT INTO t VALUES (i); COMMIT; END LOOP; END $$;

@@ -77,6 +77,14 @@ pub struct StreamArgs {
     /// How often the segment being filled is published (e.g. 1s, 500ms).
     #[arg(long, env = "PITR_PARTIAL_EVERY", default_value = "1s", value_parser = parse_duration)]
     pub partial_every: std::time::Duration,
+    /// Serve /metrics (Prometheus), /healthz and /readyz on this address; "off" to disable.
+    #[arg(
+        long,
+        env = "PITR_METRICS_LISTEN",
+        default_value = "127.0.0.1:9188",
+        value_name = "ADDR"
+    )]
+    pub metrics_listen: String,
     /// Standby status update interval when the server does not ask.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub status_interval: std::time::Duration,

@@ -9,5 +9,6 @@
 pub mod cli;
 pub mod replication;
 pub mod repo;
+pub mod server;
 pub mod stream;
 pub mod wal;

@@ -39,6 +39,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 partial_every: a.partial_every,
                 status_interval: a.status_interval,
                 reconnect_cap: std::time::Duration::from_secs(30),
+                metrics: std::sync::Arc::new(pitr::server::Metrics::default()),
+            };
+            let listen: Option<std::net::SocketAddr> = match a.metrics_listen.as_str() {
+                "off" | "" => None,
+                s => Some(s.parse().map_err(|_| {
+                    anyhow::anyhow!(
+                        "invalid --metrics-listen {s:?}: use HOST:PORT, like 127.0.0.1:9188, or off"
+                    )
+                })?),
             };
             runtime()?.block_on(async move {
                 let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -61,7 +70,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     tracing::info!("signal received: finishing uploads and stopping");
                     let _ = stop_tx.send(true);
                 });
-                pitr::stream::run(opts, stop_rx).await
+                if let Some(addr) = listen {
+                    let bound = pitr::server::serve(addr, opts.metrics.clone(), stop_rx.clone())
+                        .await
+                        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for metrics: {e} (use --metrics-listen HOST:PORT or off)"))?;
+                    tracing::info!(address = %bound, "serving /metrics, /healthz and /readyz");
+                }
+                anyhow::Ok(pitr::stream::run(opts, stop_rx).await?)
             })?;
             Ok(ExitCode::SUCCESS)
         }

@@ -4,11 +4,28 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use testkit::{Cluster, ClusterOptions, PgInstall, wait_for};
+use testkit::{Cluster, ClusterOptions, PgInstall};
+
+/// `testkit::wait_for`, printing pitr's log if the wait times out.
+fn wait_logged(what: &str, timeout: Duration, log: &Path, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ready() {
+        if Instant::now() > deadline {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            panic!("timed out after {timeout:?} waiting for {what}; pitr log:\n{text}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn wait_for(what: &str, timeout: Duration, ready: impl FnMut() -> bool) {
+    testkit::wait_for(what, timeout, ready);
+}
 
 fn pitr() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_pitr"));
     c.env("PITR_LOG", "info")
+        .env("PITR_METRICS_LISTEN", "off")
         .env_remove("PITR_REPO")
         .env_remove("PITR_SOURCE");
     c
@@ -426,9 +443,12 @@ fn failover_to_a_promoted_standby_archives_both_timelines_without_gap() {
         p.psql("INSERT INTO t SELECT generate_series(1, 20000);");
         let last1 = p.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
         p.switch_wal();
-        wait_for("primary segments", Duration::from_secs(60), || {
-            repo_segments(&repo, 1).contains(&last1)
-        });
+        wait_logged(
+            "primary segments",
+            Duration::from_secs(60),
+            &tmp.path().join("a.log"),
+            || repo_segments(&repo, 1).contains(&last1),
+        );
         // Let the standby catch up, then fail over to it.
         testkit::wait_caught_up(&p, &s);
         stop(a);
@@ -514,6 +534,7 @@ fn storage_outage_holds_the_slot_and_catches_up_without_gap() {
         partial_every: Duration::from_millis(200),
         status_interval: Duration::from_secs(1),
         reconnect_cap: Duration::from_secs(2),
+        metrics: Arc::new(pitr::server::Metrics::default()),
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let runner = std::thread::spawn(move || {
@@ -567,4 +588,93 @@ fn storage_outage_holds_the_slot_and_catches_up_without_gap() {
     stop_tx.send(true).unwrap();
     runner.join().unwrap().unwrap();
     assert_identical_and_contiguous(&dir, &c, 1, tmp.path());
+}
+
+/// GET over a plain TCP socket: (status, body).
+fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut r = String::new();
+    s.read_to_string(&mut r).ok()?;
+    let status = r.split_whitespace().nth(1)?.parse().ok()?;
+    let body = r
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+fn metric(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[test]
+fn metrics_and_health_endpoints() {
+    let install = PgInstall::for_tests().pop().unwrap();
+    let c = Cluster::start(&install, opts());
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let child = pitr()
+        .args([
+            "stream",
+            "--partial-every",
+            "200ms",
+            "--metrics-listen",
+            &addr,
+            "--source",
+            &source(&c),
+            "--repo",
+        ])
+        .arg(&repo)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(tmp.path().join("log")).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for("readiness", Duration::from_secs(30), || {
+        http_get(&addr, "/readyz").is_some_and(|(s, _)| s == 200)
+    });
+    assert_eq!(http_get(&addr, "/healthz").unwrap().0, 200);
+    assert_eq!(http_get(&addr, "/nope").unwrap().0, 404);
+    c.psql("CREATE TABLE m (x int); INSERT INTO m VALUES (1);");
+    let flushed: walfmt::Lsn = c.psql("SELECT pg_current_wal_flush_lsn()").parse().unwrap();
+    wait_for("the commit to be archived", Duration::from_secs(30), || {
+        http_get(&addr, "/metrics")
+            .and_then(|(_, b)| metric(&b, "pitr_archived_lsn_bytes"))
+            .is_some_and(|v| v as u64 >= flushed.0)
+    });
+    let (status, body) = http_get(&addr, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    for name in [
+        "pitr_received_lsn_bytes",
+        "pitr_flushed_lsn_bytes",
+        "pitr_archive_lag_bytes",
+        "pitr_last_archived_commit_timestamp_seconds",
+        "pitr_last_archived_commit_age_seconds",
+        "pitr_uploads_total",
+        "pitr_upload_retries_total",
+        "pitr_reconnects_total",
+        "pitr_timeline",
+    ] {
+        assert!(metric(&body, name).is_some(), "{name} missing:\n{body}");
+    }
+    assert!(body.contains("# TYPE pitr_uploads_total counter"));
+    assert_eq!(metric(&body, "pitr_timeline"), Some(1.0));
+    assert!(metric(&body, "pitr_uploads_total").unwrap() >= 1.0);
+    let age = metric(&body, "pitr_last_archived_commit_age_seconds").unwrap();
+    assert!((0.0..120.0).contains(&age), "commit age {age}");
+    stop(child);
 }

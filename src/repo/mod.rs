@@ -437,7 +437,21 @@ impl Repo {
 
 /// Retries a storage operation on transient errors with capped exponential backoff
 /// (100 ms doubling to `cap`), forever: WAL is never dropped. Permanent errors return.
-pub async fn retry<T, F, Fut>(what: &str, cap: Duration, mut op: F) -> Result<T, StoreError>
+pub async fn retry<T, F, Fut>(what: &str, cap: Duration, op: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    retry_observed(what, cap, |_| {}, op).await
+}
+
+/// [`retry`], calling `on_error` for every failed attempt (for metrics).
+pub async fn retry_observed<T, F, Fut>(
+    what: &str,
+    cap: Duration,
+    on_error: impl Fn(&StoreError),
+    mut op: F,
+) -> Result<T, StoreError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, StoreError>>,
@@ -448,6 +462,7 @@ where
         match op().await {
             Ok(v) => return Ok(v),
             Err(e) if e.is_transient() => {
+                on_error(&e);
                 attempt += 1;
                 if attempt == 1 || attempt.is_multiple_of(10) {
                     tracing::warn!(error = %e, attempt, "{what}: storage error, retrying");
@@ -455,7 +470,10 @@ where
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(cap);
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                on_error(&e);
+                return Err(e);
+            }
         }
     }
 }

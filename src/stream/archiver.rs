@@ -57,6 +57,8 @@ pub struct ArchiverConfig {
     pub retry_cap: Duration,
     /// The cluster, for the summaries' decoder.
     pub system_id: u64,
+    /// Shared metrics.
+    pub metrics: std::sync::Arc<crate::server::Metrics>,
 }
 
 /// The archiver's state.
@@ -96,6 +98,14 @@ impl Archiver {
     }
 
     fn advance(&self, to: Lsn) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.cfg.metrics.archived_lsn.fetch_max(to.0, Relaxed);
+        if let Some((_, t)) = self.summarizer.as_ref().and_then(|s| s.last_commit()) {
+            self.cfg
+                .metrics
+                .last_commit_unix_us
+                .fetch_max(t.unix_micros(), Relaxed);
+        }
         self.archived.send_if_modified(|cur| {
             if to > *cur {
                 *cur = to;
@@ -255,10 +265,19 @@ impl Archiver {
     }
 
     async fn put(&self, key: &str, body: Bytes) -> Result<(), StreamError> {
-        repo::retry("upload", self.cfg.retry_cap, || {
+        use std::sync::atomic::Ordering::Relaxed;
+        let m = &self.cfg.metrics;
+        let on_err = |e: &crate::repo::store::StoreError| {
+            m.errors.fetch_add(1, Relaxed);
+            if e.is_transient() {
+                m.retries.fetch_add(1, Relaxed);
+            }
+        };
+        repo::retry_observed("upload", self.cfg.retry_cap, on_err, || {
             self.repo.put(key, body.clone())
         })
         .await?;
+        m.uploads.fetch_add(1, Relaxed);
         Ok(())
     }
 

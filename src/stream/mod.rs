@@ -89,6 +89,8 @@ pub struct StreamOptions {
     pub status_interval: Duration,
     /// Longest wait between reconnection attempts.
     pub reconnect_cap: Duration,
+    /// Shared metrics (served by `--metrics-listen`).
+    pub metrics: std::sync::Arc<crate::server::Metrics>,
 }
 
 /// Turns a refusal at connect time into a one-line reason with the fix.
@@ -276,6 +278,14 @@ impl Session<'_> {
             }
             tracing::info!(timeline = tli.0, start = %start, "streaming");
             self.send_arch(ArchMsg::Begin { tli, start }).await?;
+            self.opts
+                .metrics
+                .timeline
+                .store(u64::from(tli.0), std::sync::atomic::Ordering::Relaxed);
+            self.opts
+                .metrics
+                .streaming
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             match self.stream(start).await? {
                 Some((next_tli, next_start, received)) => {
                     if next_tli <= tli || next_start > received {
@@ -335,6 +345,10 @@ impl Session<'_> {
                             });
                         }
                         received = Lsn(received.0 + data.len() as u64);
+                        self.opts
+                            .metrics
+                            .received_lsn
+                            .fetch_max(received.0, std::sync::atomic::Ordering::Relaxed);
                         match self.tx.try_send(ArchMsg::Wal { start: s, data }) {
                             Ok(()) => {}
                             Err(mpsc::error::TrySendError::Full(m)) => pending = Some(m),
@@ -414,6 +428,10 @@ impl Session<'_> {
         let archived = (*self.archived.borrow()).min(received);
         if force || (received, archived) != *reported {
             self.conn.send_status(received, archived, false).await?;
+            self.opts
+                .metrics
+                .flushed_lsn
+                .fetch_max(archived.0, std::sync::atomic::Ordering::Relaxed);
             *reported = (received, archived);
         }
         Ok(())
@@ -445,6 +463,7 @@ pub async fn run(
             partial_every: opts.partial_every,
             retry_cap: Duration::from_secs(30),
             system_id: prep.system_id,
+            metrics: opts.metrics.clone(),
         },
         archived_tx,
     );
@@ -454,6 +473,9 @@ pub async fn run(
     let result = loop {
         if !first {
             tracing::info!("reconnecting");
+            opts.metrics
+                .reconnects
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             match PgConn::connect(&opts.source, true).await {
                 Ok(c) => conn = c,
                 Err(e) => {
@@ -506,6 +528,9 @@ pub async fn run(
                 Err(e) => StreamError::Internal(format!("archiver task failed: {e}")),
             }),
         };
+        opts.metrics
+            .streaming
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         match r {
             Ok(SessionEnd::Shutdown) => break Ok(()),
             Err(e) if e.is_transient() => {
@@ -524,6 +549,11 @@ pub async fn run(
         }
     };
     drop(tx);
+    if result.is_err() {
+        opts.metrics
+            .failed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     match arch_task.await {
         Ok(Err(e)) if result.is_ok() => return Err(e),
         _ => {}

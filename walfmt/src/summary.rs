@@ -210,6 +210,8 @@ impl SegmentSummary {
 pub struct Summarizer<'a> {
     dec: WalDecoder<'a>,
     seg: WalSegSize,
+    /// The newest commit seen (in LSN order): its LSN and time.
+    last_commit: Option<(Lsn, PgTimestamp)>,
     /// The segment records are currently landing in (the hot path avoids the map).
     current: SegmentSummary,
     done: BTreeMap<SegNo, SegmentSummary>,
@@ -227,6 +229,7 @@ impl<'a> Summarizer<'a> {
         Ok(Summarizer {
             dec,
             seg: cfg.seg_size,
+            last_commit: None,
             current: SegmentSummary::new(first),
             done: BTreeMap::new(),
             end: None,
@@ -289,7 +292,13 @@ impl<'a> Summarizer<'a> {
                         let prev = std::mem::replace(&mut self.current, next);
                         self.done.insert(prev.segno, prev);
                     }
+                    let before = self.current.commits;
                     self.current.observe(&rec);
+                    if self.current.commits != before
+                        && let Some(x) = self.current.xacts.last()
+                    {
+                        self.last_commit = Some((x.lsn, x.time));
+                    }
                 }
                 Poll::NeedMore => return Ok(()),
                 Poll::End(e) => {
@@ -353,6 +362,11 @@ impl<'a> Summarizer<'a> {
     /// Where valid WAL ended, once it has.
     pub fn end_of_wal(&self) -> Option<EndOfWal> {
         self.end
+    }
+
+    /// The last commit (plain or prepared) decoded so far, in LSN order: LSN and time.
+    pub fn last_commit(&self) -> Option<(Lsn, PgTimestamp)> {
+        self.last_commit
     }
 }
 

@@ -67,7 +67,16 @@ pub struct StreamArgs {
     pub source: String,
     /// Where to archive: a directory or file:///path.
     #[arg(long, env = "PITR_REPO", value_name = "REPO")]
-    pub repo: String,
+    pub repo: Option<String>,
+    /// A TOML file with any of these settings (keys as the flags, with underscores:
+    /// source, repo, slot, no_slot, partial_every, status_interval, metrics_listen,
+    /// log_format). Precedence: command-line flags, then PITR_* variables, then this file,
+    /// then the defaults.
+    #[arg(long, env = "PITR_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print the resolved settings (password hidden) and exit without connecting.
+    #[arg(long)]
+    pub print_config: bool,
     /// Physical replication slot to use (created when missing).
     #[arg(long, env = "PITR_SLOT", default_value = "pitr")]
     pub slot: String,

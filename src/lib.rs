@@ -7,6 +7,7 @@
 //! Errors: each module has a `thiserror` enum; `anyhow` is used only in `main.rs`.
 
 pub mod cli;
+pub mod config;
 pub mod replication;
 pub mod repo;
 pub mod server;

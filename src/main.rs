@@ -4,7 +4,6 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use clap::Parser;
 use pitr::cli::{Cli, Command, LogFormat, WalCommand};
 
 fn init_logging(format: LogFormat) {
@@ -26,22 +25,44 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+fn run(cli: Cli, matches: clap::ArgMatches) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Stream(a) => {
-            init_logging(cli.log_format);
-            let source = pitr::replication::conninfo::ConnParams::parse(&a.source, true)?;
-            let repo = pitr::repo::Repo::open(&a.repo)?;
+            let sm = matches
+                .subcommand_matches("stream")
+                .ok_or_else(|| anyhow::anyhow!("internal: no stream matches"))?;
+            let from_user = |m: &clap::ArgMatches| {
+                matches!(
+                    m.value_source("log_format"),
+                    Some(
+                        clap::parser::ValueSource::CommandLine
+                            | clap::parser::ValueSource::EnvVariable
+                    )
+                )
+            };
+            let log_from_user = from_user(&matches) || from_user(sm);
+            let settings = pitr::config::resolve(&a, sm, cli.log_format, log_from_user)?;
+            if a.print_config {
+                print!("{}", pitr::config::render(&settings));
+                return Ok(ExitCode::SUCCESS);
+            }
+            init_logging(if settings.log_format == "json" {
+                LogFormat::Json
+            } else {
+                LogFormat::Text
+            });
+            let source = pitr::replication::conninfo::ConnParams::parse(&settings.source, true)?;
+            let repo = pitr::repo::Repo::open(&settings.repo)?;
             let opts = pitr::stream::StreamOptions {
                 source,
                 repo,
-                slot: if a.no_slot { None } else { Some(a.slot) },
-                partial_every: a.partial_every,
-                status_interval: a.status_interval,
+                slot: settings.slot.clone(),
+                partial_every: settings.partial_every,
+                status_interval: settings.status_interval,
                 reconnect_cap: std::time::Duration::from_secs(30),
                 metrics: std::sync::Arc::new(pitr::server::Metrics::default()),
             };
-            let listen: Option<std::net::SocketAddr> = match a.metrics_listen.as_str() {
+            let listen: Option<std::net::SocketAddr> = match settings.metrics_listen.as_str() {
                 "off" | "" => None,
                 s => Some(s.parse().map_err(|_| {
                     anyhow::anyhow!(
@@ -127,7 +148,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let matches = match <Cli as clap::CommandFactory>::command().try_get_matches() {
         Ok(c) => c,
         Err(e) => {
             use clap::error::ErrorKind::*;
@@ -150,7 +171,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(cli) {
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!(
+                "pitr: error: {}",
+                e.to_string().lines().next().unwrap_or("invalid arguments")
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match run(cli, matches) {
         Ok(code) => code,
         Err(e) => {
             // A closed stdout (e.g. `| head`) is not an error worth reporting.

@@ -678,3 +678,99 @@ fn metrics_and_health_endpoints() {
     assert!((0.0..120.0).contains(&age), "commit age {age}");
     stop(child);
 }
+
+#[test]
+fn config_file_precedence_and_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("pitr.toml");
+    std::fs::write(
+        &cfg,
+        "source = \"host=db user=arch password='s e cret'\"\nrepo = \"/from/file\"\npartial_every = \"2s\"\nslot = \"fileslot\"\nlog_format = \"json\"\n",
+    )
+    .unwrap();
+    let print = |args: &[&str], env: &[(&str, &str)]| {
+        let mut c = pitr();
+        c.args(["stream", "--print-config", "--config"])
+            .arg(&cfg)
+            .args(args);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // The file fills what flags and environment leave out; the password never prints.
+    let s = print(&[], &[]);
+    assert!(
+        s.contains("repo = \"/from/file\"") && s.contains("partial_every = \"2000ms\""),
+        "{s}"
+    );
+    assert!(
+        s.contains("slot = \"fileslot\"") && s.contains("log_format = \"json\""),
+        "{s}"
+    );
+    assert!(
+        s.contains("password=********") && !s.contains("cret"),
+        "{s}"
+    );
+    // PITR_* variables beat the file; flags beat both.
+    let s = print(
+        &[],
+        &[("PITR_PARTIAL_EVERY", "3s"), ("PITR_REPO", "/from/env")],
+    );
+    assert!(
+        s.contains("partial_every = \"3000ms\"") && s.contains("repo = \"/from/env\""),
+        "{s}"
+    );
+    let s = print(
+        &[
+            "--partial-every",
+            "500ms",
+            "--repo",
+            "/from/flag",
+            "--log-format",
+            "text",
+        ],
+        &[("PITR_PARTIAL_EVERY", "3s")],
+    );
+    assert!(
+        s.contains("partial_every = \"500ms\"")
+            && s.contains("repo = \"/from/flag\"")
+            && s.contains("log_format = \"text\""),
+        "{s}"
+    );
+    // Errors are reported before connecting, naming the file and line.
+    std::fs::write(&cfg, "repo = \"/r\"\npartial_evry = \"1s\"\n").unwrap();
+    one_line_error(
+        &[
+            "stream",
+            "--print-config",
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+        &[],
+        "line 2: unknown field `partial_evry`",
+    );
+    std::fs::write(&cfg, "repo = \"/r\"\npartial_every = \"often\"\n").unwrap();
+    one_line_error(
+        &[
+            "stream",
+            "--print-config",
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+        &[],
+        "partial_every",
+    );
+    one_line_error(
+        &["stream", "--print-config", "--config", "/nonexistent.toml"],
+        &[],
+        "/nonexistent.toml",
+    );
+    one_line_error(&["stream", "--print-config"], &[], "no repo");
+}

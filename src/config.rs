@@ -1,0 +1,215 @@
+//! `pitr stream` settings from flags, `PITR_*` variables and an optional TOML file.
+//!
+//! Precedence, highest first: command-line flags, `PITR_*` environment variables, the
+//! `--config` file, built-in defaults. Unknown keys and bad values in the file are errors,
+//! reported (with the file name) before anything connects.
+
+use std::path::Path;
+use std::time::Duration;
+
+use clap::ArgMatches;
+use clap::parser::ValueSource;
+use serde::{Deserialize, Serialize};
+
+use crate::cli::{LogFormat, StreamArgs, parse_duration};
+
+/// The file's keys (all optional).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamFile {
+    /// `--source`.
+    pub source: Option<String>,
+    /// `--repo`.
+    pub repo: Option<String>,
+    /// `--slot`.
+    pub slot: Option<String>,
+    /// `--no-slot`.
+    pub no_slot: Option<bool>,
+    /// `--partial-every`, e.g. "1s".
+    pub partial_every: Option<String>,
+    /// `--status-interval`.
+    pub status_interval: Option<String>,
+    /// `--metrics-listen`.
+    pub metrics_listen: Option<String>,
+    /// `--log-format`: "text" or "json".
+    pub log_format: Option<String>,
+}
+
+/// Resolved settings.
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamSettings {
+    /// Connection string (printed with any password removed).
+    pub source: String,
+    /// Repo.
+    pub repo: String,
+    /// Slot, if any.
+    pub slot: Option<String>,
+    /// Partial publish interval.
+    #[serde(serialize_with = "ser_duration")]
+    pub partial_every: Duration,
+    /// Status interval.
+    #[serde(serialize_with = "ser_duration")]
+    pub status_interval: Duration,
+    /// Metrics address or "off".
+    pub metrics_listen: String,
+    /// Log format.
+    pub log_format: String,
+}
+
+fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{}ms", d.as_millis()))
+}
+
+/// A configuration problem.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn from_user(m: &ArgMatches, id: &str) -> bool {
+    matches!(
+        m.value_source(id),
+        Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+    )
+}
+
+/// Merges flags/env (`args`, with their sources in `m`), the file, and defaults.
+pub fn resolve(
+    args: &StreamArgs,
+    m: &ArgMatches,
+    log_format: LogFormat,
+    log_from_user: bool,
+) -> Result<StreamSettings, ConfigError> {
+    let file = match &args.config {
+        Some(p) => load(p)?,
+        None => StreamFile::default(),
+    };
+    let where_ = |k: &str| {
+        format!(
+            "{}: {k}",
+            args.config
+                .as_ref()
+                .map_or_else(String::new, |p| p.display().to_string())
+        )
+    };
+    let pick = |id: &str, flag: String, f: Option<String>| {
+        if from_user(m, id) {
+            flag
+        } else {
+            f.unwrap_or(flag)
+        }
+    };
+    let source = pick("source", args.source.clone(), file.source.clone());
+    let repo = match (&args.repo, &file.repo) {
+        (Some(r), _) => r.clone(),
+        (None, Some(r)) => r.clone(),
+        (None, None) => {
+            return Err(ConfigError(
+                "no repo: give --repo, PITR_REPO, or repo = \"...\" in the --config file".into(),
+            ));
+        }
+    };
+    let no_slot = if from_user(m, "no_slot") {
+        args.no_slot
+    } else {
+        file.no_slot.unwrap_or(args.no_slot)
+    };
+    let slot_name = pick("slot", args.slot.clone(), file.slot.clone());
+    let dur = |id: &str, flag: Duration, f: &Option<String>| -> Result<Duration, ConfigError> {
+        match f {
+            Some(v) if !from_user(m, id) => {
+                parse_duration(v).map_err(|e| ConfigError(format!("{}: {e}", where_(id))))
+            }
+            _ => Ok(flag),
+        }
+    };
+    let partial_every = dur("partial_every", args.partial_every, &file.partial_every)?;
+    let status_interval = dur(
+        "status_interval",
+        args.status_interval,
+        &file.status_interval,
+    )?;
+    let metrics_listen = pick(
+        "metrics_listen",
+        args.metrics_listen.clone(),
+        file.metrics_listen.clone(),
+    );
+    let log_format = match (&file.log_format, log_from_user) {
+        (Some(f), false) => match f.as_str() {
+            "text" | "json" => f.clone(),
+            other => {
+                return Err(ConfigError(format!(
+                    "{}: {other:?} is not text or json",
+                    where_("log_format")
+                )));
+            }
+        },
+        _ => match log_format {
+            LogFormat::Text => "text".into(),
+            LogFormat::Json => "json".into(),
+        },
+    };
+    Ok(StreamSettings {
+        source,
+        repo,
+        slot: (!no_slot).then_some(slot_name),
+        partial_every,
+        status_interval,
+        metrics_listen,
+        log_format,
+    })
+}
+
+fn load(path: &Path) -> Result<StreamFile, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("--config {}: {e}", path.display())))?;
+    toml::from_str(&text).map_err(|e| {
+        let msg = e.message().to_owned();
+        let at = e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+        match at {
+            Some(line) => ConfigError(format!("--config {}, line {line}: {msg}", path.display())),
+            None => ConfigError(format!("--config {}: {msg}", path.display())),
+        }
+    })
+}
+
+/// The settings as TOML, with any password in the connection string masked.
+pub fn render(s: &StreamSettings) -> String {
+    let mut shown = s.clone();
+    shown.source = mask_password(&s.source);
+    toml::to_string(&shown).unwrap_or_default()
+}
+
+/// Masks `password=...` in a key/value string and the password of a URI.
+pub fn mask_password(conninfo: &str) -> String {
+    if let Some(rest) = conninfo
+        .strip_prefix("postgresql://")
+        .or_else(|| conninfo.strip_prefix("postgres://"))
+    {
+        let scheme = &conninfo[..conninfo.len() - rest.len()];
+        if let Some((userinfo, tail)) = rest.split_once('@')
+            && let Some((user, _)) = userinfo.split_once(':')
+        {
+            return format!("{scheme}{user}:********@{tail}");
+        }
+        return conninfo.to_owned();
+    }
+    let mut out = Vec::new();
+    let mut skip_quoted = false;
+    for tok in conninfo.split_whitespace() {
+        if skip_quoted {
+            if tok.ends_with('\'') && !tok.ends_with("\\'") {
+                skip_quoted = false;
+            }
+            continue;
+        }
+        if let Some(v) = tok.strip_prefix("password=") {
+            out.push("password=********".to_owned());
+            skip_quoted = v.starts_with('\'') && (v.len() == 1 || !v.ends_with('\''));
+        } else {
+            out.push(tok.to_owned());
+        }
+    }
+    out.join(" ")
+}

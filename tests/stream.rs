@@ -527,6 +527,7 @@ fn storage_outage_holds_the_slot_and_catches_up_without_gap() {
     let dir = tmp.path().join("repo");
     let faulty = FaultyStore::new(LocalStore::open(&dir).unwrap());
     let repo = Repo::with_store(Arc::new(faulty.clone()));
+    let metrics = Arc::new(pitr::server::Metrics::default());
     let stream_opts = pitr::stream::StreamOptions {
         source: pitr::replication::conninfo::ConnParams::parse(&source(&c), true).unwrap(),
         repo,
@@ -534,7 +535,8 @@ fn storage_outage_holds_the_slot_and_catches_up_without_gap() {
         partial_every: Duration::from_millis(200),
         status_interval: Duration::from_secs(1),
         reconnect_cap: Duration::from_secs(2),
-        metrics: Arc::new(pitr::server::Metrics::default()),
+        metrics: metrics.clone(),
+        slot_check_every: Duration::from_millis(500),
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let runner = std::thread::spawn(move || {
@@ -773,4 +775,84 @@ fn config_file_precedence_and_errors() {
         "/nonexistent.toml",
     );
     one_line_error(&["stream", "--print-config"], &[], "no repo");
+}
+
+#[test]
+fn slot_retention_warning_before_invalidation() {
+    use pitr::repo::Repo;
+    use pitr::repo::local::LocalStore;
+    use pitr::repo::memory::FaultyStore;
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+
+    let install = PgInstall::for_tests().pop().unwrap();
+    let c = Cluster::start(&install, opts().conf("max_slot_wal_keep_size = '24MB'"));
+    c.psql("CREATE TABLE w (x text)");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("repo");
+    let faulty = FaultyStore::new(LocalStore::open(&dir).unwrap());
+    let metrics = Arc::new(pitr::server::Metrics::default());
+    let stream_opts = pitr::stream::StreamOptions {
+        source: pitr::replication::conninfo::ConnParams::parse(&source(&c), true).unwrap(),
+        repo: Repo::with_store(Arc::new(faulty.clone())),
+        slot: Some("pitr".into()),
+        partial_every: Duration::from_millis(200),
+        status_interval: Duration::from_secs(1),
+        reconnect_cap: Duration::from_secs(2),
+        metrics: metrics.clone(),
+        slot_check_every: Duration::from_millis(300),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let runner = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(pitr::stream::run(stream_opts, stop_rx))
+    });
+    wait_for("the slot", Duration::from_secs(20), || {
+        c.psql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'pitr' AND active")
+            == "1"
+    });
+    wait_for(
+        "a first safe_wal_size reading",
+        Duration::from_secs(20),
+        || metrics.slot_safe_known.load(Ordering::Relaxed),
+    );
+    assert!(!metrics.slot_warning.load(Ordering::Relaxed));
+    // Storage down: the slot stops advancing while the server writes WAL, 1 MiB at a time,
+    // until less than 20 % of max_slot_wal_keep_size is left (but before invalidation).
+    faulty.set_down(true);
+    let limit = 24.0 * 1024.0 * 1024.0;
+    for _ in 0..200 {
+        let safe: f64 = c
+            .psql("SELECT safe_wal_size FROM pg_replication_slots WHERE slot_name = 'pitr'")
+            .parse()
+            .unwrap();
+        if safe < limit * 0.15 {
+            break;
+        }
+        c.psql("INSERT INTO w SELECT repeat('x', 1000) FROM generate_series(1, 900)");
+    }
+    wait_for("pitr's retention warning", Duration::from_secs(10), || {
+        metrics.slot_warning.load(Ordering::Relaxed)
+    });
+    assert_eq!(
+        c.psql("SELECT wal_status <> 'lost' FROM pg_replication_slots WHERE slot_name = 'pitr'"),
+        "t"
+    );
+    // Storage back: pitr catches up, the warning clears, and nothing is missing.
+    faulty.set_down(false);
+    let last = c.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    c.switch_wal();
+    wait_for("catching up", Duration::from_secs(90), || {
+        repo_segments(&dir, 1).contains(&last)
+    });
+    wait_for("the warning to clear", Duration::from_secs(10), || {
+        !metrics.slot_warning.load(Ordering::Relaxed)
+    });
+    stop_tx.send(true).unwrap();
+    runner.join().unwrap().unwrap();
+    assert_identical_and_contiguous(&dir, &c, 1, tmp.path());
 }

@@ -36,6 +36,12 @@ pub struct Metrics {
     pub streaming: AtomicBool,
     /// The archiver has failed (permanently).
     pub failed: AtomicBool,
+    /// `safe_wal_size` of the slot, when known.
+    pub slot_safe_wal_size: AtomicU64,
+    /// `slot_safe_wal_size` has been read.
+    pub slot_safe_known: AtomicBool,
+    /// The slot is close to (or past) `max_slot_wal_keep_size`.
+    pub slot_warning: AtomicBool,
 }
 
 fn now_us() -> i64 {

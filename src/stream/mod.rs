@@ -21,6 +21,7 @@
 //! - Connection loss, server restart or failover: reconnect with capped exponential backoff.
 
 pub mod archiver;
+pub mod monitor;
 
 use std::time::Duration;
 
@@ -91,6 +92,8 @@ pub struct StreamOptions {
     pub reconnect_cap: Duration,
     /// Shared metrics (served by `--metrics-listen`).
     pub metrics: std::sync::Arc<crate::server::Metrics>,
+    /// How often slot retention is checked.
+    pub slot_check_every: Duration,
 }
 
 /// Turns a refusal at connect time into a one-line reason with the fix.
@@ -468,6 +471,15 @@ pub async fn run(
         archived_tx,
     );
     let mut arch_task = tokio::spawn(arch.run(rx));
+    if let Some(slot) = &opts.slot {
+        tokio::spawn(monitor::run(
+            opts.source.clone(),
+            slot.clone(),
+            opts.metrics.clone(),
+            opts.slot_check_every,
+            shutdown.clone(),
+        ));
+    }
     let mut backoff = Duration::from_millis(500);
     let mut first = true;
     let result = loop {

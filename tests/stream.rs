@@ -516,7 +516,6 @@ fn failover_to_a_promoted_standby_archives_both_timelines_without_gap() {
 
 #[test]
 fn storage_outage_holds_the_slot_and_catches_up_without_gap() {
-    use pitr::repo::Repo;
     use pitr::repo::local::LocalStore;
     use pitr::repo::memory::FaultyStore;
     use std::sync::Arc;
@@ -526,27 +525,13 @@ fn storage_outage_holds_the_slot_and_catches_up_without_gap() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("repo");
     let faulty = FaultyStore::new(LocalStore::open(&dir).unwrap());
-    let repo = Repo::with_store(Arc::new(faulty.clone()));
     let metrics = Arc::new(pitr::server::Metrics::default());
-    let stream_opts = pitr::stream::StreamOptions {
-        source: pitr::replication::conninfo::ConnParams::parse(&source(&c), true).unwrap(),
-        repo,
-        slot: Some("pitr".into()),
-        partial_every: Duration::from_millis(200),
-        status_interval: Duration::from_secs(1),
-        reconnect_cap: Duration::from_secs(2),
-        metrics: metrics.clone(),
-        slot_check_every: Duration::from_millis(500),
-    };
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let runner = std::thread::spawn(move || {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(pitr::stream::run(stream_opts, stop_rx))
-    });
+    let (stop_tx, runner) = spawn_in_process(
+        &c,
+        Arc::new(faulty.clone()),
+        metrics,
+        Duration::from_secs(1),
+    );
     wait_for("the slot", Duration::from_secs(20), || {
         c.psql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'pitr' AND active")
             == "1"
@@ -779,7 +764,6 @@ fn config_file_precedence_and_errors() {
 
 #[test]
 fn slot_retention_warning_before_invalidation() {
-    use pitr::repo::Repo;
     use pitr::repo::local::LocalStore;
     use pitr::repo::memory::FaultyStore;
     use std::sync::Arc;
@@ -792,25 +776,12 @@ fn slot_retention_warning_before_invalidation() {
     let dir = tmp.path().join("repo");
     let faulty = FaultyStore::new(LocalStore::open(&dir).unwrap());
     let metrics = Arc::new(pitr::server::Metrics::default());
-    let stream_opts = pitr::stream::StreamOptions {
-        source: pitr::replication::conninfo::ConnParams::parse(&source(&c), true).unwrap(),
-        repo: Repo::with_store(Arc::new(faulty.clone())),
-        slot: Some("pitr".into()),
-        partial_every: Duration::from_millis(200),
-        status_interval: Duration::from_secs(1),
-        reconnect_cap: Duration::from_secs(2),
-        metrics: metrics.clone(),
-        slot_check_every: Duration::from_millis(300),
-    };
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let runner = std::thread::spawn(move || {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(pitr::stream::run(stream_opts, stop_rx))
-    });
+    let (stop_tx, runner) = spawn_in_process(
+        &c,
+        Arc::new(faulty.clone()),
+        metrics.clone(),
+        Duration::from_millis(300),
+    );
     wait_for("the slot", Duration::from_secs(20), || {
         c.psql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'pitr' AND active")
             == "1"
@@ -855,4 +826,35 @@ fn slot_retention_warning_before_invalidation() {
     stop_tx.send(true).unwrap();
     runner.join().unwrap().unwrap();
     assert_identical_and_contiguous(&dir, &c, 1, tmp.path());
+}
+
+type Runner = std::thread::JoinHandle<Result<(), pitr::stream::StreamError>>;
+
+/// Runs `pitr::stream::run` in-process against `c`, over `store`, on its own runtime thread.
+fn spawn_in_process(
+    c: &Cluster,
+    store: std::sync::Arc<dyn pitr::repo::store::ObjectStore>,
+    metrics: std::sync::Arc<pitr::server::Metrics>,
+    slot_check_every: Duration,
+) -> (tokio::sync::watch::Sender<bool>, Runner) {
+    let stream_opts = pitr::stream::StreamOptions {
+        source: pitr::replication::conninfo::ConnParams::parse(&source(c), true).unwrap(),
+        repo: pitr::repo::Repo::with_store(store),
+        slot: Some("pitr".into()),
+        partial_every: Duration::from_millis(200),
+        status_interval: Duration::from_secs(1),
+        reconnect_cap: Duration::from_secs(2),
+        metrics,
+        slot_check_every,
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let runner = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(pitr::stream::run(stream_opts, stop_rx))
+    });
+    (stop_tx, runner)
 }

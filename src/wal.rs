@@ -210,6 +210,24 @@ fn empty_summary(path: &Path) -> FileSummary {
     }
 }
 
+/// Fills the fields that identify the segment.
+fn set_identity(
+    f: &mut FileSummary,
+    tli: TimeLineId,
+    segno: SegNo,
+    seg: WalSegSize,
+    system_id: u64,
+    pg_version: Option<u32>,
+) {
+    f.segment = Some(walfmt::names::segment_file_name(tli, segno, seg));
+    f.timeline = Some(tli.0);
+    f.segno = Some(segno.0);
+    f.start_lsn = segno.start_lsn(seg).map(|l| l.to_string());
+    f.system_id = Some(system_id.to_string());
+    f.wal_segment_size = Some(seg.get());
+    f.pg_version = pg_version;
+}
+
 fn end_json(e: &EndOfWal) -> EndJson {
     EndJson {
         lsn: e.lsn.to_string(),
@@ -307,6 +325,7 @@ struct Identity {
     segno: SegNo,
     seg: WalSegSize,
     sysid: u64,
+    pg_major: Option<u32>,
     /// The file is named for a later segment than its header says: a recycled segment that
     /// was never written after recycling. It holds no WAL of its own.
     recycled_from: Option<SegNo>,
@@ -338,9 +357,13 @@ fn identify(first: &[u8], path: &Path) -> Result<Identity, String> {
         ));
     }
     let segno = hdr.pageaddr.segment(seg);
-    // Cross-check the file name when it is a WAL name.
+    let pg_major = hdr.version().map(|v| v.major());
+    // Cross-check the file name when it is a WAL name. It also says which timeline the file
+    // belongs to: the first segment of a new timeline starts with pages copied from the
+    // parent timeline.
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
     let name = name.strip_suffix(".lz4").unwrap_or(name);
+    let mut tli = hdr.tli;
     if let Ok(WalFileName::Segment(t, s) | WalFileName::Partial(t, s)) =
         WalFileName::parse(name, seg)
     {
@@ -350,6 +373,7 @@ fn identify(first: &[u8], path: &Path) -> Result<Identity, String> {
                 segno: s,
                 seg,
                 sysid: long.sysid,
+                pg_major,
                 recycled_from: Some(segno),
             });
         }
@@ -360,18 +384,14 @@ fn identify(first: &[u8], path: &Path) -> Result<Identity, String> {
                 walfmt::names::segment_file_name(t, segno, seg)
             ));
         }
+        tli = t;
     }
-    // The first segment of a new timeline starts with pages copied from the parent timeline:
-    // the file name, when it is a WAL name, says which timeline the file belongs to.
-    let tli = match WalFileName::parse(name, seg) {
-        Ok(WalFileName::Segment(t, _) | WalFileName::Partial(t, _)) => t,
-        _ => hdr.tli,
-    };
     Ok(Identity {
         tli,
         segno,
         seg,
         sysid: long.sysid,
+        pg_major,
         recycled_from: None,
     })
 }
@@ -426,15 +446,7 @@ pub fn inspect(paths: &[PathBuf]) -> Result<InspectReport, InspectError> {
             }
         };
         let f = &mut out[i];
-        f.segment = Some(walfmt::names::segment_file_name(id.tli, id.segno, id.seg));
-        f.timeline = Some(id.tli.0);
-        f.segno = Some(id.segno.0);
-        f.start_lsn = id.segno.start_lsn(id.seg).map(|l| l.to_string());
-        f.system_id = Some(id.sysid.to_string());
-        f.wal_segment_size = Some(id.seg.get());
-        f.pg_version = PageHeader::parse(&buf[..n])
-            .and_then(|h| h.version())
-            .map(|v| v.major());
+        set_identity(f, id.tli, id.segno, id.seg, id.sysid, id.pg_major);
         if let Some(old) = id.recycled_from {
             f.end_of_wal = Some(EndJson {
                 lsn: f.start_lsn.clone().unwrap_or_default(),
@@ -481,32 +493,21 @@ pub fn inspect(paths: &[PathBuf]) -> Result<InspectReport, InspectError> {
         let Some(st) = stream.as_mut() else { continue };
         st.files.push((i, id.segno));
         st.next = SegNo(id.segno.0 + 1);
-        let mut total = n as u64;
+        // Feed at most one segment's worth, until WAL ends; count every byte of the file to
+        // check its size.
+        let mut total = 0u64;
         let mut chunk_len = n;
-        loop {
-            // Never feed past the segment's size (a longer file is not a segment).
-            let room = id.seg.bytes().saturating_sub(total - chunk_len as u64) as usize;
-            let feed = chunk_len.min(room);
-            if let Err(e) = st.sum.feed(&buf[..feed]) {
+        while chunk_len > 0 {
+            let room = id.seg.bytes().saturating_sub(total) as usize;
+            total += chunk_len as u64;
+            if out[i].error.is_none()
+                && room > 0
+                && st.sum.end_of_wal().is_none()
+                && let Err(e) = st.sum.feed(&buf[..chunk_len.min(room)])
+            {
                 out[i].error = Some(e.to_string());
-                break;
-            }
-            if chunk_len == 0 || st.sum.end_of_wal().is_some() {
-                break;
             }
             chunk_len = read_full(&mut reader, &mut buf).map_err(io_err)?;
-            total += chunk_len as u64;
-            if chunk_len == 0 {
-                break;
-            }
-        }
-        // Count what was not fed (after the end of WAL) to check the file's size.
-        loop {
-            let n = read_full(&mut reader, &mut buf).map_err(io_err)?;
-            if n == 0 {
-                break;
-            }
-            total += n as u64;
         }
         let partial = path
             .to_str()
@@ -626,13 +627,7 @@ pub fn summary_json(
     s: SegmentSummary,
 ) -> FileSummary {
     let mut f = empty_summary(Path::new(key));
-    f.segment = Some(walfmt::names::segment_file_name(tli, s.segno, seg));
-    f.timeline = Some(tli.0);
-    f.segno = Some(s.segno.0);
-    f.start_lsn = s.segno.start_lsn(seg).map(|l| l.to_string());
-    f.pg_version = pg_version;
-    f.system_id = Some(system_id.to_string());
-    f.wal_segment_size = Some(seg.get());
+    set_identity(&mut f, tli, s.segno, seg, system_id, pg_version);
     fill(&mut f, s);
     f
 }

@@ -36,6 +36,16 @@ fn fixture_segments(major: u32) -> Vec<PathBuf> {
     v
 }
 
+/// The segment name of a fixture file (`<segment>.lz4`).
+fn seg_name(path: &Path) -> String {
+    path.file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .trim_end_matches(".lz4")
+        .to_owned()
+}
+
 fn unlz4(path: &Path) -> Vec<u8> {
     let mut out = Vec::new();
     lz4_flex::frame::FrameDecoder::new(std::fs::File::open(path).unwrap())
@@ -222,13 +232,7 @@ fn write_tmp(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
 fn corrupt_segment_fails_naming_file_and_lsn() {
     let tmp = tempfile::tempdir().unwrap();
     let files = fixture_segments(16);
-    let name = files[0]
-        .file_name()
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .trim_end_matches(".lz4")
-        .to_owned();
+    let name = seg_name(&files[0]);
     let mut seg = unlz4(&files[0]);
     // Flip a bit well inside the valid WAL of the first segment.
     seg[300_000] ^= 0x10;
@@ -305,15 +309,7 @@ fn plain_and_compressed_and_recycled_files() {
     let files = fixture_segments(18);
     let plain: Vec<PathBuf> = files
         .iter()
-        .map(|f| {
-            let name = f
-                .file_name()
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .trim_end_matches(".lz4");
-            write_tmp(tmp.path(), name, &unlz4(f))
-        })
+        .map(|f| write_tmp(tmp.path(), &seg_name(f), &unlz4(f)))
         .collect();
     let (a, _) = inspect_json(&plain);
     let (b, _) = inspect_json(&files);
@@ -363,13 +359,7 @@ fn help_explains() {
 fn truncated_files_fail_unless_partial() {
     let tmp = tempfile::tempdir().unwrap();
     let files = fixture_segments(17);
-    let name = files[0]
-        .file_name()
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .trim_end_matches(".lz4")
-        .to_owned();
+    let name = seg_name(&files[0]);
     let seg = unlz4(&files[0]);
     let cut = write_tmp(tmp.path(), &name, &seg[..300_000]);
     let out = pitr(&["wal", "inspect", cut.to_str().unwrap()]);
@@ -388,13 +378,7 @@ fn truncated_files_fail_unless_partial() {
         String::from_utf8_lossy(&out.stderr)
     );
     // A truncated file does not run on into the next one.
-    let next = files[1]
-        .file_name()
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .trim_end_matches(".lz4")
-        .to_owned();
+    let next = seg_name(&files[1]);
     let n = write_tmp(tmp.path(), &next, &unlz4(&files[1]));
     let (j, out) = inspect_json(&[cut, n]);
     assert_eq!(out.status.code(), Some(1));
@@ -413,12 +397,7 @@ fn first_segment_of_a_new_timeline_is_named_by_its_file() {
     let renamed: Vec<PathBuf> = files[..2]
         .iter()
         .map(|f| {
-            let n = f
-                .file_name()
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .trim_end_matches(".lz4");
+            let n = seg_name(f);
             write_tmp(tmp.path(), &format!("00000002{}", &n[8..]), &unlz4(f))
         })
         .collect();

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use testkit::{Cluster, ClusterOptions, PgInstall};
+use testkit::{Cluster, ClusterOptions, PgInstall, wait_for};
 
 /// `testkit::wait_for`, printing pitr's log if the wait times out.
 fn wait_logged(what: &str, timeout: Duration, log: &Path, mut ready: impl FnMut() -> bool) {
@@ -16,10 +16,6 @@ fn wait_logged(what: &str, timeout: Duration, log: &Path, mut ready: impl FnMut(
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-fn wait_for(what: &str, timeout: Duration, ready: impl FnMut() -> bool) {
-    testkit::wait_for(what, timeout, ready);
 }
 
 fn pitr() -> Command {
@@ -168,27 +164,10 @@ fn archives_byte_identical_segments_on_every_major() {
         let tmp = tempfile::tempdir().unwrap();
         let repo = tmp.path().join("repo");
         let child = start_stream(&c, &repo, &tmp.path().join("stream.log"));
-        wait_for("the slot", Duration::from_secs(20), || {
-            c.psql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'pitr' AND active")
-                == "1"
-        });
-        assert!(
-            pgbench(&c, &["-i", "-s", "2", "-q"])
-                .wait()
-                .unwrap()
-                .success()
-        );
-        assert!(
-            pgbench(&c, &["-c", "2", "-T", "2"])
-                .wait()
-                .unwrap()
-                .success()
-        );
-        let last = c.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
-        c.switch_wal();
-        wait_for("the switched segment", Duration::from_secs(60), || {
-            repo_segments(&repo, 1).contains(&last)
-        });
+        wait_slot_active(&c);
+        pgbench_ok(&c, &["-i", "-s", "2", "-q"]);
+        pgbench_ok(&c, &["-c", "2", "-T", "2"]);
+        let last = switch_and_wait(&c, &repo, 1, "the switched segment", 60);
         stop(child);
         let segs = assert_identical_and_contiguous(&repo, &c, 1, tmp.path());
         assert!(segs.len() >= 5, "PG {major}: only {} segments", segs.len());
@@ -201,20 +180,7 @@ fn archives_byte_identical_segments_on_every_major() {
             "PG {major}: slot at {restart} did not advance"
         );
         // wal inspect reads the archive (compressed segments), with no invalid WAL.
-        let files: Vec<PathBuf> = segs
-            .iter()
-            .map(|s| repo.join(format!("wal/00000001/{s}.lz4")))
-            .collect();
-        let out = pitr()
-            .args(["wal", "inspect"])
-            .args(&files)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "PG {major}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_inspect_clean(&repo, &segs, &format!("PG {major}"));
     }
 }
 
@@ -224,12 +190,7 @@ fn kill_9_at_random_moments_loses_nothing() {
     let c = Cluster::start(&install, opts());
     let tmp = tempfile::tempdir().unwrap();
     let repo = tmp.path().join("repo");
-    assert!(
-        pgbench(&c, &["-i", "-s", "1", "-q"])
-            .wait()
-            .unwrap()
-            .success()
-    );
+    pgbench_ok(&c, &["-i", "-s", "1", "-q"]);
     let mut load = pgbench(&c, &["-c", "2", "-T", "12"]);
     let mut seed = std::process::id() as u64;
     for round in 0..4 {
@@ -242,29 +203,13 @@ fn kill_9_at_random_moments_loses_nothing() {
     }
     assert!(load.wait().unwrap().success());
     let child = start_stream(&c, &repo, &tmp.path().join("final.log"));
-    let last = c.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
-    c.switch_wal();
-    wait_for("the last segment", Duration::from_secs(60), || {
-        repo_segments(&repo, 1).contains(&last)
-    });
+    switch_and_wait(&c, &repo, 1, "the last segment", 60);
     stop(child);
     let segs = assert_identical_and_contiguous(&repo, &c, 1, tmp.path());
     // The first archived segment is where the slot began: nothing before it was skipped.
     assert!(segs.len() >= 4, "{segs:?}");
     // No stray temporary files or undecodable objects.
-    let out = pitr()
-        .args(["wal", "inspect"])
-        .args(
-            segs.iter()
-                .map(|s| repo.join(format!("wal/00000001/{s}.lz4"))),
-        )
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_inspect_clean(&repo, &segs, "after kill -9");
 }
 
 fn one_line_error(args: &[&str], env: &[(&str, &str)], want: &str) {
@@ -532,21 +477,9 @@ fn storage_outage_holds_the_slot_and_catches_up_without_gap() {
         metrics,
         Duration::from_secs(1),
     );
-    wait_for("the slot", Duration::from_secs(20), || {
-        c.psql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'pitr' AND active")
-            == "1"
-    });
-    assert!(
-        pgbench(&c, &["-i", "-s", "1", "-q"])
-            .wait()
-            .unwrap()
-            .success()
-    );
-    let before = c.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
-    c.switch_wal();
-    wait_for("archiving", Duration::from_secs(30), || {
-        repo_segments(&dir, 1).contains(&before)
-    });
+    wait_slot_active(&c);
+    pgbench_ok(&c, &["-i", "-s", "1", "-q"]);
+    switch_and_wait(&c, &dir, 1, "archiving", 30);
     // Outage: storage fails every call for 10 s while the server keeps writing.
     faulty.set_down(true);
     let slot_at_outage =
@@ -567,11 +500,7 @@ fn storage_outage_holds_the_slot_and_catches_up_without_gap() {
         "the connection stayed up"
     );
     faulty.set_down(false);
-    let last = c.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
-    c.switch_wal();
-    wait_for("catching up", Duration::from_secs(90), || {
-        repo_segments(&dir, 1).contains(&last)
-    });
+    switch_and_wait(&c, &dir, 1, "catching up", 90);
     stop_tx.send(true).unwrap();
     runner.join().unwrap().unwrap();
     assert_identical_and_contiguous(&dir, &c, 1, tmp.path());
@@ -782,10 +711,7 @@ fn slot_retention_warning_before_invalidation() {
         metrics.clone(),
         Duration::from_millis(300),
     );
-    wait_for("the slot", Duration::from_secs(20), || {
-        c.psql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'pitr' AND active")
-            == "1"
-    });
+    wait_slot_active(&c);
     wait_for(
         "a first safe_wal_size reading",
         Duration::from_secs(20),
@@ -815,11 +741,7 @@ fn slot_retention_warning_before_invalidation() {
     );
     // Storage back: pitr catches up, the warning clears, and nothing is missing.
     faulty.set_down(false);
-    let last = c.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
-    c.switch_wal();
-    wait_for("catching up", Duration::from_secs(90), || {
-        repo_segments(&dir, 1).contains(&last)
-    });
+    switch_and_wait(&c, &dir, 1, "catching up", 90);
     wait_for("the warning to clear", Duration::from_secs(10), || {
         !metrics.slot_warning.load(Ordering::Relaxed)
     });
@@ -857,4 +779,47 @@ fn spawn_in_process(
             .block_on(pitr::stream::run(stream_opts, stop_rx))
     });
     (stop_tx, runner)
+}
+
+fn wait_slot_active(c: &Cluster) {
+    wait_for("the slot", Duration::from_secs(20), || {
+        c.psql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'pitr' AND active")
+            == "1"
+    });
+}
+
+fn pgbench_ok(c: &Cluster, args: &[&str]) {
+    assert!(
+        pgbench(c, args).wait().unwrap().success(),
+        "pgbench {args:?} failed"
+    );
+}
+
+/// Switches WAL and waits until the segment that held the current position is archived on
+/// `tli`. Returns its name.
+fn switch_and_wait(c: &Cluster, repo: &Path, tli: u32, what: &str, secs: u64) -> String {
+    let last = c.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    c.switch_wal();
+    wait_for(what, Duration::from_secs(secs), || {
+        repo_segments(repo, tli).contains(&last)
+    });
+    last
+}
+
+/// `pitr wal inspect` reads the archived segments without finding invalid WAL.
+fn assert_inspect_clean(repo: &Path, segs: &[String], label: &str) {
+    let files: Vec<PathBuf> = segs
+        .iter()
+        .map(|s| repo.join(format!("wal/00000001/{s}.lz4")))
+        .collect();
+    let out = pitr()
+        .args(["wal", "inspect"])
+        .args(&files)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{label}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -155,26 +155,36 @@ impl PgConn {
         let mut q = BytesMut::new();
         postgres_protocol::message::frontend::query(&sql, &mut q).map_err(ConnError::Io)?;
         self.send(&q).await?;
+        match self.read_timeline_reply(true).await? {
+            TimelineReply::CopyBoth => Ok(StartOutcome::Streaming),
+            TimelineReply::Next(Some((next_tli, next_start))) => Ok(StartOutcome::TimelineEnded {
+                next_tli,
+                next_start,
+            }),
+            TimelineReply::Next(None) => Err(bad("START_REPLICATION")),
+        }
+    }
+
+    /// Reads the reply to START_REPLICATION or to our CopyDone at a timeline's end: CopyBoth
+    /// (when `copy_both_ok`), or the next-timeline result set, up to ReadyForQuery.
+    async fn read_timeline_reply(
+        &mut self,
+        copy_both_ok: bool,
+    ) -> Result<TimelineReply, ConnError> {
         let mut next = None;
         let mut err = None;
         loop {
             match self.next().await? {
-                Backend::CopyBothResponse => return Ok(StartOutcome::Streaming),
+                Backend::CopyBothResponse if copy_both_ok => return Ok(TimelineReply::CopyBoth),
                 Backend::DataRow(v) => next = Some(parse_next_tli(&v)?),
                 Backend::Error(n) => err = Some(n),
                 Backend::ReadyForQuery(_) => break,
                 _ => {}
             }
         }
-        if let Some(n) = err {
-            return Err(ConnError::Server(Box::new(n)));
-        }
-        match next {
-            Some((tli, start)) => Ok(StartOutcome::TimelineEnded {
-                next_tli: tli,
-                next_start: start,
-            }),
-            None => Err(bad("START_REPLICATION")),
+        match err {
+            Some(n) => Err(ConnError::Server(Box::new(n))),
+            None => Ok(TimelineReply::Next(next)),
         }
     }
 
@@ -238,21 +248,16 @@ impl PgConn {
         let mut b = BytesMut::new();
         codec::encode_copy_done(&mut b);
         self.send(&b).await?;
-        let mut next = None;
-        let mut err = None;
-        loop {
-            match self.next().await? {
-                Backend::DataRow(v) => next = Some(parse_next_tli(&v)?),
-                Backend::Error(n) => err = Some(n),
-                Backend::ReadyForQuery(_) => break,
-                _ => {}
-            }
-        }
-        match err {
-            Some(n) => Err(ConnError::Server(Box::new(n))),
-            None => Ok(next),
+        match self.read_timeline_reply(false).await? {
+            TimelineReply::Next(next) => Ok(next),
+            TimelineReply::CopyBoth => Err(bad("CopyDone")),
         }
     }
+}
+
+enum TimelineReply {
+    CopyBoth,
+    Next(Option<(TimeLineId, Lsn)>),
 }
 
 fn parse_next_tli(v: &[Option<Bytes>]) -> Result<(TimeLineId, Lsn), ConnError> {

@@ -289,24 +289,27 @@ impl PgConn {
         frontend::startup_message(kv.iter().copied(), &mut self.wbuf).map_err(ConnError::Io)?;
         self.flush().await?;
         let host = self.host.describe();
+        let need_password = || {
+            params
+                .password
+                .as_ref()
+                .ok_or_else(|| ConnError::NoPassword {
+                    host: host.clone(),
+                    user: params.user.clone(),
+                })
+        };
         let mut scram: Option<ScramSha256> = None;
         loop {
             match self.next().await? {
                 Backend::Auth(0, _) => {}
                 Backend::Auth(3, _) => {
-                    let pw = params.password.as_ref().ok_or(ConnError::NoPassword {
-                        host: host.clone(),
-                        user: params.user.clone(),
-                    })?;
+                    let pw = need_password()?;
                     frontend::password_message(pw.expose().as_bytes(), &mut self.wbuf)
                         .map_err(ConnError::Io)?;
                     self.flush().await?;
                 }
                 Backend::Auth(5, salt) => {
-                    let pw = params.password.as_ref().ok_or(ConnError::NoPassword {
-                        host: host.clone(),
-                        user: params.user.clone(),
-                    })?;
+                    let pw = need_password()?;
                     let salt: [u8; 4] = salt
                         .get(..4)
                         .and_then(|s| s.try_into().ok())
@@ -321,10 +324,7 @@ impl PgConn {
                     self.flush().await?;
                 }
                 Backend::Auth(10, mechs) => {
-                    let pw = params.password.as_ref().ok_or(ConnError::NoPassword {
-                        host: host.clone(),
-                        user: params.user.clone(),
-                    })?;
+                    let pw = need_password()?;
                     let names: Vec<&[u8]> =
                         mechs.split(|&b| b == 0).filter(|m| !m.is_empty()).collect();
                     let plus = names.contains(&&b"SCRAM-SHA-256-PLUS"[..]);

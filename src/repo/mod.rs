@@ -359,6 +359,30 @@ impl Repo {
         Ok(best)
     }
 
+    /// The partial objects of one segment: (key, end LSN).
+    pub async fn partials(
+        &self,
+        tli: TimeLineId,
+        segno: SegNo,
+        seg: WalSegSize,
+    ) -> Result<Vec<(String, Lsn)>, StoreError> {
+        let prefix = format!(
+            "wal/{:08X}/{}.partial.",
+            tli.0,
+            segment_file_name(tli, segno, seg)
+        );
+        Ok(self
+            .store
+            .list(&prefix)
+            .await?
+            .into_iter()
+            .filter_map(|o| match parse_wal_key(&o.key, seg) {
+                Some(WalObject::Partial(_, _, end)) => Some((o.key, end)),
+                _ => None,
+            })
+            .collect())
+    }
+
     /// Fetches a WAL file by its PostgreSQL name (segment, `.partial` or `.history`),
     /// decompressed and verified. Partial segments come back zero-padded to the segment size.
     /// A plain segment name is served only from a complete segment, never from a partial.
@@ -393,22 +417,12 @@ impl Repo {
                 Ok(Some(data))
             }
             WalFileName::Partial(tli, segno) => {
-                let prefix = format!(
-                    "wal/{:08X}/{}.partial.",
-                    tli.0,
-                    segment_file_name(tli, segno, seg)
-                );
                 let newest = self
-                    .store
-                    .list(&prefix)
+                    .partials(tli, segno, seg)
                     .await?
                     .into_iter()
-                    .filter_map(|o| match parse_wal_key(&o.key, seg) {
-                        Some(WalObject::Partial(_, _, end)) => Some((end, o.key)),
-                        _ => None,
-                    })
-                    .max();
-                let Some((end, key)) = newest else {
+                    .max_by_key(|(_, end)| *end);
+                let Some((key, end)) = newest else {
                     return Ok(None);
                 };
                 let Some(b) = self.store.get(&key).await? else {

@@ -20,7 +20,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot, watch};
 use walfmt::{DecoderConfig, Lsn, SegNo, Summarizer, TimeLineId, WalSegSize};
 
-use crate::repo::{self, Repo, WalObject};
+use crate::repo::{self, Repo};
 
 use super::StreamError;
 
@@ -183,14 +183,15 @@ impl Archiver {
             s -= 1;
             let prev = SegNo(s);
             let store = self.repo.store();
-            let seg_key = repo::segment_key(tli, prev, seg);
             let sum_key = repo::summary_key(tli, prev, seg);
-            let has_seg = repo::retry("get", self.cfg.retry_cap, || store.get(&seg_key)).await?;
-            let Some(body) = has_seg else { break };
+            let seg_key = repo::segment_key(tli, prev, seg);
+            // The small summary first: the segment is downloaded only when it lacks one.
             let has_sum = repo::retry("get", self.cfg.retry_cap, || store.get(&sum_key)).await?;
             if has_sum.is_some() {
                 break;
             }
+            let has_seg = repo::retry("get", self.cfg.retry_cap, || store.get(&seg_key)).await?;
+            let Some(body) = has_seg else { break };
             missing.push((prev, body));
         }
         let first = missing.last().map_or(segno, |(s, _)| *s);
@@ -200,8 +201,8 @@ impl Archiver {
             return Ok(None);
         };
         for (s, body) in missing.iter().rev() {
-            let key = repo::segment_key(tli, *s, seg);
-            let data = repo::decompress(body, &key).map_err(StreamError::Internal)?;
+            let data = repo::decompress(body, &repo::segment_key(tli, *s, seg))
+                .map_err(StreamError::Internal)?;
             if sum.feed(&data).is_err() {
                 return Ok(None);
             }
@@ -215,23 +216,10 @@ impl Archiver {
         tli: TimeLineId,
         segno: SegNo,
     ) -> Result<Vec<(String, Lsn)>, StreamError> {
-        let seg = self.cfg.seg;
-        let prefix = format!(
-            "wal/{:08X}/{}.partial.",
-            tli.0,
-            walfmt::names::segment_file_name(tli, segno, seg)
-        );
-        let list = repo::retry("list", self.cfg.retry_cap, || {
-            self.repo.store().list(&prefix)
+        Ok(repo::retry("list", self.cfg.retry_cap, || {
+            self.repo.partials(tli, segno, self.cfg.seg)
         })
-        .await?;
-        Ok(list
-            .into_iter()
-            .filter_map(|o| match repo::parse_wal_key(&o.key, seg) {
-                Some(WalObject::Partial(_, _, end)) => Some((o.key, end)),
-                _ => None,
-            })
-            .collect())
+        .await?)
     }
 
     async fn append(&mut self, start: Lsn, mut data: Bytes) -> Result<(), StreamError> {

@@ -176,15 +176,17 @@ async fn prepare(conn: &mut PgConn, opts: &StreamOptions) -> Result<Prepared, St
     })
 }
 
-/// Where to start: the repo's tip, else the slot, else the server position (§1.9).
+/// Where to start: the repo's tip (`tip`, as just listed), else the slot, else the server
+/// position (§1.9).
 async fn start_point(
     conn: &mut PgConn,
     opts: &StreamOptions,
     p: &Prepared,
+    tip: Option<repo::ArchivedTip>,
 ) -> Result<(TimeLineId, Lsn), StreamError> {
     let seg = p.seg;
     let seg_start = |l: Lsn| Lsn(l.0 - l.segment_offset(seg));
-    if let Some(tip) = opts.repo.tip(seg).await? {
+    if let Some(tip) = tip {
         let start = if tip.complete {
             walfmt::SegNo(tip.segno.0 + 1)
         } else {
@@ -456,7 +458,9 @@ pub async fn run(
         other => other,
     })?;
     let seg = prep.seg;
-    let initial = opts.repo.tip(seg).await?.map_or(Lsn(0), |t| t.end);
+    // Listed once here; later sessions list again (the archiver has moved the tip since).
+    let mut first_tip = Some(opts.repo.tip(seg).await?);
+    let initial = first_tip.flatten().map_or(Lsn(0), |t| t.end);
     let (archived_tx, mut archived_rx) = watch::channel(initial);
     let (tx, rx) = mpsc::channel(32);
     let arch = Archiver::new(
@@ -492,10 +496,9 @@ pub async fn run(
                 Ok(c) => conn = c,
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in = ?backoff, "cannot reconnect");
-                    if wait(&mut shutdown, &mut arch_task, backoff).await {
+                    if backoff_wait(&mut shutdown, &mut backoff, opts.reconnect_cap).await {
                         break Ok(());
                     }
-                    backoff = (backoff * 2).min(opts.reconnect_cap);
                     continue;
                 }
             }
@@ -510,17 +513,23 @@ pub async fn run(
                 Ok(_) => {}
                 Err(e) if e.is_transient() => {
                     tracing::warn!(error = %e, "reconnected but could not prepare");
-                    if wait(&mut shutdown, &mut arch_task, backoff).await {
+                    if backoff_wait(&mut shutdown, &mut backoff, opts.reconnect_cap).await {
                         break Ok(());
                     }
-                    backoff = (backoff * 2).min(opts.reconnect_cap);
                     continue;
                 }
                 Err(e) => break Err(e),
             }
         }
         first = false;
-        let (tli, start) = match start_point(&mut conn, &opts, &prep).await {
+        let tip = match first_tip.take() {
+            Some(t) => t,
+            None => match opts.repo.tip(seg).await {
+                Ok(t) => t,
+                Err(e) => break Err(e.into()),
+            },
+        };
+        let (tli, start) = match start_point(&mut conn, &opts, &prep, tip).await {
             Ok(x) => x,
             Err(e) => break Err(e),
         };
@@ -552,10 +561,9 @@ pub async fn run(
                 if tx.send(ArchMsg::Sync(ack)).await.is_ok() {
                     let _ = done.await;
                 }
-                if wait(&mut shutdown, &mut arch_task, backoff).await {
+                if backoff_wait(&mut shutdown, &mut backoff, opts.reconnect_cap).await {
                     break Ok(());
                 }
-                backoff = (backoff * 2).min(opts.reconnect_cap);
             }
             Err(e) => break Err(e),
         }
@@ -574,12 +582,14 @@ pub async fn run(
     result
 }
 
-/// Sleeps, unless shutdown comes first (returns true) or the archiver died.
-async fn wait(
+/// Sleeps `backoff` (then doubles it, up to `cap`), unless shutdown comes first (true).
+async fn backoff_wait(
     shutdown: &mut watch::Receiver<bool>,
-    _arch: &mut tokio::task::JoinHandle<Result<(), StreamError>>,
-    d: Duration,
+    backoff: &mut Duration,
+    cap: Duration,
 ) -> bool {
+    let d = *backoff;
+    *backoff = (d * 2).min(cap);
     tokio::select! {
         _ = tokio::time::sleep(d) => false,
         _ = shutdown.changed() => true,

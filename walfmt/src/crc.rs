@@ -8,12 +8,6 @@
 /// Inputs at least this long go to the `crc32c` crate.
 const LONG: usize = 512;
 
-/// Continues a CRC-32C over `data` (`crc` is a previous result, 0 to start).
-#[inline]
-pub fn crc32c_append(crc: u32, data: &[u8]) -> u32 {
-    two_part(crc, data, &[])
-}
-
 /// CRC-32C of `a` followed by `b` (PostgreSQL checksums a record's body, then its header).
 #[inline]
 pub fn two_part(crc: u32, a: &[u8], b: &[u8]) -> u32 {

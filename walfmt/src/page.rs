@@ -120,31 +120,15 @@ impl PageHeader {
     /// Decodes a header from the start of `page`. `None` if `page` is too short for the header
     /// its flags announce.
     pub fn parse(page: &[u8]) -> Option<PageHeader> {
-        let magic = u16::from_le_bytes(page.get(0..2)?.try_into().ok()?);
-        let info = u16::from_le_bytes(page.get(2..4)?.try_into().ok()?);
-        let tli = u32::from_le_bytes(page.get(4..8)?.try_into().ok()?);
-        let pageaddr = u64::from_le_bytes(page.get(8..16)?.try_into().ok()?);
-        let rem_len = u32::from_le_bytes(page.get(16..20)?.try_into().ok()?);
-        if page.len() < SIZE_OF_SHORT_PHD {
-            return None;
-        }
-        let long = if info & XLP_LONG_HEADER != 0 {
-            Some(LongFields {
+        let mut hdr = PageHeader::parse_short(page)?;
+        if hdr.info & XLP_LONG_HEADER != 0 {
+            hdr.long = Some(LongFields {
                 sysid: u64::from_le_bytes(page.get(24..32)?.try_into().ok()?),
                 seg_size: u32::from_le_bytes(page.get(32..36)?.try_into().ok()?),
                 blcksz: u32::from_le_bytes(page.get(36..40)?.try_into().ok()?),
-            })
-        } else {
-            None
-        };
-        Some(PageHeader {
-            magic,
-            info,
-            tli: TimeLineId(tli),
-            pageaddr: Lsn(pageaddr),
-            rem_len,
-            long,
-        })
+            });
+        }
+        Some(hdr)
     }
 
     /// Decodes only the 24-byte short header fields (`long` is `None` whatever the flags say).

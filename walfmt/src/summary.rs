@@ -267,12 +267,7 @@ impl<'a> Summarizer<'a> {
     }
 
     fn switch_to(&mut self, segno: SegNo) {
-        let next = self
-            .done
-            .remove(&segno)
-            .unwrap_or_else(|| SegmentSummary::new(segno));
-        let prev = std::mem::replace(&mut self.current, next);
-        self.done.insert(prev.segno, prev);
+        switch_segment(&mut self.current, &mut self.done, segno);
     }
 
     fn drain(&mut self) -> Result<(), DecodeError> {
@@ -284,13 +279,8 @@ impl<'a> Summarizer<'a> {
                 Poll::Record(rec) => {
                     let segno = rec.lsn.segment(self.seg);
                     if segno != self.current.segno {
-                        // Not `self.switch_to`: `rec` borrows the decoder.
-                        let next = self
-                            .done
-                            .remove(&segno)
-                            .unwrap_or_else(|| SegmentSummary::new(segno));
-                        let prev = std::mem::replace(&mut self.current, next);
-                        self.done.insert(prev.segno, prev);
+                        // Field-level, not `self.switch_to`: `rec` borrows the decoder.
+                        switch_segment(&mut self.current, &mut self.done, segno);
                     }
                     let before = self.current.commits;
                     self.current.observe(&rec);
@@ -317,14 +307,14 @@ impl<'a> Summarizer<'a> {
     /// Takes the summaries that can no longer change: those of segments before the one where
     /// the next (or pending) record starts. For streaming, where input never finishes.
     pub fn take_complete(&mut self) -> Vec<SegmentSummary> {
+        if self.end.is_some() {
+            return Vec::new();
+        }
         let frontier = self
             .dec
             .pending_record()
             .unwrap_or(self.dec.position())
             .segment(self.seg);
-        if self.end.is_some() {
-            return Vec::new();
-        }
         let keep = self.done.split_off(&frontier);
         let mut out: Vec<SegmentSummary> = std::mem::replace(&mut self.done, keep)
             .into_values()
@@ -368,6 +358,19 @@ impl<'a> Summarizer<'a> {
     pub fn last_commit(&self) -> Option<(Lsn, PgTimestamp)> {
         self.last_commit
     }
+}
+
+/// Files `current` away in `done` and makes `segno`'s summary current.
+fn switch_segment(
+    current: &mut SegmentSummary,
+    done: &mut BTreeMap<SegNo, SegmentSummary>,
+    segno: SegNo,
+) {
+    let next = done
+        .remove(&segno)
+        .unwrap_or_else(|| SegmentSummary::new(segno));
+    let prev = std::mem::replace(current, next);
+    done.insert(prev.segno, prev);
 }
 
 /// Summarises one standalone segment (its leading continuation is skipped; a record

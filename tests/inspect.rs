@@ -423,3 +423,53 @@ fn a_header_in_the_last_possible_segment_is_an_error_not_a_panic() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("last possible WAL segment"));
 }
+
+/// The README's first command (the main job) works as written: its glob expanded as a shell
+/// does, every file it names is a segment `wal inspect` accepts.
+#[test]
+fn readme_first_command_works() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let line = readme
+        .lines()
+        .find(|l| l.starts_with("cargo run"))
+        .expect("README's first command");
+    let cmd = line.split('#').next().unwrap().trim();
+    let args: Vec<&str> = cmd
+        .strip_prefix("cargo run -q -- ")
+        .expect("cargo run -q -- ...")
+        .split_whitespace()
+        .collect();
+    let mut expanded: Vec<String> = Vec::new();
+    for a in args {
+        match a.split_once('*') {
+            Some((prefix, suffix)) => {
+                let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(prefix);
+                let (dir, start) = (
+                    path.parent().unwrap().to_path_buf(),
+                    path.file_name()
+                        .map_or(String::new(), |f| f.to_string_lossy().into_owned()),
+                );
+                let mut m: Vec<String> = std::fs::read_dir(&dir)
+                    .unwrap()
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with(&start) && n.ends_with(suffix))
+                    .map(|n| dir.join(n).display().to_string())
+                    .collect();
+                m.sort();
+                assert!(!m.is_empty(), "{a} matches nothing");
+                expanded.extend(m);
+            }
+            None => expanded.push(a.to_owned()),
+        }
+    }
+    let refs: Vec<&str> = expanded.iter().map(String::as_str).collect();
+    let out = pitr(&refs);
+    assert!(
+        out.status.success(),
+        "README's first command failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("commits"));
+}

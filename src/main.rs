@@ -52,7 +52,8 @@ fn run(cli: Cli, matches: clap::ArgMatches) -> anyhow::Result<ExitCode> {
                 LogFormat::Text
             });
             let source = pitr::replication::conninfo::ConnParams::parse(&settings.source, true)?;
-            let repo = pitr::repo::Repo::open(&settings.repo)?;
+            let rt = runtime()?;
+            let repo = rt.block_on(pitr::repo::Repo::open(&settings.repo))?;
             let opts = pitr::stream::StreamOptions {
                 source,
                 repo,
@@ -71,7 +72,7 @@ fn run(cli: Cli, matches: clap::ArgMatches) -> anyhow::Result<ExitCode> {
                     )
                 })?),
             };
-            runtime()?.block_on(async move {
+            rt.block_on(async move {
                 let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
                 tokio::spawn(async move {
                     let mut term =
@@ -103,8 +104,8 @@ fn run(cli: Cli, matches: clap::ArgMatches) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Wal(WalCommand::Fetch(a)) => {
-            let repo = pitr::repo::Repo::open(&a.repo)?;
             let found = runtime()?.block_on(async {
+                let repo = pitr::repo::Repo::open(&a.repo).await?;
                 let id = repo.identity().await?.ok_or_else(|| {
                     anyhow::anyhow!("{} is not a pitr repo (no pitr.json)", repo.location)
                 })?;

@@ -16,6 +16,7 @@
 
 pub mod local;
 pub mod memory;
+pub mod s3;
 pub mod store;
 
 use std::io::{Read, Write};
@@ -54,6 +55,14 @@ pub enum RepoError {
         repo_system: u64,
         /// The server's.
         server_system: u64,
+    },
+    /// The repo cannot be used (credentials, permissions, missing bucket).
+    #[error("repo {repo}: {message}")]
+    Unusable {
+        /// Repo location.
+        repo: String,
+        /// Why, and what to do.
+        message: String,
     },
     /// The repo's identity or an object is unreadable or inconsistent.
     #[error("repo {repo}: {message}")]
@@ -200,22 +209,35 @@ pub struct Repo {
 }
 
 impl Repo {
-    /// Opens `--repo`: a path, `file:///path`, or (later) `s3://bucket/prefix`.
-    pub fn open(spec: &str) -> Result<Repo, RepoError> {
+    /// Opens `--repo`: a path, `file:///path`, or `s3://bucket/prefix[?options]` (see
+    /// [`s3`]). An S3 repo is checked with one request: permanent problems (credentials,
+    /// missing bucket) fail here, before anything else starts; a server that is down only
+    /// logs a warning, since the callers retry.
+    pub async fn open(spec: &str) -> Result<Repo, RepoError> {
         let spec = spec.trim();
         if spec.is_empty() {
             return Err(RepoError::BadSpec(
                 spec.into(),
-                "empty: give a directory or file:///path".into(),
+                "empty: give a directory, file:///path or s3://bucket/prefix".into(),
             ));
         }
         if let Some(rest) = spec.strip_prefix("s3://") {
-            return Err(RepoError::BadSpec(
-                spec.into(),
-                format!(
-                    "S3 repos (bucket {rest:?}) are not supported by this build yet: use a local directory"
-                ),
-            ));
+            let loc =
+                s3::S3Location::parse(rest).map_err(|m| RepoError::BadSpec(spec.into(), m))?;
+            let store = s3::S3Store::open(loc).await;
+            match store.check().await {
+                Ok(()) => {}
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(repo = %store.describe(), error = %e, "S3 is not reachable yet; will retry");
+                }
+                Err(e) => {
+                    return Err(RepoError::Unusable {
+                        repo: store.describe(),
+                        message: e.message,
+                    });
+                }
+            }
+            return Ok(Repo::with_store(Arc::new(store)));
         }
         let path = if let Some(p) = spec.strip_prefix("file://") {
             if !p.starts_with('/') {

@@ -19,6 +19,7 @@
 
 #![allow(clippy::unwrap_used)] // test support: panics are the error reporting
 
+pub mod s3;
 pub mod waldump;
 pub mod workload;
 

@@ -62,7 +62,7 @@ fn run(cli: Cli, matches: clap::ArgMatches) -> anyhow::Result<ExitCode> {
                 status_interval: settings.status_interval,
                 reconnect_cap: std::time::Duration::from_secs(30),
                 metrics: std::sync::Arc::new(pitr::server::Metrics::default()),
-                slot_check_every: std::time::Duration::from_secs(10),
+                slot_check_every: std::time::Duration::from_secs(5),
             };
             let listen: Option<std::net::SocketAddr> = match settings.metrics_listen.as_str() {
                 "off" | "" => None,

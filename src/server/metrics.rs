@@ -20,6 +20,8 @@ pub struct Metrics {
     pub flushed_lsn: AtomicU64,
     /// End of WAL durable in the repo.
     pub archived_lsn: AtomicU64,
+    /// The server's WAL write position, read every few seconds over SQL (0: unknown).
+    pub server_lsn: AtomicU64,
     /// Unix microseconds of the last archived commit (0: none yet).
     pub last_commit_unix_us: AtomicI64,
     /// Objects uploaded.
@@ -113,6 +115,23 @@ impl Metrics {
             "WAL received but not yet durable in the repo.",
             self.lag().to_string(),
         );
+        let server = self.server_lsn.load(Ordering::Relaxed);
+        if server > 0 {
+            g(
+                "pitr_server_lsn_bytes",
+                "gauge",
+                "The server's current WAL position, polled over SQL.",
+                server.to_string(),
+            );
+            g(
+                "pitr_server_archive_lag_bytes",
+                "gauge",
+                "WAL the server has written that is not yet durable in the repo.",
+                server
+                    .saturating_sub(self.archived_lsn.load(Ordering::Relaxed))
+                    .to_string(),
+            );
+        }
         let last = self.last_commit_unix_us.load(Ordering::Relaxed);
         if last > 0 {
             g(

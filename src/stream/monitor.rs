@@ -4,10 +4,13 @@
 //! invalidated and the WAL it held is removed: the archive would get a gap. While the repo is
 //! slow or down, pitr's slot does fall behind (by design: it never acknowledges WAL the repo
 //! lacks), so this task watches `pg_replication_slots.safe_wal_size` over its own SQL
-//! connection, every 10 s, and
+//! connection, every 5 s, and
 //! - warns when less than 20 % of `max_slot_wal_keep_size` is left,
 //! - reports an error when the slot is `lost` (WAL is gone: take a new base backup),
-//! - exports `pitr_slot_safe_wal_size_bytes` and `pitr_slot_retention_warning`.
+//! - exports `pitr_slot_safe_wal_size_bytes` and `pitr_slot_retention_warning`,
+//! - reads the server's WAL position, for `pitr_server_lsn_bytes` and
+//!   `pitr_server_archive_lag_bytes` (what the repo lacks of what the server has written,
+//!   which keeps growing during a storage outage while pitr has stopped reading).
 //!
 //! It is best effort: if the role cannot open a normal connection (pg_hba may allow only
 //! replication), it says so once and stops.
@@ -53,7 +56,8 @@ pub async fn run(
         }
         if let Some(c) = conn.as_mut() {
             let sql = format!(
-                "SELECT s.wal_status, s.safe_wal_size, (SELECT setting::bigint * 1024 * 1024 FROM pg_settings WHERE name = 'max_slot_wal_keep_size' AND setting <> '-1') \
+                "SELECT s.wal_status, s.safe_wal_size, (SELECT setting::bigint * 1024 * 1024 FROM pg_settings WHERE name = 'max_slot_wal_keep_size' AND setting <> '-1'), \
+                 (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn() ELSE pg_current_wal_lsn() END) - '0/0'::pg_lsn \
                  FROM pg_replication_slots s WHERE s.slot_name = '{}'",
                 slot.replace('\'', "''")
             );
@@ -62,6 +66,9 @@ pub async fn run(
                     let status = r.get(0, 0).unwrap_or("").to_owned();
                     let safe: Option<i64> = r.get(0, 1).and_then(|v| v.parse().ok());
                     let limit: Option<i64> = r.get(0, 2).and_then(|v| v.parse().ok());
+                    if let Some(pos) = r.get(0, 3).and_then(|v| v.parse::<u64>().ok()) {
+                        metrics.server_lsn.store(pos, Ordering::Relaxed);
+                    }
                     if let Some(s) = safe {
                         metrics
                             .slot_safe_wal_size

@@ -65,12 +65,15 @@ pub struct StreamArgs {
         value_name = "CONNINFO"
     )]
     pub source: String,
-    /// Where to archive: a directory or file:///path.
+    /// Where to archive: a directory, file:///path, or s3://bucket/prefix. S3 uses the
+    /// standard AWS credential chain and region; for S3-compatible servers set
+    /// AWS_ENDPOINT_URL (path-style addressing is then used), or add options to the URL:
+    /// s3://bucket/prefix?endpoint=http://minio:9000&region=eu-west-1&path_style=true.
     #[arg(long, env = "PITR_REPO", value_name = "REPO")]
     pub repo: Option<String>,
     /// A TOML file with any of these settings (keys as the flags, with underscores:
     /// source, repo, slot, no_slot, partial_every, status_interval, metrics_listen,
-    /// log_format). Precedence: command-line flags, then PITR_* variables, then this file,
+    /// ack, spool_dir, spool_max, shutdown_timeout, log_format). Precedence: command-line flags, then PITR_* variables, then this file,
     /// then the defaults.
     #[arg(long, env = "PITR_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -94,9 +97,47 @@ pub struct StreamArgs {
         value_name = "ADDR"
     )]
     pub metrics_listen: String,
+    /// When WAL counts as safe, and is acknowledged to the server as flushed: "repo" (once
+    /// durable in the repo; RPO = --partial-every plus upload time) or "spool" (once fsync'd
+    /// in --spool-dir, uploaded from there; with synchronous_standby_names naming pitr's
+    /// application_name, RPO 0 to the sidecar's disk).
+    #[arg(long, env = "PITR_ACK", default_value = "repo", value_parser = ["repo", "spool"])]
+    pub ack: String,
+    /// The local spool directory for --ack spool (on a persistent volume).
+    #[arg(long, env = "PITR_SPOOL_DIR", value_name = "DIR")]
+    pub spool_dir: Option<PathBuf>,
+    /// With --ack spool: stop taking WAL while the spool holds more than this (e.g. 4GB,
+    /// 512MB); the server then keeps the WAL in its slot.
+    #[arg(long, env = "PITR_SPOOL_MAX", default_value = "4GB", value_parser = parse_bytes)]
+    pub spool_max: u64,
+    /// On SIGTERM/SIGINT, how long to wait for in-flight uploads before exiting.
+    #[arg(long, env = "PITR_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub shutdown_timeout: std::time::Duration,
     /// Standby status update interval when the server does not ask.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub status_interval: std::time::Duration,
+}
+
+/// Parses a size: `4GB`, `512MB`, `64kB`, or bytes (units are powers of 1024, as in
+/// postgresql.conf).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}: use e.g. 512MB or 4GB"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "kB" | "KB" | "k" | "K" => 1 << 10,
+        "MB" | "M" => 1 << 20,
+        "GB" | "G" => 1 << 30,
+        "TB" | "T" => 1 << 40,
+        _ => return Err(format!("invalid size unit in {s:?}: use kB, MB, GB or TB")),
+    };
+    n.checked_mul(mult)
+        .filter(|v| *v > 0)
+        .ok_or_else(|| format!("size {s:?} out of range"))
 }
 
 /// Parses `500ms`, `1s`, `2m`, `1h` or a number of seconds.

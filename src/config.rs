@@ -11,7 +11,7 @@ use clap::ArgMatches;
 use clap::parser::ValueSource;
 use serde::{Deserialize, Serialize};
 
-use crate::cli::{LogFormat, StreamArgs, parse_duration};
+use crate::cli::{LogFormat, StreamArgs, parse_bytes, parse_duration};
 
 /// The file's keys (all optional).
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -31,6 +31,14 @@ pub struct StreamFile {
     pub status_interval: Option<String>,
     /// `--metrics-listen`.
     pub metrics_listen: Option<String>,
+    /// `--ack`: "repo" or "spool".
+    pub ack: Option<String>,
+    /// `--spool-dir`.
+    pub spool_dir: Option<String>,
+    /// `--spool-max`, e.g. "4GB".
+    pub spool_max: Option<String>,
+    /// `--shutdown-timeout`, e.g. "20s".
+    pub shutdown_timeout: Option<String>,
     /// `--log-format`: "text" or "json".
     pub log_format: Option<String>,
 }
@@ -52,6 +60,15 @@ pub struct StreamSettings {
     pub status_interval: Duration,
     /// Metrics address or "off".
     pub metrics_listen: String,
+    /// "repo" or "spool".
+    pub ack: String,
+    /// Spool directory (with ack = "spool").
+    pub spool_dir: Option<String>,
+    /// Spool limit in bytes.
+    pub spool_max: u64,
+    /// Shutdown deadline.
+    #[serde(serialize_with = "ser_duration")]
+    pub shutdown_timeout: Duration,
     /// Log format.
     pub log_format: String,
 }
@@ -128,6 +145,38 @@ pub fn resolve(
         args.status_interval,
         &file.status_interval,
     )?;
+    let shutdown_timeout = dur(
+        "shutdown_timeout",
+        args.shutdown_timeout,
+        &file.shutdown_timeout,
+    )?;
+    let ack = pick("ack", args.ack.clone(), file.ack.clone());
+    if ack != "repo" && ack != "spool" {
+        return Err(ConfigError(format!(
+            "{}: {ack:?} is not repo or spool",
+            where_("ack")
+        )));
+    }
+    let spool_dir = match (&args.spool_dir, &file.spool_dir) {
+        (Some(d), _) => Some(d.display().to_string()),
+        (None, d) => d.clone(),
+    };
+    let spool_max = match &file.spool_max {
+        Some(v) if !from_user(m, "spool_max") => {
+            parse_bytes(v).map_err(|e| ConfigError(format!("{}: {e}", where_("spool_max"))))?
+        }
+        _ => args.spool_max,
+    };
+    if ack == "spool" && spool_dir.is_none() {
+        return Err(ConfigError(
+            "--ack spool needs --spool-dir DIR (a persistent local directory)".into(),
+        ));
+    }
+    if ack == "spool" && no_slot {
+        return Err(ConfigError(
+            "--ack spool needs a replication slot: drop --no-slot".into(),
+        ));
+    }
     let metrics_listen = pick(
         "metrics_listen",
         args.metrics_listen.clone(),
@@ -155,6 +204,10 @@ pub fn resolve(
         partial_every,
         status_interval,
         metrics_listen,
+        ack,
+        spool_dir,
+        spool_max,
+        shutdown_timeout,
         log_format,
     })
 }

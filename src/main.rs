@@ -63,6 +63,18 @@ fn run(cli: Cli, matches: clap::ArgMatches) -> anyhow::Result<ExitCode> {
                 reconnect_cap: std::time::Duration::from_secs(30),
                 metrics: std::sync::Arc::new(pitr::server::Metrics::default()),
                 slot_check_every: std::time::Duration::from_secs(5),
+                spool: match (settings.ack.as_str(), &settings.spool_dir) {
+                    ("spool", Some(d)) => {
+                        let dir = std::path::PathBuf::from(d);
+                        pitr::stream::spool::prepare_dir(&dir)?;
+                        Some(pitr::stream::spool::SpoolConfig {
+                            dir,
+                            max_bytes: settings.spool_max,
+                        })
+                    }
+                    _ => None,
+                },
+                shutdown_timeout: settings.shutdown_timeout,
             };
             let listen: Option<std::net::SocketAddr> = match settings.metrics_listen.as_str() {
                 "off" | "" => None,

@@ -196,6 +196,11 @@ fn assert_identical_and_contiguous(
     tli: u32,
     tmp: &Path,
 ) -> Vec<String> {
+    assert_matches_wal_dir(repo, &c.wal_dir(), tli, tmp)
+}
+
+/// [`assert_identical_and_contiguous`] against segment files in `wal_dir`.
+fn assert_matches_wal_dir(repo: &TestRepo, wal_dir: &Path, tli: u32, tmp: &Path) -> Vec<String> {
     let segs = repo_segments(repo, tli);
     assert!(!segs.is_empty(), "no segments archived");
     for (i, s) in segs.iter().enumerate() {
@@ -211,7 +216,7 @@ fn assert_identical_and_contiguous(
         }
         let got = fetch(repo, s, &tmp.join("fetched"));
         let want =
-            std::fs::read(c.wal_dir().join(s)).unwrap_or_else(|e| panic!("{s} not in pg_wal: {e}"));
+            std::fs::read(wal_dir.join(s)).unwrap_or_else(|e| panic!("{s} not in pg_wal: {e}"));
         assert!(got == want, "archived {s} differs from the server's copy");
         // Its summary is there and agrees with what walfmt reads.
         if i + 1 < segs.len() {
@@ -673,6 +678,159 @@ fn storage_outage_holds_the_slot_and_catches_up_without_gap() {
     assert_identical_and_contiguous(&repo, &c, 1, tmp.path());
 }
 
+#[test]
+fn ack_spool_gives_rpo_zero_through_an_s3_outage_and_kill_9() {
+    let install = PgInstall::for_tests().pop().unwrap();
+    // Synchronous replication to pitr: a commit returns only once pitr has flushed it. No
+    // wal_keep_size: the server removes WAL as soon as the slot lets it.
+    let c = Cluster::start(
+        &install,
+        ClusterOptions::default()
+            .wal_segsize_mb(1)
+            .conf("synchronous_standby_names = 'pitr'")
+            .conf("max_wal_size = '32MB'")
+            .conf("min_wal_size = '2MB'"),
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let spool = tmp.path().join("spool");
+    let saved = tmp.path().join("saved");
+    let mut repo = TestRepo::s3(S3Server::s3s_fs(), "spool");
+    let start = |repo: &TestRepo, log: &str| {
+        repo.apply(pitr().args([
+            "stream",
+            "--ack",
+            "spool",
+            "--partial-every",
+            "200ms",
+            "--source",
+            &source(&c),
+        ]))
+        .arg("--spool-dir")
+        .arg(&spool)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(tmp.path().join(log)).unwrap())
+        .spawn()
+        .unwrap()
+    };
+    let child = start(&repo, "a.log");
+    wait_for("a synchronous standby", Duration::from_secs(30), || {
+        c.psql("SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'") == "1"
+    });
+    c.psql("CREATE TABLE t (id int, pad text)");
+    // S3 goes down; commits still return (acknowledged from the spool), and pitr's reported
+    // flush position covers them.
+    repo.srv.as_mut().unwrap().stop();
+    let t0 = Instant::now();
+    for i in 0..40 {
+        c.psql(&format!(
+            "INSERT INTO t SELECT g, repeat('x', 200) FROM generate_series({}, {}) g",
+            i * 1000,
+            i * 1000 + 999
+        ));
+    }
+    let took = t0.elapsed();
+    let last_commit = c.psql("SELECT pg_current_wal_insert_lsn()");
+    assert_eq!(
+        c.psql(&format!(
+            "SELECT flush_lsn >= '{last_commit}'::pg_lsn FROM pg_stat_replication"
+        )),
+        "t",
+        "pitr did not acknowledge committed WAL while S3 was down"
+    );
+    assert!(took < Duration::from_secs(30), "commits stalled: {took:?}");
+    let first_seg_after = c.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    c.switch_wal();
+    c.psql("INSERT INTO t VALUES (-1, 'after the switch')");
+    // Keep the server's copies of what the repo must end up with, then kill pitr and let the
+    // server remove the WAL that only the spool now holds.
+    testkit::copy_wal_segments(&c.wal_dir(), &saved, 1);
+    kill9(child);
+    c.psql("CHECKPOINT");
+    c.switch_wal();
+    c.psql("CHECKPOINT");
+    let oldest_on_server =
+        c.psql("SELECT min(name) FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{24}$'");
+    let spooled = spool::scan_names(&spool);
+    assert!(
+        spooled
+            .iter()
+            .any(|n| n.as_str() < oldest_on_server.as_str()),
+        "the server still holds all spooled WAL ({oldest_on_server}; spool {spooled:?}): the test proves nothing"
+    );
+    // S3 is back; pitr restarts, uploads the spool first, then streams on.
+    repo.srv.as_mut().unwrap().restart();
+    let child = start(&repo, "b.log");
+    let last = switch_and_wait(&c, &repo, 1, "the spool and the new WAL", 90);
+    stop(child);
+    let log = std::fs::read_to_string(tmp.path().join("b.log")).unwrap();
+    assert!(
+        log.contains("uploaded the spool left by an earlier run"),
+        "{log}"
+    );
+    testkit::copy_wal_segments(&c.wal_dir(), &saved, 1);
+    let segs = assert_matches_wal_dir(&repo, &saved, 1, tmp.path());
+    assert!(
+        segs.contains(&first_seg_after) && segs.contains(&last),
+        "{segs:?}"
+    );
+    assert!(
+        spool::scan_names(&spool).is_empty(),
+        "the spool was not emptied: {:?}",
+        spool::scan_names(&spool)
+    );
+}
+
+#[test]
+fn sigterm_with_storage_down_exits_0_within_the_deadline() {
+    let install = PgInstall::for_tests().pop().unwrap();
+    let c = Cluster::start(&install, opts());
+    let tmp = tempfile::tempdir().unwrap();
+    let mut repo = TestRepo::s3(S3Server::s3s_fs(), "term");
+    let child = repo
+        .apply(pitr().args([
+            "stream",
+            "--shutdown-timeout",
+            "2s",
+            "--source",
+            &source(&c),
+        ]))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(tmp.path().join("log")).unwrap())
+        .spawn()
+        .unwrap();
+    wait_slot_active(&c);
+    repo.srv.as_mut().unwrap().stop();
+    c.psql("CREATE TABLE t AS SELECT generate_series(1, 50000) id");
+    std::thread::sleep(Duration::from_secs(1));
+    let t0 = Instant::now();
+    stop(child);
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        t0.elapsed()
+    );
+    let log = std::fs::read_to_string(tmp.path().join("log")).unwrap();
+    assert!(log.contains("did not finish"), "{log}");
+}
+
+mod spool {
+    /// Segment names in a spool directory.
+    pub fn scan_names(dir: &std::path::Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .filter_map(|n| n.strip_suffix(".spool").map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
 /// Resident memory of a process, in KiB: (current, peak).
 fn rss_kib(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -1033,6 +1191,8 @@ fn spawn_in_process(
         reconnect_cap: Duration::from_secs(2),
         metrics,
         slot_check_every,
+        spool: None,
+        shutdown_timeout: Duration::from_secs(20),
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let runner = std::thread::spawn(move || {

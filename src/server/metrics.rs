@@ -20,6 +20,8 @@ pub struct Metrics {
     pub flushed_lsn: AtomicU64,
     /// End of WAL durable in the repo.
     pub archived_lsn: AtomicU64,
+    /// Bytes in the `--ack spool` spool.
+    pub spool_bytes: AtomicU64,
     /// The server's WAL write position, read every few seconds over SQL (0: unknown).
     pub server_lsn: AtomicU64,
     /// Unix microseconds of the last archived commit (0: none yet).
@@ -176,6 +178,12 @@ impl Metrics {
             "gauge",
             "Timeline being archived.",
             l(&self.timeline),
+        );
+        g(
+            "pitr_spool_bytes",
+            "gauge",
+            "WAL in the local spool (--ack spool) not yet removed after upload.",
+            l(&self.spool_bytes),
         );
         g(
             "pitr_streaming",

@@ -22,6 +22,7 @@
 
 pub mod archiver;
 pub mod monitor;
+pub mod spool;
 
 use std::time::Duration;
 
@@ -47,6 +48,9 @@ pub enum StreamError {
     /// Storage failed permanently.
     #[error("repo: {0}")]
     Store(#[from] StoreError),
+    /// The `--ack spool` directory failed.
+    #[error("spool: {0}")]
+    Spool(String),
     /// The server cannot serve a physical archiver, and why.
     #[error("{0}")]
     Refused(String),
@@ -94,6 +98,10 @@ pub struct StreamOptions {
     pub metrics: std::sync::Arc<crate::server::Metrics>,
     /// How often slot retention is checked.
     pub slot_check_every: Duration,
+    /// `--ack spool`: acknowledge WAL once fsync'd here; `None`: `--ack repo`.
+    pub spool: Option<spool::SpoolConfig>,
+    /// On shutdown, how long to wait for in-flight uploads.
+    pub shutdown_timeout: Duration,
 }
 
 /// Turns a refusal at connect time into a one-line reason with the fix.
@@ -393,7 +401,13 @@ impl Session<'_> {
                     if let Some(m) = pending.take() {
                         self.send_arch(m).await?;
                     }
-                    let archived = self.sync().await?;
+                    let archived = match tokio::time::timeout(self.opts.shutdown_timeout, self.sync()).await {
+                        Ok(r) => r?,
+                        Err(_) => {
+                            tracing::warn!(timeout = ?self.opts.shutdown_timeout, "stopping: uploads did not finish in time; the server keeps what is not archived");
+                            *self.archived.borrow()
+                        }
+                    };
                     self.conn.send_status(received, archived, false).await?;
                     tracing::info!(archived = %archived, "stopping: everything received is archived");
                     return Ok(None);
@@ -461,8 +475,8 @@ pub async fn run(
     // Listed once here; later sessions list again (the archiver has moved the tip since).
     let mut first_tip = Some(opts.repo.tip(seg).await?);
     let initial = first_tip.flatten().map_or(Lsn(0), |t| t.end);
-    let (archived_tx, mut archived_rx) = watch::channel(initial);
-    let (tx, rx) = mpsc::channel(32);
+    let (archived_tx, archived_rx) = watch::channel(initial);
+    let (arch_tx, arch_rx) = mpsc::channel(32);
     let arch = Archiver::new(
         opts.repo.clone(),
         ArchiverConfig {
@@ -474,7 +488,39 @@ pub async fn run(
         },
         archived_tx,
     );
-    let mut arch_task = tokio::spawn(arch.run(rx));
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(arch.run(arch_rx));
+    // `tx` takes the receiver's messages; `flush_rx` is the position reported as flushed.
+    let (tx, mut flush_rx, spool_shared) = match &opts.spool {
+        None => (arch_tx, archived_rx, None),
+        Some(sc) => {
+            // WAL acknowledged by an earlier run may exist only in the spool: upload it first.
+            spool::drain(&sc.dir, seg, &opts.repo, &arch_tx).await?;
+            first_tip = Some(opts.repo.tip(seg).await?);
+            let shared = std::sync::Arc::new(spool::Shared::default());
+            let start = first_tip.flatten().map_or(Lsn(0), |t| t.end);
+            let (spooled_tx, spooled_rx) = watch::channel(start);
+            let (wtx, wrx) = mpsc::channel(32);
+            let writer = spool::SpoolWriter::new(
+                sc.clone(),
+                seg,
+                shared.clone(),
+                spooled_tx,
+                opts.metrics.clone(),
+            );
+            tasks.spawn_blocking(move || writer.run_blocking(wrx));
+            let reader = spool::SpoolReader::new(
+                sc.clone(),
+                seg,
+                shared.clone(),
+                archived_rx,
+                opts.metrics.clone(),
+            );
+            tasks.spawn(reader.run(arch_tx));
+            (wtx, spooled_rx, Some(shared))
+        }
+    };
+    let mut arch_task = tokio::spawn(first_error(tasks));
     if let Some(slot) = &opts.slot {
         tokio::spawn(monitor::run(
             opts.source.clone(),
@@ -522,9 +568,17 @@ pub async fn run(
             }
         }
         first = false;
-        let tip = match first_tip.take() {
-            Some(t) => t,
-            None => match opts.repo.tip(seg).await {
+        let spooled_at = spool_shared.as_ref().and_then(|s| s.resume_point(seg));
+        let tip = match (first_tip.take(), spooled_at) {
+            // Reconnecting in spool mode: resume where the spool is (the repo may lag).
+            (_, Some((tli, at))) => Some(repo::ArchivedTip {
+                tli,
+                segno: at.segment(seg),
+                complete: false,
+                end: at,
+            }),
+            (Some(t), None) => t,
+            (None, None) => match opts.repo.tip(seg).await {
                 Ok(t) => t,
                 Err(e) => break Err(e.into()),
             },
@@ -537,7 +591,7 @@ pub async fn run(
             conn: &mut conn,
             opts: &opts,
             tx: &tx,
-            archived: &mut archived_rx,
+            archived: &mut flush_rx,
             shutdown: &mut shutdown,
             seg,
         };
@@ -574,12 +628,45 @@ pub async fn run(
             .failed
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
-    match arch_task.await {
-        Ok(Err(e)) if result.is_ok() => return Err(e),
-        _ => {}
+    // Finish in-flight uploads (and, with a spool, what it holds) within the deadline.
+    match tokio::time::timeout(opts.shutdown_timeout, &mut arch_task).await {
+        Ok(Ok(Err(e))) if result.is_ok() => return Err(e),
+        Ok(_) => {}
+        Err(_) => {
+            arch_task.abort();
+            tracing::warn!(timeout = ?opts.shutdown_timeout, "uploads did not finish before the shutdown deadline; the rest is uploaded at the next start");
+        }
+    }
+    if let Some(sc) = &opts.spool {
+        match spool::cleanup(&sc.dir, seg, &opts.repo).await {
+            Ok(0) => {}
+            Ok(left) => {
+                tracing::info!(bytes = left, dir = %sc.dir.display(), "WAL left in the spool; the next start uploads it")
+            }
+            Err(e) => tracing::warn!(error = %e, "spool cleanup"),
+        }
     }
     conn.close().await;
     result
+}
+
+/// Waits for the pipeline's tasks; returns the first real error (an "archiver stopped" from
+/// a neighbour only if nothing better comes), or Ok once all ended.
+async fn first_error(
+    mut tasks: tokio::task::JoinSet<Result<(), StreamError>>,
+) -> Result<(), StreamError> {
+    let mut fallback = None;
+    while let Some(r) = tasks.join_next().await {
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(StreamError::Internal(m))) if m == "archiver stopped" => {
+                fallback.get_or_insert(StreamError::Internal(m));
+            }
+            Ok(Err(e)) => return Err(e),
+            Err(e) => return Err(StreamError::Internal(format!("task failed: {e}"))),
+        }
+    }
+    fallback.map_or(Ok(()), Err)
 }
 
 /// Sleeps `backoff` (then doubles it, up to `cap`), unless shutdown comes first (true).

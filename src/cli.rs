@@ -39,9 +39,11 @@ pub enum Command {
     ///
     /// Connects as a physical replication client, creates the replication slot if missing
     /// (with RESERVE_WAL, so the server keeps WAL until pitr has it), and archives every
-    /// byte. The flush position reported to the server never runs ahead of WAL durable in
-    /// the repo, so a crash of pitr loses nothing. The segment being filled is published
-    /// every --partial-every, which bounds how far the archive trails the server.
+    /// byte into a local directory or S3. The flush position reported to the server never
+    /// runs ahead of WAL durable in the repo (--ack repo, the default) or fsync'd in the
+    /// local spool (--ack spool), so a crash of pitr loses nothing. The segment being filled
+    /// is published every --partial-every, which bounds how far the archive trails the
+    /// server.
     ///
     /// The server needs wal_level = replica (or logical), max_wal_senders and
     /// max_replication_slots > 0, a role with REPLICATION, and a pg_hba.conf line for the

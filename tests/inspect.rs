@@ -428,48 +428,38 @@ fn a_header_in_the_last_possible_segment_is_an_error_not_a_panic() {
 /// does, every file it names is a segment `wal inspect` accepts.
 #[test]
 fn readme_first_command_works() {
-    let readme =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
-    let line = readme
+    // The README's first command is the tour: build pitr, stream a throwaway server under
+    // load, show the archive. Run it as written, on one installed major.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let first = readme
         .lines()
-        .find(|l| l.starts_with("cargo run"))
+        .skip_while(|l| !l.starts_with("```sh"))
+        .nth(1)
         .expect("README's first command");
-    let cmd = line.split('#').next().unwrap().trim();
-    let args: Vec<&str> = cmd
-        .strip_prefix("cargo run -q -- ")
-        .expect("cargo run -q -- ...")
-        .split_whitespace()
-        .collect();
-    let mut expanded: Vec<String> = Vec::new();
-    for a in args {
-        match a.split_once('*') {
-            Some((prefix, suffix)) => {
-                let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(prefix);
-                let (dir, start) = (
-                    path.parent().unwrap().to_path_buf(),
-                    path.file_name()
-                        .map_or(String::new(), |f| f.to_string_lossy().into_owned()),
-                );
-                let mut m: Vec<String> = std::fs::read_dir(&dir)
-                    .unwrap()
-                    .flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| n.starts_with(&start) && n.ends_with(suffix))
-                    .map(|n| dir.join(n).display().to_string())
-                    .collect();
-                m.sort();
-                assert!(!m.is_empty(), "{a} matches nothing");
-                expanded.extend(m);
-            }
-            None => expanded.push(a.to_owned()),
-        }
-    }
-    let refs: Vec<&str> = expanded.iter().map(String::as_str).collect();
-    let out = pitr(&refs);
-    assert!(
-        out.status.success(),
-        "README's first command failed: {}",
+    let cmd = first.split('#').next().unwrap().trim();
+    assert_eq!(
+        cmd, "./scripts/tour.sh",
+        "the README's first command changed"
+    );
+    let install = testkit::PgInstall::for_tests().pop().unwrap();
+    let out = std::process::Command::new(root.join("scripts/tour.sh"))
+        .env("PITR_TOUR_PG_BIN", install.tool("initdb").parent().unwrap())
+        .env("PITR_TOUR_SECONDS", "2")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("commits"));
+    assert!(out.status.success(), "{cmd} failed:\n{text}");
+    for want in [
+        "restore point: \"tour\"",
+        "pitr_archive_lag_bytes",
+        "exit 0",
+    ] {
+        assert!(text.contains(want), "{want:?} missing from:\n{text}");
+    }
 }

@@ -453,6 +453,19 @@ fn refusals_are_one_clear_line() {
         &[],
         "invalid duration",
     );
+    one_line_error(
+        &[
+            "stream",
+            "--source",
+            &src("password=pw"),
+            "--repo",
+            r,
+            "--ack",
+            "spool",
+        ],
+        &[],
+        "--ack spool needs --spool-dir",
+    );
     // Bad S3 credentials, a missing bucket, a malformed S3 URL: caught before connecting.
     let s3 = S3Server::s3s_fs();
     let mut env = s3.env();

@@ -11,7 +11,9 @@
 //! - The receiver owns the connection: it answers keepalives and sends status updates on a
 //!   timer whatever the archiver is doing. When the channel is full it stops reading the
 //!   socket (the server then buffers, and the slot retains), so memory stays bounded.
-//! - `--ack repo` (the only mode so far): the flush position reported never runs ahead of
+//! - `--ack spool` puts a spool between the receiver and the archiver (see [`spool`]): the
+//!   flush position reported is then what is fsync'd in the spool.
+//! - `--ack repo` (the default): the flush position reported never runs ahead of
 //!   WAL durable in the repo. A crash of pitr at any moment loses nothing: the slot still
 //!   holds what the repo lacks, and streaming resumes from the repo's newest object.
 //! - Resume point: the repo's newest WAL (a complete segment: the next one; a partial: its

@@ -54,6 +54,15 @@ fn run(cli: Cli, matches: clap::ArgMatches) -> anyhow::Result<ExitCode> {
             let source = pitr::replication::conninfo::ConnParams::parse(&settings.source, true)?;
             let rt = runtime()?;
             let repo = rt.block_on(pitr::repo::Repo::open(&settings.repo))?;
+            // Held until exit: the spool is this process's alone.
+            let spool_dir = match (settings.ack.as_str(), &settings.spool_dir) {
+                ("spool", Some(d)) => Some(std::path::PathBuf::from(d)),
+                _ => None,
+            };
+            let spool_lock = spool_dir
+                .as_deref()
+                .map(pitr::stream::spool::prepare_dir)
+                .transpose()?;
             let opts = pitr::stream::StreamOptions {
                 source,
                 repo,
@@ -63,17 +72,10 @@ fn run(cli: Cli, matches: clap::ArgMatches) -> anyhow::Result<ExitCode> {
                 reconnect_cap: std::time::Duration::from_secs(30),
                 metrics: std::sync::Arc::new(pitr::server::Metrics::default()),
                 slot_check_every: std::time::Duration::from_secs(5),
-                spool: match (settings.ack.as_str(), &settings.spool_dir) {
-                    ("spool", Some(d)) => {
-                        let dir = std::path::PathBuf::from(d);
-                        pitr::stream::spool::prepare_dir(&dir)?;
-                        Some(pitr::stream::spool::SpoolConfig {
-                            dir,
-                            max_bytes: settings.spool_max,
-                        })
-                    }
-                    _ => None,
-                },
+                spool: spool_dir.map(|dir| pitr::stream::spool::SpoolConfig {
+                    dir,
+                    max_bytes: settings.spool_max,
+                }),
                 shutdown_timeout: settings.shutdown_timeout,
             };
             let listen: Option<std::net::SocketAddr> = match settings.metrics_listen.as_str() {
@@ -113,6 +115,7 @@ fn run(cli: Cli, matches: clap::ArgMatches) -> anyhow::Result<ExitCode> {
                 }
                 anyhow::Ok(pitr::stream::run(opts, stop_rx).await?)
             })?;
+            drop(spool_lock);
             Ok(ExitCode::SUCCESS)
         }
         Command::Wal(WalCommand::Fetch(a)) => {

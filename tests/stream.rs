@@ -15,6 +15,8 @@ struct TestRepo {
     spec: String,
     /// Environment for the `pitr` process (S3 credentials).
     env: Vec<(&'static str, String)>,
+    /// Extra `pitr stream` arguments (e.g. `--ack spool`).
+    stream_args: Vec<String>,
     store: std::sync::Arc<dyn ObjectStore>,
     rt: tokio::runtime::Runtime,
     /// Keeps the S3 server running as long as the repo.
@@ -27,6 +29,7 @@ impl TestRepo {
         TestRepo {
             spec: dir.display().to_string(),
             env: Vec::new(),
+            stream_args: Vec::new(),
             store: std::sync::Arc::new(store),
             rt: tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -51,6 +54,7 @@ impl TestRepo {
         TestRepo {
             spec,
             env: srv.env(),
+            stream_args: Vec::new(),
             store: std::sync::Arc::new(store),
             rt,
             srv: Some(srv),
@@ -89,8 +93,24 @@ impl TestRepo {
             .map(|b| b.to_vec())
     }
 
-    /// Applies `--repo` and the environment to a `pitr` command.
+    /// The same repo, streamed with `--ack spool` through `dir`.
+    fn with_spool(mut self, dir: &Path) -> TestRepo {
+        self.stream_args = vec![
+            "--ack".into(),
+            "spool".into(),
+            "--spool-dir".into(),
+            dir.display().to_string(),
+        ];
+        self
+    }
+
+    /// Applies `--repo` and the environment (and, for `stream`, the extra arguments) to a
+    /// `pitr` command.
     fn apply<'c>(&self, cmd: &'c mut Command) -> &'c mut Command {
+        let is_stream = cmd.get_args().next().is_some_and(|a| a == "stream");
+        if is_stream {
+            cmd.args(&self.stream_args);
+        }
         cmd.arg("--repo")
             .arg(&self.spec)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
@@ -339,8 +359,12 @@ fn kill_9_at_random_moments_loses_nothing() {
     }
     assert!(load.wait().unwrap().success());
     let child = start_stream(&c, &repo, &tmp.path().join("final.log"));
-    switch_and_wait(&c, &repo, 1, "the last segment", 60);
+    let last = switch_and_wait(&c, &repo, 1, "the last segment", 60);
     stop(child);
+    // The slot advanced with the archive.
+    let restart = c.psql("SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'pitr'");
+    let seg_of_restart = c.psql(&format!("SELECT pg_walfile_name('{restart}')"));
+    assert!(seg_of_restart >= last, "slot at {restart} did not advance");
     let segs = assert_identical_and_contiguous(&repo, &c, 1, tmp.path());
     // The first archived segment is where the slot began: nothing before it was skipped.
     assert!(segs.len() >= 4, "{segs:?}");
@@ -562,9 +586,10 @@ fn failover_to_a_promoted_standby_archives_both_timelines_without_gap() {
         p.psql("CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 5000);");
         let s = Cluster::standby_of(&p, &["wal_keep_size = '64MB'"]);
         let tmp = tempfile::tempdir().unwrap();
-        // Local on 15 and 17, S3 on 16 (moto) and 18 (s3s-fs).
+        // Local on 15, local with --ack spool on 17, S3 on 16 (moto) and 18 (s3s-fs).
         let repo = match i % 4 {
             1 => TestRepo::s3(S3Server::moto(), "failover"),
+            2 => TestRepo::local(&tmp.path().join("repo")).with_spool(&tmp.path().join("spool")),
             3 => TestRepo::s3(S3Server::s3s_fs(), "failover"),
             _ => TestRepo::local(&tmp.path().join("repo")),
         };
@@ -795,6 +820,45 @@ fn ack_spool_gives_rpo_zero_through_an_s3_outage_and_kill_9() {
 }
 
 #[test]
+fn a_conflicting_object_stops_pitr_with_one_line_and_no_panic() {
+    let install = PgInstall::for_tests().pop().unwrap();
+    let c = Cluster::start(&install, opts());
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("repo");
+    let repo = TestRepo::local(&dir);
+    let log = tmp.path().join("log");
+    let mut child = start_stream(&c, &repo, &log);
+    wait_slot_active(&c);
+    // Someone else's bytes where pitr's next segment goes: pitr must stop, never overwrite.
+    let next = c.psql("SELECT pg_walfile_name(pg_current_wal_lsn() + 1048576)");
+    let planted = dir.join(format!("wal/00000001/{next}.lz4"));
+    std::fs::create_dir_all(planted.parent().unwrap()).unwrap();
+    std::fs::write(&planted, b"not pitr's").unwrap();
+    c.psql("CREATE TABLE t AS SELECT g, repeat('x', 100) AS pad FROM generate_series(1, 40000) g");
+    c.switch_wal();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pitr kept running after the conflict"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert!(!status.success(), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let last = err.lines().last().unwrap_or("");
+    assert!(
+        last.contains("exists with different content") && last.contains(&next),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&planted).unwrap(), b"not pitr's");
+}
+
+#[test]
 fn sigterm_with_storage_down_exits_0_within_the_deadline() {
     let install = PgInstall::for_tests().pop().unwrap();
     let c = Cluster::start(&install, opts());
@@ -925,6 +989,13 @@ fn s3_outage_of_30s_keeps_memory_bounded_and_catches_up_without_gap() {
     );
     repo.srv.as_mut().unwrap().restart();
     switch_and_wait(&c, &repo, 1, "catching up after the outage", 120);
+    // The lag recovers: the archive is back within a segment of the server.
+    wait_logged("the lag to recover", Duration::from_secs(30), &log, || {
+        let body = http_get(&addr, "/metrics")
+            .map(|(_, b)| b)
+            .unwrap_or_default();
+        metric(&body, "pitr_server_archive_lag_bytes").is_some_and(|l| l < 1_048_576.0)
+    });
     let body = http_get(&addr, "/metrics")
         .map(|(_, b)| b)
         .unwrap_or_default();

@@ -20,7 +20,7 @@
 //!   the server rejects corrupted bodies. SDK-default checksums (aws-chunked trailers) are
 //!   off, because several S3-compatible servers reject them.
 //! - Objects larger than [`MULTIPART_PART`] go up as a multipart upload of parts of that
-//!   size; a failed multipart upload is aborted.
+//!   size, each with its CRC-32C; a failed multipart upload is aborted.
 //! - Timeouts: 5 s to connect, 120 s per attempt, so a hung server becomes a transient error
 //!   instead of a stall. Errors are classified: network failures, timeouts, 5xx, 429 and 409
 //!   are transient; credentials, permissions and missing buckets are permanent, with a hint.
@@ -265,6 +265,7 @@ impl S3Store {
             .create_multipart_upload()
             .bucket(&self.loc.bucket)
             .key(full)
+            .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Crc32C)
             .send()
             .await
             .map_err(|e| self.error("put", key, e))?;
@@ -313,6 +314,7 @@ impl S3Store {
                 .key(full)
                 .upload_id(id)
                 .part_number(n)
+                .checksum_crc32_c(crc32c_b64(&chunk))
                 .body(ByteStream::from(chunk))
                 .send()
                 .await
@@ -321,6 +323,7 @@ impl S3Store {
                 CompletedPart::builder()
                     .part_number(n)
                     .set_e_tag(r.e_tag().map(str::to_owned))
+                    .set_checksum_crc32_c(r.checksum_crc32_c().map(str::to_owned))
                     .build(),
             );
         }
@@ -405,8 +408,16 @@ impl S3Store {
                     size: u64::try_from(o.size().unwrap_or(0)).unwrap_or(0),
                 });
             }
-            match r.next_continuation_token() {
-                Some(t) if r.is_truncated() == Some(true) => token = Some(t.to_owned()),
+            match (r.is_truncated(), r.next_continuation_token()) {
+                (Some(true), Some(t)) => token = Some(t.to_owned()),
+                (Some(true), None) => {
+                    return Err(StoreError::new(
+                        StoreErrorKind::Transient,
+                        "list",
+                        &full,
+                        "truncated listing without a continuation token",
+                    ));
+                }
                 _ => break,
             }
         }
@@ -539,6 +550,24 @@ where
                         "wrong region for bucket {bucket:?} ({what}): set AWS_REGION or region= in --repo"
                     ),
                 ),
+                (501, _) | (_, "NotImplemented") => (
+                    Permanent,
+                    format!(
+                        "the S3 server does not support a request pitr needs ({what}): it must support conditional writes (If-None-Match)"
+                    ),
+                ),
+                (_, "RequestTimeTooSkewed") => (
+                    Permanent,
+                    format!(
+                        "this machine's clock is too far from the S3 server's ({what}): fix the clock (NTP)"
+                    ),
+                ),
+                // A body damaged in transit (what the checksum is for), or a multipart upload
+                // the server forgot: the whole put is retried.
+                (
+                    _,
+                    "BadDigest" | "XAmzContentChecksumMismatch" | "InvalidDigest" | "NoSuchUpload",
+                ) => (Transient, what),
                 (408 | 409 | 429, _) | (500..=599, _) | (_, "SlowDown" | "RequestTimeout") => {
                     (Transient, what)
                 }

@@ -2,10 +2,13 @@
 //!
 //! # Invariants
 //!
-//! - `archived` (a watch channel) only ever holds an LSN up to which WAL is durable in the
-//!   repo; the receiver reports it to the server as the flush position (`--ack repo`), so the
-//!   slot keeps every byte the repo does not yet hold.
-//! - It never decreases.
+//! - `archived` (a watch channel of [`Durable`]) only ever holds a (timeline, LSN) up to which
+//!   WAL of that timeline is durable in the repo; the receiver reports it to the server as the
+//!   flush position (`--ack repo`) only while it streams that same timeline, so the slot
+//!   keeps every byte the repo does not yet hold.
+//! - Within a run it never decreases. A `Begin` resets it to the run's (timeline, start):
+//!   after a failover the new timeline may restart below what the old one reached, and an
+//!   LSN of the old timeline says nothing about the new one.
 //! - The segment being filled is published as `…partial.<END>.lz4` at most every
 //!   `partial_every`, when it grew; the previous partial of that segment is deleted only
 //!   after the newer object is durable. A complete segment replaces its partials the same way.
@@ -23,6 +26,10 @@ use walfmt::{DecoderConfig, Lsn, SegNo, Summarizer, TimeLineId, WalSegSize};
 use crate::repo::{self, Repo};
 
 use super::StreamError;
+
+/// A durable position: WAL of this timeline up to this LSN is safe (in the repo, or in the
+/// spool for `--ack spool`).
+pub type Durable = (TimeLineId, Lsn);
 
 /// Messages from the receiver.
 #[derive(Debug)]
@@ -75,13 +82,13 @@ pub struct Archiver {
     /// Partials of the current segment to delete once superseded (key, end).
     stale: Vec<(String, Lsn)>,
     summarizer: Option<Summarizer<'static>>,
-    archived: watch::Sender<Lsn>,
+    archived: watch::Sender<Durable>,
     active: bool,
 }
 
 impl Archiver {
     /// A new archiver; `archived` starts at what the repo already holds.
-    pub fn new(repo: Repo, cfg: ArchiverConfig, archived: watch::Sender<Lsn>) -> Self {
+    pub fn new(repo: Repo, cfg: ArchiverConfig, archived: watch::Sender<Durable>) -> Self {
         Archiver {
             repo,
             cfg,
@@ -106,9 +113,10 @@ impl Archiver {
                 .last_commit_unix_us
                 .fetch_max(t.unix_micros(), Relaxed);
         }
+        let tli = self.tli;
         self.archived.send_if_modified(|cur| {
-            if to > *cur {
-                *cur = to;
+            if cur.0 == tli && to > cur.1 {
+                cur.1 = to;
                 true
             } else {
                 false
@@ -143,7 +151,7 @@ impl Archiver {
             ArchMsg::Wal { start, data } => self.append(start, data).await?,
             ArchMsg::Sync(ack) => {
                 self.publish_partial().await?;
-                let _ = ack.send(*self.archived.borrow());
+                let _ = ack.send(self.archived.borrow().1);
             }
         }
         Ok(())
@@ -164,6 +172,8 @@ impl Archiver {
         self.stale = self.partials_of(tli, self.segno).await?;
         self.summarizer = self.summarizer_from(tli, self.segno).await?;
         self.active = true;
+        // Everything before the run's start is in the repo (that is why it starts there).
+        self.archived.send_replace((tli, start));
         Ok(())
     }
 

@@ -75,6 +75,7 @@ impl StreamError {
         match self {
             StreamError::Conn(e) => e.is_transient(),
             StreamError::Store(e) => e.is_transient(),
+            StreamError::Repo(RepoError::Store(e)) => e.is_transient(),
             StreamError::Gap { .. } => true,
             _ => false,
         }
@@ -162,7 +163,20 @@ async fn prepare(conn: &mut PgConn, opts: &StreamOptions) -> Result<Prepared, St
             "the server has wal_level = minimal: set wal_level = replica and restart it".into(),
         ));
     }
-    opts.repo.claim(sys.system_id, seg, major).await?;
+    // Storage trouble is retried here (a repo that is down must not stop the sidecar);
+    // another cluster's repo or a corrupt identity is returned at once.
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match opts.repo.claim(sys.system_id, seg, major).await {
+            Ok(_) => break,
+            Err(RepoError::Store(e)) if e.is_transient() => {
+                tracing::warn!(error = %e, "repo not reachable; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
     if let Some(slot) = &opts.slot
         && conn.read_replication_slot(slot).await?.is_none()
     {
@@ -222,7 +236,11 @@ async fn archive_history(
         return Ok(());
     }
     let key = repo::history_key(tli);
-    if opts.repo.store().get(&key).await?.is_some() {
+    let store = opts.repo.store();
+    if repo::retry("get", Duration::from_secs(30), || store.get(&key))
+        .await?
+        .is_some()
+    {
         return Ok(());
     }
     let (_, content) = conn.timeline_history(tli).await?;
@@ -243,9 +261,12 @@ struct Session<'a> {
     conn: &'a mut PgConn,
     opts: &'a StreamOptions,
     tx: &'a mpsc::Sender<ArchMsg>,
-    archived: &'a mut watch::Receiver<Lsn>,
+    /// The durable position (repo or spool) reported as flushed, for the current timeline.
+    archived: &'a mut watch::Receiver<archiver::Durable>,
     shutdown: &'a mut watch::Receiver<bool>,
     seg: WalSegSize,
+    /// The run being streamed: its timeline and start.
+    run: (TimeLineId, Lsn),
 }
 
 impl Session<'_> {
@@ -292,6 +313,7 @@ impl Session<'_> {
                 Err(e) => return Err(e.into()),
             }
             tracing::info!(timeline = tli.0, start = %start, "streaming");
+            self.run = (tli, start);
             self.send_arch(ArchMsg::Begin { tli, start }).await?;
             self.opts
                 .metrics
@@ -403,15 +425,17 @@ impl Session<'_> {
                     if let Some(m) = pending.take() {
                         self.send_arch(m).await?;
                     }
-                    let archived = match tokio::time::timeout(self.opts.shutdown_timeout, self.sync()).await {
-                        Ok(r) => r?,
-                        Err(_) => {
-                            tracing::warn!(timeout = ?self.opts.shutdown_timeout, "stopping: uploads did not finish in time; the server keeps what is not archived");
-                            *self.archived.borrow()
+                    match tokio::time::timeout(self.opts.shutdown_timeout, self.sync()).await {
+                        Ok(r) => {
+                            r?;
+                            tracing::info!(durable = %self.durable(received), "stopping: everything received is safe");
                         }
-                    };
-                    self.conn.send_status(received, archived, false).await?;
-                    tracing::info!(archived = %archived, "stopping: everything received is archived");
+                        Err(_) => {
+                            tracing::warn!(timeout = ?self.opts.shutdown_timeout, durable = %self.durable(received), "stopping: uploads did not finish in time; the server keeps what is not archived");
+                        }
+                    }
+                    let flush = self.durable(received);
+                    self.conn.send_status(received, flush, false).await?;
                     return Ok(None);
                 }
                 permit = self.tx.reserve(), if pending.is_some() => {
@@ -439,14 +463,22 @@ impl Session<'_> {
         }
     }
 
-    /// Sends write = received, flush = archived (never beyond received).
+    /// What may be reported as flushed: the durable position if it is of the timeline being
+    /// streamed, else the run's start; never beyond `received`.
+    fn durable(&self, received: Lsn) -> Lsn {
+        let (t, l) = *self.archived.borrow();
+        let l = if t == self.run.0 { l } else { self.run.1 };
+        l.min(received)
+    }
+
+    /// Sends write = received, flush = durable (never beyond received).
     async fn status(
         &mut self,
         received: Lsn,
         reported: &mut (Lsn, Lsn),
         force: bool,
     ) -> Result<(), StreamError> {
-        let archived = (*self.archived.borrow()).min(received);
+        let archived = self.durable(received);
         if force || (received, archived) != *reported {
             self.conn.send_status(received, archived, false).await?;
             self.opts
@@ -474,10 +506,21 @@ pub async fn run(
         other => other,
     })?;
     let seg = prep.seg;
+    if let Some(sc) = &opts.spool {
+        if sc.max_bytes < 2 * seg.bytes() {
+            return Err(StreamError::Refused(format!(
+                "--spool-max {} is too small: give at least two WAL segments ({} bytes)",
+                sc.max_bytes,
+                2 * seg.bytes()
+            )));
+        }
+        spool::check_identity(&sc.dir, prep.system_id, seg)?;
+    }
     // Listed once here; later sessions list again (the archiver has moved the tip since).
-    let mut first_tip = Some(opts.repo.tip(seg).await?);
-    let initial = first_tip.flatten().map_or(Lsn(0), |t| t.end);
-    let (archived_tx, archived_rx) = watch::channel(initial);
+    let mut first_tip = Some(tip_retrying(&opts.repo, seg).await?);
+    let durable_of =
+        |t: Option<repo::ArchivedTip>| t.map_or((TimeLineId(0), Lsn(0)), |t| (t.tli, t.end));
+    let (archived_tx, archived_rx) = watch::channel(durable_of(first_tip.flatten()));
     let (arch_tx, arch_rx) = mpsc::channel(32);
     let arch = Archiver::new(
         opts.repo.clone(),
@@ -497,11 +540,17 @@ pub async fn run(
         None => (arch_tx, archived_rx, None),
         Some(sc) => {
             // WAL acknowledged by an earlier run may exist only in the spool: upload it first.
-            spool::drain(&sc.dir, seg, &opts.repo, &arch_tx).await?;
-            first_tip = Some(opts.repo.tip(seg).await?);
+            if let Err(e) = spool::drain(&sc.dir, seg, &opts.repo, &arch_tx).await {
+                drop(arch_tx);
+                // The archiver's own error says more than "archiver stopped".
+                return Err(match first_error(tasks).await {
+                    Err(real) => real,
+                    Ok(()) => e,
+                });
+            }
+            first_tip = Some(tip_retrying(&opts.repo, seg).await?);
             let shared = std::sync::Arc::new(spool::Shared::default());
-            let start = first_tip.flatten().map_or(Lsn(0), |t| t.end);
-            let (spooled_tx, spooled_rx) = watch::channel(start);
+            let (spooled_tx, spooled_rx) = watch::channel(durable_of(first_tip.flatten()));
             let (wtx, wrx) = mpsc::channel(32);
             let writer = spool::SpoolWriter::new(
                 sc.clone(),
@@ -534,6 +583,7 @@ pub async fn run(
     }
     let mut backoff = Duration::from_millis(500);
     let mut first = true;
+    let mut arch_done = false;
     let result = loop {
         if !first {
             tracing::info!("reconnecting");
@@ -580,9 +630,9 @@ pub async fn run(
                 end: at,
             }),
             (Some(t), None) => t,
-            (None, None) => match opts.repo.tip(seg).await {
+            (None, None) => match tip_retrying(&opts.repo, seg).await {
                 Ok(t) => t,
-                Err(e) => break Err(e.into()),
+                Err(e) => break Err(e),
             },
         };
         let (tli, start) = match start_point(&mut conn, &opts, &prep, tip).await {
@@ -596,14 +646,19 @@ pub async fn run(
             archived: &mut flush_rx,
             shutdown: &mut shutdown,
             seg,
+            run: (tli, start),
         };
         let r = tokio::select! {
             r = session.run(tli, start) => r,
-            a = &mut arch_task => Err(match a {
-                Ok(Err(e)) => e,
-                Ok(Ok(())) => StreamError::Internal("archiver ended".into()),
-                Err(e) => StreamError::Internal(format!("archiver task failed: {e}")),
-            }),
+            a = &mut arch_task => {
+                // The pipeline (archiver, spool) ended: always fatal.
+                arch_done = true;
+                break Err(match a {
+                    Ok(Err(e)) => e,
+                    Ok(Ok(())) => StreamError::Internal("archiver ended".into()),
+                    Err(e) => StreamError::Internal(format!("archiver task failed: {e}")),
+                });
+            }
         };
         opts.metrics
             .streaming
@@ -612,10 +667,18 @@ pub async fn run(
             Ok(SessionEnd::Shutdown) => break Ok(()),
             Err(e) if e.is_transient() => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "stream interrupted");
-                // Publish what we have before reconnecting (RPO), then resume from the repo.
+                // Publish what we have before reconnecting (RPO), then resume; a storage outage
+                // must not make this wait outlive a shutdown request.
                 let (ack, done) = oneshot::channel();
-                if tx.send(ArchMsg::Sync(ack)).await.is_ok() {
-                    let _ = done.await;
+                let publish = async {
+                    if tx.send(ArchMsg::Sync(ack)).await.is_ok() {
+                        let _ = done.await;
+                    }
+                };
+                tokio::select! {
+                    _ = publish => {}
+                    _ = shutdown.changed() => break Ok(()),
+                    _ = tokio::time::sleep(opts.reconnect_cap) => {}
                 }
                 if backoff_wait(&mut shutdown, &mut backoff, opts.reconnect_cap).await {
                     break Ok(());
@@ -631,13 +694,28 @@ pub async fn run(
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
     // Finish in-flight uploads (and, with a spool, what it holds) within the deadline.
-    match tokio::time::timeout(opts.shutdown_timeout, &mut arch_task).await {
-        Ok(Ok(Err(e))) if result.is_ok() => return Err(e),
-        Ok(_) => {}
-        Err(_) => {
-            arch_task.abort();
-            tracing::warn!(timeout = ?opts.shutdown_timeout, "uploads did not finish before the shutdown deadline; the rest is uploaded at the next start");
+    let mut result = result;
+    if !arch_done {
+        match tokio::time::timeout(opts.shutdown_timeout, &mut arch_task).await {
+            Ok(Ok(Err(e))) => {
+                // The pipeline's error explains an "archiver stopped" seen by the session.
+                if result.is_ok()
+                    || matches!(&result, Err(StreamError::Internal(m)) if m == "archiver stopped")
+                {
+                    result = Err(e);
+                }
+            }
+            Ok(_) => {}
+            Err(_) => {
+                arch_task.abort();
+                tracing::warn!(timeout = ?opts.shutdown_timeout, "uploads did not finish before the shutdown deadline; the rest is uploaded at the next start");
+            }
         }
+    }
+    if result.is_err() {
+        opts.metrics
+            .failed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
     if let Some(sc) = &opts.spool {
         match spool::cleanup(&sc.dir, seg, &opts.repo).await {
@@ -650,6 +728,25 @@ pub async fn run(
     }
     conn.close().await;
     result
+}
+
+/// The repo's tip, retrying while storage is unreachable.
+async fn tip_retrying(
+    repo: &Repo,
+    seg: WalSegSize,
+) -> Result<Option<repo::ArchivedTip>, StreamError> {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match repo.tip(seg).await {
+            Ok(t) => return Ok(t),
+            Err(RepoError::Store(e)) if e.is_transient() => {
+                tracing::warn!(error = %e, "repo not reachable; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Waits for the pipeline's tasks; returns the first real error (an "archiver stopped" from

@@ -39,7 +39,7 @@ use walfmt::names::segment_file_name;
 use walfmt::{Lsn, SegNo, TimeLineId, WalFileName, WalSegSize};
 
 use super::StreamError;
-use super::archiver::ArchMsg;
+use super::archiver::{ArchMsg, Durable};
 use crate::repo::{self, Repo};
 
 /// Bytes per message from the reader to the archiver.
@@ -68,7 +68,7 @@ struct Run {
 pub struct Shared {
     runs: Mutex<Vec<Run>>,
     writer_done: AtomicBool,
-    /// Wakes the reader (new data) and the writer (space freed).
+    /// Wakes the reader (new data). The writer polls for freed space.
     notify: Notify,
     /// Bytes in spool files.
     pub bytes: AtomicU64,
@@ -96,13 +96,17 @@ fn spool_path(dir: &Path, tli: TimeLineId, segno: SegNo, seg: WalSegSize) -> Pat
 pub fn scan(dir: &Path, seg: WalSegSize) -> Result<Vec<(TimeLineId, SegNo, u64)>, StreamError> {
     let mut out = Vec::new();
     let rd = std::fs::read_dir(dir).map_err(|e| io_err("reading spool", dir, e))?;
-    for e in rd.flatten() {
+    for e in rd {
+        let e = e.map_err(|e| io_err("reading spool", dir, e))?;
         let name = e.file_name().to_string_lossy().into_owned();
         let Some(stem) = name.strip_suffix(".spool") else {
             continue;
         };
         if let Ok(WalFileName::Segment(tli, segno)) = WalFileName::parse(stem, seg) {
-            let len = e.metadata().map(|m| m.len()).unwrap_or(0);
+            let len = e
+                .metadata()
+                .map_err(|err| io_err("reading", &e.path(), err))?
+                .len();
             out.push((tli, segno, len));
         }
     }
@@ -110,13 +114,62 @@ pub fn scan(dir: &Path, seg: WalSegSize) -> Result<Vec<(TimeLineId, SegNo, u64)>
     Ok(out)
 }
 
-/// Creates the spool directory and checks it is writable (before connecting).
-pub fn prepare_dir(dir: &Path) -> Result<(), StreamError> {
+/// Creates the spool directory, checks it is writable and locks it (before connecting). Keep
+/// the returned file open for as long as the spool is used: two processes sharing a spool
+/// would delete each other's WAL.
+pub fn prepare_dir(dir: &Path) -> Result<File, StreamError> {
     std::fs::create_dir_all(dir).map_err(|e| io_err("creating spool", dir, e))?;
-    let probe = dir.join(".pitr-probe");
-    std::fs::write(&probe, b"x").map_err(|e| io_err("writing to spool", dir, e))?;
-    let _ = std::fs::remove_file(probe);
-    Ok(())
+    if let Some(parent) = dir.parent() {
+        let _ = File::open(parent).and_then(|f| f.sync_all());
+    }
+    let lock_path = dir.join("spool.lock");
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| io_err("writing to spool", dir, e))?;
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StreamError::Spool(format!(
+            "{} is in use by another pitr process: give each pitr stream its own --spool-dir",
+            dir.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(io_err("locking", &lock_path, e)),
+    }
+}
+
+/// Records which cluster the spool belongs to (`spool.json`), or checks it: a spool left by
+/// another cluster must never be uploaded into this repo.
+pub fn check_identity(dir: &Path, system_id: u64, seg: WalSegSize) -> Result<(), StreamError> {
+    let path = dir.join("spool.json");
+    let want = format!(
+        "{{\"system_id\":\"{system_id}\",\"wal_segment_size\":{}}}\n",
+        seg.get()
+    );
+    match std::fs::read_to_string(&path) {
+        Ok(have) if have == want => Ok(()),
+        Ok(have) => Err(StreamError::Spool(format!(
+            "{} belongs to another cluster or segment size ({}), this server is system {system_id}: use another --spool-dir",
+            dir.display(),
+            have.trim()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if !scan(dir, seg)?.is_empty() {
+                return Err(StreamError::Spool(format!(
+                    "{} holds WAL files but no spool.json: refusing to upload WAL of unknown origin",
+                    dir.display()
+                )));
+            }
+            let tmp = dir.join("spool.json.tmp");
+            std::fs::write(&tmp, &want)
+                .and_then(|()| File::open(&tmp)?.sync_all())
+                .and_then(|()| std::fs::rename(&tmp, &path))
+                .map_err(|e| io_err("writing", &path, e))?;
+            fsync_dir(dir)
+        }
+        Err(e) => Err(io_err("reading", &path, e)),
+    }
 }
 
 async fn exists(repo: &Repo, key: &str) -> Result<bool, crate::repo::store::StoreError> {
@@ -199,8 +252,11 @@ pub struct SpoolWriter {
     cfg: SpoolConfig,
     seg: WalSegSize,
     shared: Arc<Shared>,
-    spooled: watch::Sender<Lsn>,
+    spooled: watch::Sender<Durable>,
     metrics: Arc<crate::server::Metrics>,
+    /// An fsync failed: nothing may be acknowledged any more (a retried fsync can report
+    /// success for pages whose write-back failed).
+    poisoned: bool,
     /// Open file: (timeline, segment, file, its length on disk).
     file: Option<(TimeLineId, SegNo, File, u64)>,
     tli: TimeLineId,
@@ -215,7 +271,7 @@ impl SpoolWriter {
         cfg: SpoolConfig,
         seg: WalSegSize,
         shared: Arc<Shared>,
-        spooled: watch::Sender<Lsn>,
+        spooled: watch::Sender<Durable>,
         metrics: Arc<crate::server::Metrics>,
     ) -> Self {
         SpoolWriter {
@@ -224,6 +280,7 @@ impl SpoolWriter {
             shared,
             spooled,
             metrics,
+            poisoned: false,
             file: None,
             tli: TimeLineId(1),
             pos: Lsn(0),
@@ -235,7 +292,10 @@ impl SpoolWriter {
     /// Runs until the channel closes. Call from a blocking thread.
     pub fn run_blocking(mut self, mut rx: mpsc::Receiver<ArchMsg>) -> Result<(), StreamError> {
         let r = self.run_inner(&mut rx);
-        let _ = self.flush();
+        if r.is_ok() {
+            // A last flush of what was written; never after an error.
+            self.flush()?;
+        }
         self.shared.writer_done.store(true, Ordering::SeqCst);
         self.shared.notify.notify_one();
         r
@@ -244,8 +304,12 @@ impl SpoolWriter {
     fn run_inner(&mut self, rx: &mut mpsc::Receiver<ArchMsg>) -> Result<(), StreamError> {
         let mut warned = false;
         loop {
-            // Disk back-pressure: wait for uploads to free space.
+            // Disk back-pressure: wait for uploads to free space (or for the end: what is
+            // still queued was never acknowledged, so it can be left to the server).
             while self.shared.bytes.load(Ordering::Relaxed) > self.cfg.max_bytes {
+                if rx.is_closed() {
+                    return Ok(());
+                }
                 if !warned {
                     tracing::warn!(
                         spool_bytes = self.shared.bytes.load(Ordering::Relaxed),
@@ -256,7 +320,6 @@ impl SpoolWriter {
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
-            warned = false;
             let Some(m) = rx.blocking_recv() else {
                 return Ok(());
             };
@@ -279,6 +342,8 @@ impl SpoolWriter {
                 self.file = None;
                 self.tli = tli;
                 self.pos = start;
+                // A new run: only its own timeline's positions count from now on.
+                self.spooled.send_replace((tli, start));
                 if let Ok(mut runs) = self.shared.runs.lock() {
                     runs.push(Run {
                         tli,
@@ -291,7 +356,7 @@ impl SpoolWriter {
             ArchMsg::Wal { start, data } => self.write(start, &data)?,
             ArchMsg::Sync(ack) => {
                 self.flush()?;
-                let _ = ack.send(*self.spooled.borrow());
+                let _ = ack.send(self.spooled.borrow().1);
             }
         }
         Ok(())
@@ -353,6 +418,10 @@ impl SpoolWriter {
 
     /// fsync what was written, then acknowledge it.
     fn flush(&mut self) -> Result<(), StreamError> {
+        if self.poisoned {
+            return Err(StreamError::Spool("an earlier fsync failed".into()));
+        }
+        self.poisoned = true;
         if self.dirty {
             if let Some((_, segno, f, _)) = &self.file {
                 f.sync_data().map_err(|e| {
@@ -369,15 +438,17 @@ impl SpoolWriter {
             fsync_dir(&self.cfg.dir)?;
             self.dir_dirty = false;
         }
+        self.poisoned = false;
         if let Ok(mut runs) = self.shared.runs.lock()
             && let Some(r) = runs.last_mut()
             && self.pos > r.end
         {
             r.end = self.pos;
         }
+        let (tli, pos) = (self.tli, self.pos);
         self.spooled.send_if_modified(|cur| {
-            if self.pos > *cur {
-                *cur = self.pos;
+            if cur.0 == tli && pos > cur.1 {
+                cur.1 = pos;
                 true
             } else {
                 false
@@ -395,10 +466,10 @@ pub struct SpoolReader {
     cfg: SpoolConfig,
     seg: WalSegSize,
     shared: Arc<Shared>,
-    archived: watch::Receiver<Lsn>,
+    archived: watch::Receiver<Durable>,
     metrics: Arc<crate::server::Metrics>,
-    /// Files fully forwarded, deletable once archived reaches their end.
-    finished: VecDeque<(PathBuf, Lsn)>,
+    /// Files fully forwarded, deletable once the archive holds them: (path, timeline, end).
+    finished: VecDeque<(PathBuf, TimeLineId, Lsn)>,
 }
 
 impl SpoolReader {
@@ -407,7 +478,7 @@ impl SpoolReader {
         cfg: SpoolConfig,
         seg: WalSegSize,
         shared: Arc<Shared>,
-        archived: watch::Receiver<Lsn>,
+        archived: watch::Receiver<Durable>,
         metrics: Arc<crate::server::Metrics>,
     ) -> Self {
         SpoolReader {
@@ -420,25 +491,33 @@ impl SpoolReader {
         }
     }
 
+    /// Deletes forwarded files the archive now holds. The archiver handles messages in order
+    /// and publishes a timeline's last partial before it begins the next timeline, so a
+    /// durable position on a later timeline covers every file of earlier ones.
     fn collect(&mut self) {
-        let archived = *self.archived.borrow();
-        while let Some((p, end)) = self.finished.front() {
-            if *end > archived {
+        let (a_tli, a_lsn) = *self.archived.borrow();
+        while let Some((p, tli, end)) = self.finished.front() {
+            if !(a_tli > *tli || (a_tli == *tli && a_lsn >= *end)) {
                 break;
             }
             let len = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
             match std::fs::remove_file(p) {
                 Ok(()) => {
-                    let left = self
-                        .shared
-                        .bytes
-                        .fetch_sub(len, Ordering::Relaxed)
-                        .saturating_sub(len);
-                    self.metrics.spool_bytes.store(left, Ordering::Relaxed);
+                    let _ =
+                        self.shared
+                            .bytes
+                            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                                Some(b.saturating_sub(len))
+                            });
+                    self.metrics
+                        .spool_bytes
+                        .store(self.shared.bytes.load(Ordering::Relaxed), Ordering::Relaxed);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {
-                    tracing::warn!(file = %p.display(), error = %e, "cannot remove a spool file")
+                    // Kept queued: retried on the next pass.
+                    tracing::warn!(file = %p.display(), error = %e, "cannot remove a spool file");
+                    return;
                 }
             }
             self.finished.pop_front();
@@ -500,7 +579,7 @@ impl SpoolReader {
                 .map_err(|_| StreamError::Internal("archiver stopped".into()))?;
                 let np = Lsn(p.0 + n as u64);
                 if np.0 == seg_end {
-                    self.finished.push_back((path, np));
+                    self.finished.push_back((path, run.tli, np));
                 }
                 pos = Some(np);
                 continue;
@@ -511,7 +590,7 @@ impl SpoolReader {
                 // next run rewrites it from its start, so it stays.
                 if next_tli > run.tli && p.segment_offset(seg) != 0 {
                     let path = spool_path(&self.cfg.dir, run.tli, p.segment(seg), seg);
-                    self.finished.push_back((path, p));
+                    self.finished.push_back((path, run.tli, p));
                 }
                 idx += 1;
                 pos = None;

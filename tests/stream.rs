@@ -151,18 +151,26 @@ fn start_stream(c: &Cluster, repo: &TestRepo, log: &Path) -> Child {
 
 fn stop(mut child: Child) {
     unsafe_free_sigterm(child.id());
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let st = wait_exit(&mut child, 30, "pitr stream did not stop on SIGTERM");
+    assert!(st.success(), "pitr stream exited with {st}");
+}
+
+/// Waits for a child to exit, panicking with `what` after `secs`.
+fn wait_exit(child: &mut Child, secs: u64, what: &str) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
         if let Some(st) = child.try_wait().unwrap() {
-            assert!(st.success(), "pitr stream exited with {st}");
-            return;
+            return st;
         }
-        assert!(
-            Instant::now() < deadline,
-            "pitr stream did not stop on SIGTERM"
-        );
+        assert!(Instant::now() < deadline, "{what}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// A free loopback address.
+fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
 }
 
 fn unsafe_free_sigterm(pid: u32) {
@@ -838,17 +846,7 @@ fn a_conflicting_object_stops_pitr_with_one_line_and_no_panic() {
     std::fs::write(&planted, b"not pitr's").unwrap();
     c.psql("CREATE TABLE t AS SELECT g, repeat('x', 100) AS pad FROM generate_series(1, 40000) g");
     c.switch_wal();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "pitr kept running after the conflict"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = wait_exit(&mut child, 60, "pitr kept running after the conflict");
     let err = std::fs::read_to_string(&log).unwrap();
     assert!(!status.success(), "{err}");
     assert!(!err.contains("panicked"), "{err}");
@@ -929,12 +927,7 @@ fn s3_outage_of_30s_keeps_memory_bounded_and_catches_up_without_gap() {
     let c = Cluster::start(&install, opts());
     let tmp = tempfile::tempdir().unwrap();
     let repo = TestRepo::s3(S3Server::s3s_fs(), "outage");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = free_addr();
     let log = tmp.path().join("stream.log");
     let child = repo
         .apply(pitr().args([
@@ -1045,12 +1038,7 @@ fn metrics_and_health_endpoints() {
     let c = Cluster::start(&install, opts());
     let tmp = tempfile::tempdir().unwrap();
     let repo = tmp.path().join("repo");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = free_addr();
     let child = pitr()
         .args([
             "stream",

@@ -168,7 +168,7 @@ pub fn compress(data: &[u8]) -> Bytes {
     let mut info = lz4_flex::frame::FrameInfo::new();
     info.content_checksum = true;
     info.content_size = Some(data.len() as u64);
-    info.block_size = lz4_flex::frame::BlockSize::Max4MB;
+    info.block_size = lz4_flex::frame::BlockSize::Max256KB;
     let mut enc = lz4_flex::frame::FrameEncoder::with_frame_info(
         info,
         Vec::with_capacity(data.len() / 2 + 64),

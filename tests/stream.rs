@@ -879,7 +879,9 @@ fn sigterm_with_storage_down_exits_0_within_the_deadline() {
         .unwrap();
     wait_slot_active(&c);
     repo.srv.as_mut().unwrap().stop();
-    c.psql("CREATE TABLE t AS SELECT generate_series(1, 50000) id");
+    // Enough WAL to fill the channel to the stuck archiver: the receiver then holds a
+    // pending message when the signal comes.
+    c.psql("CREATE TABLE t AS SELECT generate_series(1, 400000) id");
     std::thread::sleep(Duration::from_secs(1));
     let t0 = Instant::now();
     stop(child);

@@ -422,10 +422,18 @@ impl Session<'_> {
             tokio::select! {
                 biased;
                 _ = self.shutdown.changed() => {
-                    if let Some(m) = pending.take() {
-                        self.send_arch(m).await?;
-                    }
-                    match tokio::time::timeout(self.opts.shutdown_timeout, self.sync()).await {
+                    // The pending message and the sync share the deadline: with storage down
+                    // the channel stays full, and what was never acknowledged can stay on the
+                    // server.
+                    let pending = pending.take();
+                    let limit = self.opts.shutdown_timeout;
+                    let finish = async {
+                        if let Some(m) = pending {
+                            self.send_arch(m).await?;
+                        }
+                        self.sync().await
+                    };
+                    match tokio::time::timeout(limit, finish).await {
                         Ok(r) => {
                             r?;
                             tracing::info!(durable = %self.durable(received), "stopping: everything received is safe");
@@ -584,6 +592,8 @@ pub async fn run(
     let mut backoff = Duration::from_millis(500);
     let mut first = true;
     let mut arch_done = false;
+    let stop_backstop = shutdown.clone();
+    let deadline = opts.shutdown_timeout;
     let result = loop {
         if !first {
             tracing::info!("reconnecting");
@@ -648,8 +658,24 @@ pub async fn run(
             seg,
             run: (tli, start),
         };
+        // Backstop: whatever the session is waiting on (a full channel while storage is down),
+        // a shutdown request ends it within the deadline. Nothing unacknowledged is lost: the
+        // slot keeps it on the server.
+        let mut stop = stop_backstop.clone();
+        let backstop = async move {
+            while !*stop.borrow_and_update() {
+                if stop.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+            tokio::time::sleep(deadline + Duration::from_secs(1)).await;
+        };
         let r = tokio::select! {
             r = session.run(tli, start) => r,
+            _ = backstop => {
+                tracing::warn!("stopping: the session did not finish in time");
+                break Ok(());
+            }
             a = &mut arch_task => {
                 // The pipeline (archiver, spool) ended: always fatal.
                 arch_done = true;

@@ -149,6 +149,21 @@ fn start_stream(c: &Cluster, repo: &TestRepo, log: &Path) -> Child {
     start_stream_src(&source(c), repo, log)
 }
 
+/// Spawns a `pitr` command with no stdin and its stderr (the log) in a file.
+trait SpawnLogged {
+    fn spawn_logged(&mut self, log: impl AsRef<Path>) -> Child;
+}
+
+impl SpawnLogged for Command {
+    fn spawn_logged(&mut self, log: impl AsRef<Path>) -> Child {
+        self.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap()
+    }
+}
+
 fn stop(mut child: Child) {
     unsafe_free_sigterm(child.id());
     let st = wait_exit(&mut child, 30, "pitr stream did not stop on SIGTERM");
@@ -302,11 +317,7 @@ fn archives_byte_identical_segments_on_every_major() {
                     "--source",
                     &source(&c),
                 ]))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(log).unwrap())
-                .spawn()
-                .unwrap()
+                .spawn_logged(log)
             })
             .collect();
         wait_for("both slots", Duration::from_secs(30), || {
@@ -579,11 +590,7 @@ fn refusals_are_one_clear_line() {
 
 fn start_stream_src(src: &str, repo: &TestRepo, log: &Path) -> Child {
     repo.apply(pitr().args(["stream", "--partial-every", "200ms", "--source", src]))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap()
+        .spawn_logged(log)
 }
 
 #[test]
@@ -753,11 +760,7 @@ fn ack_spool_gives_rpo_zero_through_an_s3_outage_and_kill_9() {
         ]))
         .arg("--spool-dir")
         .arg(&spool)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(tmp.path().join(log)).unwrap())
-        .spawn()
-        .unwrap()
+        .spawn_logged(tmp.path().join(log))
     };
     let child = start(&repo, "a.log");
     wait_for("a synchronous standby", Duration::from_secs(30), || {
@@ -872,11 +875,7 @@ fn sigterm_with_storage_down_exits_0_within_the_deadline() {
             "--source",
             &source(&c),
         ]))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(tmp.path().join("log")).unwrap())
-        .spawn()
-        .unwrap();
+        .spawn_logged(tmp.path().join("log"));
     wait_slot_active(&c);
     repo.srv.as_mut().unwrap().stop();
     // Enough WAL to fill the channel to the stuck archiver: the receiver then holds a
@@ -941,11 +940,7 @@ fn s3_outage_of_30s_keeps_memory_bounded_and_catches_up_without_gap() {
             "--source",
             &source(&c),
         ]))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+        .spawn_logged(&log);
     let pid = child.id();
     wait_slot_active(&c);
     pgbench_ok(&c, &["-i", "-s", "1", "-q"]);
@@ -1053,11 +1048,7 @@ fn metrics_and_health_endpoints() {
             "--repo",
         ])
         .arg(&repo)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(tmp.path().join("log")).unwrap())
-        .spawn()
-        .unwrap();
+        .spawn_logged(tmp.path().join("log"));
     wait_for("readiness", Duration::from_secs(30), || {
         http_get(&addr, "/readyz").is_some_and(|(s, _)| s == 200)
     });

@@ -131,11 +131,7 @@ impl<S: ObjectStore> FaultyStore<S> {
                 "injected outage",
             ));
         }
-        if self
-            .fail_next
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok()
-        {
+        if take_one(&self.fail_next) {
             return Err(StoreError::new(
                 StoreErrorKind::Transient,
                 op,
@@ -156,11 +152,7 @@ impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
         Box::pin(async move {
             self.fault("put", key)?;
             let r = self.inner.put_if_absent(key, data).await?;
-            if self
-                .lose_ack_next
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok()
-            {
+            if take_one(&self.lose_ack_next) {
                 return Err(StoreError::new(
                     StoreErrorKind::Transient,
                     "put",
@@ -192,4 +184,11 @@ impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
     fn describe(&self) -> String {
         format!("faulty({})", self.inner.describe())
     }
+}
+
+/// Counts one down from a budget of injected faults; true if there was one.
+fn take_one(budget: &AtomicU64) -> bool {
+    budget
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
 }

@@ -471,26 +471,46 @@ impl Repo {
     }
 }
 
+/// An error that says whether a retry can help.
+pub trait Retryable: std::fmt::Display {
+    /// A retry may succeed.
+    fn is_transient(&self) -> bool;
+}
+
+impl Retryable for StoreError {
+    fn is_transient(&self) -> bool {
+        StoreError::is_transient(self)
+    }
+}
+
+impl Retryable for RepoError {
+    fn is_transient(&self) -> bool {
+        matches!(self, RepoError::Store(e) if e.is_transient())
+    }
+}
+
 /// Retries a storage operation on transient errors with capped exponential backoff
 /// (100 ms doubling to `cap`), forever: WAL is never dropped. Permanent errors return.
-pub async fn retry<T, F, Fut>(what: &str, cap: Duration, op: F) -> Result<T, StoreError>
+pub async fn retry<T, E, F, Fut>(what: &str, cap: Duration, op: F) -> Result<T, E>
 where
+    E: Retryable,
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, StoreError>>,
+    Fut: std::future::Future<Output = Result<T, E>>,
 {
     retry_observed(what, cap, |_| {}, op).await
 }
 
 /// [`retry`], calling `on_error` for every failed attempt (for metrics).
-pub async fn retry_observed<T, F, Fut>(
+pub async fn retry_observed<T, E, F, Fut>(
     what: &str,
     cap: Duration,
-    on_error: impl Fn(&StoreError),
+    on_error: impl Fn(&E),
     mut op: F,
-) -> Result<T, StoreError>
+) -> Result<T, E>
 where
+    E: Retryable,
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, StoreError>>,
+    Fut: std::future::Future<Output = Result<T, E>>,
 {
     let mut delay = Duration::from_millis(100);
     let mut attempt = 0u64;

@@ -281,19 +281,23 @@ impl S3Store {
         match res {
             Ok(created) => Ok(created),
             Err(e) => {
-                // Best effort: an abandoned upload only costs storage until a lifecycle rule
-                // (AbortIncompleteMultipartUpload) removes it.
-                let _ = self
-                    .client
-                    .abort_multipart_upload()
-                    .bucket(&self.loc.bucket)
-                    .key(full)
-                    .upload_id(&id)
-                    .send()
-                    .await;
+                self.abort(full, &id).await;
                 Err(e)
             }
         }
+    }
+
+    /// Best effort: an abandoned upload only costs storage until a lifecycle rule
+    /// (AbortIncompleteMultipartUpload) removes it.
+    async fn abort(&self, full: &str, id: &str) {
+        let _ = self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.loc.bucket)
+            .key(full)
+            .upload_id(id)
+            .send()
+            .await;
     }
 
     async fn upload_parts(
@@ -344,14 +348,7 @@ impl S3Store {
         match r {
             Ok(_) => Ok(true),
             Err(e) if exists_status(&e) => {
-                let _ = self
-                    .client
-                    .abort_multipart_upload()
-                    .bucket(&self.loc.bucket)
-                    .key(full)
-                    .upload_id(id)
-                    .send()
-                    .await;
+                self.abort(full, id).await;
                 Ok(false)
             }
             Err(e) => Err(self.error("put", key, e)),

@@ -64,6 +64,9 @@ pub enum StreamError {
         /// Where it did.
         got: Lsn,
     },
+    /// The archiving pipeline stopped; its own error says why (see `first_error`).
+    #[error("internal error: archiver stopped")]
+    ArchiverStopped,
     /// A bug or impossible state.
     #[error("internal error: {0}")]
     Internal(String),
@@ -165,18 +168,10 @@ async fn prepare(conn: &mut PgConn, opts: &StreamOptions) -> Result<Prepared, St
     }
     // Storage trouble is retried here (a repo that is down must not stop the sidecar);
     // another cluster's repo or a corrupt identity is returned at once.
-    let mut delay = Duration::from_millis(200);
-    loop {
-        match opts.repo.claim(sys.system_id, seg, major).await {
-            Ok(_) => break,
-            Err(RepoError::Store(e)) if e.is_transient() => {
-                tracing::warn!(error = %e, "repo not reachable; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
+    repo::retry("claim the repo", Duration::from_secs(10), || {
+        opts.repo.claim(sys.system_id, seg, major)
+    })
+    .await?;
     if let Some(slot) = &opts.slot
         && conn.read_replication_slot(slot).await?.is_none()
     {
@@ -274,7 +269,7 @@ impl Session<'_> {
         self.tx
             .send(m)
             .await
-            .map_err(|_| StreamError::Internal("archiver stopped".into()))
+            .map_err(|_| StreamError::ArchiverStopped)
     }
 
     /// Streams from `start` on `tli`, following timeline switches, until shutdown or error.
@@ -357,8 +352,7 @@ impl Session<'_> {
     async fn sync(&mut self) -> Result<Lsn, StreamError> {
         let (ack, done) = oneshot::channel();
         self.send_arch(ArchMsg::Sync(ack)).await?;
-        done.await
-            .map_err(|_| StreamError::Internal("archiver stopped".into()))
+        done.await.map_err(|_| StreamError::ArchiverStopped)
     }
 
     /// One CopyBoth stream. `Some(next timeline, its start, received end)` at the end of a
@@ -390,7 +384,7 @@ impl Session<'_> {
                             Ok(()) => {}
                             Err(mpsc::error::TrySendError::Full(m)) => pending = Some(m),
                             Err(mpsc::error::TrySendError::Closed(_)) => {
-                                return Err(StreamError::Internal("archiver stopped".into()));
+                                return Err(StreamError::ArchiverStopped);
                             }
                         }
                     }
@@ -447,7 +441,7 @@ impl Session<'_> {
                     return Ok(None);
                 }
                 permit = self.tx.reserve(), if pending.is_some() => {
-                    let permit = permit.map_err(|_| StreamError::Internal("archiver stopped".into()))?;
+                    let permit = permit.map_err(|_| StreamError::ArchiverStopped)?;
                     if let Some(m) = pending.take() {
                         permit.send(m);
                     }
@@ -725,9 +719,7 @@ pub async fn run(
         match tokio::time::timeout(opts.shutdown_timeout, &mut arch_task).await {
             Ok(Ok(Err(e))) => {
                 // The pipeline's error explains an "archiver stopped" seen by the session.
-                if result.is_ok()
-                    || matches!(&result, Err(StreamError::Internal(m)) if m == "archiver stopped")
-                {
+                if result.is_ok() || matches!(&result, Err(StreamError::ArchiverStopped)) {
                     result = Err(e);
                 }
             }
@@ -761,18 +753,7 @@ async fn tip_retrying(
     repo: &Repo,
     seg: WalSegSize,
 ) -> Result<Option<repo::ArchivedTip>, StreamError> {
-    let mut delay = Duration::from_millis(200);
-    loop {
-        match repo.tip(seg).await {
-            Ok(t) => return Ok(t),
-            Err(RepoError::Store(e)) if e.is_transient() => {
-                tracing::warn!(error = %e, "repo not reachable; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
+    Ok(repo::retry("list the repo", Duration::from_secs(10), || repo.tip(seg)).await?)
 }
 
 /// Waits for the pipeline's tasks; returns the first real error (an "archiver stopped" from
@@ -784,8 +765,8 @@ async fn first_error(
     while let Some(r) = tasks.join_next().await {
         match r {
             Ok(Ok(())) => {}
-            Ok(Err(StreamError::Internal(m))) if m == "archiver stopped" => {
-                fallback.get_or_insert(StreamError::Internal(m));
+            Ok(Err(StreamError::ArchiverStopped)) => {
+                fallback.get_or_insert(StreamError::ArchiverStopped);
             }
             Ok(Err(e)) => return Err(e),
             Err(e) => return Err(StreamError::Internal(format!("task failed: {e}"))),

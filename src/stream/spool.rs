@@ -182,6 +182,32 @@ fn fsync_dir(dir: &Path) -> Result<(), StreamError> {
         .map_err(|e| io_err("fsync", dir, e))
 }
 
+/// Reads spool files in chunks, keeping the current one open (readers move through the
+/// files in order).
+#[derive(Debug, Default)]
+struct ChunkReader {
+    open: Option<(PathBuf, File)>,
+}
+
+impl ChunkReader {
+    fn read(&mut self, path: &Path, off: u64, n: usize) -> Result<Bytes, StreamError> {
+        if self.open.as_ref().is_none_or(|(p, _)| p != path) {
+            let f = File::open(path).map_err(|e| io_err("opening", path, e))?;
+            self.open = Some((path.to_path_buf(), f));
+        }
+        let mut buf = vec![0u8; n];
+        if let Some((_, f)) = &self.open {
+            f.read_exact_at(&mut buf, off)
+                .map_err(|e| io_err("reading", path, e))?;
+        }
+        Ok(Bytes::from(buf))
+    }
+}
+
+async fn send(tx: &mpsc::Sender<ArchMsg>, m: ArchMsg) -> Result<(), StreamError> {
+    tx.send(m).await.map_err(|_| StreamError::ArchiverStopped)
+}
+
 /// Uploads what the spool holds (left by an earlier run, possibly killed) through the
 /// archiver, waits until it is durable in the repo, then empties the spool.
 pub async fn drain(
@@ -194,11 +220,7 @@ pub async fn drain(
     if files.is_empty() {
         return Ok(());
     }
-    let send = |m: ArchMsg| async move {
-        tx.send(m)
-            .await
-            .map_err(|_| StreamError::Internal("archiver stopped".into()))
-    };
+    let mut chunks = ChunkReader::default();
     let mut next: Option<(TimeLineId, Lsn)> = None;
     let mut total = 0u64;
     for &(tli, segno, len) in &files {
@@ -211,21 +233,21 @@ pub async fn drain(
             .start_lsn(seg)
             .ok_or_else(|| StreamError::Internal(format!("segment {segno:?} out of range")))?;
         if next != Some((tli, start)) {
-            send(ArchMsg::Begin { tli, start }).await?;
+            send(tx, ArchMsg::Begin { tli, start }).await?;
         }
         let path = spool_path(dir, tli, segno, seg);
-        let f = File::open(&path).map_err(|e| io_err("opening", &path, e))?;
         let len = len.min(seg.bytes());
         let mut off = 0u64;
         while off < len {
             let n = (len - off).min(CHUNK as u64) as usize;
-            let mut buf = vec![0u8; n];
-            f.read_exact_at(&mut buf, off)
-                .map_err(|e| io_err("reading", &path, e))?;
-            send(ArchMsg::Wal {
-                start: Lsn(start.0 + off),
-                data: Bytes::from(buf),
-            })
+            let data = chunks.read(&path, off, n)?;
+            send(
+                tx,
+                ArchMsg::Wal {
+                    start: Lsn(start.0 + off),
+                    data,
+                },
+            )
             .await?;
             off += n as u64;
         }
@@ -233,10 +255,8 @@ pub async fn drain(
         next = Some((tli, Lsn(start.0 + len)));
     }
     let (ack, done) = tokio::sync::oneshot::channel();
-    send(ArchMsg::Sync(ack)).await?;
-    let archived = done
-        .await
-        .map_err(|_| StreamError::Internal("archiver stopped".into()))?;
+    send(tx, ArchMsg::Sync(ack)).await?;
+    let archived = done.await.map_err(|_| StreamError::ArchiverStopped)?;
     for &(tli, segno, _) in &files {
         let p = spool_path(dir, tli, segno, seg);
         std::fs::remove_file(&p).map_err(|e| io_err("removing", &p, e))?;
@@ -530,6 +550,7 @@ impl SpoolReader {
         let seg = self.seg;
         let mut idx = 0usize;
         let mut pos: Option<Lsn> = None;
+        let mut chunks = ChunkReader::default();
         loop {
             self.collect();
             let (run, next_tli) = {
@@ -551,12 +572,8 @@ impl SpoolReader {
             let p = match pos {
                 Some(p) => p,
                 None => {
-                    tx.send(ArchMsg::Begin {
-                        tli: run.tli,
-                        start: run.start,
-                    })
-                    .await
-                    .map_err(|_| StreamError::Internal("archiver stopped".into()))?;
+                    let (tli, start) = (run.tli, run.start);
+                    send(&tx, ArchMsg::Begin { tli, start }).await?;
                     pos = Some(run.start);
                     run.start
                 }
@@ -567,16 +584,8 @@ impl SpoolReader {
                 let seg_end = p.0 - off + seg.bytes();
                 let n = (run.end.0.min(seg_end) - p.0).min(CHUNK as u64) as usize;
                 let path = spool_path(&self.cfg.dir, run.tli, segno, seg);
-                let mut buf = vec![0u8; n];
-                let f = File::open(&path).map_err(|e| io_err("opening", &path, e))?;
-                f.read_exact_at(&mut buf, off)
-                    .map_err(|e| io_err("reading", &path, e))?;
-                tx.send(ArchMsg::Wal {
-                    start: p,
-                    data: Bytes::from(buf),
-                })
-                .await
-                .map_err(|_| StreamError::Internal("archiver stopped".into()))?;
+                let data = chunks.read(&path, off, n)?;
+                send(&tx, ArchMsg::Wal { start: p, data }).await?;
                 let np = Lsn(p.0 + n as u64);
                 if np.0 == seg_end {
                     self.finished.push_back((path, run.tli, np));

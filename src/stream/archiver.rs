@@ -23,6 +23,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot, watch};
 use walfmt::{DecoderConfig, Lsn, SegNo, Summarizer, TimeLineId, WalSegSize};
 
+use crate::repo::store::StoreError;
 use crate::repo::{self, Repo};
 
 use super::StreamError;
@@ -196,11 +197,11 @@ impl Archiver {
             let sum_key = repo::summary_key(tli, prev, seg);
             let seg_key = repo::segment_key(tli, prev, seg);
             // The small summary first: the segment is downloaded only when it lacks one.
-            let has_sum = repo::retry("get", self.cfg.retry_cap, || store.get(&sum_key)).await?;
+            let has_sum = self.retried("get", || store.get(&sum_key)).await?;
             if has_sum.is_some() {
                 break;
             }
-            let has_seg = repo::retry("get", self.cfg.retry_cap, || store.get(&seg_key)).await?;
+            let has_seg = self.retried("get", || store.get(&seg_key)).await?;
             let Some(body) = has_seg else { break };
             missing.push((prev, body));
         }
@@ -226,10 +227,9 @@ impl Archiver {
         tli: TimeLineId,
         segno: SegNo,
     ) -> Result<Vec<(String, Lsn)>, StreamError> {
-        Ok(repo::retry("list", self.cfg.retry_cap, || {
-            self.repo.partials(tli, segno, self.cfg.seg)
-        })
-        .await?)
+        Ok(self
+            .retried("list", || self.repo.partials(tli, segno, self.cfg.seg))
+            .await?)
     }
 
     async fn append(&mut self, start: Lsn, mut data: Bytes) -> Result<(), StreamError> {
@@ -262,20 +262,31 @@ impl Archiver {
         Ok(())
     }
 
-    async fn put(&self, key: &str, body: Bytes) -> Result<(), StreamError> {
+    /// Every storage call of the archiver: retried while transient, counted in the metrics
+    /// (`pitr_upload_retries_total`, `pitr_upload_errors_total`) whatever the operation.
+    async fn retried<T, F, Fut>(&self, what: &str, op: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
         use std::sync::atomic::Ordering::Relaxed;
         let m = &self.cfg.metrics;
-        let on_err = |e: &crate::repo::store::StoreError| {
+        let on_err = |e: &StoreError| {
             m.errors.fetch_add(1, Relaxed);
             if e.is_transient() {
                 m.retries.fetch_add(1, Relaxed);
             }
         };
-        repo::retry_observed("upload", self.cfg.retry_cap, on_err, || {
-            self.repo.put(key, body.clone())
-        })
-        .await?;
-        m.uploads.fetch_add(1, Relaxed);
+        repo::retry_observed(what, self.cfg.retry_cap, on_err, op).await
+    }
+
+    async fn put(&self, key: &str, body: Bytes) -> Result<(), StreamError> {
+        self.retried("upload", || self.repo.put(key, body.clone()))
+            .await?;
+        self.cfg
+            .metrics
+            .uploads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
@@ -285,10 +296,8 @@ impl Archiver {
             .partition(|(_, e)| *e <= upto);
         self.stale = keep;
         for (k, _) in gone {
-            repo::retry("delete", self.cfg.retry_cap, || {
-                self.repo.store().delete(&k)
-            })
-            .await?;
+            self.retried("delete", || self.repo.store().delete(&k))
+                .await?;
         }
         Ok(())
     }

@@ -49,6 +49,50 @@ pub enum Command {
     /// max_replication_slots > 0, a role with REPLICATION, and a pg_hba.conf line for the
     /// "replication" database. Stops cleanly on SIGTERM or SIGINT.
     Stream(StreamArgs),
+    /// Take a base backup now, streamed into the repo.
+    ///
+    /// Uses BASE_BACKUP with a fast checkpoint, a manifest with CRC-32C checksums, and every
+    /// tablespace. The tar stream is cut into 8 MiB chunks, lz4-compressed here (or by the
+    /// server with --server-compression) and uploaded while the next is received: memory
+    /// stays bounded and nothing is staged on local disk. The backup becomes complete (and
+    /// restorable) once the WAL from its start to its end is in the repo, written by a
+    /// running `pitr stream`; it waits up to --wal-timeout for that.
+    Backup(BackupArgs),
+    /// Restore a data directory to a point in time: `pitr restore --to '2025-11-22 14:30' -D DIR`.
+    ///
+    /// Picks the newest backup that reaches the target, places exactly the WAL needed in
+    /// pg_wal, and writes recovery.signal with the recovery settings, so that PostgreSQL
+    /// started on DIR recovers to the target and promotes, with no pitr and no repo access.
+    ///
+    /// TARGET times: '2025-11-22 14:30', '2025-11-22 14:30:05.123456+02', RFC 3339
+    /// ('2025-11-22T14:30:05Z'). A time without an offset is in the --tz zone, else in the TZ
+    /// environment variable's zone, else UTC. A local time that does not exist or occurs
+    /// twice (daylight saving changes) is refused: add the offset.
+    ///
+    /// Semantics: every transaction committed at or before the target is included, none
+    /// after it. The resolved target, the backup, the timeline and the last included commit
+    /// are printed before anything is written; --dry-run stops there. Refused before writing
+    /// anything: a target before the earliest restorable point, after the last archived
+    /// commit, or in a WAL gap; a non-empty DIR; an unreadable repo.
+    ///
+    /// --verify then starts a throwaway PostgreSQL on DIR, waits for recovery to end, checks
+    /// that the last replayed transaction is the predicted one and runs each --check-sql,
+    /// and exits non-zero on any mismatch (for CI; see docs/ci-restore-check.md).
+    Restore(RestoreArgs),
+    /// Show backups, the recoverable window per timeline, WAL gaps and restore points.
+    List(ListArgs),
+    /// Re-read every object the backups need and check it: chunk checksums, decompression,
+    /// every file against the backup manifest, and WAL continuity on every timeline.
+    /// Exits 1 naming each bad object.
+    Verify(RepoArgs),
+    /// Delete old backups and the WAL only they needed.
+    Prune(PruneArgs),
+    /// Create a named restore point on the server (pg_create_restore_point) and record it;
+    /// `pitr restore --to-name NAME` restores to it.
+    Mark(MarkArgs),
+    /// A guided tour on a throwaway PostgreSQL: stream, back up, commit rows, drop the
+    /// table, restore to just before the drop with --verify, and show the rows are back.
+    Demo(DemoArgs),
     /// Work with WAL segment files.
     #[command(subcommand)]
     Wal(WalCommand),
@@ -120,6 +164,157 @@ pub struct StreamArgs {
     pub status_interval: std::time::Duration,
 }
 
+/// `--repo`, shared by the repo commands.
+#[derive(Debug, Args)]
+pub struct RepoArgs {
+    /// The repo: a directory, file:///path, or s3://bucket/prefix (see `pitr stream --help`).
+    #[arg(long, env = "PITR_REPO", value_name = "REPO")]
+    pub repo: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `pitr backup`.
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// The server, as a libpq connection string or URI (PG* variables and ~/.pgpass apply).
+    #[arg(
+        long,
+        env = "PITR_SOURCE",
+        default_value = "",
+        hide_default_value = true,
+        value_name = "CONNINFO"
+    )]
+    pub source: String,
+    /// The repo.
+    #[arg(long, env = "PITR_REPO", value_name = "REPO")]
+    pub repo: String,
+    /// A label for the backup (e.g. pre-migration); shown by `pitr list`, usable as --backup.
+    #[arg(long, default_value = "pitr")]
+    pub label: String,
+    /// Let the server compress (BASE_BACKUP COMPRESSION 'lz4') instead of pitr.
+    #[arg(long)]
+    pub server_compression: bool,
+    /// How long to wait for `pitr stream` to archive the backup's WAL.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub wal_timeout: std::time::Duration,
+    /// Print the catalog entry as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `pitr restore`.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The repo.
+    #[arg(long, env = "PITR_REPO", value_name = "REPO")]
+    pub repo: String,
+    /// Destination data directory (missing or empty). Defaults to $PGDATA.
+    #[arg(short = 'D', long = "pgdata", env = "PGDATA", value_name = "DIR")]
+    pub dir: Option<std::path::PathBuf>,
+    /// Target: `latest` (the default) or a time.
+    #[arg(long, value_name = "TARGET", conflicts_with_all = ["to_lsn", "to_name"])]
+    pub to: Option<String>,
+    /// Restore everything before this LSN (X/X).
+    #[arg(long, value_name = "LSN", conflicts_with = "to_name")]
+    pub to_lsn: Option<String>,
+    /// Restore up to this named restore point (see `pitr mark`).
+    #[arg(long, value_name = "NAME")]
+    pub to_name: Option<String>,
+    /// The zone of a --to time without an offset (IANA name like Europe/Paris, or +02:00).
+    #[arg(long, value_name = "ZONE")]
+    pub tz: Option<String>,
+    /// The timeline to recover along: a number, or latest (the default).
+    #[arg(long, default_value = "latest", value_name = "N|latest")]
+    pub timeline: String,
+    /// Use this backup (id or label) instead of the newest one that reaches the target.
+    #[arg(long, value_name = "ID")]
+    pub backup: Option<String>,
+    /// Restore a tablespace elsewhere: OLDDIR=NEWDIR (or OID=NEWDIR); repeatable.
+    #[arg(long = "tablespace-map", short = 'T', value_name = "OLD=NEW")]
+    pub tablespace_map: Vec<String>,
+    /// Print the plan and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// After restoring, start PostgreSQL on DIR and prove it reached the target.
+    #[arg(long)]
+    pub verify: bool,
+    /// PostgreSQL's bin directory for --verify (default: PATH, then pg_config).
+    #[arg(long, value_name = "DIR", env = "PITR_PG_BIN")]
+    pub pg_bin: Option<std::path::PathBuf>,
+    /// A query --verify runs; with `SQL => VALUE`, its first value must equal VALUE. Repeatable.
+    #[arg(long, value_name = "SQL")]
+    pub check_sql: Vec<String>,
+    /// Database the --check-sql queries run in.
+    #[arg(long, default_value = "postgres", value_name = "DB")]
+    pub check_db: String,
+    /// Role --verify connects as (default: the backup's role, then postgres, then $USER).
+    #[arg(long, value_name = "ROLE")]
+    pub verify_user: Option<String>,
+    /// How long --verify waits for recovery.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub verify_timeout: std::time::Duration,
+}
+
+/// Arguments of `pitr list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    /// Repo.
+    pub repo: RepoArgs,
+}
+
+/// Arguments of `pitr prune`.
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    #[command(flatten)]
+    /// Repo.
+    pub repo: RepoArgs,
+    /// Keep the newest N backups.
+    #[arg(long, value_name = "N")]
+    pub keep_full: Option<usize>,
+    /// Keep what is needed to restore to any instant within this window (e.g. 7d, 36h).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub keep_within: Option<std::time::Duration>,
+    /// Show what would be deleted, delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// Arguments of `pitr mark`.
+#[derive(Debug, Args)]
+pub struct MarkArgs {
+    /// The restore point's name.
+    pub name: String,
+    /// The server.
+    #[arg(
+        long,
+        env = "PITR_SOURCE",
+        default_value = "",
+        hide_default_value = true,
+        value_name = "CONNINFO"
+    )]
+    pub source: String,
+    /// The repo.
+    #[arg(long, env = "PITR_REPO", value_name = "REPO")]
+    pub repo: String,
+}
+
+/// Arguments of `pitr demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// PostgreSQL's bin directory (default: PATH, then pg_config).
+    #[arg(long, value_name = "DIR", env = "PITR_PG_BIN")]
+    pub pg_bin: Option<std::path::PathBuf>,
+    /// Keep the demo's directory (server, repo, restored copy) instead of removing it.
+    #[arg(long)]
+    pub keep: bool,
+}
+
 /// Parses a size: `4GB`, `512MB`, `64kB`, or bytes (units are powers of 1024, as in
 /// postgresql.conf).
 pub fn parse_bytes(s: &str) -> Result<u64, String> {
@@ -157,7 +352,12 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         "" | "s" => n,
         "m" => n * 60.0,
         "h" => n * 3600.0,
-        _ => return Err(format!("invalid duration unit in {s:?}: use ms, s, m or h")),
+        "d" => n * 86400.0,
+        _ => {
+            return Err(format!(
+                "invalid duration unit in {s:?}: use ms, s, m, h or d"
+            ));
+        }
     };
     if !(0.001..=86_400.0 * 365.0).contains(&secs) {
         return Err(format!("duration {s:?} out of range"));

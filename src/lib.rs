@@ -6,10 +6,15 @@
 //!
 //! Errors: each module has a `thiserror` enum; `anyhow` is used only in `main.rs`.
 
+pub mod backup;
 pub mod cli;
 pub mod config;
+pub mod demo;
+pub mod list;
 pub mod replication;
 pub mod repo;
+pub mod restore;
 pub mod server;
 pub mod stream;
+pub mod verify;
 pub mod wal;

@@ -1,7 +1,7 @@
 //! The `pitr` binary: parse, run, report. Errors end as one line on stderr and exit code 1
 //! (2 for usage errors, from clap).
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use pitr::cli::{Cli, Command, LogFormat, WalCommand};
@@ -122,6 +122,139 @@ fn run(cli: Cli, matches: clap::ArgMatches) -> anyhow::Result<ExitCode> {
             drop(spool_lock);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Backup(a) => {
+            init_logging(cli.log_format);
+            let source = pitr::replication::conninfo::ConnParams::parse(&a.source, true)?;
+            let rt = runtime()?;
+            let repo = rt.block_on(pitr::repo::Repo::open(&a.repo))?;
+            let opts = pitr::backup::BackupOptions {
+                source,
+                repo,
+                label: a.label.clone(),
+                server_compression: a.server_compression,
+                wal_timeout: a.wal_timeout,
+                progress: std::io::stderr().is_terminal(),
+            };
+            let rec = rt.block_on(pitr::backup::run(&opts))?;
+            let mut out = std::io::stdout().lock();
+            if a.json {
+                serde_json::to_writer_pretty(&mut out, &rec)?;
+                writeln!(out)?;
+            } else {
+                pitr::backup::print_summary(&mut out, &rec)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Mark(a) => {
+            init_logging(cli.log_format);
+            let source = pitr::replication::conninfo::ConnParams::parse(&a.source, false)?;
+            let rt = runtime()?;
+            let rec = rt.block_on(async {
+                let repo = pitr::repo::Repo::open(&a.repo).await?;
+                pitr::repo::catalog::identity(&repo).await?;
+                anyhow::Ok(pitr::backup::mark(&source, &repo, &a.name).await?)
+            })?;
+            println!(
+                "restore point {:?} created at LSN {} on timeline {} ({}); restore with --to-name {:?}",
+                rec.name, rec.lsn, rec.tli, rec.time, rec.name
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::List(a) => {
+            init_logging(cli.log_format);
+            let l = runtime()?.block_on(async {
+                let repo = pitr::repo::Repo::open(&a.repo.repo).await?;
+                anyhow::Ok(pitr::list::list(&repo).await?)
+            })?;
+            let mut out = std::io::stdout().lock();
+            if a.repo.json {
+                serde_json::to_writer_pretty(&mut out, &l)?;
+                writeln!(out)?;
+            } else {
+                pitr::list::print(&mut out, &l)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify(a) => {
+            init_logging(cli.log_format);
+            let r = runtime()?.block_on(async {
+                let repo = pitr::repo::Repo::open(&a.repo).await?;
+                anyhow::Ok(pitr::verify::repo::verify_repo(&repo).await?)
+            })?;
+            let mut out = std::io::stdout().lock();
+            if a.json {
+                serde_json::to_writer_pretty(&mut out, &r)?;
+                writeln!(out)?;
+            } else {
+                writeln!(
+                    out,
+                    "checked {} backup(s): {} backup object(s), {} file(s) against manifests, {} WAL object(s), {} MiB",
+                    r.backups,
+                    r.backup_objects,
+                    r.files_checked,
+                    r.wal_objects,
+                    r.bytes >> 20
+                )?;
+                for p in &r.problems {
+                    writeln!(out, "PROBLEM: {p}")?;
+                }
+                writeln!(
+                    out,
+                    "{}",
+                    if r.problems.is_empty() {
+                        "verify: OK"
+                    } else {
+                        "verify: FAILED"
+                    }
+                )?;
+            }
+            out.flush()?;
+            if let Some(p) = r.problems.first() {
+                eprintln!("pitr: error: {} problem(s); first: {p}", r.problems.len());
+                return Ok(ExitCode::from(1));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Prune(a) => {
+            init_logging(cli.log_format);
+            if a.keep_full.is_none() && a.keep_within.is_none() {
+                anyhow::bail!("pitr prune needs --keep-full N and/or --keep-within DURATION");
+            }
+            if a.keep_full == Some(0) {
+                anyhow::bail!("--keep-full must be at least 1");
+            }
+            let r = runtime()?.block_on(async {
+                let repo = pitr::repo::Repo::open(&a.repo.repo).await?;
+                anyhow::Ok(
+                    pitr::repo::prune::prune(
+                        &repo,
+                        pitr::repo::prune::Retention {
+                            keep_full: a.keep_full,
+                            keep_within: a.keep_within,
+                        },
+                        a.dry_run,
+                    )
+                    .await?,
+                )
+            })?;
+            let mut out = std::io::stdout().lock();
+            if a.repo.json {
+                serde_json::to_writer_pretty(&mut out, &r)?;
+                writeln!(out)?;
+            } else {
+                pitr::repo::prune::print(&mut out, &r)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Restore(a) => {
+            init_logging(cli.log_format);
+            restore(a)
+        }
+        Command::Demo(a) => {
+            init_logging(cli.log_format);
+            runtime()?.block_on(pitr::demo::run(a.pg_bin.clone(), a.keep))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Wal(WalCommand::Fetch(a)) => {
             let found = runtime()?.block_on(async {
                 let repo = pitr::repo::Repo::open(&a.repo).await?;
@@ -166,6 +299,117 @@ fn run(cli: Cli, matches: clap::ArgMatches) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn restore(a: pitr::cli::RestoreArgs) -> anyhow::Result<ExitCode> {
+    use pitr::restore::{TargetSpec, TimelineSel};
+    let dir = a
+        .dir
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("no destination: pass -D DIR (or set PGDATA)"))?;
+    let target = match (&a.to, &a.to_lsn, &a.to_name) {
+        (Some(t), _, _) if t.trim() == "latest" => TargetSpec::Latest,
+        (Some(t), _, _) => TargetSpec::Time(pitr::restore::target::parse_time(
+            t,
+            a.tz.as_deref(),
+            std::env::var("TZ").ok().as_deref(),
+        )?),
+        (_, Some(l), _) => TargetSpec::Lsn(l.parse().map_err(|_| {
+            anyhow::anyhow!("invalid --to-lsn {l:?}: use the X/X form, like 0/3000148")
+        })?),
+        (_, _, Some(n)) => TargetSpec::Name(n.clone()),
+        _ => TargetSpec::Latest,
+    };
+    let timeline = match a.timeline.as_str() {
+        "latest" => TimelineSel::Latest,
+        n => TimelineSel::Id(walfmt::TimeLineId(n.parse().map_err(|_| {
+            anyhow::anyhow!("invalid --timeline {n:?}: use a number or latest")
+        })?)),
+    };
+    let mut tablespace_map = std::collections::HashMap::new();
+    for m in &a.tablespace_map {
+        let (old, new) = m
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("invalid --tablespace-map {m:?}: use OLDDIR=NEWDIR"))?;
+        tablespace_map.insert(old.to_string(), std::path::PathBuf::from(new));
+    }
+    let rt = runtime()?;
+    let repo = rt.block_on(pitr::repo::Repo::open(&a.repo))?;
+    let opts = pitr::restore::RestoreOptions {
+        repo: repo.clone(),
+        dir,
+        target,
+        timeline,
+        tablespace_map,
+        progress: std::io::stderr().is_terminal() && !a.json,
+        backup: a.backup.clone(),
+    };
+    let plan = rt.block_on(pitr::restore::plan(&opts))?;
+    let mut out = std::io::stdout().lock();
+    if a.dry_run {
+        pitr::restore::check_destination(&plan)?;
+        if a.json {
+            serde_json::to_writer_pretty(
+                &mut out,
+                &serde_json::json!({ "plan": plan, "dry_run": true }),
+            )?;
+            writeln!(out)?;
+        } else {
+            pitr::restore::print_plan(&mut out, &plan)?;
+            writeln!(out, "dry run: nothing written")?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !a.json {
+        pitr::restore::print_plan(&mut out, &plan)?;
+        out.flush()?;
+    }
+    let stats = rt.block_on(pitr::restore::execute(&repo, &plan, opts.progress))?;
+    if !a.json {
+        writeln!(
+            out,
+            "restored {} MiB of backup and {} MiB of WAL into {} in {:.1}s; start PostgreSQL on it to recover to the target",
+            stats.backup_bytes >> 20,
+            stats.wal_bytes >> 20,
+            plan.dir.display(),
+            stats.seconds
+        )?;
+        out.flush()?;
+    }
+    let mut report = None;
+    if a.verify {
+        let vopts = pitr::verify::ServerCheckOptions {
+            pg_bin: a.pg_bin.clone(),
+            checks: a
+                .check_sql
+                .iter()
+                .map(|c| pitr::verify::Check::parse(c))
+                .collect(),
+            dbname: a.check_db.clone(),
+            user: a.verify_user.clone(),
+            timeout: a.verify_timeout,
+        };
+        let r = rt.block_on(pitr::verify::run_server_check(&plan, &stats, &vopts))?;
+        if !a.json {
+            r.print(&mut out)?;
+        }
+        report = Some(r);
+    }
+    if a.json {
+        serde_json::to_writer_pretty(
+            &mut out,
+            &serde_json::json!({ "plan": plan, "restore": stats, "verify": report }),
+        )?;
+        writeln!(out)?;
+    }
+    out.flush()?;
+    if let Some(r) = report
+        && !r.ok
+    {
+        eprintln!("pitr: error: restore verification failed (see the report above)");
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {

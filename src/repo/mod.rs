@@ -14,8 +14,10 @@
 //! its end LSN), so no object is ever rewritten with different bytes: every publish is a
 //! create-if-absent ([`store::ObjectStore::put_if_absent`]).
 
+pub mod catalog;
 pub mod local;
 pub mod memory;
+pub mod prune;
 pub mod s3;
 pub mod store;
 

@@ -111,7 +111,7 @@ pub struct StreamOptions {
 }
 
 /// Turns a refusal at connect time into a one-line reason with the fix.
-fn explain(e: ConnError, user: &str) -> StreamError {
+pub(crate) fn explain(e: ConnError, user: &str) -> StreamError {
     if let Some(code) = e.sqlstate() {
         let msg = e.to_string();
         if code == "53300" && msg.contains("max_wal_senders") {

@@ -1,0 +1,588 @@
+//! `pitr backup`: a base backup streamed straight into the repo.
+//!
+//! `BASE_BACKUP ( LABEL, PROGRESS, CHECKPOINT 'fast', WAIT 0, MANIFEST 'yes', ... )` on a
+//! replication connection. The tar stream of each archive (tablespaces first, `base` last) is
+//! cut into chunks of [`CHUNK_BYTES`], each compressed on the blocking pool and uploaded while
+//! the next is received. At most [`IN_FLIGHT`] chunks are held, so memory is bounded whatever
+//! the database size, and nothing is staged on local disk.
+//!
+//! # Invariants
+//!
+//! - The backup is good only after the final `CommandComplete "BASE_BACKUP"` (checksum
+//!   failures arrive after the data).
+//! - The catalog entry (`backups/<id>/backup.json`) is written last, after every chunk and the
+//!   manifest are durable and the WAL from the start to the end LSN is in the repo (written by
+//!   `pitr stream`; we wait for it with `--wal-timeout`). A backup interrupted at any point
+//!   therefore never looks complete.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use walfmt::{Lsn, TimeLineId, WalSegSize};
+
+use crate::replication::codec::Backend;
+use crate::replication::conn::{ConnError, PgConn};
+use crate::replication::conninfo::ConnParams;
+use crate::repo::catalog::{
+    self, ArchiveRecord, BackupRecord, CHUNK_BYTES, ChunkRecord, PointRecord, WalIndex,
+};
+use crate::repo::{self, Repo, RepoError};
+
+/// Chunks compressed or uploading at once (memory: about twice this many chunk sizes).
+pub const IN_FLIGHT: usize = 4;
+
+/// Backup errors.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    /// The connection failed.
+    #[error(transparent)]
+    Conn(#[from] ConnError),
+    /// The server refused, with the fix.
+    #[error("{0}")]
+    Refused(String),
+    /// The repo failed.
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    /// The server sent something unexpected.
+    #[error("BASE_BACKUP: {0}")]
+    Protocol(String),
+    /// The WAL the backup needs did not reach the repo.
+    #[error(
+        "backup {id}: the WAL from {start} to {end} (timeline {tli}) is not in the repo after {waited:?}: run `pitr stream` for this server and repo (or take backups with `pitr stream --backup-every`); the backup's data is uploaded but it is not complete (no catalog entry)"
+    )]
+    WalTimeout {
+        /// Backup id.
+        id: String,
+        /// Start LSN.
+        start: Lsn,
+        /// End LSN.
+        end: Lsn,
+        /// Timeline.
+        tli: TimeLineId,
+        /// How long we waited.
+        waited: Duration,
+    },
+}
+
+/// `pitr backup` settings.
+#[derive(Debug, Clone)]
+pub struct BackupOptions {
+    /// The server (replication connection).
+    pub source: ConnParams,
+    /// The repo.
+    pub repo: Repo,
+    /// `--label`.
+    pub label: String,
+    /// Ask the server to lz4-compress (`COMPRESSION 'lz4'`) instead of compressing here.
+    pub server_compression: bool,
+    /// How long to wait for the backup's WAL to reach the repo.
+    pub wal_timeout: Duration,
+    /// Draw a progress bar (stderr is a terminal).
+    pub progress: bool,
+}
+
+/// Quotes an SQL string literal (standard_conforming_strings on).
+pub fn sql_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+fn major_of(server_version: &str) -> u32 {
+    server_version
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+struct Pending {
+    handle: JoinHandle<Result<ChunkRecord, RepoError>>,
+}
+
+struct ArchiveWriter {
+    id: String,
+    name: String,
+    location: Option<String>,
+    server_compressed: bool,
+    buf: BytesMut,
+    n: usize,
+    bytes: u64,
+    chunks: Vec<Pending>,
+}
+
+impl ArchiveWriter {
+    fn new(id: &str, name: String, location: Option<String>, server_compressed: bool) -> Self {
+        ArchiveWriter {
+            id: id.into(),
+            name,
+            location,
+            server_compressed,
+            buf: BytesMut::with_capacity(CHUNK_BYTES),
+            n: 0,
+            bytes: 0,
+            chunks: Vec::new(),
+        }
+    }
+
+    async fn push(&mut self, data: &[u8], repo: &Repo, sem: &Arc<Semaphore>) {
+        let mut rest = data;
+        while !rest.is_empty() {
+            let take = (CHUNK_BYTES - self.buf.len()).min(rest.len());
+            self.buf.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            self.bytes += take as u64;
+            if self.buf.len() >= CHUNK_BYTES {
+                self.cut(repo, sem).await;
+            }
+        }
+    }
+
+    async fn cut(&mut self, repo: &Repo, sem: &Arc<Semaphore>) {
+        let data = std::mem::replace(&mut self.buf, BytesMut::with_capacity(CHUNK_BYTES)).freeze();
+        let key = catalog::chunk_key(&self.id, &self.name, self.n, self.server_compressed);
+        self.n += 1;
+        // Back-pressure: wait for a slot before taking more from the socket.
+        let permit = sem.clone().acquire_owned().await;
+        let repo = repo.clone();
+        let raw = self.server_compressed;
+        let handle = tokio::spawn(async move {
+            let _permit = permit;
+            let bytes = data.len() as u64;
+            let stored = if raw {
+                data
+            } else {
+                tokio::task::spawn_blocking(move || repo::compress(&data))
+                    .await
+                    .map_err(|e| RepoError::Corrupt {
+                        repo: String::new(),
+                        message: format!("compression task: {e}"),
+                    })?
+            };
+            upload(&repo, &key, stored.clone()).await?;
+            Ok(ChunkRecord {
+                key,
+                bytes,
+                stored: stored.len() as u64,
+                crc32c: crc32c::crc32c(&stored),
+            })
+        });
+        self.chunks.push(Pending { handle });
+    }
+
+    async fn finish(
+        mut self,
+        repo: &Repo,
+        sem: &Arc<Semaphore>,
+    ) -> Result<ArchiveRecord, BackupError> {
+        if !self.buf.is_empty() || self.n == 0 {
+            self.cut(repo, sem).await;
+        }
+        let mut chunks = Vec::with_capacity(self.chunks.len());
+        for p in self.chunks {
+            let rec = p
+                .handle
+                .await
+                .map_err(|e| BackupError::Protocol(format!("upload task: {e}")))??;
+            chunks.push(rec);
+        }
+        Ok(ArchiveRecord {
+            name: self.name,
+            location: self.location,
+            bytes: self.bytes,
+            server_compression: self.server_compressed.then(|| "lz4".to_string()),
+            chunks,
+        })
+    }
+}
+
+/// Uploads with retries on transient errors for up to 10 minutes.
+async fn upload(repo: &Repo, key: &str, data: Bytes) -> Result<(), RepoError> {
+    let put = repo::retry("upload backup chunk", Duration::from_secs(10), || {
+        repo.put(key, data.clone())
+    });
+    match tokio::time::timeout(Duration::from_secs(600), put).await {
+        Ok(r) => r.map(|_| ()).map_err(RepoError::from),
+        Err(_) => Err(RepoError::Unusable {
+            repo: repo.location.clone(),
+            message: format!("{key}: storage unavailable for 10 minutes; backup abandoned"),
+        }),
+    }
+}
+
+fn progress_bar(total: u64, enabled: bool) -> indicatif::ProgressBar {
+    if !enabled {
+        return indicatif::ProgressBar::hidden();
+    }
+    let pb = indicatif::ProgressBar::with_draw_target(
+        Some(total),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+    ) {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb
+}
+
+fn backup_id(now: jiff::Timestamp) -> String {
+    now.strftime("%Y%m%dT%H%M%SZ").to_string()
+}
+
+/// Takes a base backup into the repo; returns its catalog entry once complete.
+pub async fn run(opts: &BackupOptions) -> Result<BackupRecord, BackupError> {
+    let mut conn = PgConn::connect(&opts.source, true)
+        .await
+        .map_err(|e| explain(e, &opts.source.user))?;
+    let res = take(&mut conn, opts).await;
+    conn.close().await;
+    let (rec, seg) = res?;
+    wait_for_wal(opts, &rec, seg).await?;
+    let body = serde_json::to_vec_pretty(&rec).unwrap_or_default();
+    upload(&opts.repo, &catalog::backup_key(&rec.id), Bytes::from(body)).await?;
+    Ok(rec)
+}
+
+fn explain(e: ConnError, user: &str) -> BackupError {
+    match crate::stream::explain(e, user) {
+        crate::stream::StreamError::Refused(m) => BackupError::Refused(m),
+        crate::stream::StreamError::Conn(e) => BackupError::Conn(e),
+        other => BackupError::Refused(other.to_string()),
+    }
+}
+
+async fn take(
+    conn: &mut PgConn,
+    opts: &BackupOptions,
+) -> Result<(BackupRecord, WalSegSize), BackupError> {
+    let sys = conn.identify_system().await?;
+    let seg = conn.wal_segment_size().await?;
+    let major = major_of(&conn.server_version);
+    if major < 15 {
+        return Err(BackupError::Refused(format!(
+            "PostgreSQL {} is not supported: pitr needs 15 or later",
+            conn.server_version
+        )));
+    }
+    repo::retry("claim the repo", Duration::from_secs(10), || {
+        opts.repo.claim(sys.system_id, seg, major)
+    })
+    .await?;
+    let start_time = jiff::Timestamp::now();
+    let mut id = backup_id(start_time);
+    for n in 1.. {
+        let taken = !opts
+            .repo
+            .store()
+            .list(&format!("backups/{id}/"))
+            .await
+            .map_err(RepoError::from)?
+            .is_empty();
+        if !taken {
+            break;
+        }
+        id = format!("{}-{n}", backup_id(start_time));
+    }
+    let compression = if opts.server_compression {
+        ", COMPRESSION 'lz4'"
+    } else {
+        ""
+    };
+    let q = format!(
+        "BASE_BACKUP ( LABEL {}, PROGRESS, CHECKPOINT 'fast', WAIT 0, MANIFEST 'yes', MANIFEST_CHECKSUMS 'CRC32C'{compression} )",
+        sql_literal(&opts.label)
+    );
+    let mut wbuf = BytesMut::new();
+    postgres_protocol::message::frontend::query(&q, &mut wbuf).map_err(ConnError::Io)?;
+    conn.send(&wbuf).await?;
+    tracing::info!(id = %id, label = %opts.label, "base backup started (fast checkpoint)");
+
+    let sem = Arc::new(Semaphore::new(IN_FLIGHT));
+    let mut result_sets = 0;
+    let mut start: Option<(Lsn, TimeLineId)> = None;
+    let mut end: Option<(Lsn, TimeLineId)> = None;
+    let mut total_kb: u64 = 0;
+    let mut archive: Option<ArchiveWriter> = None;
+    let mut archives = Vec::new();
+    let mut manifest: Option<Vec<u8>> = None;
+    let mut pb = progress_bar(0, false);
+    let began = Instant::now();
+    let mut last_log = Instant::now();
+    let mut error = None;
+    loop {
+        let msg = conn.next().await?;
+        match msg {
+            Backend::RowDescription(_) => result_sets += 1,
+            Backend::DataRow(v) => {
+                let text = |i: usize| {
+                    v.get(i)
+                        .and_then(|x| x.as_ref())
+                        .map(|b| String::from_utf8_lossy(b).into_owned())
+                };
+                let pos = || -> Option<(Lsn, TimeLineId)> {
+                    Some((text(0)?.parse().ok()?, TimeLineId(text(1)?.parse().ok()?)))
+                };
+                match result_sets {
+                    1 => start = pos(),
+                    2 => total_kb += text(2).and_then(|s| s.parse().ok()).unwrap_or(0),
+                    3 => end = pos(),
+                    _ => {}
+                }
+            }
+            Backend::CopyOutResponse => {
+                pb = progress_bar(total_kb * 1024, opts.progress);
+                pb.set_message(format!("backup {id}"));
+            }
+            Backend::CopyData(d) => {
+                let Some((&kind, body)) = d.split_first() else {
+                    continue;
+                };
+                match kind {
+                    b'n' => {
+                        let mut parts = body.split(|b| *b == 0);
+                        let name =
+                            String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+                        let loc =
+                            String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+                        let base = name.split('.').next().unwrap_or_default().to_string();
+                        if base.is_empty()
+                            || name.starts_with('.')
+                            || name.contains('/')
+                            || name.contains('\\')
+                            || !(base == "base" || base.bytes().all(|b| b.is_ascii_digit()))
+                        {
+                            return Err(BackupError::Protocol(format!(
+                                "unexpected archive name {name:?}"
+                            )));
+                        }
+                        if let Some(a) = archive.take() {
+                            archives.push(a.finish(&opts.repo, &sem).await?);
+                        }
+                        tracing::info!(archive = %name, location = %loc, "receiving archive");
+                        archive = Some(ArchiveWriter::new(
+                            &id,
+                            base,
+                            (!loc.is_empty()).then_some(loc),
+                            opts.server_compression,
+                        ));
+                    }
+                    b'd' => {
+                        if let Some(m) = manifest.as_mut() {
+                            m.extend_from_slice(body);
+                        } else if let Some(a) = archive.as_mut() {
+                            a.push(body, &opts.repo, &sem).await;
+                        } else {
+                            return Err(BackupError::Protocol("data before any archive".into()));
+                        }
+                    }
+                    b'p' => {
+                        if let Ok(b) = <[u8; 8]>::try_from(body.get(..8).unwrap_or_default()) {
+                            let done_bytes = u64::from_be_bytes(b);
+                            pb.set_position(done_bytes);
+                            if !opts.progress && last_log.elapsed() >= Duration::from_secs(10) {
+                                last_log = Instant::now();
+                                tracing::info!(
+                                    done_mb = done_bytes >> 20,
+                                    total_mb = (total_kb * 1024) >> 20,
+                                    "backup progress"
+                                );
+                            }
+                        }
+                    }
+                    b'm' => {
+                        if let Some(a) = archive.take() {
+                            archives.push(a.finish(&opts.repo, &sem).await?);
+                        }
+                        manifest = Some(Vec::new());
+                    }
+                    other => {
+                        return Err(BackupError::Protocol(format!(
+                            "unknown CopyData type {:?}",
+                            other as char
+                        )));
+                    }
+                }
+            }
+            Backend::CopyDone => {
+                if let Some(a) = archive.take() {
+                    archives.push(a.finish(&opts.repo, &sem).await?);
+                }
+            }
+            Backend::Notice(n) => {
+                tracing::warn!(severity = %n.severity, "server: {}", n.message);
+            }
+            Backend::Error(n) => error = Some(n),
+            Backend::ReadyForQuery(_) => break,
+            _ => {}
+        }
+    }
+    pb.finish_and_clear();
+    if let Some(n) = error {
+        let msg = n.message.clone();
+        if msg.contains("checksum verification failure") {
+            return Err(BackupError::Refused(format!(
+                "the server found page checksum failures during the backup ({msg}): the backup is not usable; check the server's log and storage"
+            )));
+        }
+        return Err(ConnError::Server(Box::new(n)).into());
+    }
+    if let Some(a) = archive.take() {
+        archives.push(a.finish(&opts.repo, &sem).await?);
+    }
+    let (Some((start_lsn, start_tli)), Some((end_lsn, end_tli))) = (start, end) else {
+        return Err(BackupError::Protocol(
+            "no start or end position received".into(),
+        ));
+    };
+    let manifest = match manifest {
+        Some(m) => {
+            let key = catalog::manifest_key(&id);
+            let stored = repo::compress(&m);
+            upload(&opts.repo, &key, stored.clone()).await?;
+            Some(ChunkRecord {
+                key,
+                bytes: m.len() as u64,
+                stored: stored.len() as u64,
+                crc32c: crc32c::crc32c(&stored),
+            })
+        }
+        None => None,
+    };
+    let bytes = archives.iter().map(|a| a.bytes).sum();
+    let stored_bytes = archives
+        .iter()
+        .flat_map(|a| a.chunks.iter().map(|c| c.stored))
+        .sum::<u64>()
+        + manifest.as_ref().map_or(0, |m| m.stored);
+    let secs = began.elapsed().as_secs_f64().max(0.001);
+    tracing::info!(
+        id = %id,
+        mb = bytes >> 20,
+        stored_mb = stored_bytes >> 20,
+        seconds = format!("{secs:.1}"),
+        mb_per_s = format!("{:.1}", bytes as f64 / secs / 1048576.0),
+        start = %start_lsn,
+        end = %end_lsn,
+        "base backup data uploaded"
+    );
+    let rec = BackupRecord {
+        format: 1,
+        id,
+        label: opts.label.clone(),
+        start_lsn: start_lsn.to_string(),
+        start_tli: start_tli.0,
+        end_lsn: end_lsn.to_string(),
+        end_tli: end_tli.0,
+        start_time: start_time.to_string(),
+        end_time: jiff::Timestamp::now().to_string(),
+        pg_version: conn.server_version.clone(),
+        pg_major: major,
+        system_id: sys.system_id.to_string(),
+        compression: if opts.server_compression {
+            "server-lz4".into()
+        } else {
+            "lz4".into()
+        },
+        archives,
+        manifest,
+        bytes,
+        stored_bytes,
+        created_by: format!("pitr {}", env!("CARGO_PKG_VERSION")),
+        source_user: Some(opts.source.user.clone()),
+    };
+    Ok((rec, seg))
+}
+
+/// Waits until the repo holds the WAL from the backup's start to its end.
+async fn wait_for_wal(
+    opts: &BackupOptions,
+    rec: &BackupRecord,
+    seg: WalSegSize,
+) -> Result<(), BackupError> {
+    let began = Instant::now();
+    let sysid: u64 = rec.system_id.parse().unwrap_or(0);
+    let tli = TimeLineId(rec.end_tli);
+    let mut logged = false;
+    loop {
+        let idx = WalIndex::load(&opts.repo, seg, sysid).await;
+        if let Ok(idx) = idx {
+            let path = idx.path(tli);
+            let cov = idx.coverage(&path, rec.start());
+            if cov.end.is_some_and(|e| e >= rec.end()) {
+                tracing::info!(id = %rec.id, "the backup's WAL is in the repo");
+                return Ok(());
+            }
+        }
+        if began.elapsed() >= opts.wal_timeout {
+            return Err(BackupError::WalTimeout {
+                id: rec.id.clone(),
+                start: rec.start(),
+                end: rec.end(),
+                tli,
+                waited: opts.wal_timeout,
+            });
+        }
+        if !logged && began.elapsed() >= Duration::from_secs(5) {
+            logged = true;
+            tracing::info!(end = %rec.end(), "waiting for `pitr stream` to archive the backup's WAL");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `pitr mark NAME`: creates a named restore point on the server and records it.
+pub async fn mark(
+    source: &ConnParams,
+    repo: &Repo,
+    name: &str,
+) -> Result<PointRecord, BackupError> {
+    if name.is_empty() || name.len() >= 64 {
+        return Err(BackupError::Refused(format!(
+            "invalid restore point name {name:?}: use 1 to 63 characters"
+        )));
+    }
+    let mut conn = PgConn::connect(source, false)
+        .await
+        .map_err(|e| explain(e, &source.user))?;
+    let r = conn
+        .simple_query(&format!(
+            "SELECT pg_create_restore_point({})::text, (SELECT timeline_id FROM pg_control_checkpoint())::text",
+            sql_literal(name)
+        ))
+        .await;
+    conn.close().await;
+    let r = r?;
+    let lsn: Lsn = r
+        .get(0, 0)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| BackupError::Protocol("pg_create_restore_point returned nothing".into()))?;
+    let tli = r.get(0, 1).and_then(|s| s.parse().ok()).unwrap_or(1);
+    let rec = PointRecord {
+        name: name.into(),
+        lsn: lsn.to_string(),
+        tli,
+        time: jiff::Timestamp::now().to_string(),
+    };
+    let body = serde_json::to_vec_pretty(&rec).unwrap_or_default();
+    upload(repo, &catalog::point_key(lsn), Bytes::from(body)).await?;
+    Ok(rec)
+}
+
+/// Prints a one-line summary of a finished backup.
+pub fn print_summary(w: &mut impl Write, rec: &BackupRecord) -> std::io::Result<()> {
+    writeln!(
+        w,
+        "backup {} ({}) complete: {} MiB ({} MiB stored), WAL {} to {} on timeline {}, restorable from {}",
+        rec.id,
+        rec.label,
+        rec.bytes >> 20,
+        rec.stored_bytes >> 20,
+        rec.start_lsn,
+        rec.end_lsn,
+        rec.end_tli,
+        rec.end_time
+    )
+}

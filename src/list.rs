@@ -1,0 +1,215 @@
+//! `pitr list`: backups, the recoverable window per timeline, gaps and restore points.
+//!
+//! Answers from the catalog, the object listing and the segment summaries; WAL bodies are
+//! read only for the newest (partial) segment of a timeline, which has no summary yet.
+
+use serde::Serialize;
+use walfmt::{Lsn, SegNo};
+
+use crate::repo::catalog::{self, BackupRecord, PointRecord, WalIndex};
+use crate::repo::{Repo, RepoError};
+
+/// One timeline's window.
+#[derive(Debug, Clone, Serialize)]
+pub struct TimelineWindow {
+    /// Timeline.
+    pub timeline: u32,
+    /// Its parent and where it branched, if any.
+    pub parent: Option<(u32, String)>,
+    /// Earliest restorable point (the end of the oldest backup reaching it).
+    pub earliest: Option<String>,
+    /// Its LSN.
+    pub earliest_lsn: Option<String>,
+    /// The last archived commit (time).
+    pub last_commit_time: Option<String>,
+    /// Its LSN.
+    pub last_commit_lsn: Option<String>,
+    /// End of the archived WAL.
+    pub archived_to: Option<String>,
+    /// Gaps: `[from, to)`.
+    pub gaps: Vec<(String, String)>,
+}
+
+/// The whole listing.
+#[derive(Debug, Clone, Serialize)]
+pub struct Listing {
+    /// Repo location.
+    pub repo: String,
+    /// System identifier.
+    pub system_id: String,
+    /// PostgreSQL major.
+    pub pg_major: u32,
+    /// Backups, oldest first.
+    pub backups: Vec<BackupRecord>,
+    /// Windows.
+    pub timelines: Vec<TimelineWindow>,
+    /// Restore points made with `pitr mark`.
+    pub restore_points: Vec<PointRecord>,
+}
+
+fn show(us: i64) -> String {
+    jiff::Timestamp::from_microsecond(us)
+        .map(crate::restore::target::format_utc)
+        .unwrap_or_default()
+}
+
+fn show_rfc(s: &str) -> String {
+    catalog::parse_micros(s)
+        .map(show)
+        .unwrap_or_else(|| s.into())
+}
+
+/// Builds the listing.
+pub async fn list(repo: &Repo) -> Result<Listing, RepoError> {
+    let (id, seg, sysid) = catalog::identity(repo).await?;
+    let backups = catalog::backups(repo).await?;
+    let points = catalog::points(repo).await?;
+    let idx = WalIndex::load(repo, seg, sysid).await?;
+    let mut timelines = Vec::new();
+    for tli in idx.timelines() {
+        let path = idx.path(tli);
+        let parent = idx
+            .histories
+            .get(&tli)
+            .and_then(|h| h.ancestors.last())
+            .map(|a| (a.tli.0, a.end.to_string()));
+        let reaching: Vec<&BackupRecord> = backups
+            .iter()
+            .filter(|b| {
+                path.iter().any(|p| {
+                    p.tli.0 == b.end_tli
+                        && p.from <= b.end()
+                        && (b.end() < p.to || p.to.0 == u64::MAX)
+                })
+            })
+            .collect();
+        let oldest = reaching.first();
+        let start = oldest.map_or_else(
+            || {
+                idx.files
+                    .get(&tli)
+                    .and_then(|m| m.keys().next())
+                    .and_then(|s| s.start_lsn(seg))
+                    .unwrap_or(Lsn(0))
+            },
+            |b| b.start(),
+        );
+        let cov = idx.coverage(&path, start);
+        let mut last = None;
+        if let Some(end) = cov.end {
+            let mut s = Lsn(end.0.saturating_sub(1)).segment(seg);
+            let floor = start.segment(seg);
+            loop {
+                if let Some(f) = idx.facts(repo, &path, s).await?
+                    && let Some(x) = f.xacts.iter().rev().find(|x| x.commit)
+                {
+                    last = Some(*x);
+                    break;
+                }
+                if s <= floor {
+                    break;
+                }
+                s = SegNo(s.0 - 1);
+            }
+        }
+        timelines.push(TimelineWindow {
+            timeline: tli.0,
+            parent,
+            earliest: oldest.map(|b| show_rfc(&b.end_time)),
+            earliest_lsn: oldest.map(|b| b.end_lsn.clone()),
+            last_commit_time: last.map(|x| show(x.time)),
+            last_commit_lsn: last.map(|x| x.lsn.to_string()),
+            archived_to: cov.end.map(|l| l.to_string()),
+            gaps: idx
+                .gaps(tli)
+                .into_iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+        });
+    }
+    Ok(Listing {
+        repo: repo.location.clone(),
+        system_id: id.system_id,
+        pg_major: id.pg_major,
+        backups,
+        timelines,
+        restore_points: points,
+    })
+}
+
+/// Prints the listing for humans.
+pub fn print(w: &mut impl std::io::Write, l: &Listing) -> std::io::Result<()> {
+    writeln!(
+        w,
+        "repo {} (system {}, PostgreSQL {})",
+        l.repo, l.system_id, l.pg_major
+    )?;
+    writeln!(w)?;
+    writeln!(w, "backups:")?;
+    if l.backups.is_empty() {
+        writeln!(w, "  (none: take one with `pitr backup`)")?;
+    }
+    for b in &l.backups {
+        writeln!(
+            w,
+            "  {}  {:<16} started {}  restorable from {}  tli {}  {} to {}  {} MiB ({} MiB stored)",
+            b.id,
+            b.label,
+            show_rfc(&b.start_time),
+            show_rfc(&b.end_time),
+            b.end_tli,
+            b.start_lsn,
+            b.end_lsn,
+            b.bytes >> 20,
+            b.stored_bytes >> 20
+        )?;
+    }
+    writeln!(w)?;
+    writeln!(w, "recoverable window per timeline:")?;
+    for t in &l.timelines {
+        let parent = t
+            .parent
+            .as_ref()
+            .map(|(p, at)| format!(" (branched from {p} at {at})"))
+            .unwrap_or_default();
+        match (&t.earliest, &t.last_commit_time) {
+            (Some(e), Some(c)) => writeln!(
+                w,
+                "  timeline {}{parent}: {e} .. {c} (last commit at {}; WAL archived to {})",
+                t.timeline,
+                t.last_commit_lsn.as_deref().unwrap_or("?"),
+                t.archived_to.as_deref().unwrap_or("?")
+            )?,
+            (Some(e), None) => writeln!(
+                w,
+                "  timeline {}{parent}: from {e}; no commit archived yet (WAL archived to {})",
+                t.timeline,
+                t.archived_to.as_deref().unwrap_or("?")
+            )?,
+            (None, _) => writeln!(
+                w,
+                "  timeline {}{parent}: not restorable (no backup reaches it); WAL archived to {}",
+                t.timeline,
+                t.archived_to.as_deref().unwrap_or("?")
+            )?,
+        }
+        for (a, b) in &t.gaps {
+            writeln!(w, "    GAP: WAL missing from {a} to {b}")?;
+        }
+    }
+    if !l.restore_points.is_empty() {
+        writeln!(w)?;
+        writeln!(w, "restore points (pitr mark):")?;
+        for p in &l.restore_points {
+            writeln!(
+                w,
+                "  {:<24} {}  LSN {}  tli {}",
+                p.name,
+                show_rfc(&p.time),
+                p.lsn,
+                p.tli
+            )?;
+        }
+    }
+    Ok(())
+}

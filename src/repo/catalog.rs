@@ -1,0 +1,629 @@
+//! The catalog: base backups, named restore points, and an index of the archived WAL that
+//! answers "what can be restored" from object names and segment summaries alone.
+//!
+//! # Objects (format 1, next to the WAL area described in `mod.rs`)
+//!
+//! | key | content |
+//! |---|---|
+//! | `backups/<id>/<archive>.<NNNNNN>.lz4` | chunk `NNNNNN` (from 000000) of one tar archive of the backup (`base` or a tablespace OID), an lz4 frame of at most [`CHUNK_BYTES`] tar bytes; with server-side compression, the server's compressed stream cut at [`CHUNK_BYTES`] and stored as is (`.srv` instead of `.lz4`) |
+//! | `backups/<id>/backup_manifest.lz4` | the server's backup manifest, lz4 frame |
+//! | `backups/<id>/backup.json` | the catalog entry ([`BackupRecord`]); **written last**, only once every chunk, the manifest and the WAL from the backup's start to its end LSN are in the repo |
+//! | `points/<LSN>.json` | a restore point made by `pitr mark` ([`PointRecord`]); `LSN` is 16 hex digits |
+//!
+//! `<id>` is the backup's start time, `YYYYMMDDTHHMMSSZ` (UTC). A backup without `backup.json`
+//! is incomplete: nothing lists or restores it, and `prune` removes it once it is old.
+//!
+//! # Invariants
+//!
+//! - Every object is written once, with create-if-absent; the catalog entry is the commit
+//!   point of a backup.
+//! - The index never reads WAL bodies except, when a segment has no summary (the newest,
+//!   partial one, or one whose summary was never written), that one segment.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use walfmt::history::TimelineHistory;
+use walfmt::{DecoderConfig, Lsn, SegNo, TimeLineId, WalSegSize};
+
+use super::{Repo, RepoError, WalObject, parse_wal_key};
+
+/// Uncompressed tar bytes per backup chunk.
+pub const CHUNK_BYTES: usize = 8 << 20;
+
+/// Key of a backup's catalog entry.
+pub fn backup_key(id: &str) -> String {
+    format!("backups/{id}/backup.json")
+}
+
+/// Key of one chunk of a backup archive.
+pub fn chunk_key(id: &str, archive: &str, n: usize, server_compressed: bool) -> String {
+    let ext = if server_compressed { "srv" } else { "lz4" };
+    format!("backups/{id}/{archive}.{n:06}.{ext}")
+}
+
+/// Key of a backup's manifest.
+pub fn manifest_key(id: &str) -> String {
+    format!("backups/{id}/backup_manifest.lz4")
+}
+
+/// Key of a named restore point.
+pub fn point_key(lsn: Lsn) -> String {
+    format!("points/{:016X}.json", lsn.0)
+}
+
+/// One stored object of a backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRecord {
+    /// Object key.
+    pub key: String,
+    /// Bytes it holds once decompressed (for `.srv` chunks: stored bytes).
+    pub bytes: u64,
+    /// Stored (compressed) size.
+    pub stored: u64,
+    /// CRC-32C of the stored bytes.
+    pub crc32c: u32,
+}
+
+/// One tar archive of a backup: the data directory, or a tablespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveRecord {
+    /// `base` or the tablespace OID.
+    pub name: String,
+    /// The tablespace's location on the source server (`None` for `base`).
+    pub location: Option<String>,
+    /// Uncompressed tar bytes.
+    pub bytes: u64,
+    /// Server-side compression of the stored stream (`lz4`), `None`: pitr's lz4 per chunk.
+    pub server_compression: Option<String>,
+    /// Chunks in order.
+    pub chunks: Vec<ChunkRecord>,
+}
+
+/// A backup's catalog entry (`backups/<id>/backup.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupRecord {
+    /// Catalog format.
+    pub format: u32,
+    /// Identifier (start time, `YYYYMMDDTHHMMSSZ`).
+    pub id: String,
+    /// `--label`.
+    pub label: String,
+    /// Redo pointer of the backup checkpoint (`START WAL LOCATION`).
+    pub start_lsn: String,
+    /// Start timeline.
+    pub start_tli: u32,
+    /// End LSN (end of the backup-end record): the backup is consistent from here.
+    pub end_lsn: String,
+    /// End timeline.
+    pub end_tli: u32,
+    /// When `BASE_BACKUP` was sent (RFC 3339, UTC).
+    pub start_time: String,
+    /// When it ended (RFC 3339, UTC): the earliest instant this backup can restore to.
+    pub end_time: String,
+    /// `server_version` of the source.
+    pub pg_version: String,
+    /// Its major version.
+    pub pg_major: u32,
+    /// System identifier (a string: 64 bits do not survive JSON numbers).
+    pub system_id: String,
+    /// `lz4` (pitr, per chunk) or `server-lz4`.
+    pub compression: String,
+    /// Archives: tablespaces first, `base` last (the server's order).
+    pub archives: Vec<ArchiveRecord>,
+    /// The backup manifest object.
+    pub manifest: Option<ChunkRecord>,
+    /// Uncompressed bytes in all archives.
+    pub bytes: u64,
+    /// Stored bytes.
+    pub stored_bytes: u64,
+    /// The pitr version that took it.
+    pub created_by: String,
+    /// The role the backup connected as (tried first by `restore --verify`).
+    #[serde(default)]
+    pub source_user: Option<String>,
+}
+
+impl BackupRecord {
+    /// Start LSN.
+    pub fn start(&self) -> Lsn {
+        self.start_lsn.parse().unwrap_or(Lsn(0))
+    }
+    /// End LSN.
+    pub fn end(&self) -> Lsn {
+        self.end_lsn.parse().unwrap_or(Lsn(u64::MAX))
+    }
+    /// End time, Unix microseconds.
+    pub fn end_micros(&self) -> i64 {
+        parse_micros(&self.end_time).unwrap_or(i64::MAX)
+    }
+}
+
+/// A restore point made by `pitr mark`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PointRecord {
+    /// Its name.
+    pub name: String,
+    /// LSN returned by `pg_create_restore_point`.
+    pub lsn: String,
+    /// Timeline.
+    pub tli: u32,
+    /// When it was made (RFC 3339, UTC).
+    pub time: String,
+}
+
+/// Parses an RFC 3339 instant into Unix microseconds.
+pub fn parse_micros(s: &str) -> Option<i64> {
+    let ts: jiff::Timestamp = s.parse().ok()?;
+    Some(ts.as_microsecond())
+}
+
+/// Formats Unix microseconds as RFC 3339 UTC (`2025-11-22T14:30:05.123456Z`).
+pub fn micros_rfc3339(us: i64) -> String {
+    jiff::Timestamp::from_microsecond(us)
+        .map(|t| t.to_string())
+        .unwrap_or_else(|_| format!("@{us}us"))
+}
+
+/// A commit or abort from the index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Xact {
+    /// Record start.
+    pub lsn: Lsn,
+    /// Commit/abort time, Unix microseconds.
+    pub time: i64,
+    /// Transaction id.
+    pub xid: u32,
+    /// Commit (true) or abort.
+    pub commit: bool,
+}
+
+/// A restore point from the index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestorePoint {
+    /// Record start.
+    pub lsn: Lsn,
+    /// Name.
+    pub name: String,
+    /// Time, Unix microseconds.
+    pub time: i64,
+}
+
+/// What the index knows about one segment (from its summary, or from decoding it).
+#[derive(Debug, Clone, Default)]
+pub struct SegmentFacts {
+    /// Commits and aborts starting in it, in LSN order.
+    pub xacts: Vec<Xact>,
+    /// Restore points.
+    pub restore_points: Vec<RestorePoint>,
+    /// End of the last record starting in it.
+    pub last_end: Option<Lsn>,
+}
+
+#[derive(Deserialize)]
+struct SummaryXact {
+    lsn: String,
+    time: String,
+    xid: u32,
+    kind: String,
+}
+
+#[derive(Deserialize)]
+struct SummaryPoint {
+    lsn: String,
+    name: String,
+    time: String,
+}
+
+#[derive(Deserialize)]
+struct StoredSummary {
+    #[serde(default)]
+    xacts: Vec<SummaryXact>,
+    #[serde(default)]
+    restore_points: Vec<SummaryPoint>,
+    last_end: Option<String>,
+}
+
+fn facts_from_summary(json: &[u8], key: &str) -> Result<SegmentFacts, String> {
+    let s: StoredSummary =
+        serde_json::from_slice(json).map_err(|e| format!("{key}: unreadable summary: {e}"))?;
+    let bad = |what: &str| format!("{key}: bad {what} in summary");
+    let mut f = SegmentFacts {
+        last_end: s.last_end.as_deref().and_then(|l| l.parse().ok()),
+        ..Default::default()
+    };
+    for x in s.xacts {
+        f.xacts.push(Xact {
+            lsn: x.lsn.parse().map_err(|_| bad("lsn"))?,
+            time: parse_micros(&x.time).ok_or_else(|| bad("time"))?,
+            xid: x.xid,
+            commit: x.kind.starts_with("COMMIT"),
+        });
+    }
+    for p in s.restore_points {
+        f.restore_points.push(RestorePoint {
+            lsn: p.lsn.parse().map_err(|_| bad("lsn"))?,
+            name: p.name,
+            time: parse_micros(&p.time).ok_or_else(|| bad("time"))?,
+        });
+    }
+    Ok(f)
+}
+
+fn facts_from_segment(s: walfmt::SegmentSummary) -> SegmentFacts {
+    SegmentFacts {
+        xacts: s
+            .xacts
+            .iter()
+            .map(|x| Xact {
+                lsn: x.lsn,
+                time: x.time.unix_micros(),
+                xid: x.xid,
+                commit: matches!(
+                    x.kind,
+                    walfmt::XactKind::Commit | walfmt::XactKind::CommitPrepared
+                ),
+            })
+            .collect(),
+        restore_points: s
+            .restore_points
+            .iter()
+            .map(|p| RestorePoint {
+                lsn: p.lsn,
+                name: p.name.clone(),
+                time: p.time.unix_micros(),
+            })
+            .collect(),
+        last_end: s.last_end,
+    }
+}
+
+/// One archived file of a timeline's segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SegFile {
+    /// Complete segment.
+    Complete {
+        /// Object key.
+        key: String,
+        /// Summary key, when one exists.
+        summary: Option<String>,
+    },
+    /// Partial up to `end` (the newest one).
+    Partial {
+        /// Object key.
+        key: String,
+        /// End of the WAL it holds.
+        end: Lsn,
+    },
+}
+
+/// A stretch of one timeline followed by a target timeline: `[from, to)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathStep {
+    /// Timeline.
+    pub tli: TimeLineId,
+    /// First LSN on it.
+    pub from: Lsn,
+    /// Where it was left (`u64::MAX` for the target timeline).
+    pub to: Lsn,
+}
+
+/// An index of the WAL area, from one listing.
+#[derive(Debug, Clone)]
+pub struct WalIndex {
+    /// Segment size.
+    pub seg: WalSegSize,
+    /// System identifier (for decoding).
+    pub system_id: u64,
+    /// Per timeline, per segment: the file to use.
+    pub files: BTreeMap<TimeLineId, BTreeMap<SegNo, SegFile>>,
+    /// Parsed history files.
+    pub histories: BTreeMap<TimeLineId, TimelineHistory>,
+    /// History keys.
+    pub history_keys: BTreeMap<TimeLineId, String>,
+}
+
+impl WalIndex {
+    /// Lists the WAL area and builds the index.
+    pub async fn load(repo: &Repo, seg: WalSegSize, system_id: u64) -> Result<WalIndex, RepoError> {
+        let listing = repo.store().list("wal/").await?;
+        let mut files: BTreeMap<TimeLineId, BTreeMap<SegNo, SegFile>> = BTreeMap::new();
+        let mut summaries = BTreeSet::new();
+        let mut history_keys = BTreeMap::new();
+        for o in &listing {
+            match parse_wal_key(&o.key, seg) {
+                Some(WalObject::Segment(tli, s)) => {
+                    files.entry(tli).or_default().insert(
+                        s,
+                        SegFile::Complete {
+                            key: o.key.clone(),
+                            summary: None,
+                        },
+                    );
+                }
+                Some(WalObject::Partial(tli, s, end)) => {
+                    let m = files.entry(tli).or_default();
+                    match m.get(&s) {
+                        Some(SegFile::Complete { .. }) => {}
+                        Some(SegFile::Partial { end: e, .. }) if *e >= end => {}
+                        _ => {
+                            m.insert(
+                                s,
+                                SegFile::Partial {
+                                    key: o.key.clone(),
+                                    end,
+                                },
+                            );
+                        }
+                    }
+                }
+                Some(WalObject::Summary(tli, s)) => {
+                    summaries.insert((tli, s, o.key.clone()));
+                }
+                Some(WalObject::History(tli)) => {
+                    history_keys.insert(tli, o.key.clone());
+                }
+                None => {}
+            }
+        }
+        for (tli, s, key) in summaries {
+            if let Some(SegFile::Complete { summary, .. }) =
+                files.get_mut(&tli).and_then(|m| m.get_mut(&s))
+            {
+                *summary = Some(key);
+            }
+        }
+        let mut histories = BTreeMap::new();
+        for (tli, key) in &history_keys {
+            let Some(b) = repo.store().get(key).await? else {
+                continue;
+            };
+            let text = String::from_utf8_lossy(&b);
+            let h = TimelineHistory::parse(*tli, &text).map_err(|e| RepoError::Corrupt {
+                repo: repo.location.clone(),
+                message: format!("{key}: {e}"),
+            })?;
+            histories.insert(*tli, h);
+        }
+        Ok(WalIndex {
+            seg,
+            system_id,
+            files,
+            histories,
+            history_keys,
+        })
+    }
+
+    /// Timelines with WAL, oldest first.
+    pub fn timelines(&self) -> Vec<TimeLineId> {
+        self.files.keys().copied().collect()
+    }
+
+    /// The newest timeline with WAL.
+    pub fn latest_timeline(&self) -> Option<TimeLineId> {
+        self.files.keys().next_back().copied()
+    }
+
+    /// The stretches of WAL that recovery following `tli` reads, oldest first.
+    pub fn path(&self, tli: TimeLineId) -> Vec<PathStep> {
+        let mut out = Vec::new();
+        let mut from = Lsn(0);
+        if let Some(h) = self.histories.get(&tli) {
+            for a in &h.ancestors {
+                out.push(PathStep {
+                    tli: a.tli,
+                    from,
+                    to: a.end,
+                });
+                from = a.end;
+            }
+        }
+        out.push(PathStep {
+            tli,
+            from,
+            to: Lsn(u64::MAX),
+        });
+        out
+    }
+
+    /// The timeline whose file recovery reads for `segno` when following `path`: the newest
+    /// one that begins at or before that segment (as PostgreSQL's `XLogFileReadAnyTLI`).
+    pub fn tli_for_segment(&self, path: &[PathStep], segno: SegNo) -> TimeLineId {
+        path.iter()
+            .rev()
+            .find(|p| p.from.segment(self.seg) <= segno)
+            .or(path.first())
+            .map_or(TimeLineId(1), |p| p.tli)
+    }
+
+    /// The file for `segno` when following `path`, if archived.
+    pub fn file(&self, path: &[PathStep], segno: SegNo) -> Option<(TimeLineId, &SegFile)> {
+        let tli = self.tli_for_segment(path, segno);
+        self.files.get(&tli)?.get(&segno).map(|f| (tli, f))
+    }
+
+    /// The contiguous WAL following `path` from the segment holding `start`: the end of the
+    /// archived WAL (exclusive), and where the first gap begins if the WAL stops before the
+    /// newest archived segment of the path.
+    pub fn coverage(&self, path: &[PathStep], start: Lsn) -> Coverage {
+        let mut segno = start.segment(self.seg);
+        let mut end = None;
+        loop {
+            match self.file(path, segno) {
+                Some((_, SegFile::Complete { .. })) => {
+                    end = SegNo(segno.0 + 1).start_lsn(self.seg);
+                }
+                Some((_, SegFile::Partial { end: e, .. })) => {
+                    end = Some(*e);
+                    segno = SegNo(segno.0 + 1);
+                    break;
+                }
+                None => break,
+            }
+            segno = SegNo(segno.0 + 1);
+        }
+        // Anything archived beyond the contiguous stretch means a gap.
+        let last = path.last().map(|p| p.tli);
+        let newest = last
+            .and_then(|t| self.files.get(&t))
+            .and_then(|m| m.keys().next_back().copied());
+        let gap = match newest {
+            Some(n) if n >= segno => segno.start_lsn(self.seg),
+            _ => None,
+        };
+        Coverage { end, gap }
+    }
+
+    /// Gaps on the timeline `tli` itself (missing segments between its first and newest
+    /// archived segment): `[from, to)` LSN ranges.
+    pub fn gaps(&self, tli: TimeLineId) -> Vec<(Lsn, Lsn)> {
+        let Some(m) = self.files.get(&tli) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let mut prev: Option<(SegNo, bool)> = None;
+        for (s, f) in m {
+            if let Some((p, complete)) = prev {
+                let partial_mid = !complete;
+                if s.0 > p.0 + 1 || partial_mid {
+                    let from = match (partial_mid, m.get(&p)) {
+                        (true, Some(SegFile::Partial { end, .. })) => *end,
+                        _ => SegNo(p.0 + 1).start_lsn(self.seg).unwrap_or(Lsn(0)),
+                    };
+                    out.push((from, s.start_lsn(self.seg).unwrap_or(Lsn(0))));
+                }
+            }
+            prev = Some((*s, matches!(f, SegFile::Complete { .. })));
+        }
+        out
+    }
+
+    /// What one segment of `path` holds: from its summary when there is one, else by
+    /// fetching and decoding it.
+    pub async fn facts(
+        &self,
+        repo: &Repo,
+        path: &[PathStep],
+        segno: SegNo,
+    ) -> Result<Option<SegmentFacts>, RepoError> {
+        let Some((tli, file)) = self.file(path, segno) else {
+            return Ok(None);
+        };
+        let corrupt = |message: String| RepoError::Corrupt {
+            repo: repo.location.clone(),
+            message,
+        };
+        let (key, partial_end) = match file {
+            SegFile::Complete {
+                summary: Some(sk), ..
+            } => {
+                if let Some(b) = repo.store().get(sk).await? {
+                    return facts_from_summary(&b, sk).map(Some).map_err(corrupt);
+                }
+                (segment_key_of(file), None)
+            }
+            SegFile::Complete { .. } => (segment_key_of(file), None),
+            SegFile::Partial { key, end } => (key.clone(), Some(*end)),
+        };
+        let Some(b) = repo.store().get(&key).await? else {
+            return Err(corrupt(format!("{key}: listed but missing")));
+        };
+        let seg = self.seg;
+        let sysid = self.system_id;
+        let facts = tokio::task::spawn_blocking(move || -> Result<SegmentFacts, String> {
+            let mut data = super::decompress(&b, &key)?;
+            if let Some(end) = partial_end {
+                let expect = end.0 - segno.start_lsn(seg).map_or(0, |l| l.0);
+                if data.len() as u64 != expect {
+                    return Err(format!("{key}: {} bytes, expected {expect}", data.len()));
+                }
+            }
+            data.resize(seg.bytes() as usize, 0);
+            let mut cfg = DecoderConfig::new(seg);
+            cfg.sysid = Some(sysid);
+            let s = walfmt::summary::summarize_segment(cfg, segno, &data)
+                .map_err(|e| format!("{key}: {e}"))?;
+            Ok(facts_from_segment(s))
+        })
+        .await
+        .map_err(|e| corrupt(format!("decoding task: {e}")))?
+        .map_err(corrupt)?;
+        let _ = tli;
+        Ok(Some(facts))
+    }
+}
+
+fn segment_key_of(f: &SegFile) -> String {
+    match f {
+        SegFile::Complete { key, .. } | SegFile::Partial { key, .. } => key.clone(),
+    }
+}
+
+/// The result of [`WalIndex::coverage`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Coverage {
+    /// End of the contiguous WAL (`None`: not even the first segment is archived).
+    pub end: Option<Lsn>,
+    /// Where the contiguous WAL stops although later WAL exists (a gap).
+    pub gap: Option<Lsn>,
+}
+
+/// Every complete backup in the repo, oldest first. Unreadable entries are errors naming
+/// the object.
+pub async fn backups(repo: &Repo) -> Result<Vec<BackupRecord>, RepoError> {
+    let mut out = Vec::new();
+    for o in repo.store().list("backups/").await? {
+        if !o.key.ends_with("/backup.json") {
+            continue;
+        }
+        let Some(b) = repo.store().get(&o.key).await? else {
+            continue;
+        };
+        let rec: BackupRecord = serde_json::from_slice(&b).map_err(|e| RepoError::Corrupt {
+            repo: repo.location.clone(),
+            message: format!("{}: unreadable catalog entry: {e}", o.key),
+        })?;
+        out.push(rec);
+    }
+    out.sort_by(|a, b| (a.end(), &a.id).cmp(&(b.end(), &b.id)));
+    Ok(out)
+}
+
+/// Restore points recorded by `pitr mark`, oldest first.
+pub async fn points(repo: &Repo) -> Result<Vec<PointRecord>, RepoError> {
+    let mut out = Vec::new();
+    for o in repo.store().list("points/").await? {
+        let Some(b) = repo.store().get(&o.key).await? else {
+            continue;
+        };
+        let rec: PointRecord = serde_json::from_slice(&b).map_err(|e| RepoError::Corrupt {
+            repo: repo.location.clone(),
+            message: format!("{}: unreadable restore point: {e}", o.key),
+        })?;
+        out.push(rec);
+    }
+    Ok(out)
+}
+
+/// The repo's identity, or an error saying it is not a pitr repo.
+pub async fn identity(repo: &Repo) -> Result<(super::Identity, WalSegSize, u64), RepoError> {
+    let corrupt = |message: String| RepoError::Corrupt {
+        repo: repo.location.clone(),
+        message,
+    };
+    let id = repo.identity().await?.ok_or_else(|| RepoError::Unusable {
+        repo: repo.location.clone(),
+        message: "not a pitr repo (no pitr.json): check --repo".into(),
+    })?;
+    let seg = WalSegSize::new(id.wal_segment_size)
+        .map_err(|e| corrupt(format!("pitr.json: wal_segment_size: {e}")))?;
+    let sysid = id
+        .system_id
+        .parse()
+        .map_err(|_| corrupt("pitr.json: bad system_id".into()))?;
+    Ok((id, seg, sysid))
+}
+
+/// Shared handle type used by jobs.
+pub type SharedRepo = Arc<Repo>;

@@ -1,0 +1,568 @@
+//! Proving restores and repos.
+//!
+//! - [`run_server_check`] (`pitr restore --verify`): starts a throwaway PostgreSQL on the
+//!   restored directory (loopback port and a private socket directory, its own `pg_hba.conf`
+//!   trusting only that socket, archiving off), waits for recovery to end, checks that the
+//!   last replayed transaction is the one the index predicted, runs the `--check-sql`
+//!   queries, and stops the server, leaving the directory ready.
+//! - [`repo`] (`pitr verify`): re-reads every object the kept backups need.
+
+pub mod repo;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::replication::conn::PgConn;
+use crate::replication::conninfo::ConnParams;
+use crate::restore::{Plan, RestoreStats, Stop};
+
+/// Verification errors (setup problems; a failed check is a report with `ok = false`).
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// PostgreSQL binaries unusable.
+    #[error("{0}")]
+    Binaries(String),
+    /// The server did not come up or recover.
+    #[error("{0}")]
+    Server(String),
+    /// I/O.
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+}
+
+/// A `--check-sql` query, with an optional expected value (`SQL => VALUE`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Check {
+    /// The query.
+    pub sql: String,
+    /// The first column of the first row must equal this (as text).
+    pub expect: Option<String>,
+}
+
+impl Check {
+    /// Parses `SQL` or `SQL => VALUE`.
+    pub fn parse(s: &str) -> Check {
+        match s.rsplit_once(" => ") {
+            Some((sql, v)) => Check {
+                sql: sql.trim().into(),
+                expect: Some(v.trim().into()),
+            },
+            None => Check {
+                sql: s.trim().into(),
+                expect: None,
+            },
+        }
+    }
+}
+
+/// A check's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckResult {
+    /// The query.
+    pub sql: String,
+    /// Expected value.
+    pub expect: Option<String>,
+    /// What it returned (first column of the first row), or the error.
+    pub got: Option<String>,
+    /// Error, if it failed.
+    pub error: Option<String>,
+    /// Passed.
+    pub ok: bool,
+}
+
+/// `--verify` settings.
+#[derive(Debug, Clone)]
+pub struct ServerCheckOptions {
+    /// `--pg-bin`.
+    pub pg_bin: Option<PathBuf>,
+    /// Checks.
+    pub checks: Vec<Check>,
+    /// Database the checks run in.
+    pub dbname: String,
+    /// Role to connect as (default: the backup's source role, then `postgres`, then $USER).
+    pub user: Option<String>,
+    /// How long recovery may take.
+    pub timeout: Duration,
+}
+
+/// The `--verify` report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Target as given.
+    pub target: String,
+    /// Target in UTC.
+    pub target_utc: Option<String>,
+    /// Backup used.
+    pub backup: String,
+    /// Timeline followed.
+    pub timeline: u32,
+    /// The last transaction the index predicted recovery would replay.
+    pub expected_last: Option<String>,
+    /// The last transaction time PostgreSQL reports having replayed.
+    pub achieved_last: Option<String>,
+    /// Where replay ended.
+    pub replay_end_lsn: Option<String>,
+    /// Achieved point equals the prediction.
+    pub target_matched: bool,
+    /// Seconds to download and assemble the directory.
+    pub restore_seconds: f64,
+    /// Seconds from starting PostgreSQL to the end of recovery.
+    pub recovery_seconds: f64,
+    /// Restore plus recovery: the measured RTO.
+    pub rto_seconds: f64,
+    /// WAL replayed, bytes (from the backup's start to the replay end).
+    pub wal_replayed_bytes: u64,
+    /// Checks.
+    pub checks: Vec<CheckResult>,
+    /// Everything passed.
+    pub ok: bool,
+    /// PostgreSQL's binaries used.
+    pub postgres: String,
+}
+
+impl Report {
+    /// Prints the report for humans.
+    pub fn print(&self, w: &mut impl std::io::Write) -> std::io::Result<()> {
+        let mark = |ok: bool| if ok { "ok  " } else { "FAIL" };
+        writeln!(w, "verify: {}", if self.ok { "PASSED" } else { "FAILED" })?;
+        writeln!(
+            w,
+            "  [{}] recovery point: expected last transaction {}, PostgreSQL replayed {} (replay ended at {})",
+            mark(self.target_matched),
+            self.expected_last.as_deref().unwrap_or("none"),
+            self.achieved_last.as_deref().unwrap_or("none"),
+            self.replay_end_lsn.as_deref().unwrap_or("?")
+        )?;
+        for c in &self.checks {
+            writeln!(
+                w,
+                "  [{}] {}{}: {}",
+                mark(c.ok),
+                c.sql,
+                c.expect
+                    .as_deref()
+                    .map(|e| format!(" (expect {e})"))
+                    .unwrap_or_default(),
+                c.error
+                    .as_deref()
+                    .or(c.got.as_deref())
+                    .unwrap_or("(no rows)")
+            )?;
+        }
+        writeln!(
+            w,
+            "  restore {:.1}s + recovery {:.1}s = RTO {:.1}s; WAL replayed {} MiB; {}",
+            self.restore_seconds,
+            self.recovery_seconds,
+            self.rto_seconds,
+            self.wal_replayed_bytes >> 20,
+            self.postgres
+        )
+    }
+}
+
+/// Locates `postgres`/`pg_ctl` of the right major: `--pg-bin`, then PATH, then `pg_config`.
+pub fn find_binaries(pg_bin: Option<&Path>, major: u32) -> Result<PathBuf, VerifyError> {
+    let mut tried = Vec::new();
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(b) = pg_bin {
+        candidates.push(b.to_path_buf());
+    } else {
+        if let Some(path) = std::env::var_os("PATH") {
+            for d in std::env::split_paths(&path) {
+                if d.join("postgres").is_file() {
+                    candidates.push(d);
+                }
+            }
+        }
+        if let Ok(o) = Command::new("pg_config").arg("--bindir").output()
+            && o.status.success()
+        {
+            candidates.push(PathBuf::from(
+                String::from_utf8_lossy(&o.stdout).trim().to_string(),
+            ));
+        }
+    }
+    for d in candidates {
+        let v = Command::new(d.join("postgres")).arg("--version").output();
+        match v {
+            Ok(o) if o.status.success() => {
+                let text = String::from_utf8_lossy(&o.stdout).to_string();
+                let found: u32 = text
+                    .split_whitespace()
+                    .last()
+                    .and_then(|v| v.split('.').next())
+                    .and_then(|m| m.parse().ok())
+                    .unwrap_or(0);
+                if found == major {
+                    return Ok(d);
+                }
+                tried.push(format!("{} is {}", d.display(), text.trim()));
+            }
+            _ => tried.push(format!("{}: no usable postgres", d.display())),
+        }
+    }
+    Err(VerifyError::Binaries(format!(
+        "no PostgreSQL {major} binaries found ({}): pass --pg-bin with PostgreSQL {major}'s bin directory",
+        if tried.is_empty() {
+            "none on PATH or from pg_config".to_string()
+        } else {
+            tried.join("; ")
+        }
+    )))
+}
+
+fn free_port() -> Result<u16, VerifyError> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| VerifyError::Io("binding a loopback port".into(), e))?;
+    l.local_addr()
+        .map(|a| a.port())
+        .map_err(|e| VerifyError::Io("loopback port".into(), e))
+}
+
+/// The effective uid, from /proc (0 = root).
+pub(crate) fn euid() -> Option<u32> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("Uid:"))?;
+    line.split_whitespace().nth(2)?.parse().ok()
+}
+
+/// uid and gid of a local user, from /etc/passwd.
+pub(crate) fn uid_gid_of(user: &str) -> Option<(u32, u32)> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.first() == Some(&user))
+            .then(|| Some((f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?)))?
+    })
+}
+
+/// `chown -R` without following symlinks.
+pub(crate) fn chown_tree(p: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    std::os::unix::fs::lchown(p, Some(uid), Some(gid))?;
+    let md = std::fs::symlink_metadata(p)?;
+    if md.is_dir() {
+        for e in std::fs::read_dir(p)? {
+            chown_tree(&e?.path(), uid, gid)?;
+        }
+    }
+    Ok(())
+}
+
+struct Server {
+    bin: PathBuf,
+    dir: PathBuf,
+    log: PathBuf,
+    run_as: Option<(u32, u32)>,
+    started: bool,
+}
+
+impl Server {
+    fn pg_ctl(&self) -> Command {
+        let mut c = Command::new(self.bin.join("pg_ctl"));
+        c.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some((u, g)) = self.run_as {
+            use std::os::unix::process::CommandExt;
+            c.uid(u).gid(g);
+        }
+        c
+    }
+
+    fn running(&self) -> bool {
+        self.pg_ctl()
+            .arg("status")
+            .arg("-D")
+            .arg(&self.dir)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        text.lines()
+            .rfind(|l| l.contains("FATAL") || l.contains("PANIC") || l.contains("ERROR"))
+            .map(|l| l.trim().to_string())
+            .unwrap_or_else(|| {
+                text.lines()
+                    .last()
+                    .map(|l| l.trim().to_string())
+                    .unwrap_or_default()
+            })
+    }
+
+    fn stop(&mut self) {
+        if !self.started {
+            return;
+        }
+        self.started = false;
+        let _ = self
+            .pg_ctl()
+            .args(["stop", "-m", "fast", "-w", "-t", "120", "-D"])
+            .arg(&self.dir)
+            .status();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Starts PostgreSQL on the restored directory, checks the achieved point and the queries,
+/// and stops it.
+pub async fn run_server_check(
+    plan: &Plan,
+    stats: &RestoreStats,
+    opts: &ServerCheckOptions,
+) -> Result<Report, VerifyError> {
+    let bin = find_binaries(opts.pg_bin.as_deref(), plan.backup.pg_major)?;
+    let work = tempfile::Builder::new()
+        .prefix("pitr-verify-")
+        .tempdir()
+        .map_err(|e| VerifyError::Io("creating a temporary directory".into(), e))?;
+    let sock = work.path().to_path_buf();
+    let hba = sock.join("pg_hba.conf");
+    std::fs::write(&hba, "local all all trust\n")
+        .map_err(|e| VerifyError::Io(hba.display().to_string(), e))?;
+    let log = sock.join("postgres.log");
+    let run_as = if euid() == Some(0) {
+        let (u, g) = uid_gid_of("postgres").ok_or_else(|| {
+            VerifyError::Server(
+                "running as root, and there is no \"postgres\" user to start PostgreSQL as: create one, or run pitr as the database's owner".into(),
+            )
+        })?;
+        for p in std::iter::once(&plan.dir)
+            .chain(plan.tablespaces.iter().map(|(_, d)| d))
+            .map(PathBuf::as_path)
+            .chain(std::iter::once(sock.as_path()))
+        {
+            chown_tree(p, u, g).map_err(|e| VerifyError::Io(p.display().to_string(), e))?;
+        }
+        Some((u, g))
+    } else {
+        None
+    };
+    let port = free_port()?;
+    let mut server = Server {
+        bin: bin.clone(),
+        dir: plan.dir.clone(),
+        log: log.clone(),
+        run_as,
+        started: false,
+    };
+    let opts_str = format!(
+        "-c listen_addresses='' -p {port} -c unix_socket_directories='{}' -c hba_file='{}' -c archive_mode=off -c hot_standby=on -c logging_collector=off -c ssl=off",
+        sock.display(),
+        hba.display()
+    );
+    let began = Instant::now();
+    let out = server
+        .pg_ctl()
+        .args(["start", "-w", "-t"])
+        .arg(opts.timeout.as_secs().max(1).to_string())
+        .arg("-D")
+        .arg(&plan.dir)
+        .arg("-l")
+        .arg(&log)
+        .arg("-o")
+        .arg(&opts_str)
+        .output()
+        .map_err(|e| VerifyError::Io(bin.join("pg_ctl").display().to_string(), e))?;
+    if !out.status.success() {
+        return Err(VerifyError::Server(format!(
+            "PostgreSQL did not start on the restored directory: {} (log: {})",
+            server.log_tail(),
+            keep_log(&log)
+        )));
+    }
+    server.started = true;
+    let users: Vec<String> = match &opts.user {
+        Some(u) => vec![u.clone()],
+        None => {
+            let mut v = Vec::new();
+            if let Some(u) = &plan.backup.source_user {
+                v.push(u.clone());
+            }
+            v.push("postgres".into());
+            if let Ok(u) = std::env::var("USER") {
+                v.push(u);
+            }
+            v
+        }
+    };
+    // Wait until recovery ends.
+    let mut conn = None;
+    let mut last_err = String::new();
+    while began.elapsed() < opts.timeout {
+        if !server.running() {
+            return Err(VerifyError::Server(format!(
+                "PostgreSQL stopped during recovery: {} (log: {})",
+                server.log_tail(),
+                keep_log(&log)
+            )));
+        }
+        if conn.is_none() {
+            for u in &users {
+                let ci = format!(
+                    "host={} port={port} user={u} dbname=postgres",
+                    sock.display()
+                );
+                let Ok(params) = ConnParams::parse(&ci, false) else {
+                    continue;
+                };
+                match PgConn::connect(&params, false).await {
+                    Ok(c) => {
+                        conn = Some((c, u.clone()));
+                        break;
+                    }
+                    Err(e) => last_err = e.to_string(),
+                }
+            }
+        }
+        if let Some((c, _)) = conn.as_mut() {
+            match c.simple_query("SELECT pg_is_in_recovery()").await {
+                Ok(r) if r.get(0, 0) == Some("f") => break,
+                Ok(_) => {}
+                Err(e) => {
+                    last_err = e.to_string();
+                    conn = None;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let recovery_seconds = began.elapsed().as_secs_f64();
+    let Some((mut c, user)) = conn else {
+        return Err(VerifyError::Server(format!(
+            "PostgreSQL did not finish recovery within {:?}: {last_err}; {}",
+            opts.timeout,
+            server.log_tail()
+        )));
+    };
+    let r = c
+        .simple_query(
+            "SELECT to_char(pg_last_xact_replay_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), pg_last_wal_replay_lsn()::text, pg_is_in_recovery()::text",
+        )
+        .await
+        .map_err(|e| VerifyError::Server(format!("querying the recovered server: {e}")))?;
+    let achieved = r.get(0, 0).map(str::to_string);
+    let replay_end = r.get(0, 1).map(str::to_string);
+    let achieved_us = achieved
+        .as_deref()
+        .and_then(crate::repo::catalog::parse_micros);
+    let expected_us = plan.last_included.as_ref().map(|x| x.micros);
+    let target_matched = achieved_us == expected_us
+        && match (
+            plan.stop,
+            replay_end
+                .as_deref()
+                .and_then(|s| s.parse::<walfmt::Lsn>().ok()),
+        ) {
+            // Replay must have stopped before the first excluded record.
+            (Stop::Before(l), Some(end)) => end <= l,
+            _ => true,
+        };
+    let wal_replayed_bytes = replay_end
+        .as_deref()
+        .and_then(|s| s.parse::<walfmt::Lsn>().ok())
+        .map_or(0, |l| l.0.saturating_sub(plan.backup.start().0));
+    c.close().await;
+    // Checks, in the requested database.
+    let mut checks = Vec::new();
+    if !opts.checks.is_empty() {
+        let ci = format!(
+            "host={} port={port} user={user} dbname={}",
+            sock.display(),
+            opts.dbname
+        );
+        let conn = match ConnParams::parse(&ci, false) {
+            Ok(p) => PgConn::connect(&p, false).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match conn {
+            Ok(mut c) => {
+                for ch in &opts.checks {
+                    let res = c.simple_query(&ch.sql).await;
+                    let (got, error) = match res {
+                        Ok(r) => (r.get(0, 0).map(str::to_string), None),
+                        Err(e) => (None, Some(e.to_string())),
+                    };
+                    let ok = error.is_none()
+                        && ch
+                            .expect
+                            .as_ref()
+                            .is_none_or(|e| got.as_deref() == Some(e.as_str()));
+                    checks.push(CheckResult {
+                        sql: ch.sql.clone(),
+                        expect: ch.expect.clone(),
+                        got,
+                        error,
+                        ok,
+                    });
+                }
+                c.close().await;
+            }
+            Err(e) => {
+                for ch in &opts.checks {
+                    checks.push(CheckResult {
+                        sql: ch.sql.clone(),
+                        expect: ch.expect.clone(),
+                        got: None,
+                        error: Some(format!("cannot connect to database {}: {e}", opts.dbname)),
+                        ok: false,
+                    });
+                }
+            }
+        }
+    }
+    server.stop();
+    let fmt = |us: Option<i64>| {
+        us.and_then(|u| jiff::Timestamp::from_microsecond(u).ok())
+            .map(crate::restore::target::format_utc)
+    };
+    let ok = target_matched && checks.iter().all(|c| c.ok);
+    Ok(Report {
+        target: plan.target.clone(),
+        target_utc: plan.target_utc.clone(),
+        backup: plan.backup.id.clone(),
+        timeline: plan.timeline,
+        expected_last: plan.last_included.as_ref().map(|x| {
+            format!(
+                "{} of xid {} at {} (LSN {})",
+                x.kind,
+                x.xid,
+                fmt(Some(x.micros)).unwrap_or_default(),
+                x.lsn
+            )
+        }),
+        achieved_last: fmt(achieved_us),
+        replay_end_lsn: replay_end,
+        target_matched,
+        restore_seconds: stats.seconds,
+        recovery_seconds,
+        rto_seconds: stats.seconds + recovery_seconds,
+        wal_replayed_bytes,
+        checks,
+        ok,
+        postgres: format!("{}", bin.display()),
+    })
+}
+
+/// Keeps the server log of a failed verification next to the temporary directory's removal.
+fn keep_log(log: &Path) -> String {
+    let dest = std::env::temp_dir().join(format!(
+        "pitr-verify-{}.log",
+        jiff::Timestamp::now().as_second()
+    ));
+    match std::fs::copy(log, &dest) {
+        Ok(_) => dest.display().to_string(),
+        Err(_) => log.display().to_string(),
+    }
+}

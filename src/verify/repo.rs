@@ -1,0 +1,317 @@
+//! `pitr verify`: re-reads every object the complete backups need and checks it.
+//!
+//! - Backup chunks: stored size and CRC-32C against the catalog, lz4 content checksum, and
+//!   every file of every archive against the server's backup manifest (size and CRC-32C),
+//!   plus the manifest's own SHA-256.
+//! - WAL: on every timeline, continuity from each backup's start to the newest archived
+//!   WAL (following history files across switches), and every segment needed decompresses
+//!   to its full size (partials: to their recorded end).
+//!
+//! Every problem names the object. The caller exits non-zero if there is any.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::Read;
+
+use serde::{Deserialize, Serialize};
+use walfmt::names::segment_file_name;
+use walfmt::{SegNo, TimeLineId};
+
+use crate::repo::catalog::{self, BackupRecord, SegFile, WalIndex};
+use crate::repo::{Repo, RepoError};
+use crate::restore::{self, RestoreError};
+
+/// What `pitr verify` found.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RepoReport {
+    /// Backups checked.
+    pub backups: usize,
+    /// Backup objects read.
+    pub backup_objects: usize,
+    /// Files checked against manifests.
+    pub files_checked: u64,
+    /// WAL objects read.
+    pub wal_objects: usize,
+    /// Uncompressed bytes read.
+    pub bytes: u64,
+    /// Problems, each naming its object.
+    pub problems: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct Manifest {
+    #[serde(rename = "Files", default)]
+    files: Vec<ManifestFile>,
+}
+
+#[derive(Deserialize)]
+struct ManifestFile {
+    #[serde(rename = "Path")]
+    path: Option<String>,
+    #[serde(rename = "Encoded-Path")]
+    encoded_path: Option<String>,
+    #[serde(rename = "Size")]
+    size: u64,
+    #[serde(rename = "Checksum-Algorithm")]
+    algorithm: Option<String>,
+    #[serde(rename = "Checksum")]
+    checksum: Option<String>,
+}
+
+fn hex_decode(s: &str) -> Option<Vec<u8>> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Checks the manifest's own SHA-256 (over every byte before the `"Manifest-Checksum"` key).
+fn check_manifest_checksum(text: &[u8]) -> Result<(), String> {
+    let needle = b"\"Manifest-Checksum\"";
+    let pos = text
+        .windows(needle.len())
+        .rposition(|w| w == needle)
+        .ok_or("no Manifest-Checksum")?;
+    let rest = String::from_utf8_lossy(&text[pos + needle.len()..]);
+    let want = rest
+        .split('"')
+        .nth(1)
+        .ok_or("unreadable Manifest-Checksum")?
+        .to_ascii_lowercase();
+    let got = hex(ring::digest::digest(&ring::digest::SHA256, &text[..pos]).as_ref());
+    if got != want {
+        return Err(format!(
+            "manifest checksum mismatch: computed {got}, recorded {want}"
+        ));
+    }
+    Ok(())
+}
+
+/// Reads a tar stream and checks each regular file against `expected` (path -> size, CRC-32C
+/// as PostgreSQL prints it). Returns (files seen, problems).
+fn check_tar(
+    r: &mut dyn Read,
+    prefix: &str,
+    expected: &HashMap<String, (u64, Option<String>)>,
+    archive: &str,
+) -> Result<(BTreeSet<String>, Vec<String>), String> {
+    let mut seen = BTreeSet::new();
+    let mut problems = Vec::new();
+    let mut ar = tar::Archive::new(r);
+    let entries = ar
+        .entries()
+        .map_err(|e| format!("{archive}: corrupt tar: {e}"))?;
+    let mut buf = vec![0u8; 256 << 10];
+    for e in entries {
+        let mut e = e.map_err(|e| format!("{archive}: corrupt tar: {e}"))?;
+        if !e.header().entry_type().is_file() {
+            continue;
+        }
+        let raw = String::from_utf8_lossy(&e.path_bytes()).into_owned();
+        let name = format!("{prefix}{}", raw.trim_start_matches("./"));
+        let mut crc = 0u32;
+        let mut size = 0u64;
+        loop {
+            let n = e
+                .read(&mut buf)
+                .map_err(|err| format!("{archive}: {name}: {err}"))?;
+            if n == 0 {
+                break;
+            }
+            crc = crc32c::crc32c_append(crc, &buf[..n]);
+            size += n as u64;
+        }
+        match expected.get(&name) {
+            None if name == "backup_manifest" => {}
+            None => problems.push(format!("{archive}: {name} is not in the backup manifest")),
+            Some((want_size, want_sum)) => {
+                if *want_size != size {
+                    problems.push(format!(
+                        "{archive}: {name}: {size} bytes, the manifest says {want_size}"
+                    ));
+                } else if let Some(w) = want_sum
+                    && !w.eq_ignore_ascii_case(&hex(&crc.to_le_bytes()))
+                    && !w.eq_ignore_ascii_case(&hex(&crc.to_be_bytes()))
+                {
+                    problems.push(format!(
+                        "{archive}: {name}: CRC-32C {:08x} differs from the manifest's {w}",
+                        crc
+                    ));
+                }
+            }
+        }
+        seen.insert(name);
+    }
+    Ok((seen, problems))
+}
+
+async fn check_backup(repo: &Repo, b: &BackupRecord, report: &mut RepoReport) {
+    let mut expected: HashMap<String, (u64, Option<String>)> = HashMap::new();
+    match &b.manifest {
+        None => report
+            .problems
+            .push(format!("backup {}: no manifest recorded", b.id)),
+        Some(m) => match fetch_object(repo, m).await {
+            Err(e) => report.problems.push(e.to_string()),
+            Ok(text) => {
+                report.backup_objects += 1;
+                if let Err(e) = check_manifest_checksum(&text) {
+                    report.problems.push(format!("{}: {e}", m.key));
+                }
+                match serde_json::from_slice::<Manifest>(&text) {
+                    Err(e) => report
+                        .problems
+                        .push(format!("{}: unreadable manifest: {e}", m.key)),
+                    Ok(man) => {
+                        for f in man.files {
+                            let path = match (f.path, f.encoded_path) {
+                                (Some(p), _) => p,
+                                (None, Some(e)) => hex_decode(&e)
+                                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                                    .unwrap_or(e),
+                                _ => continue,
+                            };
+                            let sum = match f.algorithm.as_deref() {
+                                Some("CRC32C") => f.checksum,
+                                _ => None,
+                            };
+                            expected.insert(path, (f.size, sum));
+                        }
+                    }
+                }
+            }
+        },
+    }
+    let expected = std::sync::Arc::new(expected);
+    let mut all_seen = BTreeSet::new();
+    for a in &b.archives {
+        let prefix = if a.name == "base" {
+            String::new()
+        } else {
+            format!("pg_tblspc/{}/", a.name)
+        };
+        let archive = a
+            .chunks
+            .first()
+            .map(|c| c.key.clone())
+            .unwrap_or_else(|| format!("backups/{}/{}", b.id, a.name));
+        let exp = expected.clone();
+        let name = archive.clone();
+        let res = restore::feed_archive(repo, a, move |r| {
+            check_tar(r, &prefix, &exp, &name).map_err(RestoreError::Corrupt)
+        })
+        .await;
+        report.backup_objects += a.chunks.len();
+        report.bytes += a.bytes;
+        match res {
+            Ok((seen, problems)) => {
+                report.problems.extend(problems);
+                all_seen.extend(seen);
+            }
+            Err(e) => report.problems.push(format!("backup {}: {e}", b.id)),
+        }
+    }
+    if !expected.is_empty() {
+        for p in expected.keys() {
+            if !all_seen.contains(p) {
+                report.problems.push(format!(
+                    "backup {}: {p} is in the manifest but in no archive",
+                    b.id
+                ));
+            }
+        }
+        report.files_checked += all_seen.len() as u64;
+    }
+}
+
+async fn fetch_object(repo: &Repo, c: &catalog::ChunkRecord) -> Result<Vec<u8>, RestoreError> {
+    let raw = repo
+        .store()
+        .get(&c.key)
+        .await
+        .map_err(RepoError::from)?
+        .ok_or_else(|| RestoreError::Corrupt(format!("{}: missing from the repo", c.key)))?;
+    if raw.len() as u64 != c.stored || crc32c::crc32c(&raw) != c.crc32c {
+        return Err(RestoreError::Corrupt(format!(
+            "{}: checksum mismatch: the object is corrupt",
+            c.key
+        )));
+    }
+    crate::repo::decompress(&raw, &c.key).map_err(RestoreError::Corrupt)
+}
+
+/// Verifies the whole repo.
+pub async fn verify_repo(repo: &Repo) -> Result<RepoReport, RepoError> {
+    let (_, seg, sysid) = catalog::identity(repo).await?;
+    let backups = catalog::backups(repo).await?;
+    let idx = WalIndex::load(repo, seg, sysid).await?;
+    let mut report = RepoReport {
+        backups: backups.len(),
+        ..Default::default()
+    };
+    for b in &backups {
+        check_backup(repo, b, &mut report).await;
+    }
+    // WAL: every timeline's path from each backup on it.
+    let mut needed: BTreeSet<(TimeLineId, SegNo)> = BTreeSet::new();
+    for tli in idx.timelines() {
+        let path = idx.path(tli);
+        for b in &backups {
+            let on = path.iter().any(|p| {
+                p.tli.0 == b.end_tli && p.from <= b.end() && (b.end() < p.to || p.to.0 == u64::MAX)
+            });
+            if !on {
+                continue;
+            }
+            let cov = idx.coverage(&path, b.start());
+            if let Some(gap) = cov.gap {
+                let s = gap.segment(seg);
+                report.problems.push(format!(
+                    "timeline {tli}: WAL segment {} is missing (a gap from {gap}): restores of backup {} cannot pass it",
+                    segment_file_name(idx.tli_for_segment(&path, s), s, seg),
+                    b.id
+                ));
+            }
+            let Some(end) = cov.end else {
+                report.problems.push(format!(
+                    "backup {}: its first WAL segment is missing on timeline {tli}",
+                    b.id
+                ));
+                continue;
+            };
+            let mut s = b.start().segment(seg);
+            while s.0 <= walfmt::Lsn(end.0.saturating_sub(1)).segment(seg).0 {
+                needed.insert((idx.tli_for_segment(&path, s), s));
+                s = SegNo(s.0 + 1);
+            }
+        }
+    }
+    for (tli, s) in needed {
+        let Some(f) = idx.files.get(&tli).and_then(|m| m.get(&s)) else {
+            continue;
+        };
+        let name = segment_file_name(tli, s, seg);
+        let fetch = match f {
+            SegFile::Complete { .. } => name.clone(),
+            SegFile::Partial { .. } => format!("{name}.partial"),
+        };
+        report.wal_objects += 1;
+        match repo.fetch_wal(&fetch, seg).await {
+            Ok(Some(d)) => report.bytes += d.len() as u64,
+            Ok(None) => report
+                .problems
+                .push(format!("{}: listed but missing", key_of(f))),
+            Err(e) => report.problems.push(e.to_string()),
+        }
+    }
+    Ok(report)
+}
+
+fn key_of(f: &SegFile) -> &str {
+    match f {
+        SegFile::Complete { key, .. } | SegFile::Partial { key, .. } => key,
+    }
+}

@@ -6,5 +6,6 @@
 mod harness;
 mod inspect;
 mod replication;
+mod restore;
 mod store;
 mod stream;

@@ -10,7 +10,7 @@ use testkit::{Cluster, ClusterOptions, PgInstall, wait_for};
 
 /// A repo under test: a local directory or a prefix on a real S3 server on loopback. The
 /// helpers below read it through pitr's own store (listings) and the `pitr` binary (fetches).
-struct TestRepo {
+pub(crate) struct TestRepo {
     /// The `--repo` value.
     spec: String,
     /// Environment for the `pitr` process (S3 credentials).
@@ -24,7 +24,7 @@ struct TestRepo {
 }
 
 impl TestRepo {
-    fn local(dir: &Path) -> TestRepo {
+    pub(crate) fn local(dir: &Path) -> TestRepo {
         let store = pitr::repo::local::LocalStore::open(dir).unwrap();
         TestRepo {
             spec: dir.display().to_string(),
@@ -39,7 +39,7 @@ impl TestRepo {
         }
     }
 
-    fn s3(srv: S3Server, prefix: &str) -> TestRepo {
+    pub(crate) fn s3(srv: S3Server, prefix: &str) -> TestRepo {
         let spec = srv.repo_url(prefix);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -62,7 +62,7 @@ impl TestRepo {
     }
 
     /// The backends every major is tested with: local, and S3 (s3s-fs or moto, alternating).
-    fn both(tmp: &Path, i: usize) -> [TestRepo; 2] {
+    pub(crate) fn both(tmp: &Path, i: usize) -> [TestRepo; 2] {
         let srv = if i.is_multiple_of(2) {
             S3Server::s3s_fs()
         } else {
@@ -74,11 +74,11 @@ impl TestRepo {
         ]
     }
 
-    fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         self.srv.as_ref().map_or("local", |s| s.name)
     }
 
-    fn keys(&self, prefix: &str) -> Vec<String> {
+    pub(crate) fn keys(&self, prefix: &str) -> Vec<String> {
         // A stopped S3 server lists as empty (tests poll through outages).
         self.rt
             .block_on(self.store.list(prefix))
@@ -86,7 +86,7 @@ impl TestRepo {
             .unwrap_or_default()
     }
 
-    fn get(&self, key: &str) -> Option<Vec<u8>> {
+    pub(crate) fn get(&self, key: &str) -> Option<Vec<u8>> {
         self.rt
             .block_on(self.store.get(key))
             .unwrap()
@@ -94,7 +94,7 @@ impl TestRepo {
     }
 
     /// The same repo, streamed with `--ack spool` through `dir`.
-    fn with_spool(mut self, dir: &Path) -> TestRepo {
+    pub(crate) fn with_spool(mut self, dir: &Path) -> TestRepo {
         self.stream_args = vec![
             "--ack".into(),
             "spool".into(),
@@ -106,7 +106,7 @@ impl TestRepo {
 
     /// Applies `--repo` and the environment (and, for `stream`, the extra arguments) to a
     /// `pitr` command.
-    fn apply<'c>(&self, cmd: &'c mut Command) -> &'c mut Command {
+    pub(crate) fn apply<'c>(&self, cmd: &'c mut Command) -> &'c mut Command {
         let is_stream = cmd.get_args().next().is_some_and(|a| a == "stream");
         if is_stream {
             cmd.args(&self.stream_args);
@@ -118,7 +118,12 @@ impl TestRepo {
 }
 
 /// `testkit::wait_for`, printing pitr's log if the wait times out.
-fn wait_logged(what: &str, timeout: Duration, log: &Path, mut ready: impl FnMut() -> bool) {
+pub(crate) fn wait_logged(
+    what: &str,
+    timeout: Duration,
+    log: &Path,
+    mut ready: impl FnMut() -> bool,
+) {
     let deadline = Instant::now() + timeout;
     while !ready() {
         if Instant::now() > deadline {
@@ -129,7 +134,7 @@ fn wait_logged(what: &str, timeout: Duration, log: &Path, mut ready: impl FnMut(
     }
 }
 
-fn pitr() -> Command {
+pub(crate) fn pitr() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_pitr"));
     c.env("PITR_LOG", "info")
         .env("PITR_METRICS_LISTEN", "off")
@@ -138,19 +143,19 @@ fn pitr() -> Command {
     c
 }
 
-fn source(c: &Cluster) -> String {
+pub(crate) fn source(c: &Cluster) -> String {
     format!(
         "host=127.0.0.1 port={} user=postgres sslmode=disable",
         c.port()
     )
 }
 
-fn start_stream(c: &Cluster, repo: &TestRepo, log: &Path) -> Child {
+pub(crate) fn start_stream(c: &Cluster, repo: &TestRepo, log: &Path) -> Child {
     start_stream_src(&source(c), repo, log)
 }
 
 /// Spawns a `pitr` command with no stdin and its stderr (the log) in a file.
-trait SpawnLogged {
+pub(crate) trait SpawnLogged {
     fn spawn_logged(&mut self, log: impl AsRef<Path>) -> Child;
 }
 
@@ -164,14 +169,14 @@ impl SpawnLogged for Command {
     }
 }
 
-fn stop(mut child: Child) {
+pub(crate) fn stop(mut child: Child) {
     unsafe_free_sigterm(child.id());
     let st = wait_exit(&mut child, 30, "pitr stream did not stop on SIGTERM");
     assert!(st.success(), "pitr stream exited with {st}");
 }
 
 /// Waits for a child to exit, panicking with `what` after `secs`.
-fn wait_exit(child: &mut Child, secs: u64, what: &str) -> std::process::ExitStatus {
+pub(crate) fn wait_exit(child: &mut Child, secs: u64, what: &str) -> std::process::ExitStatus {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
         if let Some(st) = child.try_wait().unwrap() {
@@ -203,7 +208,7 @@ fn kill9(mut child: Child) {
 }
 
 /// Complete segments in the repo for a timeline, as names.
-fn repo_segments(repo: &TestRepo, tli: u32) -> Vec<String> {
+pub(crate) fn repo_segments(repo: &TestRepo, tli: u32) -> Vec<String> {
     let prefix = format!("wal/{tli:08X}/");
     let mut v: Vec<String> = repo
         .keys(&prefix)
@@ -219,7 +224,7 @@ fn repo_segments(repo: &TestRepo, tli: u32) -> Vec<String> {
     v
 }
 
-fn fetch(repo: &TestRepo, name: &str, dest: &Path) -> Vec<u8> {
+pub(crate) fn fetch(repo: &TestRepo, name: &str, dest: &Path) -> Vec<u8> {
     let out = repo
         .apply(pitr().args(["wal", "fetch", name]).arg(dest))
         .output()
@@ -270,7 +275,7 @@ fn assert_matches_wal_dir(repo: &TestRepo, wal_dir: &Path, tli: u32, tmp: &Path)
     segs
 }
 
-fn pgbench(c: &Cluster, args: &[&str]) -> Child {
+pub(crate) fn pgbench(c: &Cluster, args: &[&str]) -> Child {
     c.install()
         .command("pgbench")
         .args([
@@ -289,7 +294,7 @@ fn pgbench(c: &Cluster, args: &[&str]) -> Child {
         .unwrap()
 }
 
-fn opts() -> ClusterOptions {
+pub(crate) fn opts() -> ClusterOptions {
     ClusterOptions::default()
         .wal_segsize_mb(1)
         .conf("wal_keep_size = '64MB'")
@@ -588,7 +593,7 @@ fn refusals_are_one_clear_line() {
     );
 }
 
-fn start_stream_src(src: &str, repo: &TestRepo, log: &Path) -> Child {
+pub(crate) fn start_stream_src(src: &str, repo: &TestRepo, log: &Path) -> Child {
     repo.apply(pitr().args(["stream", "--partial-every", "200ms", "--source", src]))
         .spawn_logged(log)
 }
@@ -1280,7 +1285,7 @@ fn wait_slot_active(c: &Cluster) {
     });
 }
 
-fn pgbench_ok(c: &Cluster, args: &[&str]) {
+pub(crate) fn pgbench_ok(c: &Cluster, args: &[&str]) {
     assert!(
         pgbench(c, args).wait().unwrap().success(),
         "pgbench {args:?} failed"
@@ -1289,7 +1294,13 @@ fn pgbench_ok(c: &Cluster, args: &[&str]) {
 
 /// Switches WAL and waits until the segment that held the current position is archived on
 /// `tli`. Returns its name.
-fn switch_and_wait(c: &Cluster, repo: &TestRepo, tli: u32, what: &str, secs: u64) -> String {
+pub(crate) fn switch_and_wait(
+    c: &Cluster,
+    repo: &TestRepo,
+    tli: u32,
+    what: &str,
+    secs: u64,
+) -> String {
     let last = c.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
     c.switch_wal();
     wait_for(what, Duration::from_secs(secs), || {

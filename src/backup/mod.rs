@@ -228,6 +228,12 @@ fn progress_bar(total: u64, enabled: bool) -> indicatif::ProgressBar {
     pb
 }
 
+/// Now, at PostgreSQL's precision (microseconds), so recorded times can be pasted into `--to`.
+fn now_micros() -> jiff::Timestamp {
+    let now = jiff::Timestamp::now();
+    jiff::Timestamp::from_microsecond(now.as_microsecond()).unwrap_or(now)
+}
+
 fn backup_id(now: jiff::Timestamp) -> String {
     now.strftime("%Y%m%dT%H%M%SZ").to_string()
 }
@@ -271,7 +277,7 @@ async fn take(
         opts.repo.claim(sys.system_id, seg, major)
     })
     .await?;
-    let start_time = jiff::Timestamp::now();
+    let start_time = now_micros();
     let mut id = backup_id(start_time);
     for n in 1.. {
         let taken = !opts
@@ -477,7 +483,7 @@ async fn take(
         end_lsn: end_lsn.to_string(),
         end_tli: end_tli.0,
         start_time: start_time.to_string(),
-        end_time: jiff::Timestamp::now().to_string(),
+        end_time: now_micros().to_string(),
         pg_version: conn.server_version.clone(),
         pg_major: major,
         system_id: sys.system_id.to_string(),
@@ -564,7 +570,7 @@ pub async fn mark(
         name: name.into(),
         lsn: lsn.to_string(),
         tli,
-        time: jiff::Timestamp::now().to_string(),
+        time: now_micros().to_string(),
     };
     let body = serde_json::to_vec_pretty(&rec).unwrap_or_default();
     upload(repo, &catalog::point_key(lsn), Bytes::from(body)).await?;

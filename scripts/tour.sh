@@ -107,3 +107,8 @@ kill -TERM "$PITR_PID"
 wait "$PITR_PID"
 PITR_PID=""
 echo "  exit 0; archived through $LAST and beyond. Try: pitr stream --help"
+
+say "the whole loop (pitr demo): back up, commit, DROP TABLE, restore to just before it, verify"
+"$PITR" demo --pg-bin "$BIN" 2>/dev/null | sed 's/^/  /'
+echo
+echo "Next: pitr backup --help, pitr restore --help, docs/ci-restore-check.md"

@@ -162,6 +162,19 @@ pub struct StreamArgs {
     /// Standby status update interval when the server does not ask.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub status_interval: std::time::Duration,
+    /// Take a base backup this long after the last one (e.g. 24h); one is taken at once
+    /// when the repo has none.
+    #[arg(long, env = "PITR_BACKUP_EVERY", value_parser = parse_duration, value_name = "DURATION", conflicts_with = "backup_at")]
+    pub backup_every: Option<std::time::Duration>,
+    /// Take a base backup daily at this time (HH:MM in the TZ zone, UTC when TZ is unset).
+    #[arg(long, env = "PITR_BACKUP_AT", value_name = "HH:MM")]
+    pub backup_at: Option<String>,
+    /// After each scheduled backup, keep only the newest N backups (and the WAL they need).
+    #[arg(long, env = "PITR_KEEP_FULL", value_name = "N")]
+    pub keep_full: Option<usize>,
+    /// After each scheduled backup, keep what restores anywhere within this window (e.g. 7d).
+    #[arg(long, env = "PITR_KEEP_WITHIN", value_parser = parse_duration, value_name = "DURATION")]
+    pub keep_within: Option<std::time::Duration>,
 }
 
 /// `--repo`, shared by the repo commands.

@@ -90,8 +90,50 @@ fn run(cli: Cli, matches: clap::ArgMatches) -> anyhow::Result<ExitCode> {
                     )
                 })?),
             };
+            let schedule = match (a.backup_every, &a.backup_at) {
+                (Some(d), _) => Some(pitr::server::schedule::Schedule::Every(d)),
+                (None, Some(at)) => {
+                    let (h, m) =
+                        pitr::server::schedule::parse_at(at).map_err(anyhow::Error::msg)?;
+                    Some(pitr::server::schedule::Schedule::At(h, m))
+                }
+                (None, None) => None,
+            };
+            if a.keep_full == Some(0) {
+                anyhow::bail!("--keep-full must be at least 1");
+            }
+            let retention = (a.keep_full.is_some() || a.keep_within.is_some()).then_some(
+                pitr::repo::prune::Retention {
+                    keep_full: a.keep_full,
+                    keep_within: a.keep_within,
+                },
+            );
+            if retention.is_some() && schedule.is_none() {
+                anyhow::bail!(
+                    "--keep-full/--keep-within in pitr stream apply after scheduled backups: add --backup-every or --backup-at (or run pitr prune)"
+                );
+            }
+            let scheduled = schedule.map(|schedule| pitr::server::schedule::ScheduleOptions {
+                schedule,
+                backup: pitr::backup::BackupOptions {
+                    source: opts.source.clone(),
+                    repo: opts.repo.clone(),
+                    label: "scheduled".into(),
+                    server_compression: false,
+                    wal_timeout: std::time::Duration::from_secs(600),
+                    progress: false,
+                },
+                retention,
+            });
             rt.block_on(async move {
                 let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+                if let Some(s) = scheduled {
+                    tokio::spawn(pitr::server::schedule::run(
+                        s,
+                        opts.metrics.clone(),
+                        stop_rx.clone(),
+                    ));
+                }
                 tokio::spawn(async move {
                     let mut term =
                         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -150,8 +192,7 @@ fn run(cli: Cli, matches: clap::ArgMatches) -> anyhow::Result<ExitCode> {
             let source = pitr::replication::conninfo::ConnParams::parse(&a.source, false)?;
             let rt = runtime()?;
             let rec = rt.block_on(async {
-                let repo = pitr::repo::Repo::open(&a.repo).await?;
-                pitr::repo::catalog::identity(&repo).await?;
+                let repo = pitr::repo::Repo::open_existing(&a.repo).await?;
                 anyhow::Ok(pitr::backup::mark(&source, &repo, &a.name).await?)
             })?;
             println!(
@@ -163,7 +204,7 @@ fn run(cli: Cli, matches: clap::ArgMatches) -> anyhow::Result<ExitCode> {
         Command::List(a) => {
             init_logging(cli.log_format);
             let l = runtime()?.block_on(async {
-                let repo = pitr::repo::Repo::open(&a.repo.repo).await?;
+                let repo = pitr::repo::Repo::open_existing(&a.repo.repo).await?;
                 anyhow::Ok(pitr::list::list(&repo).await?)
             })?;
             let mut out = std::io::stdout().lock();
@@ -178,7 +219,7 @@ fn run(cli: Cli, matches: clap::ArgMatches) -> anyhow::Result<ExitCode> {
         Command::Verify(a) => {
             init_logging(cli.log_format);
             let r = runtime()?.block_on(async {
-                let repo = pitr::repo::Repo::open(&a.repo).await?;
+                let repo = pitr::repo::Repo::open_existing(&a.repo).await?;
                 anyhow::Ok(pitr::verify::repo::verify_repo(&repo).await?)
             })?;
             let mut out = std::io::stdout().lock();
@@ -224,7 +265,7 @@ fn run(cli: Cli, matches: clap::ArgMatches) -> anyhow::Result<ExitCode> {
                 anyhow::bail!("--keep-full must be at least 1");
             }
             let r = runtime()?.block_on(async {
-                let repo = pitr::repo::Repo::open(&a.repo.repo).await?;
+                let repo = pitr::repo::Repo::open_existing(&a.repo.repo).await?;
                 anyhow::Ok(
                     pitr::repo::prune::prune(
                         &repo,
@@ -333,8 +374,11 @@ fn restore(a: pitr::cli::RestoreArgs) -> anyhow::Result<ExitCode> {
             .ok_or_else(|| anyhow::anyhow!("invalid --tablespace-map {m:?}: use OLDDIR=NEWDIR"))?;
         tablespace_map.insert(old.to_string(), std::path::PathBuf::from(new));
     }
+    if !a.verify && !a.check_sql.is_empty() {
+        anyhow::bail!("--check-sql runs only with --verify: add --verify");
+    }
     let rt = runtime()?;
-    let repo = rt.block_on(pitr::repo::Repo::open(&a.repo))?;
+    let repo = rt.block_on(pitr::repo::Repo::open_existing(&a.repo))?;
     let opts = pitr::restore::RestoreOptions {
         repo: repo.clone(),
         dir,
@@ -359,6 +403,10 @@ fn restore(a: pitr::cli::RestoreArgs) -> anyhow::Result<ExitCode> {
             writeln!(out, "dry run: nothing written")?;
         }
         return Ok(ExitCode::SUCCESS);
+    }
+    if a.verify {
+        // Before writing anything: the binaries must exist and match the backup.
+        pitr::verify::find_binaries(a.pg_bin.as_deref(), plan.backup.pg_major)?;
     }
     if !a.json {
         pitr::restore::print_plan(&mut out, &plan)?;

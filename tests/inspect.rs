@@ -459,6 +459,8 @@ fn readme_first_command_works() {
         "restore point: \"tour\"",
         "pitr_archive_lag_bytes",
         "exit 0",
+        "verify: PASSED",
+        "the orders are back: 1 coffee, 2 tea, 3 croissant, 4 bagel, 5 juice",
     ] {
         assert!(text.contains(want), "{want:?} missing from:\n{text}");
     }

@@ -216,6 +216,16 @@ impl Repo {
     /// missing bucket) fail here, before anything else starts; a server that is down only
     /// logs a warning, since the callers retry.
     pub async fn open(spec: &str) -> Result<Repo, RepoError> {
+        Self::open_mode(spec, true).await
+    }
+
+    /// Opens a repo that must already exist (for `restore`, `list`, `verify`, `prune`): a
+    /// missing local directory is an error instead of being created.
+    pub async fn open_existing(spec: &str) -> Result<Repo, RepoError> {
+        Self::open_mode(spec, false).await
+    }
+
+    async fn open_mode(spec: &str, create: bool) -> Result<Repo, RepoError> {
         let spec = spec.trim();
         if spec.is_empty() {
             return Err(RepoError::BadSpec(
@@ -257,6 +267,16 @@ impl Repo {
         } else {
             spec
         };
+        if !create && !std::path::Path::new(path).join(IDENTITY_KEY).exists() {
+            return Err(RepoError::Unusable {
+                repo: path.into(),
+                message: if std::path::Path::new(path).exists() {
+                    "not a pitr repo (no pitr.json): check --repo".into()
+                } else {
+                    "no such directory: check --repo".into()
+                },
+            });
+        }
         let store = local::LocalStore::open(std::path::Path::new(path))?;
         Ok(Repo::with_store(Arc::new(store)))
     }

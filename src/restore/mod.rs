@@ -144,6 +144,19 @@ pub struct WalFile {
     pub key: String,
     /// A partial segment (zero-padded).
     pub partial: bool,
+    /// For a partial: the end of the WAL it holds (what the plan predicts from).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "ser_opt_lsn"
+    )]
+    pub partial_end: Option<Lsn>,
+}
+
+fn ser_opt_lsn<S: serde::Serializer>(l: &Option<Lsn>, s: S) -> Result<S::Ok, S::Error> {
+    match l {
+        Some(l) => s.serialize_str(&l.to_string()),
+        None => s.serialize_none(),
+    }
 }
 
 /// A commit or abort, for reports.
@@ -307,7 +320,10 @@ pub async fn plan(opts: &RestoreOptions) -> Result<Plan, RestoreError> {
     let earliest_msg = |b: &BackupRecord| {
         format!(
             "{} (the end of backup {}, LSN {}, timeline {})",
-            b.end_time, b.id, b.end_lsn, b.end_tli
+            fmt_time(b.end_micros()),
+            b.id,
+            b.end_lsn,
+            b.end_tli
         )
     };
 
@@ -522,11 +538,16 @@ pub async fn plan(opts: &RestoreOptions) -> Result<Plan, RestoreError> {
             )));
         };
         let name = segment_file_name(ftli, s, seg);
-        let (key, partial) = match f {
-            SegFile::Complete { key, .. } => (key.clone(), false),
-            SegFile::Partial { key, .. } => (key.clone(), true),
+        let (key, partial_end) = match f {
+            SegFile::Complete { key, .. } => (key.clone(), None),
+            SegFile::Partial { key, end } => (key.clone(), Some(*end)),
         };
-        wal.push(WalFile { name, key, partial });
+        wal.push(WalFile {
+            name,
+            key,
+            partial: partial_end.is_some(),
+            partial_end,
+        });
         s = SegNo(s.0 + 1);
     }
     let mut histories = Vec::new();
@@ -536,6 +557,7 @@ pub async fn plan(opts: &RestoreOptions) -> Result<Plan, RestoreError> {
                 name: history_file_name(step.tli),
                 key: k.clone(),
                 partial: false,
+                partial_end: None,
             });
         }
     }
@@ -633,7 +655,7 @@ pub fn print_plan(w: &mut impl Write, p: &Plan) -> std::io::Result<()> {
         p.backup.pg_version,
         p.backup.end_lsn,
         p.backup.end_tli,
-        p.backup.end_time
+        fmt_time(p.backup.end_micros())
     )?;
     writeln!(w, "timeline:       {}", p.timeline)?;
     match &p.last_included {
@@ -862,15 +884,7 @@ async fn execute_inner(
             let repo = repo.clone();
             let dir = wal_dir.clone();
             running.spawn(async move {
-                let fetch_name = if f.partial {
-                    format!("{}.partial", f.name)
-                } else {
-                    f.name.clone()
-                };
-                let data = repo
-                    .fetch_wal(&fetch_name, seg)
-                    .await?
-                    .ok_or_else(|| RestoreError::Corrupt(format!("{}: missing", f.key)))?;
+                let data = fetch_planned(&repo, &f, seg).await?;
                 let path = dir.join(&f.name);
                 let len = data.len() as u64;
                 tokio::task::spawn_blocking(move || write_file(&path, &data))
@@ -912,6 +926,65 @@ async fn execute_inner(
     write_file(&p.dir.join("recovery.signal"), b"")?;
     pb.finish_and_clear();
     Ok(stats)
+}
+
+/// Fetches the WAL the plan chose, exactly: a partial is cut at the end the plan predicted
+/// from, even if `pitr stream` has meanwhile replaced it with a longer partial or the full
+/// segment (so recovery replays what was announced, no more).
+async fn fetch_planned(repo: &Repo, f: &WalFile, seg: WalSegSize) -> Result<Vec<u8>, RestoreError> {
+    let corrupt = |m: String| RestoreError::Corrupt(m);
+    let get = |key: String| async move {
+        crate::repo::retry("fetch WAL", Duration::from_secs(10), || {
+            repo.store().get(&key)
+        })
+        .await
+        .map_err(RepoError::from)
+    };
+    let Some(end) = f.partial_end else {
+        let raw = get(f.key.clone())
+            .await?
+            .ok_or_else(|| corrupt(format!("{}: missing from the repo", f.key)))?;
+        let data = crate::repo::decompress(&raw, &f.key).map_err(corrupt)?;
+        if data.len() as u64 != seg.bytes() {
+            return Err(corrupt(format!(
+                "{}: {} bytes, expected {}",
+                f.key,
+                data.len(),
+                seg.bytes()
+            )));
+        }
+        return Ok(data);
+    };
+    let start = Lsn(end.0 - end.segment_offset(seg));
+    let want = if end.segment_offset(seg) == 0 {
+        seg.bytes()
+    } else {
+        end.0 - start.0
+    } as usize;
+    let mut data = match get(f.key.clone()).await? {
+        Some(raw) => crate::repo::decompress(&raw, &f.key).map_err(corrupt)?,
+        None => {
+            // Superseded meanwhile: the full segment or a newer partial holds the same bytes.
+            let full = repo.fetch_wal(&f.name, seg).await?;
+            match full {
+                Some(d) => d,
+                None => repo
+                    .fetch_wal(&format!("{}.partial", f.name), seg)
+                    .await?
+                    .ok_or_else(|| corrupt(format!("{}: missing from the repo", f.key)))?,
+            }
+        }
+    };
+    if data.len() < want {
+        return Err(corrupt(format!(
+            "{}: {} bytes, expected at least {want}",
+            f.key,
+            data.len()
+        )));
+    }
+    data.truncate(want);
+    data.resize(seg.bytes() as usize, 0);
+    Ok(data)
 }
 
 fn write_file(path: &Path, data: &[u8]) -> Result<(), RestoreError> {

@@ -46,6 +46,12 @@ pub struct Metrics {
     pub slot_safe_known: AtomicBool,
     /// The slot is close to (or past) `max_slot_wal_keep_size`.
     pub slot_warning: AtomicBool,
+    /// Scheduled backups completed.
+    pub backups: AtomicU64,
+    /// Scheduled backups that failed.
+    pub backup_failures: AtomicU64,
+    /// Unix microseconds of the end of the last complete scheduled backup (0: none).
+    pub last_backup_unix_us: AtomicI64,
 }
 
 fn now_us() -> i64 {
@@ -185,6 +191,29 @@ impl Metrics {
             "WAL in the local spool (--ack spool) not yet removed after upload.",
             l(&self.spool_bytes),
         );
+        if self.backups.load(Ordering::Relaxed) + self.backup_failures.load(Ordering::Relaxed) > 0 {
+            g(
+                "pitr_backups_total",
+                "counter",
+                "Scheduled base backups completed (--backup-every / --backup-at).",
+                l(&self.backups),
+            );
+            g(
+                "pitr_backup_failures_total",
+                "counter",
+                "Scheduled base backups that failed.",
+                l(&self.backup_failures),
+            );
+        }
+        let lb = self.last_backup_unix_us.load(Ordering::Relaxed);
+        if lb > 0 {
+            g(
+                "pitr_last_backup_timestamp_seconds",
+                "gauge",
+                "When the newest complete base backup ended.",
+                format!("{:.6}", lb as f64 / 1e6),
+            );
+        }
         g(
             "pitr_streaming",
             "gauge",

@@ -7,6 +7,7 @@
 //! | `/readyz` | 200 while streaming and the archive lag is within bounds: WAL is being archived now; 503 otherwise (readiness) |
 
 pub mod metrics;
+pub mod schedule;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -357,11 +357,17 @@ pub async fn run_server_check(
         run_as,
         started: false,
     };
-    let opts_str = format!(
+    let mut opts_str = format!(
         "-c listen_addresses='' -p {port} -c unix_socket_directories='{}' -c hba_file='{}' -c archive_mode=off -c hot_standby=on -c logging_collector=off -c ssl=off",
         sock.display(),
         hba.display()
     );
+    // Debian-style servers keep postgresql.conf outside the data directory.
+    if !plan.dir.join("postgresql.conf").exists() {
+        let empty = sock.join("postgresql.conf");
+        std::fs::write(&empty, "").map_err(|e| VerifyError::Io(empty.display().to_string(), e))?;
+        opts_str.push_str(&format!(" -c config_file='{}'", empty.display()));
+    }
     let began = Instant::now();
     let out = server
         .pg_ctl()
@@ -386,11 +392,10 @@ pub async fn run_server_check(
     let users: Vec<String> = match &opts.user {
         Some(u) => vec![u.clone()],
         None => {
-            let mut v = Vec::new();
+            let mut v = vec!["postgres".to_string()];
             if let Some(u) = &plan.backup.source_user {
                 v.push(u.clone());
             }
-            v.push("postgres".into());
             if let Ok(u) = std::env::var("USER") {
                 v.push(u);
             }

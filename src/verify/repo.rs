@@ -252,6 +252,12 @@ pub async fn verify_repo(repo: &Repo) -> Result<RepoReport, RepoError> {
         backups: backups.len(),
         ..Default::default()
     };
+    if backups.is_empty() {
+        report.problems.push(format!(
+            "repo {} holds no complete backup: nothing can be restored; take one with `pitr backup`",
+            repo.location
+        ));
+    }
     for b in &backups {
         check_backup(repo, b, &mut report).await;
     }

@@ -663,3 +663,52 @@ fn demo_shows_the_rows_come_back() {
     );
     assert!(out.contains("verify: PASSED"), "{out}");
 }
+
+/// `pitr stream --backup-every` takes backups inside the sidecar and `--keep-full` prunes
+/// after each; the metrics count them.
+#[test]
+fn stream_takes_scheduled_backups_and_applies_retention() {
+    let install = PgInstall::for_tests().remove(0);
+    let c = Cluster::start(&install, opts());
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = TestRepo::local(&tmp.path().join("repo"));
+    let addr = crate::stream::free_addr();
+    let s = repo
+        .apply(pitr().args([
+            "stream",
+            "--partial-every",
+            "200ms",
+            "--backup-every",
+            "2s",
+            "--keep-full",
+            "1",
+            "--metrics-listen",
+            &addr,
+            "--source",
+            &source(&c),
+        ]))
+        .spawn_logged(tmp.path().join("s.log"));
+    let backups_total = || {
+        crate::stream::http_get(&addr, "/metrics")
+            .and_then(|(_, body)| crate::stream::metric(&body, "pitr_backups_total"))
+            .unwrap_or(0.0)
+    };
+    testkit::wait_for("three scheduled backups", Duration::from_secs(90), || {
+        c.psql("SELECT pg_switch_wal()");
+        backups_total() >= 3.0
+    });
+    stop(s);
+    let log = std::fs::read_to_string(tmp.path().join("s.log")).unwrap();
+    let catalog: Vec<String> = repo
+        .keys("backups/")
+        .into_iter()
+        .filter(|k| k.ends_with("/backup.json"))
+        .collect();
+    assert!(
+        (1..=2).contains(&catalog.len()),
+        "retention kept {catalog:?}\n{log}"
+    );
+    assert!(log.contains("retention applied"), "{log}");
+    let o = run(repo.apply(pitr().arg("verify")));
+    assert!(o.status.success(), "{}", text(&o));
+}

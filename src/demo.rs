@@ -29,19 +29,11 @@ fn find_any_postgres(pg_bin: Option<&Path>) -> anyhow::Result<(PathBuf, u32)> {
         candidates.push(PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
     }
     for d in candidates {
-        if let Ok(o) = Command::new(d.join("postgres")).arg("--version").output()
-            && o.status.success()
+        if let Some((major, _)) = crate::verify::postgres_version(&d)
+            && major >= 15
+            && d.join("initdb").is_file()
         {
-            let text = String::from_utf8_lossy(&o.stdout).to_string();
-            let major: u32 = text
-                .split_whitespace()
-                .last()
-                .and_then(|v| v.split('.').next())
-                .and_then(|m| m.parse().ok())
-                .unwrap_or(0);
-            if major >= 15 && d.join("initdb").is_file() {
-                return Ok((d, major));
-            }
+            return Ok((d, major));
         }
     }
     bail!(

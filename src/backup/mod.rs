@@ -212,7 +212,8 @@ async fn upload(repo: &Repo, key: &str, data: Bytes) -> Result<(), RepoError> {
     }
 }
 
-fn progress_bar(total: u64, enabled: bool) -> indicatif::ProgressBar {
+/// A byte progress bar on stderr (hidden when `enabled` is false: not a terminal).
+pub(crate) fn progress_bar(total: u64, enabled: bool) -> indicatif::ProgressBar {
     if !enabled {
         return indicatif::ProgressBar::hidden();
     }

@@ -823,20 +823,8 @@ async fn execute_inner(
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).map_err(io_err(d))?;
     }
     let total: u64 = p.backup.bytes + p.wal.len() as u64 * p.seg.map_or(0, |s| s.bytes());
-    let pb = if progress {
-        let pb = indicatif::ProgressBar::with_draw_target(
-            Some(total),
-            indicatif::ProgressDrawTarget::stderr(),
-        );
-        if let Ok(s) = indicatif::ProgressStyle::with_template(
-            "restore [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
-        ) {
-            pb.set_style(s.progress_chars("=> "));
-        }
-        pb
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let pb = crate::backup::progress_bar(total, progress);
+    pb.set_message("restore");
     let ts: HashMap<String, PathBuf> = p.tablespaces.iter().cloned().collect();
     // Archives in parallel (tablespaces and base).
     let mut set = tokio::task::JoinSet::new();

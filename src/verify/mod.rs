@@ -187,22 +187,10 @@ pub fn find_binaries(pg_bin: Option<&Path>, major: u32) -> Result<PathBuf, Verif
         }
     }
     for d in candidates {
-        let v = Command::new(d.join("postgres")).arg("--version").output();
-        match v {
-            Ok(o) if o.status.success() => {
-                let text = String::from_utf8_lossy(&o.stdout).to_string();
-                let found: u32 = text
-                    .split_whitespace()
-                    .last()
-                    .and_then(|v| v.split('.').next())
-                    .and_then(|m| m.parse().ok())
-                    .unwrap_or(0);
-                if found == major {
-                    return Ok(d);
-                }
-                tried.push(format!("{} is {}", d.display(), text.trim()));
-            }
-            _ => tried.push(format!("{}: no usable postgres", d.display())),
+        match postgres_version(&d) {
+            Some((found, _)) if found == major => return Ok(d),
+            Some((_, text)) => tried.push(format!("{} is {text}", d.display())),
+            None => tried.push(format!("{}: no usable postgres", d.display())),
         }
     }
     Err(VerifyError::Binaries(format!(
@@ -213,6 +201,23 @@ pub fn find_binaries(pg_bin: Option<&Path>, major: u32) -> Result<PathBuf, Verif
             tried.join("; ")
         }
     )))
+}
+
+/// `postgres --version` in `dir`: (major, the version line).
+pub(crate) fn postgres_version(dir: &Path) -> Option<(u32, String)> {
+    let o = Command::new(dir.join("postgres"))
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    let text = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    let major = text
+        .split_whitespace()
+        .last()
+        .and_then(|v| v.split('.').next())
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    Some((major, text))
 }
 
 fn free_port() -> Result<u16, VerifyError> {

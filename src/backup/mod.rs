@@ -434,6 +434,11 @@ async fn take(
                 "the server found page checksum failures during the backup ({msg}): the backup is not usable; check the server's log and storage"
             )));
         }
+        if msg.contains("does not support compression") {
+            return Err(BackupError::Refused(format!(
+                "the server cannot compress ({msg}): drop --server-compression (pitr then compresses with lz4 itself)"
+            )));
+        }
         return Err(ConnError::Server(Box::new(n)).into());
     }
     if let Some(a) = archive.take() {

@@ -912,6 +912,7 @@ async fn execute_inner(
     }
     write_file(&auto, conf.as_bytes())?;
     write_file(&p.dir.join("recovery.signal"), b"")?;
+    chown_for_postgres(dirs)?;
     pb.finish_and_clear();
     Ok(stats)
 }
@@ -973,6 +974,34 @@ async fn fetch_planned(repo: &Repo, f: &WalFile, seg: WalSegSize) -> Result<Vec<
     data.truncate(want);
     data.resize(seg.bytes() as usize, 0);
     Ok(data)
+}
+
+/// Run as root, hands the restored tree to the user PostgreSQL will run as: the owner of the
+/// destination's parent directory when that is not root, else the `postgres` user. (The
+/// server refuses to run as root, and refuses a data directory it does not own.)
+fn chown_for_postgres(dirs: &[(PathBuf, bool)]) -> Result<(), RestoreError> {
+    use std::os::unix::fs::MetadataExt;
+    if crate::verify::euid() != Some(0) {
+        return Ok(());
+    }
+    let Some((dir, _)) = dirs.first() else {
+        return Ok(());
+    };
+    let parent = dir.parent().and_then(|p| std::fs::metadata(p).ok());
+    let owner = match parent {
+        Some(m) if m.uid() != 0 => Some((m.uid(), m.gid())),
+        _ => crate::verify::uid_gid_of("postgres"),
+    };
+    let Some((u, g)) = owner else {
+        tracing::warn!(
+            "running as root and no postgres user: the restored files stay owned by root; chown them to the server's user"
+        );
+        return Ok(());
+    };
+    for (d, _) in dirs {
+        crate::verify::chown_tree(d, u, g).map_err(io_err(d))?;
+    }
+    Ok(())
 }
 
 fn write_file(path: &Path, data: &[u8]) -> Result<(), RestoreError> {

@@ -541,7 +541,7 @@ async fn wait_for_wal(
             logged = true;
             tracing::info!(end = %rec.end(), "waiting for `pitr stream` to archive the backup's WAL");
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -866,7 +866,7 @@ async fn execute_inner(
     let mut queue: VecDeque<_> = p.wal.iter().cloned().collect();
     let mut running = tokio::task::JoinSet::new();
     while !queue.is_empty() || !running.is_empty() {
-        while running.len() < 3
+        while running.len() < 2
             && let Some(f) = queue.pop_front()
         {
             let repo = repo.clone();
@@ -1076,7 +1076,7 @@ impl Read for ChunkReader {
 }
 
 /// Prefetched chunks per archive (each up to `CHUNK_BYTES` decompressed).
-const PREFETCH: usize = 3;
+const PREFETCH: usize = 2;
 
 /// Streams one archive's chunks (fetched and checked ahead, in parallel) into `consume`,
 /// which runs on the blocking pool and reads the tar bytes in order.

@@ -114,9 +114,9 @@ drop_caches() {
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 PORT=$(free_port)
 
-TMP=$(mktemp -d /tmp/pitr-bench-backup.XXXXXX)
-chmod 755 "$TMP"
-PGDATA=$TMP/data
+WORK=$(mktemp -d /tmp/pitr-bench-backup.XXXXXX)
+chmod 755 "$WORK"
+PGDATA=$WORK/data
 STREAM_PID=""
 
 stop_pid() { # pid signal: signal, wait up to 30 s, then SIGKILL
@@ -137,9 +137,9 @@ cleanup() {
         "${RUN[@]}" "$BIN/pg_ctl" -D "$PGDATA" -m immediate -w stop >/dev/null 2>&1
     fi
     if [ -n "${PITR_BENCH_KEEP:-}" ]; then
-        log "kept $TMP"
+        log "kept $WORK"
     else
-        rm -rf "$TMP"
+        rm -rf "$WORK"
     fi
     exit "$rc"
 }
@@ -149,29 +149,29 @@ trap 'exit 143' TERM
 
 log_tail() { printf '  --- last lines of %s ---\n' "$1" >&2; tail -n 20 "$1" | sed 's/^/  /' >&2; }
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
-RES=$TMP/results
+RES=$WORK/results
 : >"$RES"
 put() { printf '%s=%s\n' "$1" "$2" >>"$RES"; }
 # Other work on the machine skews wall times: the load average is printed with the results.
 put load_start "$(cut -d' ' -f1-3 /proc/loadavg)"
 
 # --- server ------------------------------------------------------------------------------------
-[ "${#RUN[@]}" = 0 ] || chown postgres: "$TMP"
+[ "${#RUN[@]}" = 0 ] || chown postgres: "$WORK"
 PGVER=$("$BIN/postgres" --version | awk '{print $3}')
 log "PostgreSQL $PGVER on 127.0.0.1:$PORT, data in $PGDATA"
-"${RUN[@]}" "$BIN/initdb" -D "$PGDATA" -A trust -U postgres -E UTF8 --no-locale -N >"$TMP/initdb.log" 2>&1 ||
-    die "initdb failed: $(tail -n 1 "$TMP/initdb.log")"
+"${RUN[@]}" "$BIN/initdb" -D "$PGDATA" -A trust -U postgres -E UTF8 --no-locale -N >"$WORK/initdb.log" 2>&1 ||
+    die "initdb failed: $(tail -n 1 "$WORK/initdb.log")"
 
-PGBR_CONF=$TMP/pgbackrest.conf
+PGBR_CONF=$WORK/pgbackrest.conf
 if [ -z "$PGBR_SKIP" ]; then
-    "${RUN[@]}" mkdir -p "$TMP/pgbr-repo" "$TMP/pgbr-log" "$TMP/pgbr-lock" "$TMP/pgbr-spool"
+    "${RUN[@]}" mkdir -p "$WORK/pgbr-repo" "$WORK/pgbr-log" "$WORK/pgbr-lock" "$WORK/pgbr-spool"
     cat >"$PGBR_CONF" <<EOF
 [global]
-repo1-path=$TMP/pgbr-repo
+repo1-path=$WORK/pgbr-repo
 repo1-retention-full=2
-log-path=$TMP/pgbr-log
-lock-path=$TMP/pgbr-lock
-spool-path=$TMP/pgbr-spool
+log-path=$WORK/pgbr-log
+lock-path=$WORK/pgbr-lock
+spool-path=$WORK/pgbr-spool
 log-level-console=warn
 start-fast=y
 compress-type=lz4
@@ -180,7 +180,7 @@ process-max=2
 [bench]
 pg1-path=$PGDATA
 pg1-port=$PORT
-pg1-socket-path=$TMP
+pg1-socket-path=$WORK
 EOF
     [ "${#RUN[@]}" = 0 ] || chown postgres: "$PGBR_CONF"
     ARCHIVE_COMMAND="pgbackrest --config=$PGBR_CONF --stanza=bench archive-push %p"
@@ -194,19 +194,19 @@ max_replication_slots = 10
 archive_mode = on
 archive_command = '$ARCHIVE_COMMAND'
 EOF
-"${RUN[@]}" "$BIN/pg_ctl" -D "$PGDATA" -w -t 60 -l "$TMP/server.log" \
-    -o "-c port=$PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$TMP" start >/dev/null ||
-    die "server did not start: $(tail -n 1 "$TMP/server.log")"
+"${RUN[@]}" "$BIN/pg_ctl" -D "$PGDATA" -w -t 60 -l "$WORK/server.log" \
+    -o "-c port=$PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$WORK" start >/dev/null ||
+    die "server did not start: $(tail -n 1 "$WORK/server.log")"
 
 q() { "$BIN/psql" -X -qAt -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U postgres -d postgres -c "$1"; }
 pgbr() { "${RUN[@]}" pgbackrest --config="$PGBR_CONF" --stanza=bench "$@"; }
 
 if [ -z "$PGBR_SKIP" ]; then
-    if ! pgbr stanza-create >"$TMP/pgbr-stanza.log" 2>&1; then
-        if grep -q "version of PostgreSQL supported" "$TMP/pgbr-stanza.log"; then
+    if ! pgbr stanza-create >"$WORK/pgbr-stanza.log" 2>&1; then
+        if grep -q "version of PostgreSQL supported" "$WORK/pgbr-stanza.log"; then
             PGBR_SKIP="pgBackRest $PGBR_VERSION does not support PostgreSQL $MAJOR (rerun with PITR_BENCH_PG=15)"
         else
-            PGBR_SKIP="pgbackrest stanza-create failed: $(grep -m1 ERROR "$TMP/pgbr-stanza.log" || tail -n 1 "$TMP/pgbr-stanza.log")"
+            PGBR_SKIP="pgbackrest stanza-create failed: $(grep -m1 ERROR "$WORK/pgbr-stanza.log" || tail -n 1 "$WORK/pgbr-stanza.log")"
         fi
         q "ALTER SYSTEM SET archive_command = 'true'" && q "SELECT pg_reload_conf()" >/dev/null
     fi
@@ -215,8 +215,8 @@ fi
 
 log "loading: pgbench -i -s $SCALE"
 T0=$(now_ms)
-"$BIN/pgbench" -h 127.0.0.1 -p "$PORT" -U postgres -i -q -s "$SCALE" postgres >"$TMP/pgbench-init.log" 2>&1 ||
-    { log_tail "$TMP/pgbench-init.log"; die "pgbench -i failed"; }
+"$BIN/pgbench" -h 127.0.0.1 -p "$PORT" -U postgres -i -q -s "$SCALE" postgres >"$WORK/pgbench-init.log" 2>&1 ||
+    { log_tail "$WORK/pgbench-init.log"; die "pgbench -i failed"; }
 T1=$(now_ms)
 put init_ms $((T1 - T0))
 q "CHECKPOINT"
@@ -237,22 +237,22 @@ done
 # --- pitr stream (background) --------------------------------------------------------------------
 CONN="host=127.0.0.1 port=$PORT user=postgres sslmode=disable"
 log "starting pitr stream"
-NO_COLOR=1 "$PITR" stream --source "$CONN" --repo "$TMP/pitr-repo" --slot pitr_bench \
-    --metrics-listen off >"$TMP/pitr-stream.log" 2>&1 &
+NO_COLOR=1 "$PITR" stream --source "$CONN" --repo "$WORK/pitr-repo" --slot pitr_bench \
+    --metrics-listen off >"$WORK/pitr-stream.log" 2>&1 &
 STREAM_PID=$!
 ok=""
 for _ in $(seq 300); do
-    [ -z "$STREAM_PID" ] || kill -0 "$STREAM_PID" 2>/dev/null || { log_tail "$TMP/pitr-stream.log"; die "pitr stream exited early"; }
+    [ -z "$STREAM_PID" ] || kill -0 "$STREAM_PID" 2>/dev/null || { log_tail "$WORK/pitr-stream.log"; die "pitr stream exited early"; }
     n=$(q "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'pitr' AND state = 'streaming'")
     [ "$n" = 1 ] && { ok=1; break; }
     sleep 0.1
 done
-[ -n "$ok" ] || { log_tail "$TMP/pitr-stream.log"; die "pitr stream was not streaming after 30 s"; }
+[ -n "$ok" ] || { log_tail "$WORK/pitr-stream.log"; die "pitr stream was not streaming after 30 s"; }
 sleep 2 # let it publish its first objects before anything is timed
 
 # --- timed commands ------------------------------------------------------------------------------
 # timed NAME AS CMD...: AS is root (this script's user) or pg (the postgres OS user). Records
-# NAME_ms (wall) and NAME_rss (KiB); the command's stdout goes to $TMP/NAME.out, stderr to .err.
+# NAME_ms (wall) and NAME_rss (KiB); the command's stdout goes to $WORK/NAME.out, stderr to .err.
 timed() {
     local name=$1 as=$2 t0 t1 rc=0
     shift 2
@@ -260,20 +260,20 @@ timed() {
     log "timing $name: $*"
     t0=$(now_ms)
     if [ "$as" = pg ]; then
-        "${RUN[@]}" /usr/bin/time -v -o "$TMP/$name.time" "$@" >"$TMP/$name.out" 2>"$TMP/$name.err" || rc=$?
+        "${RUN[@]}" /usr/bin/time -v -o "$WORK/$name.time" "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" || rc=$?
     else
-        /usr/bin/time -v -o "$TMP/$name.time" "$@" >"$TMP/$name.out" 2>"$TMP/$name.err" || rc=$?
+        /usr/bin/time -v -o "$WORK/$name.time" "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" || rc=$?
     fi
     t1=$(now_ms)
     if [ "$rc" != 0 ]; then
-        log_tail "$TMP/$name.out"
-        log_tail "$TMP/$name.err"
+        log_tail "$WORK/$name.out"
+        log_tail "$WORK/$name.err"
         die "$name failed (status $rc)"
     fi
     put "${name}_ms" $((t1 - t0))
-    put "${name}_rss" "$(awk -F': ' '/Maximum resident set size/ {print $2}' "$TMP/$name.time")"
-    put "${name}_cpu" "$(awk -F': ' '/User time/ {u = $2} /System time/ {s = $2} END {print u + s}' "$TMP/$name.time")"
-    [ -z "$STREAM_PID" ] || kill -0 "$STREAM_PID" 2>/dev/null || { log_tail "$TMP/pitr-stream.log"; die "pitr stream died during $name"; }
+    put "${name}_rss" "$(awk -F': ' '/Maximum resident set size/ {print $2}' "$WORK/$name.time")"
+    put "${name}_cpu" "$(awk -F': ' '/User time/ {u = $2} /System time/ {s = $2} END {print u + s}' "$WORK/$name.time")"
+    [ -z "$STREAM_PID" ] || kill -0 "$STREAM_PID" 2>/dev/null || { log_tail "$WORK/pitr-stream.log"; die "pitr stream died during $name"; }
 }
 du_bytes() { du -sb "$1" | cut -f1; }
 
@@ -285,22 +285,22 @@ else
 fi
 put pgbb_client_mode "$PGBB_CLIENT"
 
-PITR_BACKUP=(env NO_COLOR=1 "$PITR" backup --source "$CONN" --repo "$TMP/pitr-repo" --json)
+PITR_BACKUP=(env NO_COLOR=1 "$PITR" backup --source "$CONN" --repo "$WORK/pitr-repo" --json)
 PGBB=("$BIN/pg_basebackup" -d "$CONN" -Ft -X stream -c fast)
 
 # The client-lz4 pitr backup (the one the goals use) is taken last before pitr stream stops, so
 # that restoring it to `latest` places only its own WAL in pg_wal, not the WAL of later backups.
 timed pitr_backup_srv root "${PITR_BACKUP[@]}" --label bench-server --server-compression
-timed pgbb_server root "${PGBB[@]}" -D "$TMP/pgbb-server" --compress=server-lz4
-timed pgbb_client root "${PGBB[@]}" -D "$TMP/pgbb-client" --compress="$PGBB_CLIENT"
+timed pgbb_server root "${PGBB[@]}" -D "$WORK/pgbb-server" --compress=server-lz4
+timed pgbb_client root "${PGBB[@]}" -D "$WORK/pgbb-client" --compress="$PGBB_CLIENT"
 timed pitr_backup root "${PITR_BACKUP[@]}" --label bench-client
 for n in client server; do
-    put "pgbb_${n}_bytes" "$(du_bytes "$TMP/pgbb-$n")"
-    put "pgbb_${n}_base" "$(stat -c %s "$TMP/pgbb-$n"/base.tar*)"
-    put "pgbb_${n}_wal" "$(stat -c %s "$TMP/pgbb-$n"/pg_wal.tar*)"
+    put "pgbb_${n}_bytes" "$(du_bytes "$WORK/pgbb-$n")"
+    put "pgbb_${n}_base" "$(stat -c %s "$WORK/pgbb-$n"/base.tar*)"
+    put "pgbb_${n}_wal" "$(stat -c %s "$WORK/pgbb-$n"/pg_wal.tar*)"
 done
 for n in pitr_backup pitr_backup_srv; do
-    python3 - "$TMP/$n.out" "$n" >>"$RES" <<'PY'
+    python3 - "$WORK/$n.out" "$n" >>"$RES" <<'PY'
 import json, sys
 text = open(sys.argv[1]).read()
 j = json.loads(text[text.index("{"):])
@@ -313,8 +313,8 @@ done
 # Repo size of each backup on disk (chunks + manifest + catalog entry).
 # shellcheck disable=SC1090
 . <(grep -E '^pitr_backup(_srv)?_id=' "$RES")
-put pitr_backup_du "$(du_bytes "$TMP/pitr-repo/backups/$pitr_backup_id")"
-put pitr_backup_srv_du "$(du_bytes "$TMP/pitr-repo/backups/$pitr_backup_srv_id")"
+put pitr_backup_du "$(du_bytes "$WORK/pitr-repo/backups/$pitr_backup_id")"
+put pitr_backup_srv_du "$(du_bytes "$WORK/pitr-repo/backups/$pitr_backup_srv_id")"
 
 # pitr stream is no longer needed: stop it (must exit 0 on SIGTERM) so that the WAL of later
 # commands stays out of the repo and the rest runs without it.
@@ -323,31 +323,31 @@ kill -TERM "$STREAM_PID"
 rc=0
 wait "$STREAM_PID" || rc=$?
 STREAM_PID=""
-[ "$rc" = 0 ] || { log_tail "$TMP/pitr-stream.log"; die "pitr stream exited with status $rc on SIGTERM"; }
-put wal_du "$(du_bytes "$TMP/pitr-repo/wal")"
+[ "$rc" = 0 ] || { log_tail "$WORK/pitr-stream.log"; die "pitr stream exited with status $rc on SIGTERM"; }
+put wal_du "$(du_bytes "$WORK/pitr-repo/wal")"
 
 if [ -z "$PGBR_SKIP" ]; then
     timed pgbr_backup pg pgbackrest --config="$PGBR_CONF" --stanza=bench --type=full backup
-    put pgbr_backup_bytes "$(du_bytes "$TMP/pgbr-repo/backup/bench")"
+    put pgbr_backup_bytes "$(du_bytes "$WORK/pgbr-repo/backup/bench")"
 fi
 
-PITR_RESTORE=(env NO_COLOR=1 "$PITR" restore --repo "$TMP/pitr-repo" --to latest)
-timed pitr_restore root "${PITR_RESTORE[@]}" --backup "$pitr_backup_id" -D "$TMP/restored-pitr"
-timed pitr_restore_srv root "${PITR_RESTORE[@]}" --backup "$pitr_backup_srv_id" -D "$TMP/restored-pitr-srv"
-put pitr_restore_du "$(du_bytes "$TMP/restored-pitr")"
-put pitr_restore_wal "$(find "$TMP/restored-pitr/pg_wal" -maxdepth 1 -type f -name '0*' | wc -l)"
-put pitr_restore_srv_du "$(du_bytes "$TMP/restored-pitr-srv")"
-put pitr_restore_srv_wal "$(find "$TMP/restored-pitr-srv/pg_wal" -maxdepth 1 -type f -name '0*' | wc -l)"
+PITR_RESTORE=(env NO_COLOR=1 "$PITR" restore --repo "$WORK/pitr-repo" --to latest)
+timed pitr_restore root "${PITR_RESTORE[@]}" --backup "$pitr_backup_id" -D "$WORK/restored-pitr"
+timed pitr_restore_srv root "${PITR_RESTORE[@]}" --backup "$pitr_backup_srv_id" -D "$WORK/restored-pitr-srv"
+put pitr_restore_du "$(du_bytes "$WORK/restored-pitr")"
+put pitr_restore_wal "$(find "$WORK/restored-pitr/pg_wal" -maxdepth 1 -type f -name '0*' | wc -l)"
+put pitr_restore_srv_du "$(du_bytes "$WORK/restored-pitr-srv")"
+put pitr_restore_srv_wal "$(find "$WORK/restored-pitr-srv/pg_wal" -maxdepth 1 -type f -name '0*' | wc -l)"
 if [ -z "$PGBR_SKIP" ]; then
-    "${RUN[@]}" mkdir -m 700 "$TMP/restored-pgbr"
+    "${RUN[@]}" mkdir -m 700 "$WORK/restored-pgbr"
     timed pgbr_restore pg pgbackrest --config="$PGBR_CONF" --stanza=bench --process-max=2 restore \
-        --pg1-path="$TMP/restored-pgbr"
-    put pgbr_restore_du "$(du_bytes "$TMP/restored-pgbr")"
+        --pg1-path="$WORK/restored-pgbr"
+    put pgbr_restore_du "$(du_bytes "$WORK/restored-pgbr")"
 fi
 DIRS=(restored-pitr restored-pitr-srv)
 [ -n "$PGBR_SKIP" ] || DIRS+=(restored-pgbr)
 for d in "${DIRS[@]}"; do
-    [ -s "$TMP/$d/PG_VERSION" ] && [ -s "$TMP/$d/global/pg_control" ] || die "$d is not a data directory"
+    [ -s "$WORK/$d/PG_VERSION" ] && [ -s "$WORK/$d/global/pg_control" ] || die "$d is not a data directory"
 done
 
 # --- report --------------------------------------------------------------------------------------
@@ -361,7 +361,7 @@ put pgbr_skip "$PGBR_SKIP"
 put cache "$CACHE_STATE"
 put cpus "$(nproc)"
 put scale "$SCALE"
-python3 - "$RES" >"$TMP/report.txt" <<'PY'
+python3 - "$RES" >"$WORK/report.txt" <<'PY'
 import sys
 
 res = {}
@@ -450,9 +450,9 @@ goal(peak <= 128, f"peak RSS <= 128 MiB for backup and restore: backup {i('pitr_
 PY
 {
     echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ)  PITR_BENCH_SCALE=$SCALE PITR_BENCH_PG=$MAJOR ./benches/$ME.sh"
-    cat "$TMP/report.txt"
+    cat "$WORK/report.txt"
 } >>"$OUTFILE"
 echo
-cat "$TMP/report.txt"
+cat "$WORK/report.txt"
 echo
 log "saved to ${OUTFILE#"$ROOT"/}"

@@ -32,10 +32,10 @@ say "building pitr"
 cargo build -q --locked --bin pitr
 PITR=$ROOT/target/debug/pitr
 
-TMP=$(mktemp -d /tmp/pitr-tour.XXXXXX)
-chmod 755 "$TMP"
-PGDATA=$TMP/data
-REPO=$TMP/repo
+WORK=$(mktemp -d /tmp/pitr-tour.XXXXXX)
+chmod 755 "$WORK"
+PGDATA=$WORK/data
+REPO=$WORK/repo
 RUN=()
 if [ "$(id -u)" = 0 ]; then
     # initdb refuses to run as root: the server runs as the postgres OS user.
@@ -49,27 +49,27 @@ PITR_PID=""
 cleanup() {
     if [ -n "$PITR_PID" ] && kill -0 "$PITR_PID" 2>/dev/null; then kill -TERM "$PITR_PID"; wait "$PITR_PID" || true; fi
     "${RUN[@]}" "$BIN/pg_ctl" -D "$PGDATA" -m fast -w stop >/dev/null 2>&1 || true
-    if [ -z "${PITR_TOUR_KEEP:-}" ]; then rm -rf "$TMP"; else echo "kept $TMP"; fi
+    if [ -z "${PITR_TOUR_KEEP:-}" ]; then rm -rf "$WORK"; else echo "kept $WORK"; fi
 }
 trap cleanup EXIT
 
 say "starting a throwaway PostgreSQL $("$BIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$PORT"
-chown "${RUN[@]:+postgres}" "$TMP" 2>/dev/null || true
+chown "${RUN[@]:+postgres}" "$WORK" 2>/dev/null || true
 "${RUN[@]}" "$BIN/initdb" -D "$PGDATA" -A trust -U postgres --no-sync -c wal_level=replica >/dev/null
-"${RUN[@]}" "$BIN/pg_ctl" -D "$PGDATA" -w -l "$TMP/server.log" \
-    -o "-c listen_addresses=127.0.0.1 -c port=$PORT -c unix_socket_directories=$TMP" start >/dev/null
+"${RUN[@]}" "$BIN/pg_ctl" -D "$PGDATA" -w -l "$WORK/server.log" \
+    -o "-c listen_addresses=127.0.0.1 -c port=$PORT -c unix_socket_directories=$WORK" start >/dev/null
 PSQL=("$BIN/psql" -X -q -At -h 127.0.0.1 -p "$PORT" -U postgres -d postgres)
 
 say "pitr stream --source 'host=127.0.0.1 port=$PORT user=postgres' --repo $REPO"
 "$PITR" stream --source "host=127.0.0.1 port=$PORT user=postgres sslmode=disable" \
-    --repo "$REPO" --metrics-listen "127.0.0.1:$METRICS_PORT" 2>"$TMP/pitr.log" &
+    --repo "$REPO" --metrics-listen "127.0.0.1:$METRICS_PORT" 2>"$WORK/pitr.log" &
 PITR_PID=$!
 for _ in $(seq 100); do
     [ "$("${PSQL[@]}" -c "SELECT count(*) FROM pg_replication_slots WHERE slot_name='pitr' AND active")" = 1 ] && break
-    kill -0 "$PITR_PID" 2>/dev/null || { cat "$TMP/pitr.log"; exit 1; }
+    kill -0 "$PITR_PID" 2>/dev/null || { cat "$WORK/pitr.log"; exit 1; }
     sleep 0.1
 done
-sed 's/^/  pitr: /' "$TMP/pitr.log"
+sed 's/^/  pitr: /' "$WORK/pitr.log"
 
 say "pgbench: $SECS s of light load"
 "$BIN/pgbench" -q -i -s 1 -h 127.0.0.1 -p "$PORT" -U postgres postgres >/dev/null 2>&1
@@ -83,7 +83,7 @@ for _ in $(seq 300); do
     [ -e "$REPO/wal/00000001/$LAST.summary.json" ] && break
     sleep 0.1
 done
-[ -e "$REPO/wal/00000001/$LAST.summary.json" ] || { echo "pitr did not archive $LAST in 30 s:"; cat "$TMP/pitr.log"; exit 1; }
+[ -e "$REPO/wal/00000001/$LAST.summary.json" ] || { echo "pitr did not archive $LAST in 30 s:"; cat "$WORK/pitr.log"; exit 1; }
 
 say "what the repo holds ($REPO)"
 (cd "$REPO" && find . -type f | sort | sed 's|^\./|  |' | head -20)

@@ -188,9 +188,9 @@ pub struct RepoArgs {
     pub json: bool,
 }
 
-/// Arguments of `pitr backup`.
+/// `--source` and `--repo`, for the commands that talk to the server and the repo.
 #[derive(Debug, Args)]
-pub struct BackupArgs {
+pub struct ServerArgs {
     /// The server, as a libpq connection string or URI (PG* variables and ~/.pgpass apply).
     #[arg(
         long,
@@ -200,9 +200,17 @@ pub struct BackupArgs {
         value_name = "CONNINFO"
     )]
     pub source: String,
-    /// The repo.
+    /// The repo: a directory, file:///path, or s3://bucket/prefix.
     #[arg(long, env = "PITR_REPO", value_name = "REPO")]
     pub repo: String,
+}
+
+/// Arguments of `pitr backup`.
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    /// Server and repo.
+    pub server: ServerArgs,
     /// A label for the backup (e.g. pre-migration); shown by `pitr list`, usable as --backup.
     #[arg(long, default_value = "pitr")]
     pub label: String,
@@ -303,18 +311,9 @@ pub struct PruneArgs {
 pub struct MarkArgs {
     /// The restore point's name.
     pub name: String,
-    /// The server.
-    #[arg(
-        long,
-        env = "PITR_SOURCE",
-        default_value = "",
-        hide_default_value = true,
-        value_name = "CONNINFO"
-    )]
-    pub source: String,
-    /// The repo.
-    #[arg(long, env = "PITR_REPO", value_name = "REPO")]
-    pub repo: String,
+    #[command(flatten)]
+    /// Server and repo.
+    pub server: ServerArgs,
 }
 
 /// Arguments of `pitr demo`.

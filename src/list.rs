@@ -47,11 +47,7 @@ pub struct Listing {
     pub restore_points: Vec<PointRecord>,
 }
 
-fn show(us: i64) -> String {
-    jiff::Timestamp::from_microsecond(us)
-        .map(crate::restore::target::format_utc)
-        .unwrap_or_default()
-}
+use crate::restore::target::format_micros as show;
 
 fn show_rfc(s: &str) -> String {
     catalog::parse_micros(s)
@@ -75,13 +71,7 @@ pub async fn list(repo: &Repo) -> Result<Listing, RepoError> {
             .map(|a| (a.tli.0, a.end.to_string()));
         let reaching: Vec<&BackupRecord> = backups
             .iter()
-            .filter(|b| {
-                path.iter().any(|p| {
-                    p.tli.0 == b.end_tli
-                        && p.from <= b.end()
-                        && (b.end() < p.to || p.to.0 == u64::MAX)
-                })
-            })
+            .filter(|b| catalog::on_path(&path, b.end_tli, b.end()))
             .collect();
         let oldest = reaching.first();
         let start = oldest.map_or_else(
@@ -97,7 +87,7 @@ pub async fn list(repo: &Repo) -> Result<Listing, RepoError> {
         let cov = idx.coverage(&path, start);
         let mut last = None;
         if let Some(end) = cov.end {
-            let mut s = Lsn(end.0.saturating_sub(1)).segment(seg);
+            let mut s = catalog::last_segment(end, seg);
             let floor = start.segment(seg);
             loop {
                 if let Some(f) = idx.facts(repo, &path, s).await?

@@ -166,9 +166,9 @@ fn run(cli: Cli, matches: clap::ArgMatches) -> anyhow::Result<ExitCode> {
         }
         Command::Backup(a) => {
             init_logging(cli.log_format);
-            let source = pitr::replication::conninfo::ConnParams::parse(&a.source, true)?;
+            let source = pitr::replication::conninfo::ConnParams::parse(&a.server.source, true)?;
             let rt = runtime()?;
-            let repo = rt.block_on(pitr::repo::Repo::open(&a.repo))?;
+            let repo = rt.block_on(pitr::repo::Repo::open(&a.server.repo))?;
             let opts = pitr::backup::BackupOptions {
                 source,
                 repo,
@@ -178,21 +178,15 @@ fn run(cli: Cli, matches: clap::ArgMatches) -> anyhow::Result<ExitCode> {
                 progress: std::io::stderr().is_terminal(),
             };
             let rec = rt.block_on(pitr::backup::run(&opts))?;
-            let mut out = std::io::stdout().lock();
-            if a.json {
-                serde_json::to_writer_pretty(&mut out, &rec)?;
-                writeln!(out)?;
-            } else {
-                pitr::backup::print_summary(&mut out, &rec)?;
-            }
+            emit(a.json, &rec, pitr::backup::print_summary)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Mark(a) => {
             init_logging(cli.log_format);
-            let source = pitr::replication::conninfo::ConnParams::parse(&a.source, false)?;
+            let source = pitr::replication::conninfo::ConnParams::parse(&a.server.source, false)?;
             let rt = runtime()?;
             let rec = rt.block_on(async {
-                let repo = pitr::repo::Repo::open_existing(&a.repo).await?;
+                let repo = pitr::repo::Repo::open_existing(&a.server.repo).await?;
                 anyhow::Ok(pitr::backup::mark(&source, &repo, &a.name).await?)
             })?;
             println!(
@@ -207,13 +201,7 @@ fn run(cli: Cli, matches: clap::ArgMatches) -> anyhow::Result<ExitCode> {
                 let repo = pitr::repo::Repo::open_existing(&a.repo.repo).await?;
                 anyhow::Ok(pitr::list::list(&repo).await?)
             })?;
-            let mut out = std::io::stdout().lock();
-            if a.repo.json {
-                serde_json::to_writer_pretty(&mut out, &l)?;
-                writeln!(out)?;
-            } else {
-                pitr::list::print(&mut out, &l)?;
-            }
+            emit(a.repo.json, &l, pitr::list::print)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify(a) => {
@@ -222,34 +210,7 @@ fn run(cli: Cli, matches: clap::ArgMatches) -> anyhow::Result<ExitCode> {
                 let repo = pitr::repo::Repo::open_existing(&a.repo).await?;
                 anyhow::Ok(pitr::verify::repo::verify_repo(&repo).await?)
             })?;
-            let mut out = std::io::stdout().lock();
-            if a.json {
-                serde_json::to_writer_pretty(&mut out, &r)?;
-                writeln!(out)?;
-            } else {
-                writeln!(
-                    out,
-                    "checked {} backup(s): {} backup object(s), {} file(s) against manifests, {} WAL object(s), {} MiB",
-                    r.backups,
-                    r.backup_objects,
-                    r.files_checked,
-                    r.wal_objects,
-                    r.bytes >> 20
-                )?;
-                for p in &r.problems {
-                    writeln!(out, "PROBLEM: {p}")?;
-                }
-                writeln!(
-                    out,
-                    "{}",
-                    if r.problems.is_empty() {
-                        "verify: OK"
-                    } else {
-                        "verify: FAILED"
-                    }
-                )?;
-            }
-            out.flush()?;
+            emit(a.json, &r, pitr::verify::repo::print)?;
             if let Some(p) = r.problems.first() {
                 eprintln!("pitr: error: {} problem(s); first: {p}", r.problems.len());
                 return Ok(ExitCode::from(1));
@@ -278,13 +239,7 @@ fn run(cli: Cli, matches: clap::ArgMatches) -> anyhow::Result<ExitCode> {
                     .await?,
                 )
             })?;
-            let mut out = std::io::stdout().lock();
-            if a.repo.json {
-                serde_json::to_writer_pretty(&mut out, &r)?;
-                writeln!(out)?;
-            } else {
-                pitr::repo::prune::print(&mut out, &r)?;
-            }
+            emit(a.repo.json, &r, pitr::repo::prune::print)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Restore(a) => {
@@ -340,6 +295,23 @@ fn run(cli: Cli, matches: clap::ArgMatches) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Prints `v` to stdout as pretty JSON, or with `text`.
+fn emit<T: serde::Serialize>(
+    json: bool,
+    v: &T,
+    text: impl FnOnce(&mut std::io::StdoutLock<'static>, &T) -> std::io::Result<()>,
+) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, v)?;
+        writeln!(out)?;
+    } else {
+        text(&mut out, v)?;
+    }
+    out.flush()?;
+    Ok(())
 }
 
 fn restore(a: pitr::cli::RestoreArgs) -> anyhow::Result<ExitCode> {

@@ -90,18 +90,6 @@ pub fn sql_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
-fn major_of(server_version: &str) -> u32 {
-    server_version
-        .split(|c: char| !c.is_ascii_digit())
-        .next()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
-}
-
-struct Pending {
-    handle: JoinHandle<Result<ChunkRecord, RepoError>>,
-}
-
 struct ArchiveWriter {
     id: String,
     name: String,
@@ -110,7 +98,7 @@ struct ArchiveWriter {
     buf: BytesMut,
     n: usize,
     bytes: u64,
-    chunks: Vec<Pending>,
+    chunks: Vec<JoinHandle<Result<ChunkRecord, RepoError>>>,
 }
 
 impl ArchiveWriter {
@@ -169,7 +157,7 @@ impl ArchiveWriter {
                 crc32c: crc32c::crc32c(&stored),
             })
         });
-        self.chunks.push(Pending { handle });
+        self.chunks.push(handle);
     }
 
     async fn finish(
@@ -181,9 +169,8 @@ impl ArchiveWriter {
             self.cut(repo, sem).await;
         }
         let mut chunks = Vec::with_capacity(self.chunks.len());
-        for p in self.chunks {
-            let rec = p
-                .handle
+        for handle in self.chunks {
+            let rec = handle
                 .await
                 .map_err(|e| BackupError::Protocol(format!("upload task: {e}")))??;
             chunks.push(rec);
@@ -267,12 +254,9 @@ async fn take(
 ) -> Result<(BackupRecord, WalSegSize), BackupError> {
     let sys = conn.identify_system().await?;
     let seg = conn.wal_segment_size().await?;
-    let major = major_of(&conn.server_version);
-    if major < 15 {
-        return Err(BackupError::Refused(format!(
-            "PostgreSQL {} is not supported: pitr needs 15 or later",
-            conn.server_version
-        )));
+    let major = conn.server_major();
+    if let Some(why) = conn.unsupported() {
+        return Err(BackupError::Refused(why));
     }
     repo::retry("claim the repo", Duration::from_secs(10), || {
         opts.repo.claim(sys.system_id, seg, major)

@@ -396,6 +396,25 @@ impl PgConn {
         }
     }
 
+    /// The server's major version (`server_version`'s first number; 0 if unreadable).
+    pub fn server_major(&self) -> u32 {
+        self.server_version
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Why pitr cannot work with this server, if it cannot (PostgreSQL before 15).
+    pub fn unsupported(&self) -> Option<String> {
+        (self.server_major() < 15).then(|| {
+            format!(
+                "PostgreSQL {} is not supported: pitr needs 15 or later",
+                self.server_version
+            )
+        })
+    }
+
     /// Sends what is buffered.
     pub async fn flush(&mut self) -> Result<(), ConnError> {
         if !self.wbuf.is_empty() {

@@ -21,7 +21,6 @@
 //!   partial one, or one whose summary was never written), that one segment.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use walfmt::history::TimelineHistory;
@@ -507,7 +506,7 @@ impl WalIndex {
         path: &[PathStep],
         segno: SegNo,
     ) -> Result<Option<SegmentFacts>, RepoError> {
-        let Some((tli, file)) = self.file(path, segno) else {
+        let Some((_, file)) = self.file(path, segno) else {
             return Ok(None);
         };
         let corrupt = |message: String| RepoError::Corrupt {
@@ -516,48 +515,45 @@ impl WalIndex {
         };
         let (key, partial_end) = match file {
             SegFile::Complete {
-                summary: Some(sk), ..
+                key,
+                summary: Some(sk),
             } => {
                 if let Some(b) = repo.store().get(sk).await? {
                     return facts_from_summary(&b, sk).map(Some).map_err(corrupt);
                 }
-                (segment_key_of(file), None)
+                (key, None)
             }
-            SegFile::Complete { .. } => (segment_key_of(file), None),
-            SegFile::Partial { key, end } => (key.clone(), Some(*end)),
+            SegFile::Complete { key, .. } => (key, None),
+            SegFile::Partial { key, end } => (key, Some(*end)),
         };
-        let Some(b) = repo.store().get(&key).await? else {
-            return Err(corrupt(format!("{key}: listed but missing")));
-        };
-        let seg = self.seg;
-        let sysid = self.system_id;
-        let facts = tokio::task::spawn_blocking(move || -> Result<SegmentFacts, String> {
-            let mut data = super::decompress(&b, &key)?;
-            if let Some(end) = partial_end {
-                let expect = end.0 - segno.start_lsn(seg).map_or(0, |l| l.0);
-                if data.len() as u64 != expect {
-                    return Err(format!("{key}: {} bytes, expected {expect}", data.len()));
-                }
-            }
-            data.resize(seg.bytes() as usize, 0);
-            let mut cfg = DecoderConfig::new(seg);
-            cfg.sysid = Some(sysid);
-            let s = walfmt::summary::summarize_segment(cfg, segno, &data)
-                .map_err(|e| format!("{key}: {e}"))?;
-            Ok(facts_from_segment(s))
+        let data = repo
+            .read_wal_object(key, segno, partial_end, self.seg)
+            .await?
+            .ok_or_else(|| corrupt(format!("{key}: listed but missing")))?;
+        let mut cfg = DecoderConfig::new(self.seg);
+        cfg.sysid = Some(self.system_id);
+        let key = key.clone();
+        tokio::task::spawn_blocking(move || {
+            walfmt::summary::summarize_segment(cfg, segno, &data)
+                .map(facts_from_segment)
+                .map_err(|e| format!("{key}: {e}"))
         })
         .await
         .map_err(|e| corrupt(format!("decoding task: {e}")))?
-        .map_err(corrupt)?;
-        let _ = tli;
-        Ok(Some(facts))
+        .map(Some)
+        .map_err(corrupt)
     }
 }
 
-fn segment_key_of(f: &SegFile) -> String {
-    match f {
-        SegFile::Complete { key, .. } | SegFile::Partial { key, .. } => key.clone(),
-    }
+/// Whether `path` reaches `lsn` on timeline `tli` (a backup lies on a timeline's history).
+pub fn on_path(path: &[PathStep], tli: u32, lsn: Lsn) -> bool {
+    path.iter()
+        .any(|p| p.tli.0 == tli && p.from <= lsn && lsn < p.to)
+}
+
+/// The segment holding the last byte before `end` (the last segment of WAL ending there).
+pub fn last_segment(end: Lsn, seg: WalSegSize) -> SegNo {
+    Lsn(end.0.saturating_sub(1)).segment(seg)
 }
 
 /// The result of [`WalIndex::coverage`].
@@ -624,6 +620,3 @@ pub async fn identity(repo: &Repo) -> Result<(super::Identity, WalSegSize, u64),
         .map_err(|_| corrupt("pitr.json: bad system_id".into()))?;
     Ok((id, seg, sysid))
 }
-
-/// Shared handle type used by jobs.
-pub type SharedRepo = Arc<Repo>;

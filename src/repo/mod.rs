@@ -438,6 +438,40 @@ impl Repo {
             .collect())
     }
 
+    /// Reads one WAL object by key, decompressed and checked: a complete segment must hold
+    /// exactly a segment; a partial ending at `partial_end` exactly the bytes from the
+    /// segment's start to that LSN. Partials come back zero-padded to the segment size.
+    pub async fn read_wal_object(
+        &self,
+        key: &str,
+        segno: SegNo,
+        partial_end: Option<Lsn>,
+        seg: WalSegSize,
+    ) -> Result<Option<Vec<u8>>, RepoError> {
+        let corrupt = |message: String| RepoError::Corrupt {
+            repo: self.location.clone(),
+            message,
+        };
+        let Some(b) = self.store.get(key).await? else {
+            return Ok(None);
+        };
+        let mut data = decompress(&b, key).map_err(corrupt)?;
+        let expect = match partial_end {
+            Some(end) => end
+                .0
+                .saturating_sub(segno.start_lsn(seg).map_or(0, |l| l.0)),
+            None => seg.bytes(),
+        };
+        if data.len() as u64 != expect {
+            return Err(corrupt(format!(
+                "{key}: {} bytes, expected {expect}",
+                data.len()
+            )));
+        }
+        data.resize(seg.bytes() as usize, 0);
+        Ok(Some(data))
+    }
+
     /// Fetches a WAL file by its PostgreSQL name (segment, `.partial` or `.history`),
     /// decompressed and verified. Partial segments come back zero-padded to the segment size.
     /// A plain segment name is served only from a complete segment, never from a partial.
@@ -446,10 +480,6 @@ impl Repo {
         name: &str,
         seg: WalSegSize,
     ) -> Result<Option<Vec<u8>>, RepoError> {
-        let corrupt = |message: String| RepoError::Corrupt {
-            repo: self.location.clone(),
-            message,
-        };
         match WalFileName::parse(name, seg)
             .map_err(|e| RepoError::BadSpec(name.into(), e.to_string()))?
         {
@@ -457,19 +487,8 @@ impl Repo {
                 Ok(self.store.get(&history_key(tli)).await?.map(|b| b.to_vec()))
             }
             WalFileName::Segment(tli, segno) => {
-                let key = segment_key(tli, segno, seg);
-                let Some(b) = self.store.get(&key).await? else {
-                    return Ok(None);
-                };
-                let data = decompress(&b, &key).map_err(corrupt)?;
-                if data.len() as u64 != seg.bytes() {
-                    return Err(corrupt(format!(
-                        "{key}: {} bytes, expected {}",
-                        data.len(),
-                        seg.bytes()
-                    )));
-                }
-                Ok(Some(data))
+                self.read_wal_object(&segment_key(tli, segno, seg), segno, None, seg)
+                    .await
             }
             WalFileName::Partial(tli, segno) => {
                 let newest = self
@@ -477,24 +496,10 @@ impl Repo {
                     .await?
                     .into_iter()
                     .max_by_key(|(_, end)| *end);
-                let Some((key, end)) = newest else {
-                    return Ok(None);
-                };
-                let Some(b) = self.store.get(&key).await? else {
-                    return Ok(None);
-                };
-                let mut data = decompress(&b, &key).map_err(corrupt)?;
-                let expect = end
-                    .0
-                    .saturating_sub(segno.start_lsn(seg).map_or(0, |l| l.0));
-                if data.len() as u64 != expect {
-                    return Err(corrupt(format!(
-                        "{key}: {} bytes, expected {expect}",
-                        data.len()
-                    )));
+                match newest {
+                    Some((key, end)) => self.read_wal_object(&key, segno, Some(end), seg).await,
+                    None => Ok(None),
                 }
-                data.resize(seg.bytes() as usize, 0);
-                Ok(Some(data))
             }
             WalFileName::Backup(..) => Err(RepoError::BadSpec(
                 name.into(),

@@ -217,25 +217,16 @@ pub struct Plan {
     pub tablespaces: Vec<(String, PathBuf)>,
     /// Segment size.
     #[serde(skip)]
-    pub seg: Option<WalSegSize>,
+    pub seg: WalSegSize,
 }
 
 fn refused(msg: impl Into<String>) -> RestoreError {
     RestoreError::Refused(msg.into())
 }
 
-fn fmt_time(us: i64) -> String {
-    jiff::Timestamp::from_microsecond(us)
-        .map(target::format_utc)
-        .unwrap_or_else(|_| format!("@{us}us"))
-}
+use target::format_micros as fmt_time;
 
-fn on_path(path: &[PathStep], tli: u32, lsn: Lsn) -> bool {
-    path.iter()
-        .any(|p| p.tli.0 == tli && p.from <= lsn && (lsn < p.to || p.to.0 == u64::MAX))
-}
-
-/// Walks the index forward along `path` from segment `from` through `to` (inclusive).
+/// Reads the commit index along one timeline path.
 struct XactScan<'a> {
     repo: &'a Repo,
     idx: &'a WalIndex,
@@ -249,6 +240,29 @@ impl XactScan<'_> {
             .facts(self.repo, self.path, s)
             .await?
             .unwrap_or_default())
+    }
+
+    /// Walks the commits and aborts from the segment holding `from` through segment
+    /// `through`, in WAL order, up to the first one `stops` accepts. Returns the last one
+    /// before it, and it (`None` when none stops the walk).
+    async fn until(
+        &self,
+        from: Lsn,
+        through: SegNo,
+        stops: impl Fn(&Xact) -> bool,
+    ) -> Result<(Option<Xact>, Option<Xact>), RestoreError> {
+        let mut last = None;
+        let mut s = from.segment(self.idx.seg);
+        while s <= through {
+            for x in self.segment(s).await?.xacts {
+                if stops(&x) {
+                    return Ok((last, Some(x)));
+                }
+                last = Some(x);
+            }
+            s = SegNo(s.0 + 1);
+        }
+        Ok((last, None))
     }
 }
 
@@ -295,7 +309,9 @@ pub async fn plan(opts: &RestoreOptions) -> Result<Plan, RestoreError> {
     // Backups on this timeline's history whose WAL is archived through their end.
     let mut usable: Vec<(BackupRecord, catalog::Coverage)> = Vec::new();
     for b in backups {
-        if !on_path(&path, b.start_tli, b.start()) || !on_path(&path, b.end_tli, b.end()) {
+        if !catalog::on_path(&path, b.start_tli, b.start())
+            || !catalog::on_path(&path, b.end_tli, b.end())
+        {
             continue;
         }
         let cov = idx.coverage(&path, b.start());
@@ -339,7 +355,7 @@ pub async fn plan(opts: &RestoreOptions) -> Result<Plan, RestoreError> {
             let end = cov.end.unwrap_or(b.end());
             // The last commit: scan back from the newest segment.
             let mut last = None;
-            let mut s = Lsn(end.0.saturating_sub(1)).segment(seg);
+            let mut s = catalog::last_segment(end, seg);
             loop {
                 let f = scan.segment(s).await?;
                 if let Some(x) = f.xacts.last() {
@@ -365,24 +381,11 @@ pub async fn plan(opts: &RestoreOptions) -> Result<Plan, RestoreError> {
             };
             let (b, cov) = usable.swap_remove(pos);
             let wal_end = cov.end.unwrap_or(b.end());
-            let mut last: Option<Xact> = None;
-            let mut found = None;
-            let mut s = b.start().segment(seg);
-            let last_seg = Lsn(wal_end.0.saturating_sub(1)).segment(seg);
-            while s <= last_seg {
-                let f = scan.segment(s).await?;
-                for x in f.xacts {
-                    if x.lsn >= b.end() && x.time > us {
-                        found = Some(x);
-                        break;
-                    }
-                    last = Some(x);
-                }
-                if found.is_some() {
-                    break;
-                }
-                s = SegNo(s.0 + 1);
-            }
+            let (last, found) = scan
+                .until(b.start(), catalog::last_segment(wal_end, seg), |x| {
+                    x.lsn >= b.end() && x.time > us
+                })
+                .await?;
             match found {
                 Some(x) => (b, cov, Stop::Before(x.lsn), last, Some(x)),
                 None => {
@@ -439,20 +442,9 @@ pub async fn plan(opts: &RestoreOptions) -> Result<Plan, RestoreError> {
                     ),
                 }));
             }
-            let mut last = None;
-            let mut next = None;
-            let mut s = b.start().segment(seg);
-            let last_seg = x.segment(seg);
-            'outer: while s <= last_seg {
-                for xa in scan.segment(s).await?.xacts {
-                    if xa.lsn >= *x {
-                        next = Some(xa);
-                        break 'outer;
-                    }
-                    last = Some(xa);
-                }
-                s = SegNo(s.0 + 1);
-            }
+            let (last, next) = scan
+                .until(b.start(), x.segment(seg), |xa| xa.lsn >= *x)
+                .await?;
             (b, cov, Stop::Before(*x), last, next)
         }
         TargetSpec::Name(name) => {
@@ -464,7 +456,7 @@ pub async fn plan(opts: &RestoreOptions) -> Result<Plan, RestoreError> {
                 .max()
                 .unwrap_or(oldest);
             let mut s = oldest.segment(seg);
-            let last_seg = Lsn(wal_end.0.saturating_sub(1)).segment(seg);
+            let last_seg = catalog::last_segment(wal_end, seg);
             let mut found = None;
             let mut names = std::collections::BTreeSet::new();
             while s <= last_seg {
@@ -498,19 +490,9 @@ pub async fn plan(opts: &RestoreOptions) -> Result<Plan, RestoreError> {
                 )));
             };
             let (b, cov) = usable.swap_remove(pos);
-            let mut last = None;
-            let mut next = None;
-            let mut s = b.start().segment(seg);
-            'outer2: while s <= rp.lsn.segment(seg).max(SegNo(s.0)) {
-                for xa in scan.segment(s).await?.xacts {
-                    if xa.lsn > rp.lsn {
-                        next = Some(xa);
-                        break 'outer2;
-                    }
-                    last = Some(xa);
-                }
-                s = SegNo(s.0 + 1);
-            }
+            let (last, next) = scan
+                .until(b.start(), rp.lsn.segment(seg), |xa| xa.lsn > rp.lsn)
+                .await?;
             target_utc = Some(fmt_time(rp.time));
             (b, cov, Stop::After(rp.lsn), last, next)
         }
@@ -519,7 +501,7 @@ pub async fn plan(opts: &RestoreOptions) -> Result<Plan, RestoreError> {
     // WAL files: from the backup's start to the segment holding the stop record.
     let wal_end = cov.end.unwrap_or(backup.end());
     let first_seg = backup.start().segment(seg);
-    let archived_last = Lsn(wal_end.0.saturating_sub(1)).segment(seg);
+    let archived_last = catalog::last_segment(wal_end, seg);
     let stop_seg = match stop {
         Stop::EndOfWal => archived_last,
         Stop::Before(l) => l.segment(seg).min(archived_last),
@@ -635,7 +617,7 @@ pub async fn plan(opts: &RestoreOptions) -> Result<Plan, RestoreError> {
         dir: opts.dir.clone(),
         tablespaces,
         backup,
-        seg: Some(seg),
+        seg,
     })
 }
 
@@ -822,7 +804,8 @@ async fn execute_inner(
         std::fs::create_dir_all(d).map_err(io_err(d))?;
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).map_err(io_err(d))?;
     }
-    let total: u64 = p.backup.bytes + p.wal.len() as u64 * p.seg.map_or(0, |s| s.bytes());
+    let seg = p.seg;
+    let total: u64 = p.backup.bytes + p.wal.len() as u64 * seg.bytes();
     let pb = crate::backup::progress_bar(total, progress);
     pb.set_message("restore");
     let ts: HashMap<String, PathBuf> = p.tablespaces.iter().cloned().collect();
@@ -860,9 +843,6 @@ async fn execute_inner(
     // WAL.
     let wal_dir = p.dir.join("pg_wal");
     std::fs::create_dir_all(&wal_dir).map_err(io_err(&wal_dir))?;
-    let seg = p
-        .seg
-        .ok_or_else(|| RestoreError::Corrupt("plan without segment size".into()))?;
     let mut queue: VecDeque<_> = p.wal.iter().cloned().collect();
     let mut running = tokio::task::JoinSet::new();
     while !queue.is_empty() || !running.is_empty() {
@@ -890,10 +870,8 @@ async fn execute_inner(
     }
     for h in &p.histories {
         let data = repo
-            .store()
-            .get(&h.key)
-            .await
-            .map_err(RepoError::from)?
+            .fetch_wal(&h.name, seg)
+            .await?
             .ok_or_else(|| RestoreError::Corrupt(format!("{}: missing", h.key)))?;
         write_file(&wal_dir.join(&h.name), &data)?;
     }
@@ -921,58 +899,40 @@ async fn execute_inner(
 /// from, even if `pitr stream` has meanwhile replaced it with a longer partial or the full
 /// segment (so recovery replays what was announced, no more).
 async fn fetch_planned(repo: &Repo, f: &WalFile, seg: WalSegSize) -> Result<Vec<u8>, RestoreError> {
-    let corrupt = |m: String| RestoreError::Corrupt(m);
-    let get = |key: String| async move {
-        crate::repo::retry("fetch WAL", Duration::from_secs(10), || {
-            repo.store().get(&key)
-        })
-        .await
-        .map_err(RepoError::from)
-    };
-    let Some(end) = f.partial_end else {
-        let raw = get(f.key.clone())
-            .await?
-            .ok_or_else(|| corrupt(format!("{}: missing from the repo", f.key)))?;
-        let data = crate::repo::decompress(&raw, &f.key).map_err(corrupt)?;
-        if data.len() as u64 != seg.bytes() {
-            return Err(corrupt(format!(
-                "{}: {} bytes, expected {}",
-                f.key,
-                data.len(),
-                seg.bytes()
+    let missing = || RestoreError::Corrupt(format!("{}: missing from the repo", f.key));
+    let segno = match walfmt::WalFileName::parse(&f.name, seg) {
+        Ok(walfmt::WalFileName::Segment(_, s)) => s,
+        _ => {
+            return Err(RestoreError::Corrupt(format!(
+                "{}: not a segment name",
+                f.name
             )));
         }
-        return Ok(data);
     };
-    let start = Lsn(end.0 - end.segment_offset(seg));
-    let want = if end.segment_offset(seg) == 0 {
-        seg.bytes()
-    } else {
-        end.0 - start.0
-    } as usize;
-    let mut data = match get(f.key.clone()).await? {
-        Some(raw) => crate::repo::decompress(&raw, &f.key).map_err(corrupt)?,
-        None => {
-            // Superseded meanwhile: the full segment or a newer partial holds the same bytes.
-            let full = repo.fetch_wal(&f.name, seg).await?;
-            match full {
-                Some(d) => d,
-                None => repo
-                    .fetch_wal(&format!("{}.partial", f.name), seg)
-                    .await?
-                    .ok_or_else(|| corrupt(format!("{}: missing from the repo", f.key)))?,
-            }
-        }
+    let planned = crate::repo::retry("fetch WAL", Duration::from_secs(10), || {
+        repo.read_wal_object(&f.key, segno, f.partial_end, seg)
+    })
+    .await?;
+    let Some(end) = f.partial_end else {
+        return planned.ok_or_else(missing);
     };
-    if data.len() < want {
-        return Err(corrupt(format!(
-            "{}: {} bytes, expected at least {want}",
-            f.key,
-            data.len()
-        )));
-    }
-    data.truncate(want);
-    data.resize(seg.bytes() as usize, 0);
+    let mut data = match planned {
+        Some(d) => d,
+        // Superseded meanwhile: the full segment or a newer partial holds the same bytes.
+        None => match repo.fetch_wal(&f.name, seg).await? {
+            Some(d) => d,
+            None => repo
+                .fetch_wal(&format!("{}.partial", f.name), seg)
+                .await?
+                .ok_or_else(missing)?,
+        },
+    };
+    // Exactly the planned bytes; the rest zero, as in a partial.
+    let keep = end
+        .0
+        .saturating_sub(segno.start_lsn(seg).map_or(0, |l| l.0))
+        .min(seg.bytes()) as usize;
+    data[keep..].fill(0);
     Ok(data)
 }
 
@@ -1016,7 +976,7 @@ fn write_file(path: &Path, data: &[u8]) -> Result<(), RestoreError> {
 }
 
 /// Fetches one backup object and checks its CRC-32C; decompresses lz4 chunks.
-async fn get_checked(repo: &Repo, c: &ChunkRecord) -> Result<Vec<u8>, RestoreError> {
+pub(crate) async fn get_checked(repo: &Repo, c: &ChunkRecord) -> Result<Vec<u8>, RestoreError> {
     let raw = fetch_raw(repo, c).await?;
     let key = c.key.clone();
     tokio::task::spawn_blocking(move || crate::repo::decompress(&raw, &key))

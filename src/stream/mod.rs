@@ -148,17 +148,9 @@ struct Prepared {
 async fn prepare(conn: &mut PgConn, opts: &StreamOptions) -> Result<Prepared, StreamError> {
     let sys = conn.identify_system().await?;
     let seg = conn.wal_segment_size().await?;
-    let major: u32 = conn
-        .server_version
-        .split(|c: char| !c.is_ascii_digit())
-        .next()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    if major < 15 {
-        return Err(StreamError::Refused(format!(
-            "PostgreSQL {} is not supported: pitr needs 15 or later",
-            conn.server_version
-        )));
+    let major = conn.server_major();
+    if let Some(why) = conn.unsupported() {
+        return Err(StreamError::Refused(why));
     }
     let level = conn.show("wal_level").await?;
     if level == "minimal" {

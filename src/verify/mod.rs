@@ -337,19 +337,19 @@ pub async fn run_server_check(
     std::fs::write(&hba, "local all all trust\n")
         .map_err(|e| VerifyError::Io(hba.display().to_string(), e))?;
     let log = sock.join("postgres.log");
+    // As root, the server runs as the user the restore handed the directory to.
     let run_as = if euid() == Some(0) {
-        let (u, g) = uid_gid_of("postgres").ok_or_else(|| {
-            VerifyError::Server(
-                "running as root, and there is no \"postgres\" user to start PostgreSQL as: create one, or run pitr as the database's owner".into(),
-            )
-        })?;
-        for p in std::iter::once(&plan.dir)
-            .chain(plan.tablespaces.iter().map(|(_, d)| d))
-            .map(PathBuf::as_path)
-            .chain(std::iter::once(sock.as_path()))
-        {
-            chown_tree(p, u, g).map_err(|e| VerifyError::Io(p.display().to_string(), e))?;
+        use std::os::unix::fs::MetadataExt;
+        let owner = std::fs::metadata(&plan.dir)
+            .map_err(|e| VerifyError::Io(plan.dir.display().to_string(), e))?;
+        if owner.uid() == 0 {
+            return Err(VerifyError::Server(format!(
+                "running as root, and {} is owned by root: PostgreSQL cannot run as root; create a \"postgres\" user, or run pitr as the database's owner",
+                plan.dir.display()
+            )));
         }
+        let (u, g) = (owner.uid(), owner.gid());
+        chown_tree(&sock, u, g).map_err(|e| VerifyError::Io(sock.display().to_string(), e))?;
         Some((u, g))
     } else {
         None
@@ -533,10 +533,7 @@ pub async fn run_server_check(
         }
     }
     server.stop();
-    let fmt = |us: Option<i64>| {
-        us.and_then(|u| jiff::Timestamp::from_microsecond(u).ok())
-            .map(crate::restore::target::format_utc)
-    };
+    let fmt = |us: Option<i64>| us.map(crate::restore::target::format_micros);
     let ok = target_matched && checks.iter().all(|c| c.ok);
     Ok(Report {
         target: plan.target.clone(),

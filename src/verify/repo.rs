@@ -154,7 +154,7 @@ async fn check_backup(repo: &Repo, b: &BackupRecord, report: &mut RepoReport) {
         None => report
             .problems
             .push(format!("backup {}: no manifest recorded", b.id)),
-        Some(m) => match fetch_object(repo, m).await {
+        Some(m) => match restore::get_checked(repo, m).await {
             Err(e) => report.problems.push(e.to_string()),
             Ok(text) => {
                 report.backup_objects += 1;
@@ -227,20 +227,29 @@ async fn check_backup(repo: &Repo, b: &BackupRecord, report: &mut RepoReport) {
     }
 }
 
-async fn fetch_object(repo: &Repo, c: &catalog::ChunkRecord) -> Result<Vec<u8>, RestoreError> {
-    let raw = repo
-        .store()
-        .get(&c.key)
-        .await
-        .map_err(RepoError::from)?
-        .ok_or_else(|| RestoreError::Corrupt(format!("{}: missing from the repo", c.key)))?;
-    if raw.len() as u64 != c.stored || crc32c::crc32c(&raw) != c.crc32c {
-        return Err(RestoreError::Corrupt(format!(
-            "{}: checksum mismatch: the object is corrupt",
-            c.key
-        )));
+/// Prints the report for humans.
+pub fn print(out: &mut impl std::io::Write, r: &RepoReport) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "checked {} backup(s): {} backup object(s), {} file(s) against manifests, {} WAL object(s), {} MiB",
+        r.backups,
+        r.backup_objects,
+        r.files_checked,
+        r.wal_objects,
+        r.bytes >> 20
+    )?;
+    for p in &r.problems {
+        writeln!(out, "PROBLEM: {p}")?;
     }
-    crate::repo::decompress(&raw, &c.key).map_err(RestoreError::Corrupt)
+    writeln!(
+        out,
+        "{}",
+        if r.problems.is_empty() {
+            "verify: OK"
+        } else {
+            "verify: FAILED"
+        }
+    )
 }
 
 /// Verifies the whole repo.
@@ -266,10 +275,7 @@ pub async fn verify_repo(repo: &Repo) -> Result<RepoReport, RepoError> {
     for tli in idx.timelines() {
         let path = idx.path(tli);
         for b in &backups {
-            let on = path.iter().any(|p| {
-                p.tli.0 == b.end_tli && p.from <= b.end() && (b.end() < p.to || p.to.0 == u64::MAX)
-            });
-            if !on {
+            if !catalog::on_path(&path, b.end_tli, b.end()) {
                 continue;
             }
             let cov = idx.coverage(&path, b.start());
@@ -289,7 +295,7 @@ pub async fn verify_repo(repo: &Repo) -> Result<RepoReport, RepoError> {
                 continue;
             };
             let mut s = b.start().segment(seg);
-            while s.0 <= walfmt::Lsn(end.0.saturating_sub(1)).segment(seg).0 {
+            while s <= catalog::last_segment(end, seg) {
                 needed.insert((idx.tli_for_segment(&path, s), s));
                 s = SegNo(s.0 + 1);
             }

@@ -242,9 +242,9 @@ impl XactScan<'_> {
             .unwrap_or_default())
     }
 
-    /// Walks the commits and aborts from the segment holding `from` through segment
-    /// `through`, in WAL order, up to the first one `stops` accepts. Returns the last one
-    /// before it, and it (`None` when none stops the walk).
+    /// Walks the commits and aborts from `from` (recovery replays nothing before the
+    /// backup's start) through segment `through`, in WAL order, up to the first one `stops`
+    /// accepts. Returns the last one before it, and it (`None` when none stops the walk).
     async fn until(
         &self,
         from: Lsn,
@@ -255,6 +255,9 @@ impl XactScan<'_> {
         let mut s = from.segment(self.idx.seg);
         while s <= through {
             for x in self.segment(s).await?.xacts {
+                if x.lsn < from {
+                    continue;
+                }
                 if stops(&x) {
                     return Ok((last, Some(x)));
                 }
@@ -358,7 +361,7 @@ pub async fn plan(opts: &RestoreOptions) -> Result<Plan, RestoreError> {
             let mut s = catalog::last_segment(end, seg);
             loop {
                 let f = scan.segment(s).await?;
-                if let Some(x) = f.xacts.last() {
+                if let Some(x) = f.xacts.iter().rev().find(|x| x.lsn >= b.start()) {
                     last = Some(*x);
                     break;
                 }

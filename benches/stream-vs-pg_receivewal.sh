@@ -71,9 +71,9 @@ PORT=$(free_port)
 MPORT=$(free_port)
 [ "$PORT" != "$MPORT" ] || MPORT=$(free_port)
 
-TMP=$(mktemp -d /tmp/pitr-bench-stream.XXXXXX)
-chmod 755 "$TMP"
-PGDATA=$TMP/data
+WORK=$(mktemp -d /tmp/pitr-bench-stream.XXXXXX)
+chmod 755 "$WORK"
+PGDATA=$WORK/data
 PITR_PID="" RWS_PID="" RWA_PID="" SAMPLER_PID="" LOAD_PID=""
 
 stop_pid() { # pid signal: signal, wait up to 30 s, then SIGKILL
@@ -90,7 +90,7 @@ cleanup() {
     trap - ERR
     set +e
     stop_pid "$LOAD_PID" TERM
-    [ -n "$SAMPLER_PID" ] && { touch "$TMP/stop-sampler"; stop_pid "$SAMPLER_PID" TERM; }
+    [ -n "$SAMPLER_PID" ] && { touch "$WORK/stop-sampler"; stop_pid "$SAMPLER_PID" TERM; }
     stop_pid "$PITR_PID" TERM
     stop_pid "$RWS_PID" INT
     stop_pid "$RWA_PID" INT
@@ -98,9 +98,9 @@ cleanup() {
         "${RUN[@]}" "$BIN/pg_ctl" -D "$PGDATA" -m immediate -w stop >/dev/null 2>&1
     fi
     if [ -n "${PITR_BENCH_KEEP:-}" ]; then
-        log "kept $TMP"
+        log "kept $WORK"
     else
-        rm -rf "$TMP"
+        rm -rf "$WORK"
     fi
     exit "$rc"
 }
@@ -109,19 +109,19 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # --- server ------------------------------------------------------------------------------------
-[ "${#RUN[@]}" = 0 ] || chown postgres: "$TMP"
+[ "${#RUN[@]}" = 0 ] || chown postgres: "$WORK"
 log "PostgreSQL $("$BIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$PORT, data in $PGDATA"
-"${RUN[@]}" "$BIN/initdb" -D "$PGDATA" -A trust -U postgres -E UTF8 --no-locale -N >"$TMP/initdb.log" 2>&1 ||
-    die "initdb failed: $(tail -n 1 "$TMP/initdb.log")"
+"${RUN[@]}" "$BIN/initdb" -D "$PGDATA" -A trust -U postgres -E UTF8 --no-locale -N >"$WORK/initdb.log" 2>&1 ||
+    die "initdb failed: $(tail -n 1 "$WORK/initdb.log")"
 cat >>"$PGDATA/postgresql.conf" <<EOF
 wal_level = replica
 max_wal_senders = 10
 max_replication_slots = 10
 synchronous_commit = off
 EOF
-"${RUN[@]}" "$BIN/pg_ctl" -D "$PGDATA" -w -t 60 -l "$TMP/server.log" \
-    -o "-c port=$PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$TMP" start >/dev/null ||
-    die "server did not start: $(tail -n 1 "$TMP/server.log")"
+"${RUN[@]}" "$BIN/pg_ctl" -D "$PGDATA" -w -t 60 -l "$WORK/server.log" \
+    -o "-c port=$PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$WORK" start >/dev/null ||
+    die "server did not start: $(tail -n 1 "$WORK/server.log")"
 
 q() { "$BIN/psql" -X -qAt -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U postgres -d postgres -c "$1"; }
 lsn() { q "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint"; }
@@ -138,23 +138,23 @@ alive() { # name pid logfile
 RW_CONN="host=127.0.0.1 port=$PORT user=postgres sslmode=disable"
 "$BIN/pg_receivewal" -d "$RW_CONN" --create-slot --slot=rw_bench
 "$BIN/pg_receivewal" -d "$RW_CONN" --create-slot --slot=rw_bench_async
-mkdir -p "$TMP/rw-sync" "$TMP/rw-async"
+mkdir -p "$WORK/rw-sync" "$WORK/rw-async"
 
 log "starting pitr stream (--partial-every $PARTIAL), pg_receivewal --synchronous, pg_receivewal"
-NO_COLOR=1 "$PITR" stream --source "$RW_CONN" --repo "$TMP/pitr-repo" --slot pitr_bench \
-    --metrics-listen "127.0.0.1:$MPORT" --partial-every "$PARTIAL" >"$TMP/pitr.log" 2>&1 &
+NO_COLOR=1 "$PITR" stream --source "$RW_CONN" --repo "$WORK/pitr-repo" --slot pitr_bench \
+    --metrics-listen "127.0.0.1:$MPORT" --partial-every "$PARTIAL" >"$WORK/pitr.log" 2>&1 &
 PITR_PID=$!
-"$BIN/pg_receivewal" -d "$RW_CONN" -D "$TMP/rw-sync" --slot=rw_bench --synchronous --no-loop \
-    >"$TMP/rw-sync.log" 2>&1 &
+"$BIN/pg_receivewal" -d "$RW_CONN" -D "$WORK/rw-sync" --slot=rw_bench --synchronous --no-loop \
+    >"$WORK/rw-sync.log" 2>&1 &
 RWS_PID=$!
-"$BIN/pg_receivewal" -d "$RW_CONN application_name=pg_receivewal_async" -D "$TMP/rw-async" \
-    --slot=rw_bench_async --status-interval=1 --no-loop >"$TMP/rw-async.log" 2>&1 &
+"$BIN/pg_receivewal" -d "$RW_CONN application_name=pg_receivewal_async" -D "$WORK/rw-async" \
+    --slot=rw_bench_async --status-interval=1 --no-loop >"$WORK/rw-async.log" 2>&1 &
 RWA_PID=$!
 
 check_alive() {
-    alive "pitr stream" "$PITR_PID" "$TMP/pitr.log"
-    alive "pg_receivewal --synchronous" "$RWS_PID" "$TMP/rw-sync.log"
-    alive "pg_receivewal" "$RWA_PID" "$TMP/rw-async.log"
+    alive "pitr stream" "$PITR_PID" "$WORK/pitr.log"
+    alive "pg_receivewal --synchronous" "$RWS_PID" "$WORK/rw-sync.log"
+    alive "pg_receivewal" "$RWA_PID" "$WORK/rw-async.log"
 }
 
 APPS="'pitr','pg_receivewal','pg_receivewal_async'"
@@ -190,7 +190,7 @@ wait_caught_up() { # target timeout_s
         if ((SECONDS - start > timeout)); then
             for app in pitr pg_receivewal pg_receivewal_async; do
                 if [ -z "${done_at[$app]:-}" ]; then
-                    if [ "$app" = pitr ]; then log_tail "$TMP/pitr.log"; fi
+                    if [ "$app" = pitr ]; then log_tail "$WORK/pitr.log"; fi
                     die "$app did not reach $(printf '%X/%X' $((target >> 32)) $((target & 0xFFFFFFFF))) within ${timeout} s (pg_stat_replication: $(echo "$rows" | tr '\n' ' '))"
                 fi
             done
@@ -223,17 +223,17 @@ RWS_SENT0=$(sent_lsn pg_receivewal)
 RWA_SENT0=$(sent_lsn pg_receivewal_async)
 
 # --- load, with lag sampled once a second --------------------------------------------------------
-echo init >"$TMP/phase"
+echo init >"$WORK/phase"
 (
     trap - ERR
     set +e
-    while [ ! -e "$TMP/stop-sampler" ]; do
-        ph=$(cat "$TMP/phase")
+    while [ ! -e "$WORK/stop-sampler" ]; do
+        ph=$(cat "$WORK/phase")
         q "WITH c AS MATERIALIZED (SELECT pg_current_wal_lsn() AS l, extract(epoch FROM clock_timestamp()) AS t)
            SELECT '$ph', c.t, r.application_name,
                   COALESCE(pg_wal_lsn_diff(c.l, r.flush_lsn)::bigint, -1),
                   COALESCE(extract(epoch FROM r.flush_lag)::float8::text, 'null')
-           FROM c JOIN pg_stat_replication r ON r.application_name IN ($APPS)" >>"$TMP/samples" 2>>"$TMP/sampler.err"
+           FROM c JOIN pg_stat_replication r ON r.application_name IN ($APPS)" >>"$WORK/samples" 2>>"$WORK/sampler.err"
         sleep 1
     done
 ) &
@@ -253,17 +253,17 @@ run_load() { # logfile pgbench-args...: runs pgbench, checking every second that
 }
 log "load 1/2: pgbench -i -s $SCALE"
 T_INIT0=$(now_ms)
-run_load "$TMP/pgbench-init.log" -i -q -s "$SCALE"
+run_load "$WORK/pgbench-init.log" -i -q -s "$SCALE"
 T_INIT1=$(now_ms)
-echo run >"$TMP/phase"
+echo run >"$WORK/phase"
 log "load 2/2: pgbench -c 4 -j 2 -T $SECS -N"
-run_load "$TMP/pgbench.log" -c 4 -j 2 -T "$SECS" -N
-TPS=$(awk -F'= ' '/^tps/ {split($2, a, " "); printf "%.0f", a[1]; exit}' "$TMP/pgbench.log")
+run_load "$WORK/pgbench.log" -c 4 -j 2 -T "$SECS" -N
+TPS=$(awk -F'= ' '/^tps/ {split($2, a, " "); printf "%.0f", a[1]; exit}' "$WORK/pgbench.log")
 END_LSN=$(lsn)
-touch "$TMP/stop-sampler"
+touch "$WORK/stop-sampler"
 wait "$SAMPLER_PID" || true
 SAMPLER_PID=""
-[ -s "$TMP/samples" ] || die "no lag samples taken: $(head -n 1 "$TMP/sampler.err" 2>/dev/null)"
+[ -s "$WORK/samples" ] || die "no lag samples taken: $(head -n 1 "$WORK/sampler.err" 2>/dev/null)"
 
 log "load done; waiting for every consumer to hold the load's last byte"
 wait_caught_up "$END_LSN" 120
@@ -276,14 +276,14 @@ RWA_HWM=$(hwm_kib "$RWA_PID")
 PITR_SENT1=$(sent_lsn pitr)
 RWS_SENT1=$(sent_lsn pg_receivewal)
 RWA_SENT1=$(sent_lsn pg_receivewal_async)
-curl -fsS "http://127.0.0.1:$MPORT/metrics" >"$TMP/metrics.txt" || die "pitr /metrics did not answer"
+curl -fsS "http://127.0.0.1:$MPORT/metrics" >"$WORK/metrics.txt" || die "pitr /metrics did not answer"
 
 # --- stop: pitr on SIGTERM (must exit 0), pg_receivewal on SIGINT ---------------------------------
 kill -TERM "$PITR_PID"
 rc=0
 wait "$PITR_PID" || rc=$?
 PITR_PID=""
-[ "$rc" = 0 ] || { log_tail "$TMP/pitr.log"; die "pitr stream exited with status $rc on SIGTERM"; }
+[ "$rc" = 0 ] || { log_tail "$WORK/pitr.log"; die "pitr stream exited with status $rc on SIGTERM"; }
 stop_pid "$RWS_PID" INT
 RWS_PID=""
 stop_pid "$RWA_PID" INT
@@ -292,7 +292,7 @@ RWA_PID=""
 du_kib() { du -sk "$1" | cut -f1; }
 nfiles() { find "$1" -type f | wc -l; }
 
-cat >"$TMP/results" <<EOF
+cat >"$WORK/results" <<EOF
 hz=$HZ
 partial=$PARTIAL
 secs=$SECS
@@ -315,16 +315,16 @@ rwa_hwm=$RWA_HWM
 pitr_catchup=$CATCHUP_pitr
 rws_catchup=$CATCHUP_rws
 rwa_catchup=$CATCHUP_rwa
-pitr_du=$(du_kib "$TMP/pitr-repo")
-rws_du=$(du_kib "$TMP/rw-sync")
-rwa_du=$(du_kib "$TMP/rw-async")
-pitr_files=$(nfiles "$TMP/pitr-repo")
-rws_files=$(nfiles "$TMP/rw-sync")
-rwa_files=$(nfiles "$TMP/rw-async")
+pitr_du=$(du_kib "$WORK/pitr-repo")
+rws_du=$(du_kib "$WORK/rw-sync")
+rwa_du=$(du_kib "$WORK/rw-async")
+pitr_files=$(nfiles "$WORK/pitr-repo")
+rws_files=$(nfiles "$WORK/rw-sync")
+rwa_files=$(nfiles "$WORK/rw-async")
 EOF
 
 # --- report --------------------------------------------------------------------------------------
-python3 - "$TMP/results" "$TMP/samples" "$TMP/metrics.txt" <<'PY'
+python3 - "$WORK/results" "$WORK/samples" "$WORK/metrics.txt" <<'PY'
 import sys
 
 res = {}

@@ -69,11 +69,23 @@ pub enum Command {
     /// environment variable's zone, else UTC. A local time that does not exist or occurs
     /// twice (daylight saving changes) is refused: add the offset.
     ///
-    /// Semantics: every transaction committed at or before the target is included, none
-    /// after it. The resolved target, the backup, the timeline and the last included commit
-    /// are printed before anything is written; --dry-run stops there. Refused before writing
-    /// anything: a target before the earliest restorable point, after the last archived
-    /// commit, or in a WAL gap; a non-empty DIR; an unreadable repo.
+    /// Semantics (PostgreSQL's own recovery_target_time rule): recovery stops before the
+    /// first commit or abort record, in WAL order, stamped later than the target. Every
+    /// transaction before it is included. A transaction stamped at or before the target
+    /// whose commit record comes after that one (concurrent commits: WAL order and
+    /// timestamp order can differ) is excluded too; the plan names each such transaction.
+    /// --to-lsn X restores everything before the first record at or after X; --to-name N
+    /// stops after the first restore point named N, as PostgreSQL does.
+    ///
+    /// The resolved target, the backup, the timeline, the last included and first excluded
+    /// transactions, the WAL and the timeline the server will promote to (one no history in
+    /// the repo uses) are printed before anything is written; --dry-run stops there. Refused
+    /// before writing anything: a target before the earliest restorable point (judged by the
+    /// server's commit timestamps, not pitr's clock), after the last archived transaction, or
+    /// in a WAL gap; WAL the stop needs that is not archived yet; a non-empty or unwritable
+    /// DIR; an unreadable repo. Earlier recovery and standby settings in the restored
+    /// configuration are commented out or overridden, and a standby's standby.signal is
+    /// removed, so the result recovers and promotes.
     ///
     /// --verify then starts a throwaway PostgreSQL on DIR, waits for recovery to end, checks
     /// that the last replayed transaction is the predicted one and runs each --check-sql,
@@ -255,6 +267,12 @@ pub struct RestoreArgs {
     /// Restore a tablespace elsewhere: OLDDIR=NEWDIR (or OID=NEWDIR); repeatable.
     #[arg(long = "tablespace-map", short = 'T', value_name = "OLD=NEW")]
     pub tablespace_map: Vec<String>,
+    /// Restore a standby instead of a primary: write standby.signal and a restore_command
+    /// that fetches WAL from this repo (`pitr wal fetch`), follow the newest timeline, and
+    /// never promote (takes no --to/--to-lsn/--to-name; not with --verify). Without it, the
+    /// restored server recovers to the target and promotes, even from a standby's backup.
+    #[arg(long, conflicts_with_all = ["to", "to_lsn", "to_name", "verify"])]
+    pub standby: bool,
     /// Print the plan and write nothing.
     #[arg(long)]
     pub dry_run: bool,

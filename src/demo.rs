@@ -257,6 +257,7 @@ async fn tour_steps(
         tablespace_map: Default::default(),
         progress: false,
         backup: None,
+        mode: crate::restore::Mode::Promote,
     };
     let plan = crate::restore::plan(&opts).await?;
     let mut out = std::io::stdout();

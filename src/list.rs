@@ -30,6 +30,16 @@ pub struct TimelineWindow {
     pub gaps: Vec<(String, String)>,
 }
 
+/// A backup in the listing.
+#[derive(Debug, Clone, Serialize)]
+pub struct ListedBackup {
+    /// Its catalog entry.
+    #[serde(flatten)]
+    pub record: BackupRecord,
+    /// The earliest instant it restores to, on the server's clock (see `pitr restore`).
+    pub restorable_from: String,
+}
+
 /// The whole listing.
 #[derive(Debug, Clone, Serialize)]
 pub struct Listing {
@@ -40,7 +50,13 @@ pub struct Listing {
     /// PostgreSQL major.
     pub pg_major: u32,
     /// Backups, oldest first.
-    pub backups: Vec<BackupRecord>,
+    pub backups: Vec<ListedBackup>,
+    /// Catalog entries that cannot be used (skipped; `pitr verify` fails on them).
+    pub unusable_backups: Vec<catalog::BadEntry>,
+    /// Backups that never completed (no catalog entry).
+    pub incomplete_backups: Vec<catalog::IncompleteBackup>,
+    /// Signs of two histories mixed in the repo (see `pitr verify`).
+    pub problems: Vec<String>,
     /// Windows.
     pub timelines: Vec<TimelineWindow>,
     /// Restore points made with `pitr mark`.
@@ -58,9 +74,28 @@ fn show_rfc(s: &str) -> String {
 /// Builds the listing.
 pub async fn list(repo: &Repo) -> Result<Listing, RepoError> {
     let (id, seg, sysid) = catalog::identity(repo).await?;
-    let backups = catalog::backups(repo).await?;
+    let scan = catalog::scan_backups(repo).await?;
+    catalog::warn_bad(&scan.bad);
+    let backups = scan.good;
     let points = catalog::points(repo).await?;
     let idx = WalIndex::load(repo, seg, sysid).await?;
+    let input = crate::restore::RepoInput { repo, idx: &idx };
+    let mut from = std::collections::HashMap::new();
+    for b in &backups {
+        let path = idx.path(walfmt::TimeLineId(b.end_tli));
+        let (t, _) = crate::restore::plan::restorable_from(&input, &path, b, seg)
+            .await
+            .map_err(|e| match e {
+                crate::restore::RestoreError::Repo(r) => r,
+                other => RepoError::Corrupt {
+                    repo: repo.location.clone(),
+                    message: other.to_string(),
+                },
+            })?;
+        from.insert(b.id.clone(), t);
+    }
+    let mut problems = catalog::history_problems(&idx);
+    problems.extend(catalog::boundary_problems(repo, &idx).await?);
     let mut timelines = Vec::new();
     for tli in idx.timelines() {
         let path = idx.path(tli);
@@ -105,7 +140,7 @@ pub async fn list(repo: &Repo) -> Result<Listing, RepoError> {
         timelines.push(TimelineWindow {
             timeline: tli.0,
             parent,
-            earliest: oldest.map(|b| show_rfc(&b.end_time)),
+            earliest: oldest.and_then(|b| from.get(&b.id)).map(|t| show(*t)),
             earliest_lsn: oldest.map(|b| b.end_lsn.clone()),
             last_commit_time: last.map(|x| show(x.time)),
             last_commit_lsn: last.map(|x| x.lsn.to_string()),
@@ -121,7 +156,16 @@ pub async fn list(repo: &Repo) -> Result<Listing, RepoError> {
         repo: repo.location.clone(),
         system_id: id.system_id,
         pg_major: id.pg_major,
-        backups,
+        backups: backups
+            .into_iter()
+            .map(|b| ListedBackup {
+                restorable_from: from.get(&b.id).map(|t| show(*t)).unwrap_or_default(),
+                record: b,
+            })
+            .collect(),
+        unusable_backups: scan.bad,
+        incomplete_backups: scan.incomplete,
+        problems,
         timelines,
         restore_points: points,
     })
@@ -139,19 +183,36 @@ pub fn print(w: &mut impl std::io::Write, l: &Listing) -> std::io::Result<()> {
     if l.backups.is_empty() {
         writeln!(w, "  (none: take one with `pitr backup`)")?;
     }
-    for b in &l.backups {
+    for lb in &l.backups {
+        let b = &lb.record;
         writeln!(
             w,
             "  {}  {:<16} started {}  restorable from {}  tli {}  {} to {}  {} MiB ({} MiB stored)",
             b.id,
             b.label,
             show_rfc(&b.start_time),
-            show_rfc(&b.end_time),
+            lb.restorable_from,
             b.end_tli,
             b.start_lsn,
             b.end_lsn,
             b.bytes >> 20,
             b.stored_bytes >> 20
+        )?;
+    }
+    for u in &l.unusable_backups {
+        writeln!(
+            w,
+            "  UNUSABLE: {}: {} (skipped; run `pitr verify`)",
+            u.key, u.error
+        )?;
+    }
+    for i in &l.incomplete_backups {
+        writeln!(
+            w,
+            "  incomplete: {} ({} object(s), {} MiB, no catalog entry: interrupted, or still running)",
+            i.id,
+            i.objects,
+            i.bytes >> 20
         )?;
     }
     writeln!(w)?;
@@ -186,6 +247,9 @@ pub fn print(w: &mut impl std::io::Write, l: &Listing) -> std::io::Result<()> {
         for (a, b) in &t.gaps {
             writeln!(w, "    GAP: WAL missing from {a} to {b}")?;
         }
+    }
+    for p in &l.problems {
+        writeln!(w, "PROBLEM: {p}")?;
     }
     if !l.restore_points.is_empty() {
         writeln!(w)?;

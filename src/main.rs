@@ -359,6 +359,19 @@ fn restore(a: pitr::cli::RestoreArgs) -> anyhow::Result<ExitCode> {
         tablespace_map,
         progress: std::io::stderr().is_terminal() && !a.json,
         backup: a.backup.clone(),
+        mode: if a.standby {
+            let exe = std::env::current_exe()
+                .map_err(|e| anyhow::anyhow!("--standby: cannot find pitr's own path: {e}"))?;
+            pitr::restore::Mode::Standby {
+                restore_command: format!(
+                    "{} wal fetch %f %p --repo {}",
+                    shell_quote(&exe.display().to_string()),
+                    shell_quote(&a.repo)
+                ),
+            }
+        } else {
+            pitr::restore::Mode::Promote
+        },
     };
     let plan = rt.block_on(pitr::restore::plan(&opts))?;
     let mut out = std::io::stdout().lock();
@@ -386,6 +399,12 @@ fn restore(a: pitr::cli::RestoreArgs) -> anyhow::Result<ExitCode> {
     }
     let stats = rt.block_on(pitr::restore::execute(&repo, &plan, opts.progress))?;
     if !a.json {
+        for n in &stats.neutralised {
+            writeln!(out, "neutralised:    {n}")?;
+        }
+        for r in &stats.removed {
+            writeln!(out, "removed:        {r} from the backup")?;
+        }
         writeln!(
             out,
             "restored {} MiB of backup and {} MiB of WAL into {} in {:.1}s; start PostgreSQL on it to recover to the target",
@@ -430,6 +449,29 @@ fn restore(a: pitr::cli::RestoreArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Quotes a word for the shell PostgreSQL runs restore_command with.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// An error and its causes as one line, each cause once: a cause whose text a message
+/// already shows (many messages embed their source) is not repeated.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for c in e.chain() {
+        let t = c.to_string();
+        let t = t.trim();
+        if t.is_empty() || out.contains(t) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(t);
+    }
+    out.replace('\n', " ")
 }
 
 fn main() -> ExitCode {
@@ -482,7 +524,7 @@ fn main() -> ExitCode {
             if broken_pipe {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("pitr: error: {e:#}");
+            eprintln!("pitr: error: {}", one_line(&e));
             ExitCode::from(1)
         }
     }

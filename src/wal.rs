@@ -56,6 +56,9 @@ pub struct FileSummary {
     pub compressed: bool,
     /// First record starting in this segment.
     pub first_lsn: Option<String>,
+    /// Its `xl_prev` (the start of the record before it): links this segment to the one
+    /// before, so a mix of two histories shows at the boundary.
+    pub first_prev: Option<String>,
     /// Last record starting in this segment.
     pub last_lsn: Option<String>,
     /// End of that record.
@@ -192,6 +195,7 @@ fn empty_summary(path: &Path) -> FileSummary {
         wal_segment_size: None,
         compressed: false,
         first_lsn: None,
+        first_prev: None,
         last_lsn: None,
         last_end: None,
         records: 0,
@@ -239,6 +243,7 @@ fn end_json(e: &EndOfWal) -> EndJson {
 fn fill(f: &mut FileSummary, s: SegmentSummary) {
     let l = |x: Option<Lsn>| x.map(|v| v.to_string());
     f.first_lsn = l(s.first_lsn);
+    f.first_prev = l(s.first_prev);
     f.last_lsn = l(s.last_lsn);
     f.last_end = l(s.last_end);
     f.records = s.records;

@@ -235,6 +235,7 @@ pub async fn run(opts: &BackupOptions) -> Result<BackupRecord, BackupError> {
     conn.close().await;
     let (rec, seg) = res?;
     wait_for_wal(opts, &rec, seg).await?;
+    check_objects(&opts.repo, &rec).await?;
     let body = serde_json::to_vec_pretty(&rec).unwrap_or_default();
     upload(&opts.repo, &catalog::backup_key(&rec.id), Bytes::from(body)).await?;
     Ok(rec)
@@ -490,6 +491,36 @@ async fn take(
         source_user: Some(opts.source.user.clone()),
     };
     Ok((rec, seg))
+}
+
+/// Before the catalog entry makes the backup count: every object it names is still in the
+/// repo with its size (a prune of an interrupted-looking backup, or anything else that
+/// removed one, fails the backup instead of cataloguing a broken one).
+async fn check_objects(repo: &Repo, rec: &BackupRecord) -> Result<(), BackupError> {
+    let prefix = format!("backups/{}/", rec.id);
+    let listed: std::collections::HashMap<String, u64> =
+        repo::retry("list the backup's objects", Duration::from_secs(10), || {
+            repo.store().list(&prefix)
+        })
+        .await
+        .map_err(repo::RepoError::from)?
+        .into_iter()
+        .map(|o| (o.key, o.size))
+        .collect();
+    let objects = rec
+        .archives
+        .iter()
+        .flat_map(|a| a.chunks.iter())
+        .chain(rec.manifest.iter());
+    for c in objects {
+        if listed.get(&c.key) != Some(&c.stored) {
+            return Err(BackupError::Protocol(format!(
+                "{} is missing from the repo (or has the wrong size) although it was uploaded: the backup is not catalogued; take it again",
+                c.key
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Waits until the repo holds the WAL from the backup's start to its end.

@@ -189,6 +189,17 @@ pub struct RestorePoint {
     pub time: i64,
 }
 
+/// A checkpoint record from the index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointFact {
+    /// Record start.
+    pub lsn: Lsn,
+    /// Its redo pointer (a backup's start LSN is one).
+    pub redo: Lsn,
+    /// The server's clock when the checkpoint began (Unix seconds).
+    pub time_unix: i64,
+}
+
 /// What the index knows about one segment (from its summary, or from decoding it).
 #[derive(Debug, Clone, Default)]
 pub struct SegmentFacts {
@@ -196,6 +207,14 @@ pub struct SegmentFacts {
     pub xacts: Vec<Xact>,
     /// Restore points.
     pub restore_points: Vec<RestorePoint>,
+    /// Checkpoint records.
+    pub checkpoints: Vec<CheckpointFact>,
+    /// Start of the first record starting in it.
+    pub first_lsn: Option<Lsn>,
+    /// That record's `xl_prev` (absent in summaries written before pitr recorded it).
+    pub first_prev: Option<Lsn>,
+    /// Start of the last record starting in it.
+    pub last_lsn: Option<Lsn>,
     /// End of the last record starting in it.
     pub last_end: Option<Lsn>,
 }
@@ -216,11 +235,23 @@ struct SummaryPoint {
 }
 
 #[derive(Deserialize)]
+struct SummaryCheckpoint {
+    lsn: String,
+    redo: String,
+    time_unix: i64,
+}
+
+#[derive(Deserialize)]
 struct StoredSummary {
     #[serde(default)]
     xacts: Vec<SummaryXact>,
     #[serde(default)]
     restore_points: Vec<SummaryPoint>,
+    #[serde(default)]
+    checkpoints: Vec<SummaryCheckpoint>,
+    first_lsn: Option<String>,
+    first_prev: Option<String>,
+    last_lsn: Option<String>,
     last_end: Option<String>,
 }
 
@@ -228,8 +259,16 @@ fn facts_from_summary(json: &[u8], key: &str) -> Result<SegmentFacts, String> {
     let s: StoredSummary =
         serde_json::from_slice(json).map_err(|e| format!("{key}: unreadable summary: {e}"))?;
     let bad = |what: &str| format!("{key}: bad {what} in summary");
+    let lsn = |v: &Option<String>, what: &str| -> Result<Option<Lsn>, String> {
+        v.as_deref()
+            .map(|l| l.parse::<Lsn>().map_err(|_| bad(what)))
+            .transpose()
+    };
     let mut f = SegmentFacts {
-        last_end: s.last_end.as_deref().and_then(|l| l.parse().ok()),
+        first_lsn: lsn(&s.first_lsn, "first_lsn")?,
+        first_prev: lsn(&s.first_prev, "first_prev")?,
+        last_lsn: lsn(&s.last_lsn, "last_lsn")?,
+        last_end: lsn(&s.last_end, "last_end")?,
         ..Default::default()
     };
     for x in s.xacts {
@@ -245,6 +284,13 @@ fn facts_from_summary(json: &[u8], key: &str) -> Result<SegmentFacts, String> {
             lsn: p.lsn.parse().map_err(|_| bad("lsn"))?,
             name: p.name,
             time: parse_micros(&p.time).ok_or_else(|| bad("time"))?,
+        });
+    }
+    for c in s.checkpoints {
+        f.checkpoints.push(CheckpointFact {
+            lsn: c.lsn.parse().map_err(|_| bad("checkpoint lsn"))?,
+            redo: c.redo.parse().map_err(|_| bad("checkpoint redo"))?,
+            time_unix: c.time_unix,
         });
     }
     Ok(f)
@@ -274,6 +320,18 @@ fn facts_from_segment(s: walfmt::SegmentSummary) -> SegmentFacts {
                 time: p.time.unix_micros(),
             })
             .collect(),
+        checkpoints: s
+            .checkpoints
+            .iter()
+            .map(|c| CheckpointFact {
+                lsn: c.lsn,
+                redo: c.redo,
+                time_unix: c.time_unix,
+            })
+            .collect(),
+        first_lsn: s.first_lsn,
+        first_prev: s.first_prev,
+        last_lsn: s.last_lsn,
         last_end: s.last_end,
     }
 }
@@ -565,25 +623,140 @@ pub struct Coverage {
     pub gap: Option<Lsn>,
 }
 
-/// Every complete backup in the repo, oldest first. Unreadable entries are errors naming
-/// the object.
-pub async fn backups(repo: &Repo) -> Result<Vec<BackupRecord>, RepoError> {
-    let mut out = Vec::new();
-    for o in repo.store().list("backups/").await? {
-        if !o.key.ends_with("/backup.json") {
-            continue;
+/// A catalog entry that cannot be used: unreadable, or with a field that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BadEntry {
+    /// The object.
+    pub key: String,
+    /// What is wrong with it.
+    pub error: String,
+}
+
+/// A backup whose objects exist but which has no catalog entry: it was interrupted (or is
+/// still running).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IncompleteBackup {
+    /// Its id (the start time, `YYYYMMDDTHHMMSSZ`, maybe with a `-N` suffix).
+    pub id: String,
+    /// Objects it left.
+    pub objects: usize,
+    /// Their stored bytes.
+    pub bytes: u64,
+    /// Its start time (Unix microseconds), from the id.
+    #[serde(skip)]
+    pub started_us: Option<i64>,
+}
+
+/// What `backups/` holds.
+#[derive(Debug, Clone, Default)]
+pub struct BackupScan {
+    /// Complete, readable backups, oldest first.
+    pub good: Vec<BackupRecord>,
+    /// Catalog entries that cannot be used (each named).
+    pub bad: Vec<BadEntry>,
+    /// Backups without a catalog entry.
+    pub incomplete: Vec<IncompleteBackup>,
+}
+
+impl BackupRecord {
+    /// Checks the fields other code relies on; an error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        let lsn = |v: &str, what: &str| {
+            v.parse::<Lsn>()
+                .map(|_| ())
+                .map_err(|_| format!("bad {what} {v:?}"))
+        };
+        lsn(&self.start_lsn, "start_lsn")?;
+        lsn(&self.end_lsn, "end_lsn")?;
+        if self.start() > self.end() {
+            return Err(format!(
+                "start_lsn {} is after end_lsn {}",
+                self.start_lsn, self.end_lsn
+            ));
         }
-        let Some(b) = repo.store().get(&o.key).await? else {
+        if self.start_tli == 0 || self.end_tli == 0 {
+            return Err("timeline 0".into());
+        }
+        if parse_micros(&self.end_time).is_none() {
+            return Err(format!("bad end_time {:?}", self.end_time));
+        }
+        if self.archives.is_empty() || !self.archives.iter().any(|a| a.name == "base") {
+            return Err("no base archive".into());
+        }
+        Ok(())
+    }
+}
+
+/// The start time encoded in a backup id (`YYYYMMDDTHHMMSSZ[-N]`), Unix microseconds.
+pub fn id_time(id: &str) -> Option<i64> {
+    let core = id.get(..16)?;
+    let t = jiff::civil::DateTime::strptime("%Y%m%dT%H%M%SZ", core).ok()?;
+    t.to_zoned(jiff::tz::TimeZone::UTC)
+        .ok()
+        .map(|z| z.timestamp().as_microsecond())
+}
+
+/// Reads `backups/`: every catalog entry (good or not) and every backup without one. One bad
+/// entry never hides the others.
+pub async fn scan_backups(repo: &Repo) -> Result<BackupScan, RepoError> {
+    let mut scan = BackupScan::default();
+    let listing = repo.store().list("backups/").await?;
+    let mut per_id: BTreeMap<String, (usize, u64, bool)> = BTreeMap::new();
+    for o in &listing {
+        let Some((id, _)) = o
+            .key
+            .strip_prefix("backups/")
+            .and_then(|r| r.split_once('/'))
+        else {
             continue;
         };
-        let rec: BackupRecord = serde_json::from_slice(&b).map_err(|e| RepoError::Corrupt {
-            repo: repo.location.clone(),
-            message: format!("{}: unreadable catalog entry: {e}", o.key),
-        })?;
-        out.push(rec);
+        let e = per_id.entry(id.to_string()).or_default();
+        e.0 += 1;
+        e.1 += o.size;
+        if o.key.ends_with("/backup.json") {
+            e.2 = true;
+        }
     }
-    out.sort_by(|a, b| (a.end(), &a.id).cmp(&(b.end(), &b.id)));
-    Ok(out)
+    for (id, (objects, bytes, has_entry)) in per_id {
+        if !has_entry {
+            scan.incomplete.push(IncompleteBackup {
+                started_us: id_time(&id),
+                id,
+                objects,
+                bytes,
+            });
+            continue;
+        }
+        let key = backup_key(&id);
+        let Some(b) = repo.store().get(&key).await? else {
+            continue; // deleted meanwhile (prune)
+        };
+        let rec = serde_json::from_slice::<BackupRecord>(&b)
+            .map_err(|e| format!("unreadable catalog entry: {e}"))
+            .and_then(|r| r.validate().map(|()| r));
+        match rec {
+            Ok(r) => scan.good.push(r),
+            Err(error) => scan.bad.push(BadEntry { key, error }),
+        }
+    }
+    scan.good
+        .sort_by(|a, b| (a.end(), &a.id).cmp(&(b.end(), &b.id)));
+    Ok(scan)
+}
+
+/// Every complete, readable backup in the repo, oldest first. Unusable catalog entries are
+/// skipped with a warning naming them (`pitr verify` fails on them).
+pub async fn backups(repo: &Repo) -> Result<Vec<BackupRecord>, RepoError> {
+    let scan = scan_backups(repo).await?;
+    warn_bad(&scan.bad);
+    Ok(scan.good)
+}
+
+/// Logs one warning per unusable catalog entry.
+pub fn warn_bad(bad: &[BadEntry]) {
+    for b in bad {
+        tracing::warn!(object = %b.key, error = %b.error, "skipping an unusable backup catalog entry (run `pitr verify`)");
+    }
 }
 
 /// Restore points recorded by `pitr mark`, oldest first.
@@ -619,4 +792,115 @@ pub async fn identity(repo: &Repo) -> Result<(super::Identity, WalSegSize, u64),
         .parse()
         .map_err(|_| corrupt("pitr.json: bad system_id".into()))?;
     Ok((id, seg, sysid))
+}
+
+/// Timeline histories that contradict each other, or WAL of a timeline from before it began:
+/// signs that two different histories were archived under one timeline ID. Pure: reads only
+/// the index.
+pub fn history_problems(idx: &WalIndex) -> Vec<String> {
+    let mut out = Vec::new();
+    for (t, h) in &idx.histories {
+        for (k, a) in h.ancestors.iter().enumerate() {
+            let Some(ph) = idx.histories.get(&a.tli) else {
+                continue;
+            };
+            let mine: Vec<(u32, Lsn)> = h.ancestors[..k].iter().map(|e| (e.tli.0, e.end)).collect();
+            let theirs: Vec<(u32, Lsn)> = ph.ancestors.iter().map(|e| (e.tli.0, e.end)).collect();
+            if mine != theirs {
+                out.push(format!(
+                    "timeline histories disagree: {} says timeline {} descends from {}, but {} says {}: two different histories use one timeline ID",
+                    super::history_key(*t),
+                    a.tli,
+                    describe_ancestry(&mine),
+                    super::history_key(a.tli),
+                    describe_ancestry(&theirs)
+                ));
+            }
+        }
+        // A timeline's WAL starts in the segment holding its switch point.
+        if let (Some(begin), Some(files)) = (h.ancestors.last(), idx.files.get(t))
+            && let Some(first) = files.keys().next()
+            && *first < begin.end.segment(idx.seg)
+        {
+            out.push(format!(
+                "timeline {t} has WAL in segment {} but began at {} according to {}: WAL of another history is archived under timeline {t}",
+                walfmt::names::segment_file_name(*t, *first, idx.seg),
+                begin.end,
+                super::history_key(*t)
+            ));
+        }
+    }
+    out
+}
+
+fn describe_ancestry(a: &[(u32, Lsn)]) -> String {
+    if a.is_empty() {
+        return "no earlier timeline".into();
+    }
+    a.iter()
+        .map(|(t, e)| format!("{t} until {e}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Consecutive complete segments of one timeline whose records do not link (the first record
+/// of a segment must point back to the last record starting in the one before): WAL of two
+/// histories side by side. Reads the summaries (concurrently); segments without one, or
+/// with a summary written before pitr recorded `first_prev`, are not checked here (`pitr
+/// verify` decodes everything).
+pub async fn boundary_problems(repo: &Repo, idx: &WalIndex) -> Result<Vec<String>, RepoError> {
+    let mut keys = Vec::new();
+    for (tli, m) in &idx.files {
+        for (s, f) in m {
+            if let SegFile::Complete {
+                summary: Some(k), ..
+            } = f
+            {
+                keys.push((*tli, *s, k.clone()));
+            }
+        }
+    }
+    let mut facts: BTreeMap<(TimeLineId, SegNo), SegmentFacts> = BTreeMap::new();
+    for chunk in keys.chunks(16) {
+        let mut set = tokio::task::JoinSet::new();
+        for (tli, s, k) in chunk.iter().cloned() {
+            let repo = repo.clone();
+            set.spawn(async move {
+                let b = repo.store().get(&k).await?;
+                Ok::<_, RepoError>((tli, s, k, b))
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            let (tli, s, k, b) = r.map_err(|e| RepoError::Corrupt {
+                repo: repo.location.clone(),
+                message: format!("summary task: {e}"),
+            })??;
+            if let Some(b) = b {
+                let f = facts_from_summary(&b, &k).map_err(|message| RepoError::Corrupt {
+                    repo: repo.location.clone(),
+                    message,
+                })?;
+                facts.insert((tli, s), f);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for ((tli, s), f) in &facts {
+        let Some(prev) =
+            s.0.checked_sub(1)
+                .and_then(|p| facts.get(&(*tli, SegNo(p))))
+        else {
+            continue;
+        };
+        if let (Some(first_prev), Some(last)) = (f.first_prev, prev.last_lsn)
+            && first_prev != last
+        {
+            out.push(format!(
+                "timeline {tli}: the first record of segment {} (at {}) points back to {first_prev}, but the record before it starts at {last}: the archive mixes two histories there",
+                walfmt::names::segment_file_name(*tli, *s, idx.seg),
+                f.first_lsn.map_or_else(|| "?".to_string(), |l| l.to_string()),
+            ));
+        }
+    }
+    Ok(out)
 }

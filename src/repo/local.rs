@@ -134,6 +134,25 @@ impl LocalStore {
         }
     }
 
+    /// After a delete: removes the directories it left empty, up to (not including) the
+    /// root, so pruning leaves no empty directories. Best effort: a directory that is not
+    /// empty (or just got a new object) stays.
+    fn remove_empty_parents(&self, path: &Path) {
+        let mut d = path.parent();
+        while let Some(dir) = d {
+            if dir == self.root || !dir.starts_with(&self.root) {
+                break;
+            }
+            if std::fs::remove_dir(dir).is_err() {
+                break;
+            }
+            if let Some(p) = dir.parent() {
+                let _ = fsync_dir(p);
+            }
+            d = dir.parent();
+        }
+    }
+
     fn list_sync(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
         let mut out = Vec::new();
         let mut stack = vec![self.root.clone()];
@@ -216,6 +235,7 @@ impl ObjectStore for LocalStore {
     fn delete<'a>(&'a self, key: &'a str) -> BoxFut<'a, Result<(), StoreError>> {
         let path = self.path(key);
         let key = key.to_owned();
+        let me = self.clone();
         blocking(move || {
             let path = path?;
             match std::fs::remove_file(&path) {
@@ -223,6 +243,7 @@ impl ObjectStore for LocalStore {
                     if let Some(d) = path.parent() {
                         fsync_dir(d).map_err(|e| io_err("delete", &key, e))?;
                     }
+                    me.remove_empty_parents(&path);
                     Ok(())
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

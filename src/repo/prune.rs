@@ -84,10 +84,17 @@ pub fn keep_set(backups: &[BackupRecord], r: Retention, now_us: i64) -> Vec<bool
     keep
 }
 
+/// An incomplete backup older than this is an interrupted one (microseconds: a day).
+pub const INCOMPLETE_AGE_US: i64 = 86_400_000_000;
+
 /// Applies retention.
 pub async fn prune(repo: &Repo, r: Retention, dry_run: bool) -> Result<PruneReport, RepoError> {
     let (_, seg, _) = catalog::identity(repo).await?;
-    let backups = catalog::backups(repo).await?;
+    let scan = catalog::scan_backups(repo).await?;
+    // An unusable catalog entry is skipped (and its objects left alone: pitr cannot tell
+    // what it is); `pitr verify` names it.
+    catalog::warn_bad(&scan.bad);
+    let backups = scan.good;
     let now = jiff::Timestamp::now().as_microsecond();
     let keep = keep_set(&backups, r, now);
     let mut report = PruneReport {
@@ -117,27 +124,15 @@ pub async fn prune(repo: &Repo, r: Retention, dry_run: bool) -> Result<PruneRepo
             store.delete(&o.key).await?;
         }
     }
-    // Incomplete backups: started before the oldest kept one, and over a day ago.
-    let complete: std::collections::BTreeSet<String> =
-        backups.iter().map(|b| b.id.clone()).collect();
-    let mut incomplete: std::collections::BTreeMap<String, Vec<String>> = Default::default();
-    for o in store.list("backups/").await? {
-        let Some(id) = o.key.split('/').nth(1) else {
-            continue;
-        };
-        if !complete.contains(id) {
-            incomplete.entry(id.to_string()).or_default().push(o.key);
-        }
-    }
-    let day_ago = now - 86_400_000_000;
-    let kept_start = catalog::parse_micros(&oldest_kept.start_time).unwrap_or(i64::MIN);
-    for (id, keys) in incomplete {
-        let started = id_micros(&id);
-        if started.is_some_and(|s| s < kept_start && s < day_ago) {
-            report.deleted_incomplete.push(id);
+    // Incomplete backups (no catalog entry) that started over a day ago. A backup still
+    // running then fails cleanly: it checks its chunks before writing its catalog entry.
+    let day_ago = now - INCOMPLETE_AGE_US;
+    for i in &scan.incomplete {
+        if i.started_us.is_some_and(|s| s < day_ago) {
+            report.deleted_incomplete.push(i.id.clone());
             if !dry_run {
-                for k in keys {
-                    store.delete(&k).await?;
+                for o in store.list(&format!("backups/{}/", i.id)).await? {
+                    store.delete(&o.key).await?;
                 }
             }
         }
@@ -169,18 +164,6 @@ pub async fn prune(repo: &Repo, r: Retention, dry_run: bool) -> Result<PruneRepo
         }
     }
     Ok(report)
-}
-
-/// The start time encoded in a backup id (`YYYYMMDDTHHMMSSZ[-n]`).
-fn id_micros(id: &str) -> Option<i64> {
-    let base = id.split('-').next()?;
-    let dt = jiff::civil::DateTime::strptime("%Y%m%dT%H%M%SZ", base).ok()?;
-    Some(
-        dt.to_zoned(jiff::tz::TimeZone::UTC)
-            .ok()?
-            .timestamp()
-            .as_microsecond(),
-    )
 }
 
 /// Prints the report.

@@ -1,34 +1,22 @@
 //! `pitr restore`: from the repo to a data directory that PostgreSQL recovers to the target.
 //!
-//! # How a target is resolved (before anything is written)
-//!
-//! Every target becomes an exact stop LSN taken from the commit-time index (the segment
-//! summaries), so the result does not depend on how PostgreSQL parses times:
-//!
-//! - `latest`: replay all archived WAL of the timeline.
-//! - a time `T`: PostgreSQL's own rule for `recovery_target_time` with
-//!   `recovery_target_inclusive = on`: recovery stops before the first commit or abort record
-//!   (in WAL order) whose time is after `T`. pitr finds that record `S` in the index and writes
-//!   `recovery_target_lsn = S` with `recovery_target_inclusive = off`. Every transaction
-//!   committed at or before `T` is included, none after it. A target equal to the last
-//!   archived commit's time stops just after that commit. A target after the last archived
-//!   commit is refused: nothing proves what happened between that commit and `T`.
-//! - `--to-lsn X`: everything before `X` (`recovery_target_inclusive = off`).
-//! - `--to-name N`: up to and including the newest restore point named `N`.
-//!
-//! The backup is the newest one on the target timeline's history that is consistent before
-//! the stop point. The WAL placed in `pg_wal` runs from the backup's start to the segment
-//! holding the stop record (the newest archived segment for `latest`), one file per segment
-//! from the timeline recovery reads it from, plus the history files, so the directory
-//! recovers with neither pitr nor the repo.
+//! Planning is a pure function ([`plan`], four named steps: backup selection, stop-point
+//! resolution, WAL and history files, recovery settings); this module gives it the repo
+//! to read ([`RepoInput`]) and executes the plan.
 //!
 //! # Invariants
 //!
 //! - Nothing is written until the target, the backup, the WAL and the destination have
-//!   been checked. A failure after that removes what was written.
+//!   been checked (the destination: empty or missing, and writable). A failure after that
+//!   removes what was written.
 //! - Every object is checked (CRC-32C of the stored bytes, lz4 content checksum) as it is read.
+//! - The restored configuration holds exactly one set of recovery settings, pitr's, written
+//!   last; earlier recovery and standby settings in `postgresql.auto.conf` are commented out
+//!   and named in the report; a `standby.signal` from a standby's backup is removed (unless
+//!   `--standby`).
 
 pub mod extract;
+pub mod plan;
 pub mod target;
 
 use std::collections::{HashMap, VecDeque};
@@ -39,11 +27,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::Serialize;
-use walfmt::names::{history_file_name, segment_file_name};
-use walfmt::{Lsn, SegNo, TimeLineId, WalSegSize};
+use walfmt::{DecoderConfig, EndReason, Lsn, Poll, SegNo, StartAt, WalDecoder, WalSegSize};
+
+pub use plan::{
+    Catalog, HistoryFile, Mode, Plan, RecordAt, Request, Span, Stop, WalFile, XactInfo,
+};
 
 use crate::repo::catalog::{
-    self, ArchiveRecord, BackupRecord, ChunkRecord, PathStep, SegFile, WalIndex, Xact,
+    self, ArchiveRecord, BadEntry, ChunkRecord, PathStep, SegFile, SegmentFacts, WalIndex,
 };
 use crate::repo::{Repo, RepoError};
 
@@ -60,12 +51,12 @@ pub enum RestoreError {
     #[error("{0}")]
     Corrupt(String),
     /// Writing the destination failed.
-    #[error("{path}: {source}")]
+    #[error("{}: {error}", path.display())]
     Io {
         /// Where.
         path: PathBuf,
-        /// Why.
-        source: std::io::Error,
+        /// Why (shown in the message, so not also a separate cause).
+        error: std::io::Error,
     },
     /// Extraction refused an entry.
     #[error(transparent)]
@@ -91,7 +82,7 @@ pub enum TimelineSel {
     /// The newest timeline in the repo.
     Latest,
     /// This one.
-    Id(TimeLineId),
+    Id(walfmt::TimeLineId),
 }
 
 /// `pitr restore` settings.
@@ -109,115 +100,10 @@ pub struct RestoreOptions {
     pub tablespace_map: HashMap<String, PathBuf>,
     /// Draw progress bars.
     pub progress: bool,
-    /// Restore this backup (by id) instead of choosing.
+    /// Restore this backup (by id or label) instead of choosing.
     pub backup: Option<String>,
-}
-
-/// How recovery stops.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(tag = "kind", content = "lsn")]
-pub enum Stop {
-    /// Replay everything.
-    #[serde(rename = "end_of_wal")]
-    EndOfWal,
-    /// Stop before the record at this LSN.
-    #[serde(rename = "before_lsn")]
-    Before(#[serde(serialize_with = "ser_lsn")] Lsn),
-    /// Stop after the record at this LSN.
-    #[serde(rename = "after_lsn")]
-    After(#[serde(serialize_with = "ser_lsn")] Lsn),
-    /// Stop as soon as the backup is consistent.
-    #[serde(rename = "immediate")]
-    Immediate,
-}
-
-fn ser_lsn<S: serde::Serializer>(l: &Lsn, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&l.to_string())
-}
-
-/// One WAL file placed in `pg_wal`.
-#[derive(Debug, Clone, Serialize)]
-pub struct WalFile {
-    /// Name in `pg_wal`.
-    pub name: String,
-    /// The object it comes from.
-    pub key: String,
-    /// A partial segment (zero-padded).
-    pub partial: bool,
-    /// For a partial: the end of the WAL it holds (what the plan predicts from).
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        serialize_with = "ser_opt_lsn"
-    )]
-    pub partial_end: Option<Lsn>,
-}
-
-fn ser_opt_lsn<S: serde::Serializer>(l: &Option<Lsn>, s: S) -> Result<S::Ok, S::Error> {
-    match l {
-        Some(l) => s.serialize_str(&l.to_string()),
-        None => s.serialize_none(),
-    }
-}
-
-/// A commit or abort, for reports.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct XactInfo {
-    /// Record start.
-    #[serde(serialize_with = "ser_lsn")]
-    pub lsn: Lsn,
-    /// Time (Unix microseconds).
-    #[serde(skip)]
-    pub micros: i64,
-    /// Time, RFC 3339 UTC.
-    pub time: Option<String>,
-    /// Transaction id.
-    pub xid: u32,
-    /// `commit` or `abort`.
-    pub kind: &'static str,
-}
-
-impl From<Xact> for XactInfo {
-    fn from(x: Xact) -> Self {
-        XactInfo {
-            lsn: x.lsn,
-            micros: x.time,
-            time: Some(catalog::micros_rfc3339(x.time)),
-            xid: x.xid,
-            kind: if x.commit { "commit" } else { "abort" },
-        }
-    }
-}
-
-/// A resolved restore: what will be written, decided before writing anything.
-#[derive(Debug, Clone, Serialize)]
-pub struct Plan {
-    /// The target as given.
-    pub target: String,
-    /// The target instant in UTC, for time targets.
-    pub target_utc: Option<String>,
-    /// The chosen backup.
-    pub backup: BackupRecord,
-    /// The timeline recovery follows.
-    pub timeline: u32,
-    /// How recovery stops.
-    pub stop: Stop,
-    /// The last commit or abort recovery replays (the last one included).
-    pub last_included: Option<XactInfo>,
-    /// The first one it does not replay.
-    pub first_excluded: Option<XactInfo>,
-    /// WAL files placed in `pg_wal`.
-    pub wal: Vec<WalFile>,
-    /// History files placed in `pg_wal`.
-    pub histories: Vec<WalFile>,
-    /// Settings appended to `postgresql.auto.conf`.
-    pub recovery_settings: Vec<String>,
-    /// Destination.
-    pub dir: PathBuf,
-    /// Tablespaces: OID -> destination.
-    pub tablespaces: Vec<(String, PathBuf)>,
-    /// Segment size.
-    #[serde(skip)]
-    pub seg: WalSegSize,
+    /// Promote (default) or stay a standby.
+    pub mode: Mode,
 }
 
 fn refused(msg: impl Into<String>) -> RestoreError {
@@ -226,402 +112,139 @@ fn refused(msg: impl Into<String>) -> RestoreError {
 
 use target::format_micros as fmt_time;
 
-/// Reads the commit index along one timeline path.
-struct XactScan<'a> {
-    repo: &'a Repo,
-    idx: &'a WalIndex,
-    path: &'a [PathStep],
+/// The repo as the planner's input: segment facts from summaries (or by decoding segments
+/// that lack one), and record boundaries by decoding the archived WAL.
+#[derive(Debug, Clone)]
+pub struct RepoInput<'a> {
+    /// The repo.
+    pub repo: &'a Repo,
+    /// Its WAL index.
+    pub idx: &'a WalIndex,
 }
 
-impl XactScan<'_> {
-    async fn segment(&self, s: SegNo) -> Result<catalog::SegmentFacts, RestoreError> {
-        Ok(self
-            .idx
-            .facts(self.repo, self.path, s)
-            .await?
-            .unwrap_or_default())
+impl plan::PlanInput for RepoInput<'_> {
+    async fn facts(
+        &self,
+        path: &[PathStep],
+        segno: SegNo,
+    ) -> Result<Option<SegmentFacts>, RestoreError> {
+        Ok(self.idx.facts(self.repo, path, segno).await?)
     }
 
-    /// Walks the commits and aborts from `from` (recovery replays nothing before the
-    /// backup's start) through segment `through`, in WAL order, up to the first one `stops`
-    /// accepts. Returns the last one before it, and it (`None` when none stops the walk).
-    async fn until(
+    async fn record_at_or_after(
         &self,
-        from: Lsn,
-        through: SegNo,
-        stops: impl Fn(&Xact) -> bool,
-    ) -> Result<(Option<Xact>, Option<Xact>), RestoreError> {
-        let mut last = None;
-        let mut s = from.segment(self.idx.seg);
-        while s <= through {
-            for x in self.segment(s).await?.xacts {
-                if x.lsn < from {
-                    continue;
+        path: &[PathStep],
+        lsn: Lsn,
+        wal_end: Lsn,
+    ) -> Result<RecordAt, RestoreError> {
+        let seg = self.idx.seg;
+        let corrupt = |m: String| RestoreError::Corrupt(m);
+        let mut segno = lsn.segment(seg);
+        let start = segno
+            .start_lsn(seg)
+            .ok_or_else(|| corrupt(format!("LSN {lsn} is out of range")))?;
+        let mut cfg = DecoderConfig::new(seg);
+        cfg.sysid = Some(self.idx.system_id);
+        let mut dec = WalDecoder::new(cfg, StartAt::SegmentStart(start))
+            .map_err(|e| corrupt(format!("decoding WAL at {start}: {e}")))?;
+        loop {
+            loop {
+                let step = match dec.poll() {
+                    Ok(Poll::Record(r)) => Some(Ok((r.lsn, r.end))),
+                    Ok(Poll::NeedMore) => None,
+                    Ok(Poll::End(e)) => Some(Err(e)),
+                    Err(e) => return Err(corrupt(format!("archived WAL near {lsn}: {e}"))),
+                };
+                match step {
+                    None => break,
+                    Some(Ok((s, e))) if s >= lsn => {
+                        return Ok(RecordAt::Complete { start: s, end: e });
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(end)) => {
+                        if !end.is_clean() {
+                            return Err(corrupt(format!(
+                                "archived WAL is invalid at {}: {end} (run `pitr verify`)",
+                                end.lsn
+                            )));
+                        }
+                        let pending =
+                            matches!(end.reason, EndReason::InputEnded { mid_record: true })
+                                .then_some(end.lsn);
+                        return Ok(RecordAt::End { pending });
+                    }
                 }
-                if stops(&x) {
-                    return Ok((last, Some(x)));
-                }
-                last = Some(x);
             }
-            s = SegNo(s.0 + 1);
+            let seg_start = segno.start_lsn(seg).unwrap_or(Lsn(u64::MAX));
+            let file = self.idx.file(path, segno);
+            let Some((_, file)) = file.filter(|_| seg_start < wal_end) else {
+                dec.finish();
+                continue;
+            };
+            let (key, partial_end) = match file {
+                SegFile::Complete { key, .. } => (key, None),
+                SegFile::Partial { key, end } => (key, Some(*end)),
+            };
+            let data = self
+                .repo
+                .read_wal_object(key, segno, partial_end, seg)
+                .await?
+                .ok_or_else(|| corrupt(format!("{key}: listed but missing")))?;
+            let upto = wal_end
+                .0
+                .min(partial_end.map_or(u64::MAX, |e| e.0))
+                .saturating_sub(seg_start.0)
+                .min(seg.bytes()) as usize;
+            dec.feed(&data[..upto]);
+            if upto < data.len() {
+                dec.finish();
+            }
+            segno = SegNo(segno.0 + 1);
         }
-        Ok((last, None))
     }
+}
+
+/// Loads what the planner needs from the repo. Unusable catalog entries are skipped with a
+/// warning (returned, for reports).
+pub async fn load_catalog(repo: &Repo) -> Result<(Catalog, Vec<BadEntry>), RestoreError> {
+    let (_, seg, sysid) = catalog::identity(repo).await?;
+    let scan = catalog::scan_backups(repo).await?;
+    catalog::warn_bad(&scan.bad);
+    let index = WalIndex::load(repo, seg, sysid).await?;
+    Ok((
+        Catalog {
+            location: repo.location.clone(),
+            backups: scan.good,
+            index,
+        },
+        scan.bad,
+    ))
 }
 
 /// Resolves the target into a plan. Reads the catalog, the summaries and at most the
-/// segments that lack one; writes nothing.
+/// segments that lack one or hold the stop record; writes nothing.
 pub async fn plan(opts: &RestoreOptions) -> Result<Plan, RestoreError> {
-    let repo = &opts.repo;
-    let (_, seg, sysid) = catalog::identity(repo).await?;
-    let mut backups = catalog::backups(repo).await?;
-    if backups.is_empty() {
-        return Err(refused(format!(
-            "repo {} holds no complete backup: take one with `pitr backup` first",
-            repo.location
-        )));
-    }
-    if let Some(id) = &opts.backup {
-        backups.retain(|b| &b.id == id || &b.label == id);
-        if backups.is_empty() {
-            return Err(refused(format!(
-                "no complete backup {id:?} in the repo (see `pitr list`)"
-            )));
-        }
-    }
-    let idx = WalIndex::load(repo, seg, sysid).await?;
-    let tli = match opts.timeline {
-        TimelineSel::Id(t) => {
-            if !idx.files.contains_key(&t) && !backups.iter().any(|b| b.end_tli == t.0) {
-                return Err(refused(format!(
-                    "timeline {t} is not in the repo; it has timelines {}",
-                    idx.timelines()
-                        .iter()
-                        .map(|t| t.0.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )));
-            }
-            t
-        }
-        TimelineSel::Latest => idx.latest_timeline().unwrap_or(TimeLineId(
-            backups.iter().map(|b| b.end_tli).max().unwrap_or(1),
-        )),
+    let (cat, bad) = load_catalog(&opts.repo).await?;
+    let input = RepoInput {
+        repo: &opts.repo,
+        idx: &cat.index,
     };
-    let path = idx.path(tli);
-    // Backups on this timeline's history whose WAL is archived through their end.
-    let mut usable: Vec<(BackupRecord, catalog::Coverage)> = Vec::new();
-    for b in backups {
-        if !catalog::on_path(&path, b.start_tli, b.start())
-            || !catalog::on_path(&path, b.end_tli, b.end())
-        {
-            continue;
-        }
-        let cov = idx.coverage(&path, b.start());
-        if cov.end.is_some_and(|e| e >= b.end()) {
-            usable.push((b, cov));
-        }
-    }
-    if usable.is_empty() {
-        return Err(refused(format!(
-            "no backup in repo {} can reach timeline {tli} (none lies on its history with its WAL archived): take a backup with `pitr backup`",
-            repo.location
-        )));
-    }
-    // Newest first.
-    usable.sort_by_key(|b| std::cmp::Reverse(b.0.end()));
-    let scan = XactScan {
-        repo,
-        idx: &idx,
-        path: &path,
-    };
-    let earliest = usable.last().map(|(b, _)| b.clone());
-    let earliest_msg = |b: &BackupRecord| {
-        format!(
-            "{} (the end of backup {}, LSN {}, timeline {})",
-            fmt_time(b.end_micros()),
-            b.id,
-            b.end_lsn,
-            b.end_tli
-        )
-    };
-
-    let mut target_utc = None;
-    let (backup, cov, stop, last, next) = match &opts.target {
-        TargetSpec::Latest => {
-            let (b, cov) = usable.swap_remove(0);
-            if let Some(gap) = cov.gap {
-                return Err(refused(format!(
-                    "the archive of timeline {tli} has a gap at {gap}: WAL after it cannot be replayed; restore up to it with --to-lsn {gap}, or find the missing segment (see `pitr list`)"
-                )));
-            }
-            let end = cov.end.unwrap_or(b.end());
-            // The last commit: scan back from the newest segment.
-            let mut last = None;
-            let mut s = catalog::last_segment(end, seg);
-            loop {
-                let f = scan.segment(s).await?;
-                if let Some(x) = f.xacts.iter().rev().find(|x| x.lsn >= b.start()) {
-                    last = Some(*x);
-                    break;
-                }
-                if s <= b.start().segment(seg) {
-                    break;
-                }
-                s = SegNo(s.0 - 1);
-            }
-            (b, cov, Stop::EndOfWal, last, None)
-        }
-        TargetSpec::Time(t) => {
-            let us = t.instant.as_microsecond();
-            target_utc = Some(target::format_utc(t.instant));
-            let Some(pos) = usable.iter().position(|(b, _)| b.end_micros() <= us) else {
-                let e = earliest.as_ref().map(earliest_msg).unwrap_or_default();
-                return Err(refused(format!(
-                    "target {} is before the earliest restorable point {e}",
-                    target::format_utc(t.instant)
-                )));
-            };
-            let (b, cov) = usable.swap_remove(pos);
-            let wal_end = cov.end.unwrap_or(b.end());
-            let (last, found) = scan
-                .until(b.start(), catalog::last_segment(wal_end, seg), |x| {
-                    x.lsn >= b.end() && x.time > us
-                })
-                .await?;
-            match found {
-                Some(x) => (b, cov, Stop::Before(x.lsn), last, Some(x)),
-                None => {
-                    if let Some(gap) = cov.gap {
-                        return Err(refused(format!(
-                            "target {} falls in a gap of the WAL archive (timeline {tli}, from {gap}): the WAL needed to reach it is missing; the latest restorable point before the gap is {}",
-                            target::format_utc(t.instant),
-                            last.map(|x| fmt_time(x.time))
-                                .unwrap_or_else(|| gap.to_string())
-                        )));
-                    }
-                    match last {
-                        Some(l) if l.time == us && l.lsn >= b.end() => {
-                            (b, cov, Stop::After(l.lsn), Some(l), None)
-                        }
-                        Some(l) if l.time == us => (b, cov, Stop::Immediate, Some(l), None),
-                        Some(l) => {
-                            return Err(refused(format!(
-                                "target {} is after the last archived commit ({} at {}, LSN {}, timeline {tli}): the latest restorable point is {}; use --to latest, or an earlier time",
-                                target::format_utc(t.instant),
-                                if l.commit { "commit" } else { "abort" },
-                                fmt_time(l.time),
-                                l.lsn,
-                                fmt_time(l.time)
-                            )));
-                        }
-                        None => {
-                            return Err(refused(format!(
-                                "target {} is after the last archived WAL, which holds no commit since backup {}: use --to latest",
-                                target::format_utc(t.instant),
-                                b.id
-                            )));
-                        }
-                    }
-                }
-            }
-        }
-        TargetSpec::Lsn(x) => {
-            let Some(pos) = usable.iter().position(|(b, _)| b.end() <= *x) else {
-                let e = earliest.as_ref().map(earliest_msg).unwrap_or_default();
-                return Err(refused(format!(
-                    "target LSN {x} is before the earliest restorable point {e}"
-                )));
-            };
-            let (b, cov) = usable.swap_remove(pos);
-            let wal_end = cov.end.unwrap_or(b.end());
-            if *x >= wal_end {
-                return Err(refused(match cov.gap {
-                    Some(gap) => format!(
-                        "target LSN {x} falls in a gap of the WAL archive (timeline {tli}, from {gap}): the WAL needed is missing"
-                    ),
-                    None => format!(
-                        "target LSN {x} is after the last archived WAL ({wal_end} on timeline {tli}): the latest restorable point is --to-lsn {wal_end}, or --to latest"
-                    ),
-                }));
-            }
-            let (last, next) = scan
-                .until(b.start(), x.segment(seg), |xa| xa.lsn >= *x)
-                .await?;
-            (b, cov, Stop::Before(*x), last, next)
-        }
-        TargetSpec::Name(name) => {
-            // The newest restore point with this name after the oldest usable backup's end.
-            let oldest = usable.last().map(|(b, _)| b.end()).unwrap_or(Lsn(0));
-            let wal_end = usable
-                .iter()
-                .filter_map(|(_, c)| c.end)
-                .max()
-                .unwrap_or(oldest);
-            let mut s = oldest.segment(seg);
-            let last_seg = catalog::last_segment(wal_end, seg);
-            let mut found = None;
-            let mut names = std::collections::BTreeSet::new();
-            while s <= last_seg {
-                for p in scan.segment(s).await?.restore_points {
-                    if p.lsn >= oldest {
-                        names.insert(p.name.clone());
-                        if &p.name == name {
-                            found = Some(p);
-                        }
-                    }
-                }
-                s = SegNo(s.0 + 1);
-            }
-            let Some(rp) = found else {
-                return Err(refused(format!(
-                    "no restore point named {name:?} in the archived WAL of timeline {tli} after a backup{}",
-                    if names.is_empty() {
-                        String::new()
-                    } else {
-                        format!(
-                            "; it has {}",
-                            names.into_iter().collect::<Vec<_>>().join(", ")
-                        )
-                    }
-                )));
-            };
-            let Some(pos) = usable.iter().position(|(b, _)| b.end() <= rp.lsn) else {
-                return Err(refused(format!(
-                    "restore point {name:?} ({}) is before the earliest restorable point",
-                    rp.lsn
-                )));
-            };
-            let (b, cov) = usable.swap_remove(pos);
-            let (last, next) = scan
-                .until(b.start(), rp.lsn.segment(seg), |xa| xa.lsn > rp.lsn)
-                .await?;
-            target_utc = Some(fmt_time(rp.time));
-            (b, cov, Stop::After(rp.lsn), last, next)
-        }
-    };
-
-    // WAL files: from the backup's start to the segment holding the stop record.
-    let wal_end = cov.end.unwrap_or(backup.end());
-    let first_seg = backup.start().segment(seg);
-    let archived_last = catalog::last_segment(wal_end, seg);
-    let stop_seg = match stop {
-        Stop::EndOfWal => archived_last,
-        Stop::Before(l) => l.segment(seg).min(archived_last),
-        // The record may run into the next segment.
-        Stop::After(l) => SegNo(l.segment(seg).0 + 1).min(archived_last),
-        Stop::Immediate => SegNo(backup.end().segment(seg).0 + 1).min(archived_last),
-    }
-    .max(backup.end().segment(seg).min(archived_last));
-    let mut wal = Vec::new();
-    let mut s = first_seg;
-    while s <= stop_seg {
-        let Some((ftli, f)) = idx.file(&path, s) else {
-            return Err(refused(format!(
-                "segment {} is missing from the archive (a gap): the restore cannot reach its target",
-                segment_file_name(idx.tli_for_segment(&path, s), s, seg)
-            )));
-        };
-        let name = segment_file_name(ftli, s, seg);
-        let (key, partial_end) = match f {
-            SegFile::Complete { key, .. } => (key.clone(), None),
-            SegFile::Partial { key, end } => (key.clone(), Some(*end)),
-        };
-        wal.push(WalFile {
-            name,
-            key,
-            partial: partial_end.is_some(),
-            partial_end,
-        });
-        s = SegNo(s.0 + 1);
-    }
-    let mut histories = Vec::new();
-    for step in &path {
-        if let Some(k) = idx.history_keys.get(&step.tli) {
-            histories.push(WalFile {
-                name: history_file_name(step.tli),
-                key: k.clone(),
-                partial: false,
-                partial_end: None,
-            });
-        }
-    }
-
-    let target_text = match &opts.target {
-        TargetSpec::Latest => "latest".to_string(),
-        TargetSpec::Time(t) => match &t.zone {
-            target::ZoneSource::Explicit | target::ZoneSource::DefaultUtc => t.input.clone(),
-            target::ZoneSource::TzFlag(z) => format!("{} (--tz {z})", t.input),
-            target::ZoneSource::TzEnv(z) => format!("{} (TZ={z})", t.input),
-        },
-        TargetSpec::Lsn(l) => format!("LSN {l}"),
-        TargetSpec::Name(n) => format!("restore point {n:?}"),
-    };
-    let mut settings = vec![
-        format!(
-            "# added by pitr {} restore: target {}",
-            env!("CARGO_PKG_VERSION"),
-            target_text
-        ),
-        "# the WAL recovery needs is in pg_wal: no archive to fetch from".into(),
-        "restore_command = 'false'".into(),
-        format!("recovery_target_timeline = '{}'", tli.0),
-    ];
-    match stop {
-        Stop::EndOfWal => {}
-        Stop::Before(l) => {
-            if let Some(u) = &target_utc {
-                settings.push(format!(
-                    "# = recovery_target_time = '{u}' (stops before the first transaction ending after it)"
-                ));
-            }
-            settings.push(format!("recovery_target_lsn = '{l}'"));
-            settings.push("recovery_target_inclusive = off".into());
-        }
-        Stop::After(l) => {
-            settings.push(format!("recovery_target_lsn = '{l}'"));
-            settings.push("recovery_target_inclusive = on".into());
-        }
-        Stop::Immediate => settings.push("recovery_target = 'immediate'".into()),
-    }
-    settings.push("recovery_target_action = 'promote'".into());
-
-    let mut tablespaces = Vec::new();
-    for a in &backup.archives {
-        if a.name == "base" {
-            continue;
-        }
-        let loc = a.location.clone().unwrap_or_default();
-        let dest = opts
-            .tablespace_map
-            .get(&loc)
-            .or_else(|| opts.tablespace_map.get(&a.name))
-            .cloned()
-            .unwrap_or_else(|| PathBuf::from(&loc));
-        if dest.is_relative() {
-            return Err(refused(format!(
-                "tablespace {} ({loc}) would be restored to a relative path: map it with --tablespace-map {loc}=/new/dir",
-                a.name
-            )));
-        }
-        tablespaces.push((a.name.clone(), dest));
-    }
-
-    Ok(Plan {
-        target: target_text,
-        target_utc,
-        timeline: tli.0,
-        stop,
-        last_included: last.map(XactInfo::from),
-        first_excluded: next.map(XactInfo::from),
-        wal,
-        histories,
-        recovery_settings: settings,
+    let req = Request {
+        target: opts.target.clone(),
+        timeline: opts.timeline,
+        backup: opts.backup.clone(),
+        mode: opts.mode.clone(),
         dir: opts.dir.clone(),
-        tablespaces,
-        backup,
-        seg,
-    })
+        tablespace_map: opts.tablespace_map.clone(),
+    };
+    let mut p = plan::plan(&input, &cat, &req).await?;
+    for b in bad {
+        p.notes.push(format!(
+            "skipped an unusable catalog entry {} ({}); `pitr verify` reports it",
+            b.key, b.error
+        ));
+    }
+    Ok(p)
 }
 
 /// Prints the plan for humans.
@@ -634,38 +257,46 @@ pub fn print_plan(w: &mut impl Write, p: &Plan) -> std::io::Result<()> {
     }
     writeln!(
         w,
-        "backup:         {} (label {:?}, PostgreSQL {}, consistent at {} on timeline {}, {})",
+        "backup:         {} (label {:?}, PostgreSQL {}, consistent at {} on timeline {}, restorable from {})",
         p.backup.id,
         p.backup.label,
         p.backup.pg_version,
         p.backup.end_lsn,
         p.backup.end_tli,
-        fmt_time(p.backup.end_micros())
+        p.backup_restorable_from
+            .as_deref()
+            .and_then(catalog::parse_micros)
+            .map_or_else(|| "?".to_string(), fmt_time)
     )?;
     writeln!(w, "timeline:       {}", p.timeline)?;
-    match &p.last_included {
-        Some(x) => writeln!(
-            w,
-            "last included:  {} of xid {} at {}, LSN {}",
+    let show = |x: &XactInfo| {
+        format!(
+            "{} of xid {} at {}, LSN {}",
             x.kind,
             x.xid,
             fmt_time(x.micros),
             x.lsn
-        )?,
+        )
+    };
+    match &p.last_included {
+        Some(x) => writeln!(w, "last included:  {}", show(x))?,
         None => writeln!(
             w,
             "last included:  (no transaction ends in the replayed WAL)"
         )?,
     }
     if let Some(x) = &p.first_excluded {
+        writeln!(w, "first excluded: {}", show(x))?;
+    }
+    if !p.excluded_despite_time.is_empty() {
         writeln!(
             w,
-            "first excluded: {} of xid {} at {}, LSN {}",
-            x.kind,
-            x.xid,
-            fmt_time(x.micros),
-            x.lsn
+            "also excluded:  {} transaction(s) stamped at or before the target whose commit record comes after the first excluded one (PostgreSQL's rule):",
+            p.excluded_despite_time.len()
         )?;
+        for x in &p.excluded_despite_time {
+            writeln!(w, "                {}", show(x))?;
+        }
     }
     let (first, last) = (
         p.wal.first().map(|f| f.name.as_str()).unwrap_or("-"),
@@ -673,19 +304,27 @@ pub fn print_plan(w: &mut impl Write, p: &Plan) -> std::io::Result<()> {
     );
     writeln!(
         w,
-        "WAL:            {} segment(s), {first} .. {last}{}{}",
+        "WAL:            {} segment(s), {first} .. {last}{}, through {}{}",
         p.wal.len(),
         if p.wal.iter().any(|f| f.partial) {
             " (last one partial)"
         } else {
             ""
         },
+        p.wal_end,
         if p.histories.is_empty() {
             String::new()
         } else {
             format!(", {} history file(s)", p.histories.len())
         }
     )?;
+    match p.promotes_to {
+        Some(t) => writeln!(w, "promotes to:    timeline {t} (unused in the repo)")?,
+        None => writeln!(
+            w,
+            "standby:        stays in recovery, fetching WAL from the repo"
+        )?,
+    }
     writeln!(w, "directory:      {}", p.dir.display())?;
     for (oid, d) in &p.tablespaces {
         writeln!(w, "tablespace:     {oid} -> {}", d.display())?;
@@ -693,16 +332,21 @@ pub fn print_plan(w: &mut impl Write, p: &Plan) -> std::io::Result<()> {
     let settings: Vec<&str> = p
         .recovery_settings
         .iter()
-        .filter(|s| !s.starts_with('#'))
+        .filter(|s| !s.starts_with('#') && !s.ends_with("''") && !s.ends_with("= 0"))
         .map(String::as_str)
         .collect();
     writeln!(w, "recovery:       {}", settings.join("; "))?;
+    for n in &p.notes {
+        writeln!(w, "note:           {n}")?;
+    }
     Ok(())
 }
 
-/// A directory pitr may restore into: missing, or empty.
+/// A directory pitr may restore into: missing, or empty; and writable (checked by creating
+/// and removing a temporary file in it, or in its nearest existing parent). Returns whether
+/// pitr must create it.
 fn check_empty(dir: &Path, what: &str) -> Result<bool, RestoreError> {
-    match std::fs::read_dir(dir) {
+    let missing = match std::fs::read_dir(dir) {
         Ok(mut it) => {
             if it.next().is_some() {
                 return Err(refused(format!(
@@ -710,19 +354,55 @@ fn check_empty(dir: &Path, what: &str) -> Result<bool, RestoreError> {
                     dir.display()
                 )));
             }
-            Ok(false)
+            false
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => Err(refused(format!(
-            "{what} {} is not a directory",
-            dir.display()
-        ))),
-        Err(e) => Err(refused(format!("{what} {}: {e}", dir.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
+            return Err(refused(format!(
+                "{what} {} is not a directory",
+                dir.display()
+            )));
+        }
+        Err(e) => return Err(refused(format!("{what} {}: {e}", dir.display()))),
+    };
+    let mut probe = dir.to_path_buf();
+    if missing {
+        loop {
+            match probe.parent() {
+                Some(p) if !p.as_os_str().is_empty() => probe = p.to_path_buf(),
+                _ => {
+                    probe = PathBuf::from(".");
+                    break;
+                }
+            }
+            match std::fs::metadata(&probe) {
+                Ok(m) if m.is_dir() => break,
+                Ok(_) => {
+                    return Err(refused(format!(
+                        "{what} {}: {} is not a directory",
+                        dir.display(),
+                        probe.display()
+                    )));
+                }
+                Err(_) => continue,
+            }
+        }
     }
+    if let Err(e) = tempfile::Builder::new()
+        .prefix(".pitr-write-check-")
+        .tempfile_in(&probe)
+    {
+        return Err(refused(format!(
+            "{what} {} cannot be written ({}: {e}): choose a writable directory",
+            dir.display(),
+            probe.display()
+        )));
+    }
+    Ok(missing)
 }
 
-/// Checks the destination, before anything is written. Returns which directories pitr
-/// will create (and so remove on failure).
+/// Checks the destination, before anything is written or downloaded. Returns which
+/// directories pitr will create (and so remove on failure).
 pub fn check_destination(p: &Plan) -> Result<Vec<(PathBuf, bool)>, RestoreError> {
     let mut out = vec![(p.dir.clone(), check_empty(&p.dir, "directory")?)];
     for (oid, d) in &p.tablespaces {
@@ -735,8 +415,13 @@ pub fn check_destination(p: &Plan) -> Result<Vec<(PathBuf, bool)>, RestoreError>
 }
 
 /// Numbers from a restore.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct RestoreStats {
+    /// Recovery and standby settings found in the restored configuration that pitr's
+    /// settings replace (where, and how).
+    pub neutralised: Vec<String>,
+    /// Signal files from the backup that were removed.
+    pub removed: Vec<String>,
     /// Bytes extracted from the backup.
     pub backup_bytes: u64,
     /// WAL bytes placed.
@@ -791,9 +476,9 @@ fn empty_dir(d: &Path) -> std::io::Result<()> {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RestoreError + '_ {
-    move |source| RestoreError::Io {
+    move |error| RestoreError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     }
 }
 
@@ -872,17 +557,35 @@ async fn execute_inner(
         }
     }
     for h in &p.histories {
-        let data = repo
-            .fetch_wal(&h.name, seg)
-            .await?
-            .ok_or_else(|| RestoreError::Corrupt(format!("{}: missing", h.key)))?;
+        let data = match &h.key {
+            Some(key) => repo
+                .fetch_wal(&h.name, seg)
+                .await?
+                .ok_or_else(|| RestoreError::Corrupt(format!("{key}: missing")))?,
+            None => plan::placeholder_history(h.timeline).into_bytes(),
+        };
         write_file(&wal_dir.join(&h.name), &data)?;
     }
-    // Recovery settings.
+    // One clean set of recovery settings: earlier ones in postgresql.auto.conf are commented
+    // out (and any in postgresql.conf are overridden by pitr's, written last).
     let auto = p.dir.join("postgresql.auto.conf");
-    let mut conf = std::fs::read_to_string(&auto).unwrap_or_default();
-    if !conf.is_empty() && !conf.ends_with('\n') {
-        conf.push('\n');
+    let old = match std::fs::read_to_string(&auto) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(io_err(&auto)(e)),
+    };
+    let (mut conf, gone) = plan::neutralise_auto_conf(&old);
+    for g in gone {
+        stats
+            .neutralised
+            .push(format!("{g} (postgresql.auto.conf: commented out)"));
+    }
+    if let Ok(main) = std::fs::read_to_string(p.dir.join("postgresql.conf")) {
+        for g in plan::recovery_settings_in(&main) {
+            stats
+                .neutralised
+                .push(format!("{g} (postgresql.conf: overridden)"));
+        }
     }
     for s in &p.recovery_settings {
         conf.push_str(s);
@@ -892,7 +595,21 @@ async fn execute_inner(
         std::fs::remove_file(&auto).map_err(io_err(&auto))?;
     }
     write_file(&auto, conf.as_bytes())?;
-    write_file(&p.dir.join("recovery.signal"), b"")?;
+    // A standby's backup carries standby.signal; a restore chooses its own mode.
+    for sig in ["standby.signal", "recovery.signal"] {
+        let path = p.dir.join(sig);
+        match std::fs::remove_file(&path) {
+            Ok(()) => stats.removed.push(sig.to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&path)(e)),
+        }
+    }
+    let signal = if p.standby {
+        "standby.signal"
+    } else {
+        "recovery.signal"
+    };
+    write_file(&p.dir.join(signal), b"")?;
     chown_for_postgres(dirs)?;
     pb.finish_and_clear();
     Ok(stats)

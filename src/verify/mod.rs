@@ -107,6 +107,14 @@ pub struct Report {
     pub replay_end_lsn: Option<String>,
     /// Achieved point equals the prediction.
     pub target_matched: bool,
+    /// Recovery ended and the server promoted (left recovery) within the timeout.
+    pub promoted: bool,
+    /// The timeline the plan predicted the server would promote to.
+    pub expected_timeline: Option<u32>,
+    /// The timeline it is on after promotion.
+    pub achieved_timeline: Option<u32>,
+    /// Every condition that failed, in words.
+    pub failures: Vec<String>,
     /// Seconds to download and assemble the directory.
     pub restore_seconds: f64,
     /// Seconds from starting PostgreSQL to the end of recovery.
@@ -130,6 +138,15 @@ impl Report {
         writeln!(w, "verify: {}", if self.ok { "PASSED" } else { "FAILED" })?;
         writeln!(
             w,
+            "  [{}] recovery ended and the server promoted to timeline {} (expected {})",
+            mark(self.promoted && self.expected_timeline == self.achieved_timeline),
+            self.achieved_timeline
+                .map_or_else(|| "?".to_string(), |t| t.to_string()),
+            self.expected_timeline
+                .map_or_else(|| "?".to_string(), |t| t.to_string())
+        )?;
+        writeln!(
+            w,
             "  [{}] recovery point: expected last transaction {}, PostgreSQL replayed {} (replay ended at {})",
             mark(self.target_matched),
             self.expected_last.as_deref().unwrap_or("none"),
@@ -151,6 +168,9 @@ impl Report {
                     .or(c.got.as_deref())
                     .unwrap_or("(no rows)")
             )?;
+        }
+        for f in &self.failures {
+            writeln!(w, "  FAILED: {f}")?;
         }
         writeln!(
             w,
@@ -327,7 +347,25 @@ pub async fn run_server_check(
     stats: &RestoreStats,
     opts: &ServerCheckOptions,
 ) -> Result<Report, VerifyError> {
+    if plan.standby {
+        return Err(VerifyError::Server(
+            "--verify proves a restore that recovers and promotes; a --standby restore never promotes".into(),
+        ));
+    }
     let bin = find_binaries(opts.pg_bin.as_deref(), plan.backup.pg_major)?;
+    let mut failures = Vec::new();
+    if plan.dir.join("standby.signal").exists() {
+        failures.push(format!(
+            "{} holds standby.signal: the server would stay a standby and never promote",
+            plan.dir.display()
+        ));
+    }
+    if !plan.dir.join("recovery.signal").exists() {
+        failures.push(format!(
+            "{} has no recovery.signal: the server would not recover to the target",
+            plan.dir.display()
+        ));
+    }
     let work = tempfile::Builder::new()
         .prefix("pitr-verify-")
         .tempdir()
@@ -407,10 +445,11 @@ pub async fn run_server_check(
             v
         }
     };
-    // Wait until recovery ends.
+    // Wait until recovery ends (the server leaves recovery: it promoted).
     let mut conn = None;
     let mut last_err = String::new();
-    while began.elapsed() < opts.timeout {
+    let mut promoted = false;
+    while failures.is_empty() && began.elapsed() < opts.timeout {
         if !server.running() {
             return Err(VerifyError::Server(format!(
                 "PostgreSQL stopped during recovery: {} (log: {})",
@@ -438,7 +477,10 @@ pub async fn run_server_check(
         }
         if let Some((c, _)) = conn.as_mut() {
             match c.simple_query("SELECT pg_is_in_recovery()").await {
-                Ok(r) if r.get(0, 0) == Some("f") => break,
+                Ok(r) if r.get(0, 0) == Some("f") => {
+                    promoted = true;
+                    break;
+                }
                 Ok(_) => {}
                 Err(e) => {
                     last_err = e.to_string();
@@ -449,40 +491,73 @@ pub async fn run_server_check(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let recovery_seconds = began.elapsed().as_secs_f64();
-    let Some((mut c, user)) = conn else {
-        return Err(VerifyError::Server(format!(
-            "PostgreSQL did not finish recovery within {:?}: {last_err}; {}",
+    if !promoted && failures.is_empty() {
+        failures.push(format!(
+            "the server was still in recovery after --verify-timeout {:?}{}: it did not reach the target and promote ({})",
             opts.timeout,
+            if last_err.is_empty() {
+                String::new()
+            } else {
+                format!(" ({last_err})")
+            },
             server.log_tail()
-        )));
+        ));
+    }
+    let Some((mut c, user)) = conn else {
+        server.stop();
+        return Ok(failed_report(plan, stats, recovery_seconds, &bin, failures));
     };
     let r = c
         .simple_query(
-            "SELECT to_char(pg_last_xact_replay_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), pg_last_wal_replay_lsn()::text, pg_is_in_recovery()::text",
+            "SELECT to_char(pg_last_xact_replay_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), pg_last_wal_replay_lsn()::text, pg_is_in_recovery()::text, CASE WHEN pg_is_in_recovery() THEN NULL ELSE substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) END",
         )
         .await
         .map_err(|e| VerifyError::Server(format!("querying the recovered server: {e}")))?;
     let achieved = r.get(0, 0).map(str::to_string);
     let replay_end = r.get(0, 1).map(str::to_string);
+    if r.get(0, 2) != Some("false") {
+        promoted = false;
+    }
+    let achieved_timeline = r.get(0, 3).and_then(|h| u32::from_str_radix(h, 16).ok());
+    if promoted && achieved_timeline != plan.promotes_to {
+        failures.push(format!(
+            "the server promoted to timeline {}, not the predicted {}: the repo's timeline history is not what the plan assumed",
+            achieved_timeline.map_or_else(|| "?".to_string(), |t| t.to_string()),
+            plan.promotes_to.map_or_else(|| "?".to_string(), |t| t.to_string())
+        ));
+    }
     let achieved_us = achieved
         .as_deref()
         .and_then(crate::repo::catalog::parse_micros);
     let expected_us = plan.last_included.as_ref().map(|x| x.micros);
-    let target_matched = achieved_us == expected_us
-        && match (
-            plan.stop,
-            replay_end
-                .as_deref()
-                .and_then(|s| s.parse::<walfmt::Lsn>().ok()),
-        ) {
-            // Replay must have stopped before the first excluded record.
-            (Stop::Before(l), Some(end)) => end <= l,
-            _ => true,
-        };
-    let wal_replayed_bytes = replay_end
+    let end_lsn = replay_end
         .as_deref()
-        .and_then(|s| s.parse::<walfmt::Lsn>().ok())
-        .map_or(0, |l| l.0.saturating_sub(plan.backup.start().0));
+        .and_then(|s| s.parse::<walfmt::Lsn>().ok());
+    let point_ok = match (plan.stop, end_lsn) {
+        // Replay must have stopped before the first excluded record...
+        (Stop::Before(l), Some(end)) => end <= l && end >= plan.backup.end(),
+        // ... or exactly after the included one.
+        // (PostgreSQL's EndRecPtr is MAXALIGNed.)
+        (Stop::After(_), Some(end)) => plan
+            .stop_record
+            .is_none_or(|r| end.0 == r.end.0.next_multiple_of(8)),
+        (Stop::EndOfWal, Some(end)) => end >= plan.backup.end() && end <= plan.wal_end,
+        (_, None) => false,
+    };
+    let target_matched = achieved_us == expected_us && point_ok;
+    if !target_matched {
+        failures.push(format!(
+            "the achieved point is not the predicted one: last transaction {} (expected {}), replay ended at {} (stop {:?}{})",
+            achieved_us.map_or_else(|| "none".to_string(), crate::restore::target::format_micros),
+            expected_us.map_or_else(|| "none".to_string(), crate::restore::target::format_micros),
+            replay_end.as_deref().unwrap_or("?"),
+            plan.stop,
+            plan.stop_record
+                .map(|r| format!(", stop record {}..{}", r.start, r.end))
+                .unwrap_or_default()
+        ));
+    }
+    let wal_replayed_bytes = end_lsn.map_or(0, |l| l.0.saturating_sub(plan.backup.start().0));
     c.close().await;
     // Checks, in the requested database.
     let mut checks = Vec::new();
@@ -534,8 +609,32 @@ pub async fn run_server_check(
     }
     server.stop();
     let fmt = |us: Option<i64>| us.map(crate::restore::target::format_micros);
-    let ok = target_matched && checks.iter().all(|c| c.ok);
+    let ok = failures.is_empty() && promoted && target_matched && checks.iter().all(|c| c.ok);
     Ok(Report {
+        achieved_last: fmt(achieved_us),
+        replay_end_lsn: replay_end,
+        target_matched,
+        promoted,
+        achieved_timeline,
+        recovery_seconds,
+        rto_seconds: stats.seconds + recovery_seconds,
+        wal_replayed_bytes,
+        checks,
+        ok,
+        failures,
+        ..failed_report(plan, stats, recovery_seconds, &bin, Vec::new())
+    })
+}
+
+/// A report for a verification that failed before it could query the server.
+fn failed_report(
+    plan: &Plan,
+    stats: &RestoreStats,
+    recovery_seconds: f64,
+    bin: &Path,
+    failures: Vec<String>,
+) -> Report {
+    Report {
         target: plan.target.clone(),
         target_utc: plan.target_utc.clone(),
         backup: plan.backup.id.clone(),
@@ -545,21 +644,25 @@ pub async fn run_server_check(
                 "{} of xid {} at {} (LSN {})",
                 x.kind,
                 x.xid,
-                fmt(Some(x.micros)).unwrap_or_default(),
+                crate::restore::target::format_micros(x.micros),
                 x.lsn
             )
         }),
-        achieved_last: fmt(achieved_us),
-        replay_end_lsn: replay_end,
-        target_matched,
+        achieved_last: None,
+        replay_end_lsn: None,
+        target_matched: false,
+        promoted: false,
+        expected_timeline: plan.promotes_to,
+        achieved_timeline: None,
+        failures,
         restore_seconds: stats.seconds,
         recovery_seconds,
         rto_seconds: stats.seconds + recovery_seconds,
-        wal_replayed_bytes,
-        checks,
-        ok,
+        wal_replayed_bytes: 0,
+        checks: Vec::new(),
+        ok: false,
         postgres: format!("{}", bin.display()),
-    })
+    }
 }
 
 /// Keeps the server log of a failed verification next to the temporary directory's removal.

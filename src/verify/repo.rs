@@ -33,8 +33,11 @@ pub struct RepoReport {
     pub wal_objects: usize,
     /// Uncompressed bytes read.
     pub bytes: u64,
-    /// Problems, each naming its object.
+    /// Problems, each naming its object: `verify` fails on any.
     pub problems: Vec<String>,
+    /// Things worth knowing that do not make a restore fail (an interrupted backup's
+    /// leftovers, ...).
+    pub warnings: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -241,6 +244,9 @@ pub fn print(out: &mut impl std::io::Write, r: &RepoReport) -> std::io::Result<(
     for p in &r.problems {
         writeln!(out, "PROBLEM: {p}")?;
     }
+    for w in &r.warnings {
+        writeln!(out, "warning: {w}")?;
+    }
     writeln!(
         out,
         "{}",
@@ -255,25 +261,43 @@ pub fn print(out: &mut impl std::io::Write, r: &RepoReport) -> std::io::Result<(
 /// Verifies the whole repo.
 pub async fn verify_repo(repo: &Repo) -> Result<RepoReport, RepoError> {
     let (_, seg, sysid) = catalog::identity(repo).await?;
-    let backups = catalog::backups(repo).await?;
+    let scan = catalog::scan_backups(repo).await?;
+    let backups = scan.good;
     let idx = WalIndex::load(repo, seg, sysid).await?;
     let mut report = RepoReport {
         backups: backups.len(),
         ..Default::default()
     };
+    for b in &scan.bad {
+        report.problems.push(format!(
+            "{}: {}: this backup cannot be restored (other backups can); remove it or restore the object from a copy",
+            b.key, b.error
+        ));
+    }
+    for i in &scan.incomplete {
+        report.warnings.push(format!(
+            "backups/{}/ holds {} object(s) ({} MiB) of a backup that never completed (no backup.json): nothing restores it; `pitr prune` removes it once it is a day old",
+            i.id,
+            i.objects,
+            i.bytes >> 20
+        ));
+    }
     if backups.is_empty() {
         report.problems.push(format!(
             "repo {} holds no complete backup: nothing can be restored; take one with `pitr backup`",
             repo.location
         ));
     }
+    report.problems.extend(catalog::history_problems(&idx));
     for b in &backups {
         check_backup(repo, b, &mut report).await;
     }
-    // WAL: every timeline's path from each backup on it.
-    let mut needed: BTreeSet<(TimeLineId, SegNo)> = BTreeSet::new();
+    // WAL: every timeline's path from its oldest backup, decoded as one stream (every
+    // record's CRC, every prev-link, across segment boundaries and timeline switches).
+    let mut read: BTreeSet<(TimeLineId, SegNo)> = BTreeSet::new();
     for tli in idx.timelines() {
         let path = idx.path(tli);
+        let mut from: Option<walfmt::Lsn> = None;
         for b in &backups {
             if !catalog::on_path(&path, b.end_tli, b.end()) {
                 continue;
@@ -287,43 +311,122 @@ pub async fn verify_repo(repo: &Repo) -> Result<RepoReport, RepoError> {
                     b.id
                 ));
             }
-            let Some(end) = cov.end else {
+            if cov.end.is_none() {
                 report.problems.push(format!(
                     "backup {}: its first WAL segment is missing on timeline {tli}",
                     b.id
                 ));
                 continue;
-            };
-            let mut s = b.start().segment(seg);
-            while s <= catalog::last_segment(end, seg) {
-                needed.insert((idx.tli_for_segment(&path, s), s));
-                s = SegNo(s.0 + 1);
             }
+            from = Some(from.map_or(b.start(), |f| f.min(b.start())));
         }
-    }
-    for (tli, s) in needed {
-        let Some(f) = idx.files.get(&tli).and_then(|m| m.get(&s)) else {
-            continue;
-        };
-        let name = segment_file_name(tli, s, seg);
-        let fetch = match f {
-            SegFile::Complete { .. } => name.clone(),
-            SegFile::Partial { .. } => format!("{name}.partial"),
-        };
-        report.wal_objects += 1;
-        match repo.fetch_wal(&fetch, seg).await {
-            Ok(Some(d)) => report.bytes += d.len() as u64,
-            Ok(None) => report
-                .problems
-                .push(format!("{}: listed but missing", key_of(f))),
-            Err(e) => report.problems.push(e.to_string()),
+        if let Some(from) = from {
+            check_wal_path(repo, &idx, tli, &path, from, &mut read, &mut report).await;
         }
     }
     Ok(report)
 }
 
-fn key_of(f: &SegFile) -> &str {
-    match f {
-        SegFile::Complete { key, .. } | SegFile::Partial { key, .. } => key,
+/// Decodes the WAL of `path` from `from` through the contiguous archive, reading each object
+/// once per path. Any place where valid WAL stops before the archive's end is a problem.
+async fn check_wal_path(
+    repo: &Repo,
+    idx: &WalIndex,
+    tli: TimeLineId,
+    path: &[catalog::PathStep],
+    from: walfmt::Lsn,
+    read: &mut BTreeSet<(TimeLineId, SegNo)>,
+    report: &mut RepoReport,
+) {
+    use walfmt::{DecoderConfig, Poll, StartAt, WalDecoder};
+    let seg = idx.seg;
+    let cov = idx.coverage(path, from);
+    let Some(end) = cov.end else { return };
+    let first = from.segment(seg);
+    let Some(start) = first.start_lsn(seg) else {
+        return;
+    };
+    let mut cfg = DecoderConfig::new(seg);
+    cfg.sysid = Some(idx.system_id);
+    let Ok(mut dec) = WalDecoder::new(cfg, StartAt::SegmentStart(start)) else {
+        return;
+    };
+    let mut s = first;
+    let last = catalog::last_segment(end, seg);
+    let mut current = String::new();
+    let mut ended = None;
+    while s <= last && ended.is_none() {
+        let Some((ftli, f)) = idx.file(path, s) else {
+            break;
+        };
+        let (key, pend) = match f {
+            SegFile::Complete { key, .. } => (key.clone(), None),
+            SegFile::Partial { key, end } => (key.clone(), Some(*end)),
+        };
+        let data = match repo.read_wal_object(&key, s, pend, seg).await {
+            Ok(Some(d)) => d,
+            Ok(None) => {
+                report.problems.push(format!("{key}: listed but missing"));
+                return;
+            }
+            Err(e) => {
+                report.problems.push(e.to_string());
+                return;
+            }
+        };
+        if read.insert((ftli, s)) {
+            report.wal_objects += 1;
+            report.bytes += data.len() as u64;
+        }
+        let upto = pend.map_or(data.len(), |e| {
+            e.0.saturating_sub(s.start_lsn(seg).map_or(0, |l| l.0)) as usize
+        });
+        dec.feed(&data[..upto.min(data.len())]);
+        current = key;
+        loop {
+            match dec.poll() {
+                Ok(Poll::Record(_)) => {}
+                Ok(Poll::NeedMore) => break,
+                Ok(Poll::End(e)) => {
+                    ended = Some(e);
+                    break;
+                }
+                Err(e) => {
+                    report.problems.push(format!("{current}: {e}"));
+                    return;
+                }
+            }
+        }
+        s = SegNo(s.0 + 1);
+    }
+    if ended.is_none() {
+        dec.finish();
+        loop {
+            match dec.poll() {
+                Ok(Poll::Record(_)) => {}
+                Ok(Poll::NeedMore) => break,
+                Ok(Poll::End(e)) => {
+                    ended = Some(e);
+                    break;
+                }
+                Err(e) => {
+                    report.problems.push(format!("{current}: {e}"));
+                    return;
+                }
+            }
+        }
+    }
+    if let Some(e) = ended
+        && !matches!(e.reason, walfmt::EndReason::InputEnded { .. })
+    {
+        report.problems.push(format!(
+            "timeline {tli}: the archived WAL stops being valid at {} ({e}) in {current}, before the archive's end at {end}: {}",
+            e.lsn,
+            if matches!(e.reason, walfmt::EndReason::BadPrevLink { .. } | walfmt::EndReason::BadCrc { .. }) {
+                "the archive mixes two histories (or an object is damaged); restores past this point replay the wrong WAL or stop early"
+            } else {
+                "restores past this point stop early"
+            }
+        ));
     }
 }

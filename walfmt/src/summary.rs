@@ -86,6 +86,11 @@ pub struct SegmentSummary {
     pub segno: SegNo,
     /// Start LSN of the first record starting in this segment.
     pub first_lsn: Option<Lsn>,
+    /// That record's `xl_prev`: the start of the record before it (in this segment's
+    /// predecessor, when the first record here is not preceded by one starting here). Two
+    /// consecutive segments belong to one history only if this equals the predecessor's
+    /// [`SegmentSummary::last_lsn`].
+    pub first_prev: Option<Lsn>,
     /// Start LSN of the last record starting in this segment.
     pub last_lsn: Option<Lsn>,
     /// End of the last record starting here (may lie in the next segment).
@@ -122,6 +127,7 @@ impl SegmentSummary {
         SegmentSummary {
             segno,
             first_lsn: None,
+            first_prev: None,
             last_lsn: None,
             last_end: None,
             records: 0,
@@ -144,6 +150,7 @@ impl SegmentSummary {
         self.records += 1;
         if self.first_lsn.is_none() {
             self.first_lsn = Some(rec.lsn);
+            self.first_prev = Some(rec.header.prev);
         }
         self.last_lsn = Some(rec.lsn);
         self.last_end = Some(rec.end);

@@ -1,0 +1,1685 @@
+//! Restore planning: a pure, typed planner with no I/O of its own.
+//!
+//! The planner reads the catalog (backups) and the WAL index as plain values, and asks a
+//! [`PlanInput`] for what it needs of individual segments (commits, restore points,
+//! checkpoints, record boundaries). In production that is the repo ([`super::RepoInput`]);
+//! in the unit tests below, tables of values. It runs in four named steps, as pgBackRest's
+//! `command/restore/` separates selection, remapping, configuration and timelines:
+//!
+//! 1. **Backup selection** ([`candidates`], then per target in [`resolve`]): a backup is a
+//!    candidate when both its start and end lie on the target timeline's history and the WAL
+//!    from its start through its end is archived. For a time target it must also be
+//!    *restorable from* at or before the target ([`restorable_from`]): no commit or abort in
+//!    the WAL before its end, and no checkpoint it starts from, is stamped later than the
+//!    target. Those instants are the server's clock (commit timestamps from the WAL), never
+//!    pitr's host clock, so a skewed sidecar cannot let a later commit slip in.
+//! 2. **Stop-point resolution** ([`resolve`]): every target becomes a stop LSN, using
+//!    PostgreSQL's own rules (src/backend/access/transam/xlogrecovery.c,
+//!    `recoveryStopsBefore` / `recoveryStopsAfter`):
+//!    - a time `T`: stop *before* the first commit or abort record, in WAL order from the
+//!      backup's start, whose timestamp is later than `T` (`recovery_target_time` with
+//!      `recovery_target_inclusive = on`). A transaction stamped at or before `T` whose
+//!      commit record comes after that one is excluded too, as PostgreSQL excludes it; the
+//!      plan names such transactions ([`Plan::excluded_despite_time`]).
+//!    - `--to-lsn X`: stop before the first record starting at or after `X`.
+//!    - `--to-name N`: stop after the FIRST restore point named `N` (in WAL order, after the
+//!      oldest candidate backup's end), as PostgreSQL stops at the first one it replays.
+//!    - `latest`: replay all archived WAL.
+//!
+//!    PostgreSQL reads the whole stop record before it stops (and, for an exclusive stop,
+//!    that record is the first one at or after the stop LSN). The plan therefore records the
+//!    stop record's end ([`Plan::stop_record`]) and places WAL through it; a target whose stop
+//!    record is not completely archived is refused, before anything is written. When no
+//!    complete record starts at or after an LSN target within the archive (the target is the
+//!    archive's end, as error messages suggest), "everything before X" is "everything
+//!    archived": the plan replays to the end of the WAL it places.
+//! 3. **WAL and history files** ([`wal_files`], [`history_files`]): one file per segment
+//!    from the backup's start through the segment holding the last byte needed, from the
+//!    timeline recovery reads it from; plus the history file of EVERY timeline the repo
+//!    holds (a placeholder where only WAL exists), so that PostgreSQL, which promotes to one
+//!    more than the newest timeline whose history it can see (`findNewestTimeLine`), picks a
+//!    timeline ID no history in the repo uses. The plan predicts that ID
+//!    ([`Plan::promotes_to`]); `--verify` checks it.
+//! 4. **Recovery settings** ([`recovery_settings`]): one complete, clean set, written last
+//!    in `postgresql.auto.conf`. Every recovery and standby setting is given explicitly
+//!    (empty where unused), so earlier ones (a previous restore's, a standby's
+//!    `primary_conninfo`, anything in `postgresql.conf`) cannot take effect; the empty
+//!    targets come before the one that is set, because PostgreSQL refuses two targets.
+//!
+//! # Invariants
+//!
+//! - The planner writes nothing and reads only through [`PlanInput`].
+//! - A plan's WAL reaches at least the backup's end and the stop record's end, and never
+//!   beyond the contiguous archive; otherwise planning fails with a refusal.
+//! - Every refusal is one actionable line; an LSN or time a refusal suggests is accepted
+//!   as a target.
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::path::PathBuf;
+
+use serde::Serialize;
+use walfmt::names::{history_file_name, segment_file_name};
+use walfmt::{Lsn, SegNo, TimeLineId, WalSegSize};
+
+use crate::repo::catalog::{
+    self, BackupRecord, Coverage, PathStep, SegFile, SegmentFacts, WalIndex, Xact,
+};
+
+use super::target::{self, format_micros as fmt_time};
+use super::{RestoreError, TargetSpec, TimelineSel};
+
+/// The first record at or after an LSN, as far as the archive holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordAt {
+    /// A complete record `[start, end)`.
+    Complete {
+        /// Its start.
+        start: Lsn,
+        /// Just past its last byte (PostgreSQL's `EndRecPtr`).
+        end: Lsn,
+    },
+    /// The archived WAL ends first. `pending`: the start of a record the archive holds
+    /// only in part (if the WAL ends inside one).
+    End {
+        /// An incomplete record's start.
+        pending: Option<Lsn>,
+    },
+}
+
+/// What the planner reads besides the catalog and the index: per-segment facts and record
+/// boundaries, on demand.
+pub trait PlanInput: Sync {
+    /// What segment `segno` of `path` holds (`None`: not archived).
+    fn facts(
+        &self,
+        path: &[PathStep],
+        segno: SegNo,
+    ) -> impl Future<Output = Result<Option<SegmentFacts>, RestoreError>> + Send;
+    /// The first record starting at or after `lsn` on `path`, reading no WAL at or beyond
+    /// `wal_end` (the end of the contiguous archive).
+    fn record_at_or_after(
+        &self,
+        path: &[PathStep],
+        lsn: Lsn,
+        wal_end: Lsn,
+    ) -> impl Future<Output = Result<RecordAt, RestoreError>> + Send;
+}
+
+/// The catalog and index, as values.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    /// Where the repo is (for messages).
+    pub location: String,
+    /// Complete, readable backups, oldest first.
+    pub backups: Vec<BackupRecord>,
+    /// The WAL index.
+    pub index: WalIndex,
+}
+
+/// How the restored server should come up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// Recover to the target and promote (the default).
+    Promote,
+    /// Stay a standby (`--standby`): `standby.signal`, this `restore_command`, following the
+    /// newest timeline.
+    Standby {
+        /// The `restore_command` to write.
+        restore_command: String,
+    },
+}
+
+/// A restore request.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// Target.
+    pub target: TargetSpec,
+    /// Timeline to follow.
+    pub timeline: TimelineSel,
+    /// `--backup`: only this backup (id or label).
+    pub backup: Option<String>,
+    /// Promote or standby.
+    pub mode: Mode,
+    /// Destination.
+    pub dir: PathBuf,
+    /// Tablespace relocation: original location (or OID) -> new directory.
+    pub tablespace_map: HashMap<String, PathBuf>,
+}
+
+/// How recovery stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", content = "lsn")]
+pub enum Stop {
+    /// Replay everything placed in `pg_wal`.
+    #[serde(rename = "end_of_wal")]
+    EndOfWal,
+    /// Stop before the first record at or after this LSN.
+    #[serde(rename = "before_lsn")]
+    Before(#[serde(serialize_with = "ser_lsn")] Lsn),
+    /// Stop after the record at this LSN.
+    #[serde(rename = "after_lsn")]
+    After(#[serde(serialize_with = "ser_lsn")] Lsn),
+}
+
+pub(crate) fn ser_lsn<S: serde::Serializer>(l: &Lsn, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&l.to_string())
+}
+
+fn ser_opt_lsn<S: serde::Serializer>(l: &Option<Lsn>, s: S) -> Result<S::Ok, S::Error> {
+    match l {
+        Some(l) => s.serialize_str(&l.to_string()),
+        None => s.serialize_none(),
+    }
+}
+
+/// A record span, for reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Span {
+    /// Start.
+    #[serde(serialize_with = "ser_lsn")]
+    pub start: Lsn,
+    /// End (exclusive).
+    #[serde(serialize_with = "ser_lsn")]
+    pub end: Lsn,
+}
+
+/// One WAL file placed in `pg_wal`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WalFile {
+    /// Name in `pg_wal`.
+    pub name: String,
+    /// The object it comes from.
+    pub key: String,
+    /// A partial segment (zero-padded).
+    pub partial: bool,
+    /// For a partial: the end of the WAL it holds (what the plan predicts from).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "ser_opt_lsn"
+    )]
+    pub partial_end: Option<Lsn>,
+}
+
+/// One history file placed in `pg_wal`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HistoryFile {
+    /// Its timeline.
+    pub timeline: u32,
+    /// Name in `pg_wal`.
+    pub name: String,
+    /// The object it comes from; `None`: a placeholder (the repo has WAL of this timeline
+    /// but no history file), written so that PostgreSQL does not choose this ID.
+    pub key: Option<String>,
+    /// On the recovery path (else: reserves the ID only).
+    pub on_path: bool,
+}
+
+/// A commit or abort, for reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct XactInfo {
+    /// Record start.
+    #[serde(serialize_with = "ser_lsn")]
+    pub lsn: Lsn,
+    /// Time (Unix microseconds).
+    #[serde(skip)]
+    pub micros: i64,
+    /// Time, RFC 3339 UTC.
+    pub time: Option<String>,
+    /// Transaction id.
+    pub xid: u32,
+    /// `commit` or `abort`.
+    pub kind: &'static str,
+}
+
+impl From<Xact> for XactInfo {
+    fn from(x: Xact) -> Self {
+        XactInfo {
+            lsn: x.lsn,
+            micros: x.time,
+            time: Some(catalog::micros_rfc3339(x.time)),
+            xid: x.xid,
+            kind: if x.commit { "commit" } else { "abort" },
+        }
+    }
+}
+
+/// A resolved restore: what will be written, decided before writing anything.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    /// The target as given.
+    pub target: String,
+    /// The target instant in UTC, for time targets.
+    pub target_utc: Option<String>,
+    /// The chosen backup.
+    pub backup: BackupRecord,
+    /// The earliest instant the chosen backup restores to (server clock).
+    pub backup_restorable_from: Option<String>,
+    /// The timeline recovery follows.
+    pub timeline: u32,
+    /// How recovery stops.
+    pub stop: Stop,
+    /// The record PostgreSQL must read whole before it stops (the first excluded one for a
+    /// stop before an LSN, the last included one for a stop after it).
+    pub stop_record: Option<Span>,
+    /// WAL placed ends here (exclusive): at least the backup's end and the stop record's.
+    #[serde(serialize_with = "ser_lsn")]
+    pub wal_end: Lsn,
+    /// The last commit or abort recovery replays (the last one included).
+    pub last_included: Option<XactInfo>,
+    /// The first one it does not replay.
+    pub first_excluded: Option<XactInfo>,
+    /// Transactions stamped at or before the target whose commit or abort record comes
+    /// after the first excluded one: PostgreSQL (and so pitr) excludes them.
+    pub excluded_despite_time: Vec<XactInfo>,
+    /// WAL files placed in `pg_wal`.
+    pub wal: Vec<WalFile>,
+    /// History files placed in `pg_wal`.
+    pub histories: Vec<HistoryFile>,
+    /// The timeline the server will promote to (`None` for a standby).
+    pub promotes_to: Option<u32>,
+    /// A standby restore (`--standby`).
+    pub standby: bool,
+    /// Settings appended to `postgresql.auto.conf`.
+    pub recovery_settings: Vec<String>,
+    /// Destination.
+    pub dir: PathBuf,
+    /// Tablespaces: OID -> destination.
+    pub tablespaces: Vec<(String, PathBuf)>,
+    /// Things the user should know (a restore point name that is not unique, ...).
+    pub notes: Vec<String>,
+    /// Segment size.
+    #[serde(skip)]
+    pub seg: WalSegSize,
+}
+
+fn refused(msg: impl Into<String>) -> RestoreError {
+    RestoreError::Refused(msg.into())
+}
+
+/// A backup that can reach the target timeline, with the WAL coverage from its start.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    /// The backup.
+    pub backup: BackupRecord,
+    /// Contiguous WAL from its start.
+    pub cov: Coverage,
+}
+
+impl Candidate {
+    fn wal_end(&self) -> Lsn {
+        self.cov.end.unwrap_or(self.backup.end())
+    }
+}
+
+/// Step 1a: the timeline to recover along, and its path through the history files.
+pub fn choose_timeline(
+    cat: &Catalog,
+    sel: TimelineSel,
+) -> Result<(TimeLineId, Vec<PathStep>), RestoreError> {
+    let idx = &cat.index;
+    let tli = match sel {
+        TimelineSel::Id(t) => {
+            if !idx.files.contains_key(&t) && !cat.backups.iter().any(|b| b.end_tli == t.0) {
+                return Err(refused(format!(
+                    "timeline {t} is not in the repo; it has timelines {}",
+                    idx.timelines()
+                        .iter()
+                        .map(|t| t.0.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            t
+        }
+        TimelineSel::Latest => idx.latest_timeline().unwrap_or(TimeLineId(
+            cat.backups.iter().map(|b| b.end_tli).max().unwrap_or(1),
+        )),
+    };
+    Ok((tli, idx.path(tli)))
+}
+
+/// Step 1b: backups on `path` whose WAL is archived from their start through their end,
+/// newest first.
+pub fn candidates(cat: &Catalog, path: &[PathStep], only: Option<&str>) -> Vec<Candidate> {
+    let mut out: Vec<Candidate> = cat
+        .backups
+        .iter()
+        .filter(|b| only.is_none_or(|id| b.id == id || b.label == id))
+        .filter(|b| {
+            catalog::on_path(path, b.start_tli, b.start())
+                && catalog::on_path(path, b.end_tli, b.end())
+        })
+        .filter_map(|b| {
+            let cov = cat.index.coverage(path, b.start());
+            cov.end.is_some_and(|e| e >= b.end()).then(|| Candidate {
+                backup: b.clone(),
+                cov,
+            })
+        })
+        .collect();
+    out.sort_by_key(|c| std::cmp::Reverse((c.backup.end(), c.backup.id.clone())));
+    out
+}
+
+/// The earliest instant backup `b` restores to, on the server's clock: the latest commit or
+/// abort time in the WAL before the backup's end (looking from the segment before its start,
+/// which covers commits just before the start that are in its data), and no earlier than the
+/// time of the checkpoint the backup starts from. Falls back to the end time pitr recorded
+/// (its own clock) only when the WAL holds no timestamp at all near the backup.
+pub async fn restorable_from<I: PlanInput>(
+    input: &I,
+    path: &[PathStep],
+    b: &BackupRecord,
+    seg: WalSegSize,
+) -> Result<(i64, bool), RestoreError> {
+    let first = b.start().segment(seg).0;
+    let last = catalog::last_segment(b.end(), seg).0.max(first);
+    let mut best: Option<i64> = None;
+    for s in first.saturating_sub(1)..=last {
+        let Some(f) = input.facts(path, SegNo(s)).await? else {
+            continue;
+        };
+        for x in f.xacts.iter().filter(|x| x.lsn < b.end()) {
+            best = Some(best.map_or(x.time, |m| m.max(x.time)));
+        }
+        for c in f.checkpoints.iter().filter(|c| c.redo == b.start()) {
+            let t = c.time_unix.saturating_mul(1_000_000);
+            best = Some(best.map_or(t, |m| m.max(t)));
+        }
+    }
+    Ok(match best {
+        Some(t) => (t, true),
+        None => (b.end_micros(), false),
+    })
+}
+
+/// Step 2's result.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The backup.
+    pub candidate: Candidate,
+    /// Its restorable-from instant, when computed (time targets and reports).
+    pub restorable_from: Option<i64>,
+    /// How recovery stops.
+    pub stop: Stop,
+    /// The record recovery must read whole.
+    pub stop_record: Option<Span>,
+    /// WAL needed through here (exclusive).
+    pub need_end: Lsn,
+    /// Last included transaction.
+    pub last: Option<Xact>,
+    /// First excluded one.
+    pub next: Option<Xact>,
+    /// Stamped at or before the target, yet excluded.
+    pub excluded: Vec<Xact>,
+    /// The target instant, formatted.
+    pub target_utc: Option<String>,
+    /// Notes for the plan.
+    pub notes: Vec<String>,
+}
+
+/// How far after the first excluded record [`resolve`] looks for transactions stamped at or
+/// before the target (they are concurrency inversions: microseconds to milliseconds apart).
+const INVERSION_SEGMENTS: u64 = 1;
+/// At most this many are named.
+const MAX_NAMED_INVERSIONS: usize = 100;
+
+/// Walks commits and aborts from `from` (nothing before a backup's start is replayed)
+/// through segment `through`, in WAL order, until `stops` accepts one. Returns the last one
+/// before it, and it.
+async fn scan_until<I: PlanInput>(
+    input: &I,
+    path: &[PathStep],
+    seg: WalSegSize,
+    from: Lsn,
+    through: SegNo,
+    stops: impl Fn(&Xact) -> bool,
+) -> Result<(Option<Xact>, Option<Xact>), RestoreError> {
+    let mut last = None;
+    let mut s = from.segment(seg);
+    while s <= through {
+        for x in input.facts(path, s).await?.unwrap_or_default().xacts {
+            if x.lsn < from {
+                continue;
+            }
+            if stops(&x) {
+                return Ok((last, Some(x)));
+            }
+            last = Some(x);
+        }
+        s = SegNo(s.0 + 1);
+    }
+    Ok((last, None))
+}
+
+/// The last commit or abort at or after `from` and before `end`, scanning back.
+async fn last_before<I: PlanInput>(
+    input: &I,
+    path: &[PathStep],
+    seg: WalSegSize,
+    from: Lsn,
+    end: Lsn,
+) -> Result<Option<Xact>, RestoreError> {
+    let floor = from.segment(seg);
+    let mut s = catalog::last_segment(end, seg);
+    loop {
+        let f = input.facts(path, s).await?.unwrap_or_default();
+        if let Some(x) = f.xacts.iter().rev().find(|x| x.lsn >= from && x.lsn < end) {
+            return Ok(Some(*x));
+        }
+        if s <= floor {
+            return Ok(None);
+        }
+        s = SegNo(s.0 - 1);
+    }
+}
+
+/// The stop record at `lsn`, which the index says is a complete record: its span.
+async fn complete_record<I: PlanInput>(
+    input: &I,
+    path: &[PathStep],
+    lsn: Lsn,
+    wal_end: Lsn,
+) -> Result<Span, RestoreError> {
+    match input.record_at_or_after(path, lsn, wal_end).await? {
+        RecordAt::Complete { start, end } if start == lsn => Ok(Span { start, end }),
+        RecordAt::Complete { start, .. } => Err(RestoreError::Corrupt(format!(
+            "the WAL index names a record at {lsn}, but the archived WAL has its next record at {start}: run `pitr verify`"
+        ))),
+        RecordAt::End { .. } => Err(refused(format!(
+            "the record at {lsn} that recovery must read to stop is not completely archived yet (the archive ends at {wal_end}): wait for `pitr stream` to archive more WAL, or choose an earlier target"
+        ))),
+    }
+}
+
+/// Step 2: the backup and the stop point for `target`.
+pub async fn resolve<I: PlanInput>(
+    input: &I,
+    cat: &Catalog,
+    tli: TimeLineId,
+    path: &[PathStep],
+    mut cands: Vec<Candidate>,
+    target: &TargetSpec,
+) -> Result<Resolved, RestoreError> {
+    let seg = cat.index.seg;
+    if cands.is_empty() {
+        return Err(refused(format!(
+            "no backup in repo {} can reach timeline {tli} (none lies on its history with its WAL archived): take a backup with `pitr backup`",
+            cat.location
+        )));
+    }
+    let resolved = |c: Candidate| Resolved {
+        candidate: c,
+        restorable_from: None,
+        stop: Stop::EndOfWal,
+        stop_record: None,
+        need_end: Lsn(0),
+        last: None,
+        next: None,
+        excluded: Vec::new(),
+        target_utc: None,
+        notes: Vec::new(),
+    };
+    let earliest_msg = |b: &BackupRecord, from: Option<i64>| {
+        format!(
+            "{} (backup {}, consistent at LSN {} on timeline {})",
+            from.map_or_else(|| fmt_time(b.end_micros()), fmt_time),
+            b.id,
+            b.end_lsn,
+            b.end_tli
+        )
+    };
+    match target {
+        TargetSpec::Latest => {
+            let c = cands.swap_remove(0);
+            if let Some(gap) = c.cov.gap {
+                return Err(refused(format!(
+                    "the archive of timeline {tli} has a gap at {gap}: WAL after it cannot be replayed; restore up to it with --to-lsn {gap}, or find the missing segment (see `pitr list`)"
+                )));
+            }
+            let end = c.wal_end();
+            let b = &c.backup;
+            let last = last_before(input, path, seg, b.start(), end).await?;
+            Ok(Resolved {
+                need_end: end,
+                last,
+                ..resolved(c)
+            })
+        }
+        TargetSpec::Time(t) => {
+            let us = t.instant.as_microsecond();
+            let target_utc = target::format_utc(t.instant);
+            // Newest first: the first candidate restorable from at or before T.
+            let mut chosen = None;
+            let mut oldest_from = None;
+            for c in cands {
+                let (from, _) = restorable_from(input, path, &c.backup, seg).await?;
+                if from <= us {
+                    chosen = Some((c, from));
+                    break;
+                }
+                oldest_from = Some((c.backup, from));
+            }
+            let Some((c, from)) = chosen else {
+                let e = oldest_from
+                    .map(|(b, f)| earliest_msg(&b, Some(f)))
+                    .unwrap_or_default();
+                return Err(refused(format!(
+                    "target {target_utc} is before the earliest restorable point {e}"
+                )));
+            };
+            let b = c.backup.clone();
+            let wal_end = c.wal_end();
+            let (last, found) = scan_until(
+                input,
+                path,
+                seg,
+                b.start(),
+                catalog::last_segment(wal_end, seg),
+                |x| x.time > us,
+            )
+            .await?;
+            let mut r = Resolved {
+                restorable_from: Some(from),
+                target_utc: Some(target_utc.clone()),
+                ..resolved(c.clone())
+            };
+            match found {
+                Some(x) if x.lsn < b.end() => Err(RestoreError::Corrupt(format!(
+                    "backup {} replays a transaction stamped {} (after the target) before it is consistent, yet the index called it restorable from {}: run `pitr verify`",
+                    b.id,
+                    fmt_time(x.time),
+                    fmt_time(from)
+                ))),
+                Some(x) => {
+                    let rec = complete_record(input, path, x.lsn, wal_end).await?;
+                    // Transactions stamped at or before T, after the stop record.
+                    let mut excluded = Vec::new();
+                    let mut s = x.lsn.segment(seg);
+                    let through =
+                        SegNo(s.0 + INVERSION_SEGMENTS).min(catalog::last_segment(wal_end, seg));
+                    while s <= through {
+                        for y in input.facts(path, s).await?.unwrap_or_default().xacts {
+                            if y.lsn > x.lsn && y.time <= us {
+                                excluded.push(y);
+                            }
+                        }
+                        s = SegNo(s.0 + 1);
+                    }
+                    if excluded.len() > MAX_NAMED_INVERSIONS {
+                        r.notes.push(format!(
+                            "{} transactions stamped at or before the target commit after the first excluded one; the first {MAX_NAMED_INVERSIONS} are listed",
+                            excluded.len()
+                        ));
+                        excluded.truncate(MAX_NAMED_INVERSIONS);
+                    }
+                    r.stop = Stop::Before(x.lsn);
+                    r.stop_record = Some(rec);
+                    r.need_end = rec.end.max(b.end());
+                    r.last = last;
+                    r.next = Some(x);
+                    r.excluded = excluded;
+                    Ok(r)
+                }
+                None => {
+                    if let Some(gap) = c.cov.gap {
+                        return Err(refused(format!(
+                            "target {target_utc} falls in a gap of the WAL archive (timeline {tli}, from {gap}): the WAL needed to reach it is missing; the latest restorable point before the gap is {}",
+                            last.map(|x| fmt_time(x.time))
+                                .unwrap_or_else(|| format!("--to-lsn {gap}"))
+                        )));
+                    }
+                    match last {
+                        // The target is the last archived transaction's exact time: stop
+                        // just after it (PostgreSQL would wait for a later record).
+                        Some(l) if l.time == us => {
+                            let rec = complete_record(input, path, l.lsn, wal_end).await?;
+                            r.stop = Stop::After(l.lsn);
+                            r.stop_record = Some(rec);
+                            r.need_end = rec.end.max(b.end());
+                            r.last = Some(l);
+                            Ok(r)
+                        }
+                        Some(l) => Err(refused(format!(
+                            "target {target_utc} is after the last archived commit ({} of xid {} at {}, LSN {}, timeline {tli}): the latest restorable point is {}; use --to latest, or an earlier time",
+                            if l.commit { "commit" } else { "abort" },
+                            l.xid,
+                            fmt_time(l.time),
+                            l.lsn,
+                            fmt_time(l.time)
+                        ))),
+                        // No transaction ends after the backup's start: only the backup's
+                        // own consistent state is proven, and only if T is exactly when
+                        // it became restorable.
+                        None if from == us => {
+                            let (stop, rec, need) =
+                                stop_before_lsn(input, path, b.end(), wal_end).await?;
+                            r.stop = stop;
+                            r.stop_record = rec;
+                            r.need_end = need.max(b.end());
+                            Ok(r)
+                        }
+                        None => Err(refused(format!(
+                            "target {target_utc} is after the last archived WAL, which holds no transaction since backup {}: use --to latest",
+                            b.id
+                        ))),
+                    }
+                }
+            }
+        }
+        TargetSpec::Lsn(x) => {
+            let Some(pos) = cands.iter().position(|c| c.backup.end() <= *x) else {
+                let oldest = cands.last().map(|c| c.backup.clone());
+                let e = oldest.map(|b| earliest_msg(&b, None)).unwrap_or_default();
+                return Err(refused(format!(
+                    "target LSN {x} is before the earliest restorable point {e}"
+                )));
+            };
+            let c = cands.swap_remove(pos);
+            let wal_end = c.wal_end();
+            if *x > wal_end {
+                return Err(refused(match c.cov.gap {
+                    Some(gap) => format!(
+                        "target LSN {x} falls in a gap of the WAL archive (timeline {tli}, from {gap}): the WAL needed is missing; the latest restorable point is --to-lsn {gap}"
+                    ),
+                    None => format!(
+                        "target LSN {x} is after the last archived WAL ({wal_end} on timeline {tli}): the latest restorable point is --to-lsn {wal_end}, or --to latest"
+                    ),
+                }));
+            }
+            let b = c.backup.clone();
+            let (stop, rec, need) = stop_before_lsn(input, path, *x, wal_end).await?;
+            let (last, next) = scan_until(
+                input,
+                path,
+                seg,
+                b.start(),
+                catalog::last_segment(need.max(b.end()), seg),
+                |xa| xa.lsn >= *x,
+            )
+            .await?;
+            Ok(Resolved {
+                stop,
+                stop_record: rec,
+                need_end: need.max(b.end()),
+                last,
+                next,
+                ..resolved(c)
+            })
+        }
+        TargetSpec::Name(name) => {
+            // The FIRST restore point with this name after the oldest candidate's end.
+            let oldest = cands.last().map(|c| c.backup.end()).unwrap_or(Lsn(0));
+            let wal_end = cands.iter().map(Candidate::wal_end).max().unwrap_or(oldest);
+            let mut s = oldest.segment(seg);
+            let last_seg = catalog::last_segment(wal_end, seg);
+            let mut found = Vec::new();
+            let mut names = BTreeSet::new();
+            while s <= last_seg {
+                for p in input
+                    .facts(path, s)
+                    .await?
+                    .unwrap_or_default()
+                    .restore_points
+                {
+                    if p.lsn >= oldest {
+                        names.insert(p.name.clone());
+                        if &p.name == name {
+                            found.push(p);
+                        }
+                    }
+                }
+                s = SegNo(s.0 + 1);
+            }
+            let Some(rp) = found.first().cloned() else {
+                return Err(refused(format!(
+                    "no restore point named {name:?} in the archived WAL of timeline {tli} after a backup{}",
+                    if names.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "; it has {}",
+                            names.into_iter().collect::<Vec<_>>().join(", ")
+                        )
+                    }
+                )));
+            };
+            let mut notes = Vec::new();
+            if found.len() > 1 {
+                notes.push(format!(
+                    "restore point name {name:?} is not unique: {} points ({}); restoring to the first, at {} ({}), as PostgreSQL's recovery_target_name would",
+                    found.len(),
+                    found
+                        .iter()
+                        .map(|p| format!("{} at {}", p.lsn, fmt_time(p.time)))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    rp.lsn,
+                    fmt_time(rp.time)
+                ));
+            }
+            let Some(pos) = cands.iter().position(|c| c.backup.end() <= rp.lsn) else {
+                return Err(refused(format!(
+                    "restore point {name:?} ({}) is before the earliest restorable point",
+                    rp.lsn
+                )));
+            };
+            let c = cands.swap_remove(pos);
+            let b = c.backup.clone();
+            let wal_end = c.wal_end();
+            let rec = complete_record(input, path, rp.lsn, wal_end).await?;
+            let (last, next) = scan_until(
+                input,
+                path,
+                seg,
+                b.start(),
+                catalog::last_segment(rec.end, seg),
+                |xa| xa.lsn > rp.lsn,
+            )
+            .await?;
+            Ok(Resolved {
+                stop: Stop::After(rp.lsn),
+                stop_record: Some(rec),
+                need_end: rec.end.max(b.end()),
+                last,
+                next,
+                target_utc: Some(fmt_time(rp.time)),
+                notes,
+                ..resolved(c)
+            })
+        }
+    }
+}
+
+/// "Everything before `x`": stop before the first record at or after `x`, which must be
+/// complete in the archive; if the archive ends first (and no record starting before `x`
+/// is incomplete), replay all of it: that is everything before `x`.
+async fn stop_before_lsn<I: PlanInput>(
+    input: &I,
+    path: &[PathStep],
+    x: Lsn,
+    wal_end: Lsn,
+) -> Result<(Stop, Option<Span>, Lsn), RestoreError> {
+    match input.record_at_or_after(path, x, wal_end).await? {
+        RecordAt::Complete { start, end } => Ok((Stop::Before(x), Some(Span { start, end }), end)),
+        RecordAt::End { pending: Some(p) } if p < x => Err(refused(format!(
+            "the record at {p}, before target LSN {x}, is not completely archived yet: wait for `pitr stream` to archive more WAL, or use --to-lsn {p}"
+        ))),
+        RecordAt::End { .. } => Ok((Stop::EndOfWal, None, wal_end)),
+    }
+}
+
+/// Step 3a: the WAL files from the backup's start through the segment holding the byte
+/// before `need_end`.
+pub fn wal_files(
+    idx: &WalIndex,
+    path: &[PathStep],
+    backup: &BackupRecord,
+    need_end: Lsn,
+) -> Result<Vec<WalFile>, RestoreError> {
+    let seg = idx.seg;
+    let first = backup.start().segment(seg);
+    let last = catalog::last_segment(need_end.max(backup.end()), seg).max(first);
+    let mut out = Vec::new();
+    let mut s = first;
+    while s <= last {
+        let Some((ftli, f)) = idx.file(path, s) else {
+            return Err(refused(format!(
+                "segment {} is missing from the archive (a gap): the restore cannot reach its target",
+                segment_file_name(idx.tli_for_segment(path, s), s, seg)
+            )));
+        };
+        let (key, partial_end) = match f {
+            SegFile::Complete { key, .. } => (key.clone(), None),
+            SegFile::Partial { key, end } => (key.clone(), Some(*end)),
+        };
+        if let Some(e) = partial_end
+            && s == last
+            && e < need_end
+        {
+            return Err(refused(format!(
+                "the archive ends at {e}, before {need_end} which recovery must read: wait for `pitr stream` to archive more WAL"
+            )));
+        }
+        out.push(WalFile {
+            name: segment_file_name(ftli, s, seg),
+            key,
+            partial: partial_end.is_some(),
+            partial_end,
+        });
+        s = SegNo(s.0 + 1);
+    }
+    Ok(out)
+}
+
+/// Step 3b: history files for every timeline the repo holds (so PostgreSQL picks an unused
+/// ID when it promotes), and that ID: the first one above `tli` with no history file placed
+/// (PostgreSQL's `findNewestTimeLine` probes upwards from the recovery target timeline
+/// while history files exist, then adds one).
+pub fn history_files(
+    idx: &WalIndex,
+    path: &[PathStep],
+    tli: TimeLineId,
+) -> (Vec<HistoryFile>, u32) {
+    let mut ids: BTreeSet<u32> = idx
+        .files
+        .keys()
+        .chain(idx.history_keys.keys())
+        .map(|t| t.0)
+        .collect();
+    ids.extend(path.iter().map(|p| p.tli.0));
+    let out: Vec<HistoryFile> = ids
+        .iter()
+        .filter(|t| **t > 1)
+        .map(|t| HistoryFile {
+            timeline: *t,
+            name: history_file_name(TimeLineId(*t)),
+            key: idx.history_keys.get(&TimeLineId(*t)).cloned(),
+            on_path: path.iter().any(|p| p.tli.0 == *t),
+        })
+        .collect();
+    let mut next = tli.0 + 1;
+    while ids.contains(&next) {
+        next += 1;
+    }
+    (out, next)
+}
+
+/// The content of a placeholder history file (a comment only: PostgreSQL never follows a
+/// timeline pitr does not target, it only sees that the ID is taken).
+pub fn placeholder_history(tli: u32) -> String {
+    format!(
+        "# pitr: placeholder for timeline {tli}, whose WAL is in the repo without a history file; it reserves the ID so a restored server does not reuse it\n"
+    )
+}
+
+/// Recovery and standby settings a restore resets (they are written explicitly, so earlier
+/// values anywhere in the configuration cannot take effect).
+pub const RESET_SETTINGS: &[&str] = &[
+    "recovery_target",
+    "recovery_target_name",
+    "recovery_target_time",
+    "recovery_target_xid",
+    "recovery_target_lsn",
+    "recovery_target_inclusive",
+    "recovery_target_timeline",
+    "recovery_target_action",
+    "restore_command",
+    "recovery_end_command",
+    "archive_cleanup_command",
+    "primary_conninfo",
+    "primary_slot_name",
+    "recovery_min_apply_delay",
+];
+
+/// Settings that no longer exist in PostgreSQL 15-18 or belong to recovery.conf; commented
+/// out when found in `postgresql.auto.conf` (a server refuses unknown settings there).
+const OBSOLETE_SETTINGS: &[&str] = &["standby_mode", "promote_trigger_file", "trigger_file"];
+
+/// Step 4: the settings written last in `postgresql.auto.conf`.
+pub fn recovery_settings(
+    target_text: &str,
+    stop: Stop,
+    tli: TimeLineId,
+    mode: &Mode,
+) -> Vec<String> {
+    let mut v = vec![
+        format!(
+            "# added by pitr {} restore: target {target_text}",
+            env!("CARGO_PKG_VERSION")
+        ),
+        "# every recovery and standby setting is set here, so earlier ones (a previous restore's, a standby's, postgresql.conf's) do not apply".into(),
+        // Empty targets first: PostgreSQL refuses a second target while one is set.
+        "recovery_target = ''".into(),
+        "recovery_target_name = ''".into(),
+        "recovery_target_time = ''".into(),
+        "recovery_target_xid = ''".into(),
+    ];
+    match stop {
+        Stop::EndOfWal => {
+            v.push("recovery_target_lsn = ''".into());
+            v.push("recovery_target_inclusive = on".into());
+        }
+        Stop::Before(l) => {
+            v.push(format!("recovery_target_lsn = '{l}'"));
+            v.push("recovery_target_inclusive = off".into());
+        }
+        Stop::After(l) => {
+            v.push(format!("recovery_target_lsn = '{l}'"));
+            v.push("recovery_target_inclusive = on".into());
+        }
+    }
+    match mode {
+        Mode::Promote => {
+            v.push(format!("recovery_target_timeline = '{}'", tli.0));
+            v.push("recovery_target_action = 'promote'".into());
+            v.push("# the WAL recovery needs is in pg_wal: no archive to fetch from".into());
+            v.push("restore_command = 'false'".into());
+        }
+        Mode::Standby { restore_command } => {
+            v.push("recovery_target_timeline = 'latest'".into());
+            v.push("recovery_target_action = 'pause'".into());
+            v.push("# a standby of the repo: it fetches newer WAL as pitr archives it".into());
+            v.push(format!(
+                "restore_command = '{}'",
+                restore_command.replace('\'', "''")
+            ));
+        }
+    }
+    v.extend([
+        "recovery_end_command = ''".into(),
+        "archive_cleanup_command = ''".into(),
+        "primary_conninfo = ''".into(),
+        "primary_slot_name = ''".into(),
+        "recovery_min_apply_delay = 0".into(),
+    ]);
+    v
+}
+
+/// The setting a `postgresql.conf`-syntax line assigns, if any (`name = value`, `name value`).
+fn setting_name(line: &str) -> Option<String> {
+    let t = line.trim_start();
+    if t.starts_with('#') || t.is_empty() {
+        return None;
+    }
+    let end = t
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))
+        .unwrap_or(t.len());
+    (end > 0).then(|| t[..end].to_ascii_lowercase())
+}
+
+/// Rewrites a restored `postgresql.auto.conf`: every line that sets a recovery or standby
+/// setting ([`RESET_SETTINGS`], and obsolete recovery.conf names) is commented out, visibly;
+/// everything else is kept as is. Returns the new text and the settings neutralised.
+pub fn neutralise_auto_conf(text: &str) -> (String, Vec<String>) {
+    let mut out = String::with_capacity(text.len() + 256);
+    let mut gone = Vec::new();
+    for line in text.lines() {
+        match setting_name(line) {
+            Some(n)
+                if RESET_SETTINGS.contains(&n.as_str())
+                    || OBSOLETE_SETTINGS.contains(&n.as_str()) =>
+            {
+                out.push_str("# pitr restore: disabled: ");
+                out.push_str(line.trim());
+                out.push('\n');
+                gone.push(n);
+            }
+            _ => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    (out, gone)
+}
+
+/// The recovery and standby settings a configuration file sets (for reporting what the
+/// restore's settings override in `postgresql.conf`).
+pub fn recovery_settings_in(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(setting_name)
+        .filter(|n| RESET_SETTINGS.contains(&n.as_str()))
+        .collect()
+}
+
+fn target_text(t: &TargetSpec) -> String {
+    match t {
+        TargetSpec::Latest => "latest".to_string(),
+        TargetSpec::Time(t) => match &t.zone {
+            target::ZoneSource::Explicit | target::ZoneSource::DefaultUtc => t.input.clone(),
+            target::ZoneSource::TzFlag(z) => format!("{} (--tz {z})", t.input),
+            target::ZoneSource::TzEnv(z) => format!("{} (TZ={z})", t.input),
+        },
+        TargetSpec::Lsn(l) => format!("LSN {l}"),
+        TargetSpec::Name(n) => format!("restore point {n:?}"),
+    }
+}
+
+/// Tablespace destinations (step 1's remap): `-T OLD=NEW` by location or OID, else the
+/// original location, which must be absolute.
+pub fn tablespaces(
+    backup: &BackupRecord,
+    map: &HashMap<String, PathBuf>,
+) -> Result<Vec<(String, PathBuf)>, RestoreError> {
+    let mut out = Vec::new();
+    for a in &backup.archives {
+        if a.name == "base" {
+            continue;
+        }
+        let loc = a.location.clone().unwrap_or_default();
+        let dest = map
+            .get(&loc)
+            .or_else(|| map.get(&a.name))
+            .cloned()
+            .unwrap_or_else(|| PathBuf::from(&loc));
+        if dest.is_relative() {
+            return Err(refused(format!(
+                "tablespace {} ({loc}) would be restored to a relative path: map it with --tablespace-map {loc}=/new/dir",
+                a.name
+            )));
+        }
+        out.push((a.name.clone(), dest));
+    }
+    Ok(out)
+}
+
+/// Plans a restore: the four steps above. Writes nothing.
+pub async fn plan<I: PlanInput>(
+    input: &I,
+    cat: &Catalog,
+    req: &Request,
+) -> Result<Plan, RestoreError> {
+    if cat.backups.is_empty() {
+        return Err(refused(format!(
+            "repo {} holds no complete backup: take one with `pitr backup` first",
+            cat.location
+        )));
+    }
+    if let Some(id) = &req.backup
+        && !cat.backups.iter().any(|b| &b.id == id || &b.label == id)
+    {
+        return Err(refused(format!(
+            "no complete backup {id:?} in the repo (see `pitr list`)"
+        )));
+    }
+    let standby = matches!(req.mode, Mode::Standby { .. });
+    if standby && req.target != TargetSpec::Latest {
+        return Err(refused(
+            "--standby follows the archive to its end (and then keeps fetching): it takes no --to/--to-lsn/--to-name target; drop --standby to restore to a point and promote",
+        ));
+    }
+    // 1. Timeline and backups.
+    let (tli, path) = choose_timeline(cat, req.timeline)?;
+    let cands = candidates(cat, &path, req.backup.as_deref());
+    // 2. Stop point.
+    let mut r = resolve(input, cat, tli, &path, cands, &req.target).await?;
+    let backup = r.candidate.backup.clone();
+    if r.restorable_from.is_none() {
+        r.restorable_from = Some(
+            restorable_from(input, &path, &backup, cat.index.seg)
+                .await?
+                .0,
+        );
+    }
+    let wal_end = r.need_end.max(backup.end());
+    // 3. Files.
+    let wal = wal_files(&cat.index, &path, &backup, wal_end)?;
+    let (histories, next_tli) = history_files(&cat.index, &path, tli);
+    // 4. Settings.
+    let text = target_text(&req.target);
+    let recovery_settings = recovery_settings(&text, r.stop, tli, &req.mode);
+    let tablespaces = tablespaces(&backup, &req.tablespace_map)?;
+    Ok(Plan {
+        target: text,
+        target_utc: r.target_utc,
+        backup_restorable_from: r.restorable_from.map(catalog::micros_rfc3339),
+        backup,
+        timeline: tli.0,
+        stop: r.stop,
+        stop_record: r.stop_record,
+        wal_end,
+        last_included: r.last.map(XactInfo::from),
+        first_excluded: r.next.map(XactInfo::from),
+        excluded_despite_time: r.excluded.into_iter().map(XactInfo::from).collect(),
+        wal,
+        histories,
+        promotes_to: (!standby).then_some(next_tli),
+        standby,
+        recovery_settings,
+        dir: req.dir.clone(),
+        tablespaces,
+        notes: r.notes,
+        seg: cat.index.seg,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    //! Table-driven tests of each planning step, on plain values: no repo, no PostgreSQL.
+    #![allow(clippy::unwrap_used)]
+
+    use std::collections::BTreeMap;
+
+    use walfmt::history::TimelineHistory;
+
+    use super::*;
+    use crate::repo::catalog::{ArchiveRecord, CheckpointFact, RestorePoint};
+
+    const MB: u64 = 1 << 20;
+
+    fn seg() -> WalSegSize {
+        WalSegSize::new(MB as u32).unwrap()
+    }
+
+    fn l(x: u64) -> Lsn {
+        Lsn(x)
+    }
+
+    /// One timeline's archive: segments `0..n` complete, plus an optional partial.
+    #[derive(Default, Clone)]
+    struct Fake {
+        facts: BTreeMap<(u32, u64), SegmentFacts>,
+        /// Record spans per timeline (sorted).
+        records: BTreeMap<u32, Vec<(Lsn, Lsn)>>,
+    }
+
+    impl PlanInput for Fake {
+        async fn facts(
+            &self,
+            path: &[PathStep],
+            segno: SegNo,
+        ) -> Result<Option<SegmentFacts>, RestoreError> {
+            let tli = path
+                .iter()
+                .rev()
+                .find(|p| p.from.segment(seg()) <= segno)
+                .map_or(1, |p| p.tli.0);
+            Ok(self.facts.get(&(tli, segno.0)).cloned())
+        }
+        async fn record_at_or_after(
+            &self,
+            path: &[PathStep],
+            lsn: Lsn,
+            wal_end: Lsn,
+        ) -> Result<RecordAt, RestoreError> {
+            let tli = path.last().unwrap().tli.0;
+            let recs = self.records.get(&tli).cloned().unwrap_or_default();
+            for (s, e) in recs {
+                if s >= lsn {
+                    if e <= wal_end {
+                        return Ok(RecordAt::Complete { start: s, end: e });
+                    }
+                    return Ok(RecordAt::End { pending: Some(s) });
+                }
+                if e > wal_end {
+                    return Ok(RecordAt::End { pending: Some(s) });
+                }
+            }
+            Ok(RecordAt::End { pending: None })
+        }
+    }
+
+    fn xact(lsn: u64, time: i64, xid: u32) -> Xact {
+        Xact {
+            lsn: l(lsn),
+            time,
+            xid,
+            commit: true,
+        }
+    }
+
+    fn backup(id: &str, start: u64, end: u64, tli: u32) -> BackupRecord {
+        BackupRecord {
+            format: 1,
+            id: id.into(),
+            label: id.into(),
+            start_lsn: l(start).to_string(),
+            start_tli: tli,
+            end_lsn: l(end).to_string(),
+            end_tli: tli,
+            start_time: "2026-01-01T00:00:00Z".into(),
+            // pitr's own clock, deliberately wrong (an hour early): never used when the
+            // WAL has timestamps.
+            end_time: "2025-12-31T23:00:00Z".into(),
+            pg_version: "17.0".into(),
+            pg_major: 17,
+            system_id: "1".into(),
+            compression: "lz4".into(),
+            archives: vec![ArchiveRecord {
+                name: "base".into(),
+                location: None,
+                bytes: 0,
+                server_compression: None,
+                chunks: vec![],
+            }],
+            manifest: None,
+            bytes: 0,
+            stored_bytes: 0,
+            created_by: "test".into(),
+            source_user: None,
+        }
+    }
+
+    /// An index with complete segments `segs` per timeline and optional partial ends.
+    fn index(
+        segs: &[(u32, std::ops::Range<u64>)],
+        partials: &[(u32, u64, u64)],
+        histories: &[(u32, &str)],
+    ) -> WalIndex {
+        let mut files: BTreeMap<TimeLineId, BTreeMap<SegNo, SegFile>> = BTreeMap::new();
+        for (t, r) in segs {
+            for s in r.clone() {
+                files.entry(TimeLineId(*t)).or_default().insert(
+                    SegNo(s),
+                    SegFile::Complete {
+                        key: format!("k/{t}/{s}"),
+                        summary: None,
+                    },
+                );
+            }
+        }
+        for (t, s, end) in partials {
+            files.entry(TimeLineId(*t)).or_default().insert(
+                SegNo(*s),
+                SegFile::Partial {
+                    key: format!("k/{t}/{s}.partial"),
+                    end: l(*end),
+                },
+            );
+        }
+        let mut hs = BTreeMap::new();
+        let mut hk = BTreeMap::new();
+        for (t, text) in histories {
+            hs.insert(
+                TimeLineId(*t),
+                TimelineHistory::parse(TimeLineId(*t), text).unwrap(),
+            );
+            hk.insert(TimeLineId(*t), format!("wal/{t:08X}.history"));
+        }
+        WalIndex {
+            seg: seg(),
+            system_id: 1,
+            files,
+            histories: hs,
+            history_keys: hk,
+        }
+    }
+
+    fn cat(backups: Vec<BackupRecord>, index: WalIndex) -> Catalog {
+        Catalog {
+            location: "test".into(),
+            backups,
+            index,
+        }
+    }
+
+    fn req(target: TargetSpec) -> Request {
+        Request {
+            target,
+            timeline: TimelineSel::Latest,
+            backup: None,
+            mode: Mode::Promote,
+            dir: PathBuf::from("/restore"),
+            tablespace_map: HashMap::new(),
+        }
+    }
+
+    fn time(us: i64) -> TargetSpec {
+        TargetSpec::Time(target::TimeTarget {
+            instant: jiff::Timestamp::from_microsecond(us).unwrap(),
+            zone: target::ZoneSource::Explicit,
+            input: format!("@{us}"),
+        })
+    }
+
+    fn run<T>(f: impl Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    /// The base scenario: timeline 1, segments 0..4 complete, a backup from 0x100028 to
+    /// 0x100400 (segment 1); commits at 1_000, 2_000, 3_000 us in segment 2; a big commit at
+    /// 0x2FF000 (time 4_000) that ends in segment 3; more commits in segment 3.
+    fn base() -> (Fake, Catalog) {
+        let mut f = Fake::default();
+        f.facts.insert(
+            (1, 1),
+            SegmentFacts {
+                xacts: vec![xact(0x100100, 500, 9)],
+                checkpoints: vec![CheckpointFact {
+                    lsn: l(0x100060),
+                    redo: l(0x100028),
+                    time_unix: 0,
+                }],
+                ..Default::default()
+            },
+        );
+        f.facts.insert(
+            (1, 2),
+            SegmentFacts {
+                xacts: vec![
+                    xact(0x200100, 1_000, 10),
+                    xact(0x200200, 2_000, 11),
+                    xact(0x200300, 3_000, 12),
+                    xact(0x2FF000, 4_000, 13),
+                ],
+                ..Default::default()
+            },
+        );
+        f.facts.insert(
+            (1, 3),
+            SegmentFacts {
+                xacts: vec![xact(0x300100, 5_000, 14), xact(0x300200, 6_000, 15)],
+                restore_points: vec![],
+                ..Default::default()
+            },
+        );
+        f.records.insert(
+            1,
+            vec![
+                (l(0x100100), l(0x100140)),
+                (l(0x100400), l(0x100440)),
+                (l(0x200100), l(0x200140)),
+                (l(0x200200), l(0x200240)),
+                (l(0x200300), l(0x200340)),
+                // The big commit: starts in segment 2, ends in segment 3.
+                (l(0x2FF000), l(0x300080)),
+                (l(0x300100), l(0x300140)),
+                (l(0x300200), l(0x300240)),
+            ],
+        );
+        let c = cat(
+            vec![backup("b1", 0x100028, 0x100400, 1)],
+            index(&[(1, 0..4)], &[], &[]),
+        );
+        (f, c)
+    }
+
+    #[test]
+    fn stop_record_crossing_a_segment_boundary_places_the_next_segment() {
+        let (f, c) = base();
+        // Between 3_000 and 4_000: stop before the big commit, which ends in segment 3.
+        let p = run(plan(&f, &c, &req(time(3_500)))).unwrap();
+        assert_eq!(p.stop, Stop::Before(l(0x2FF000)));
+        assert_eq!(
+            p.stop_record,
+            Some(Span {
+                start: l(0x2FF000),
+                end: l(0x300080)
+            })
+        );
+        let names: Vec<&str> = p.wal.iter().map(|w| w.name.as_str()).collect();
+        assert_eq!(
+            names.last().copied(),
+            Some("000000010000000000000003"),
+            "{names:?}"
+        );
+        assert_eq!(p.last_included.unwrap().xid, 12);
+        assert_eq!(p.first_excluded.unwrap().xid, 13);
+    }
+
+    #[test]
+    fn lsn_targets_at_segment_ends_and_the_archive_end() {
+        let (f, c) = base();
+        type Case = (u64, Result<(Stop, &'static str), &'static str>);
+        let cases: Vec<Case> = vec![
+            // The start of segment 3 (what pg_switch_wal() returns at the end of segment 2):
+            // the first record at or after it is in segment 3.
+            (
+                0x300000,
+                Ok((Stop::Before(l(0x300000)), "000000010000000000000003")),
+            ),
+            // Inside the big commit: the next record starts in segment 3.
+            (
+                0x2FF100,
+                Ok((Stop::Before(l(0x2FF100)), "000000010000000000000003")),
+            ),
+            // The archive's end (segment 4 is not archived): everything archived.
+            (0x400000, Ok((Stop::EndOfWal, "000000010000000000000003"))),
+            // Beyond it: refused, naming an LSN that is accepted.
+            (0x400001, Err("--to-lsn 0/400000")),
+            // Before the backup is consistent.
+            (0x100300, Err("before the earliest restorable point")),
+        ];
+        for (lsn, want) in cases {
+            let got = run(plan(&f, &c, &req(TargetSpec::Lsn(l(lsn)))));
+            match (got, want) {
+                (Ok(p), Ok((stop, last))) => {
+                    assert_eq!(p.stop, stop, "{lsn:#x}");
+                    assert_eq!(p.wal.last().unwrap().name, last, "{lsn:#x}");
+                }
+                (Err(e), Err(msg)) => assert!(e.to_string().contains(msg), "{lsn:#x}: {e}"),
+                (got, want) => panic!("{lsn:#x}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_suggested_lsn_is_accepted() {
+        let (f, c) = base();
+        let e = run(plan(&f, &c, &req(TargetSpec::Lsn(l(0x500000))))).unwrap_err();
+        let msg = e.to_string();
+        let lsn: Lsn = msg
+            .split("--to-lsn ")
+            .nth(1)
+            .unwrap()
+            .split(|ch: char| ch == ',' || ch.is_whitespace())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let p = run(plan(&f, &c, &req(TargetSpec::Lsn(lsn)))).unwrap();
+        assert_eq!(p.stop, Stop::EndOfWal);
+    }
+
+    #[test]
+    fn a_record_not_yet_archived_is_refused() {
+        let (f, mut c) = base();
+        // Segment 3 is only a partial up to 0x300050: the big commit ends at 0x300080.
+        c.index = index(&[(1, 0..3)], &[(1, 3, 0x300050)], &[]);
+        let e = run(plan(&f, &c, &req(time(3_500)))).unwrap_err();
+        assert!(e.to_string().contains("not completely archived"), "{e}");
+        // An LSN target inside it too.
+        let e = run(plan(&f, &c, &req(TargetSpec::Lsn(l(0x300010))))).unwrap_err();
+        assert!(e.to_string().contains("not completely archived"), "{e}");
+    }
+
+    #[test]
+    fn time_targets_follow_postgresql_and_name_inversions() {
+        let (mut f, c) = base();
+        // An inversion: xid 16 is stamped 3_200 (before the target 3_500) but its commit
+        // record comes after the big commit stamped 4_000.
+        f.facts
+            .get_mut(&(1, 3))
+            .unwrap()
+            .xacts
+            .insert(0, xact(0x300090, 3_200, 16));
+        let p = run(plan(&f, &c, &req(time(3_500)))).unwrap();
+        assert_eq!(p.stop, Stop::Before(l(0x2FF000)));
+        let inv: Vec<u32> = p.excluded_despite_time.iter().map(|x| x.xid).collect();
+        assert_eq!(inv, vec![16]);
+        // Exactly a commit's time includes it.
+        let p = run(plan(&f, &c, &req(time(2_000)))).unwrap();
+        assert_eq!(p.last_included.unwrap().xid, 11);
+        assert_eq!(p.stop, Stop::Before(l(0x200300)));
+        // The last archived commit's exact time: stop just after it.
+        let p = run(plan(&f, &c, &req(time(6_000)))).unwrap();
+        assert_eq!(p.stop, Stop::After(l(0x300200)));
+        // After it: refused, naming it.
+        let e = run(plan(&f, &c, &req(time(7_000)))).unwrap_err();
+        assert!(e.to_string().contains("after the last archived"), "{e}");
+    }
+
+    #[test]
+    fn restorable_from_uses_the_servers_clock() {
+        let (mut f, mut c) = base();
+        // A commit in the segment before the backup's start, stamped 900: in the backup's
+        // data, so a target at 700 must not use this backup, whatever pitr's clock said.
+        f.facts.insert(
+            (1, 0),
+            SegmentFacts {
+                xacts: vec![xact(0x0F0000, 900, 8)],
+                checkpoints: vec![CheckpointFact {
+                    lsn: l(0x60),
+                    redo: l(0x28),
+                    time_unix: 0,
+                }],
+                ..Default::default()
+            },
+        );
+        f.records
+            .get_mut(&1)
+            .unwrap()
+            .insert(0, (l(0x0F0000), l(0x0F0040)));
+        let e = run(plan(&f, &c, &req(time(700)))).unwrap_err();
+        assert!(
+            e.to_string().contains("before the earliest restorable"),
+            "{e}"
+        );
+        // With an older backup, that one is chosen, and recovery stops before the commit.
+        c.backups.insert(0, backup("b0", 0x28, 0x400, 1));
+        let p = run(plan(&f, &c, &req(time(700)))).unwrap();
+        assert_eq!(p.backup.id, "b0");
+        assert_eq!(p.stop, Stop::Before(l(0x0F0000)));
+        // From 900 on, the newer backup serves.
+        let p = run(plan(&f, &c, &req(time(950)))).unwrap();
+        assert_eq!(p.backup.id, "b1");
+        // The restorable-from instant is the WAL's (900 us), not pitr's recorded end time.
+        assert!(
+            p.backup_restorable_from
+                .unwrap()
+                .starts_with("1970-01-01T00:00:00.0009")
+        );
+    }
+
+    #[test]
+    fn duplicate_restore_point_names_use_the_first() {
+        let (mut f, c) = base();
+        let rp = |lsn, time| RestorePoint {
+            lsn: l(lsn),
+            name: "before_migration".into(),
+            time,
+        };
+        f.facts.get_mut(&(1, 2)).unwrap().restore_points = vec![rp(0x200250, 2_100)];
+        f.facts.get_mut(&(1, 3)).unwrap().restore_points = vec![rp(0x300150, 5_100)];
+        f.records
+            .get_mut(&1)
+            .unwrap()
+            .extend([(l(0x200250), l(0x200290)), (l(0x300150), l(0x300190))]);
+        f.records.get_mut(&1).unwrap().sort();
+        let p = run(plan(
+            &f,
+            &c,
+            &req(TargetSpec::Name("before_migration".into())),
+        ))
+        .unwrap();
+        assert_eq!(p.stop, Stop::After(l(0x200250)));
+        assert_eq!(p.last_included.unwrap().xid, 11);
+        assert!(
+            p.notes.iter().any(|n| n.contains("not unique")),
+            "{:?}",
+            p.notes
+        );
+    }
+
+    #[test]
+    fn timelines_are_never_reused() {
+        let (mut f, mut c) = base();
+        // Timeline 2 forked from 1 at 0x280000; timeline 3 from 2 at 0x380000; timeline 5
+        // has WAL but no history file.
+        c.index = index(
+            &[(1, 0..4), (2, 2..4), (3, 3..4), (5, 3..4)],
+            &[],
+            &[
+                (2, "1\t0/280000\tx\n"),
+                (3, "1\t0/280000\tx\n2\t0/380000\ty\n"),
+            ],
+        );
+        f.facts.insert((2, 2), f.facts[&(1, 2)].clone());
+        f.records.insert(2, f.records[&1].clone());
+        f.records.insert(3, f.records[&1].clone());
+        // Restoring timeline 1 must not promote to 2, 3 or 5.
+        let mut r = req(TargetSpec::Lsn(l(0x200200)));
+        r.timeline = TimelineSel::Id(TimeLineId(1));
+        let p = run(plan(&f, &c, &r)).unwrap();
+        assert_eq!(p.promotes_to, Some(4));
+        let placed: Vec<(u32, bool)> = p
+            .histories
+            .iter()
+            .map(|h| (h.timeline, h.key.is_some()))
+            .collect();
+        assert_eq!(placed, vec![(2, true), (3, true), (5, false)]);
+        // Following timeline 2 places segment 2 from timeline 2 (it forked inside it).
+        r.timeline = TimelineSel::Id(TimeLineId(2));
+        let p = run(plan(&f, &c, &r)).unwrap();
+        assert_eq!(p.wal.last().unwrap().name, "000000020000000000000002");
+        assert_eq!(p.promotes_to, Some(4));
+        // Latest: timeline 5 (no history: it is its own root and the backup is not on it).
+        let e = run(plan(&f, &c, &req(TargetSpec::Latest))).unwrap_err();
+        assert!(e.to_string().contains("timeline 5"), "{e}");
+    }
+
+    #[test]
+    fn recovery_settings_are_complete_and_ordered() {
+        let s = recovery_settings(
+            "LSN 0/3000000",
+            Stop::Before(l(0x3000000)),
+            TimeLineId(2),
+            &Mode::Promote,
+        );
+        let names: Vec<String> = s.iter().filter_map(|l| setting_name(l)).collect();
+        for n in RESET_SETTINGS {
+            assert_eq!(
+                names.iter().filter(|x| x == n).count(),
+                1,
+                "{n} must be set exactly once: {s:?}"
+            );
+        }
+        // The target that is set comes after the empty ones.
+        let pos = |n: &str| names.iter().position(|x| x == n).unwrap();
+        assert!(pos("recovery_target_lsn") > pos("recovery_target_time"));
+        assert!(s.contains(&"recovery_target_lsn = '0/3000000'".to_string()));
+        assert!(s.contains(&"recovery_target_inclusive = off".to_string()));
+        assert!(s.contains(&"primary_conninfo = ''".to_string()));
+        // A standby keeps fetching and follows the newest timeline.
+        let s = recovery_settings(
+            "latest",
+            Stop::EndOfWal,
+            TimeLineId(2),
+            &Mode::Standby {
+                restore_command: "pitr wal fetch %f %p --repo '/r'".into(),
+            },
+        );
+        assert!(s.contains(&"restore_command = 'pitr wal fetch %f %p --repo ''/r'''".to_string()));
+        assert!(s.contains(&"recovery_target_timeline = 'latest'".to_string()));
+    }
+
+    #[test]
+    fn earlier_recovery_settings_are_neutralised_and_the_rest_kept() {
+        let before = "# Do not edit this file manually!\n\
+            shared_buffers = '256MB'\n\
+            recovery_target_lsn = '0/3000000'\n\
+            recovery_target_inclusive = off\n\
+            primary_conninfo = 'host=db1 user=rep'\n\
+            Primary_Slot_Name='s1'\n\
+            standby_mode = on\n\
+            work_mem = '8MB'\n";
+        let (after, gone) = neutralise_auto_conf(before);
+        assert_eq!(
+            gone,
+            vec![
+                "recovery_target_lsn",
+                "recovery_target_inclusive",
+                "primary_conninfo",
+                "primary_slot_name",
+                "standby_mode"
+            ]
+        );
+        assert!(after.contains("shared_buffers = '256MB'\n"));
+        assert!(after.contains("work_mem = '8MB'\n"));
+        assert!(after.contains("# pitr restore: disabled: primary_conninfo = 'host=db1 user=rep'"));
+        assert_eq!(recovery_settings_in(&after), Vec::<String>::new());
+        assert_eq!(
+            recovery_settings_in("restore_command='cp %p'\n#recovery_target_time = 'x'\n"),
+            vec!["restore_command"]
+        );
+    }
+
+    #[test]
+    fn standby_takes_no_target_and_does_not_promote() {
+        let (f, c) = base();
+        let mut r = req(TargetSpec::Lsn(l(0x200200)));
+        r.mode = Mode::Standby {
+            restore_command: "x".into(),
+        };
+        assert!(run(plan(&f, &c, &r)).is_err());
+        r.target = TargetSpec::Latest;
+        let p = run(plan(&f, &c, &r)).unwrap();
+        assert!(p.standby);
+        assert_eq!(p.promotes_to, None);
+    }
+}

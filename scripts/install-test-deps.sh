@@ -30,6 +30,13 @@ if ! command -v openssl >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq openssl >/dev/null
 fi
 
+# The clock-skew tests run pitr under libfaketime.
+if ! command -v faketime >/dev/null 2>&1; then
+    log "installing faketime"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq faketime >/dev/null
+fi
+
 # The server runs as the `postgres` OS user when tests run as root.
 if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
     log "creating the postgres OS user"

@@ -74,8 +74,9 @@ pub enum Command {
     /// transaction before it is included. A transaction stamped at or before the target
     /// whose commit record comes after that one (concurrent commits: WAL order and
     /// timestamp order can differ) is excluded too; the plan names each such transaction.
-    /// --to-lsn X restores everything before the first record at or after X; --to-name N
-    /// stops after the first restore point named N, as PostgreSQL does.
+    /// --to-lsn X restores through the first record at or after X (recovery_target_lsn's
+    /// default; --exclusive: everything before X); --to-name N stops after the first restore
+    /// point named N, as PostgreSQL does.
     ///
     /// The resolved target, the backup, the timeline, the last included and first excluded
     /// transactions, the WAL and the timeline the server will promote to (one no history in
@@ -249,7 +250,8 @@ pub struct RestoreArgs {
     /// Target: `latest` (the default) or a time.
     #[arg(long, value_name = "TARGET", conflicts_with_all = ["to_lsn", "to_name"])]
     pub to: Option<String>,
-    /// Restore everything before this LSN (X/X).
+    /// Restore through the first WAL record at or after this LSN (X/X), as PostgreSQL's
+    /// recovery_target_lsn does; with --exclusive, everything before it.
     #[arg(long, value_name = "LSN", conflicts_with = "to_name")]
     pub to_lsn: Option<String>,
     /// Restore up to this named restore point (see `pitr mark`).
@@ -267,6 +269,11 @@ pub struct RestoreArgs {
     /// Restore a tablespace elsewhere: OLDDIR=NEWDIR (or OID=NEWDIR); repeatable.
     #[arg(long = "tablespace-map", short = 'T', value_name = "OLD=NEW")]
     pub tablespace_map: Vec<String>,
+    /// Exclude the target itself (PostgreSQL's recovery_target_inclusive = off): with --to,
+    /// transactions stamped exactly at the target time are excluded; with --to-lsn, the
+    /// record at or after the LSN is not replayed.
+    #[arg(long, conflicts_with = "to_name")]
+    pub exclusive: bool,
     /// Restore a standby instead of a primary: write standby.signal and a restore_command
     /// that fetches WAL from this repo (`pitr wal fetch`), follow the newest timeline, and
     /// never promote (takes no --to/--to-lsn/--to-name; not with --verify). Without it, the

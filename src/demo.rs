@@ -258,6 +258,7 @@ async fn tour_steps(
         progress: false,
         backup: None,
         mode: crate::restore::Mode::Promote,
+        inclusive: true,
     };
     let plan = crate::restore::plan(&opts).await?;
     let mut out = std::io::stdout();

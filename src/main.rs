@@ -372,6 +372,7 @@ fn restore(a: pitr::cli::RestoreArgs) -> anyhow::Result<ExitCode> {
         } else {
             pitr::restore::Mode::Promote
         },
+        inclusive: !a.exclusive,
     };
     let plan = rt.block_on(pitr::restore::plan(&opts))?;
     let mut out = std::io::stdout().lock();

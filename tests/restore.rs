@@ -13,11 +13,11 @@ use crate::stream::{
     stop, switch_and_wait,
 };
 
-fn run(cmd: &mut Command) -> Output {
+pub(crate) fn run(cmd: &mut Command) -> Output {
     cmd.stdin(std::process::Stdio::null()).output().unwrap()
 }
 
-fn text(o: &Output) -> String {
+pub(crate) fn text(o: &Output) -> String {
     format!(
         "exit {:?}\nstdout:\n{}\nstderr:\n{}",
         o.status.code(),
@@ -27,11 +27,16 @@ fn text(o: &Output) -> String {
 }
 
 /// `pitr backup` into `repo` (a stream must be running); returns the catalog entry.
-fn backup(c: &Cluster, repo: &TestRepo, label: &str) -> serde_json::Value {
+pub(crate) fn backup(c: &Cluster, repo: &TestRepo, label: &str) -> serde_json::Value {
     backup_with(c, repo, label, &[])
 }
 
-fn backup_with(c: &Cluster, repo: &TestRepo, label: &str, extra: &[&str]) -> serde_json::Value {
+pub(crate) fn backup_with(
+    c: &Cluster,
+    repo: &TestRepo,
+    label: &str,
+    extra: &[&str],
+) -> serde_json::Value {
     let o = run(repo.apply(
         pitr()
             .args(["backup", "--json", "--label", label, "--wal-timeout", "60s"])
@@ -44,14 +49,14 @@ fn backup_with(c: &Cluster, repo: &TestRepo, label: &str, extra: &[&str]) -> ser
 }
 
 /// A fresh directory the server's user can reach (tests run as root in CI).
-fn restore_dir(tmp: &Path, name: &str) -> PathBuf {
+pub(crate) fn restore_dir(tmp: &Path, name: &str) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
     tmp.join(name)
 }
 
 /// `pitr restore ... --verify --json` with checks; returns the JSON report.
-fn restore_verify(
+pub(crate) fn restore_verify(
     repo: &TestRepo,
     install: &PgInstall,
     dir: &Path,
@@ -84,12 +89,12 @@ fn restore_verify(
 }
 
 /// Waits until the repo holds WAL through the server's current position.
-fn wait_archived(c: &Cluster, repo: &TestRepo) {
+pub(crate) fn wait_archived(c: &Cluster, repo: &TestRepo) {
     switch_and_wait(c, repo, 1, "archive to catch up", 60);
 }
 
 /// Commit timestamps of rows 1..=n of `t`, UTC, as `YYYY-MM-DD HH:MM:SS.ffffff`.
-fn commit_times(c: &Cluster, n: usize) -> Vec<String> {
+pub(crate) fn commit_times(c: &Cluster, n: usize) -> Vec<String> {
     let out = c.psql(
         "SELECT string_agg(to_char(pg_xact_commit_timestamp(xmin) AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US'), ',' ORDER BY id) FROM t",
     );
@@ -98,11 +103,12 @@ fn commit_times(c: &Cluster, n: usize) -> Vec<String> {
     v
 }
 
-fn rows(n: usize) -> String {
+pub(crate) fn rows(n: usize) -> String {
     (1..=n).map(|i| i.to_string()).collect::<Vec<_>>().join(",")
 }
 
-const ROWS_SQL: &str = "SELECT coalesce(string_agg(id::text, ',' ORDER BY id), 'none') FROM t";
+pub(crate) const ROWS_SQL: &str =
+    "SELECT coalesce(string_agg(id::text, ',' ORDER BY id), 'none') FROM t";
 
 /// The core PITR test, on every major and both backends: rows committed at known instants,
 /// a backup, more commits, DROP TABLE; restores to a time between two commits, to a commit's
@@ -250,7 +256,13 @@ fn restore_to_a_point_in_time_on_every_major_and_backend() {
 }
 
 /// One line on stderr, non-zero exit, and `dir` left as it was.
-fn refused(repo: &TestRepo, args: &[&str], dir: &Path, env: &[(&str, &str)], want: &str) {
+pub(crate) fn refused(
+    repo: &TestRepo,
+    args: &[&str],
+    dir: &Path,
+    env: &[(&str, &str)],
+    want: &str,
+) {
     let before = list_dir(dir);
     let o = run(repo.apply(
         pitr()
@@ -274,7 +286,7 @@ fn refused(repo: &TestRepo, args: &[&str], dir: &Path, env: &[(&str, &str)], wan
     assert_eq!(list_dir(dir), before, "{args:?} touched {}", dir.display());
 }
 
-fn list_dir(dir: &Path) -> Option<Vec<String>> {
+pub(crate) fn list_dir(dir: &Path) -> Option<Vec<String>> {
     std::fs::read_dir(dir).ok().map(|it| {
         let mut v: Vec<String> = it
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

@@ -217,6 +217,8 @@ pub struct SegmentFacts {
     pub last_lsn: Option<Lsn>,
     /// End of the last record starting in it.
     pub last_end: Option<Lsn>,
+    /// An `XLOG_SWITCH` record ending it (the rest of the segment is padding).
+    pub switch_lsn: Option<Lsn>,
 }
 
 #[derive(Deserialize)]
@@ -253,6 +255,7 @@ struct StoredSummary {
     first_prev: Option<String>,
     last_lsn: Option<String>,
     last_end: Option<String>,
+    switch_lsn: Option<String>,
 }
 
 fn facts_from_summary(json: &[u8], key: &str) -> Result<SegmentFacts, String> {
@@ -269,6 +272,7 @@ fn facts_from_summary(json: &[u8], key: &str) -> Result<SegmentFacts, String> {
         first_prev: lsn(&s.first_prev, "first_prev")?,
         last_lsn: lsn(&s.last_lsn, "last_lsn")?,
         last_end: lsn(&s.last_end, "last_end")?,
+        switch_lsn: lsn(&s.switch_lsn, "switch_lsn")?,
         ..Default::default()
     };
     for x in s.xacts {
@@ -333,6 +337,7 @@ fn facts_from_segment(s: walfmt::SegmentSummary) -> SegmentFacts {
         first_prev: s.first_prev,
         last_lsn: s.last_lsn,
         last_end: s.last_end,
+        switch_lsn: s.switch_lsn,
     }
 }
 
@@ -892,15 +897,52 @@ pub async fn boundary_problems(repo: &Repo, idx: &WalIndex) -> Result<Vec<String
         else {
             continue;
         };
+        let name = walfmt::names::segment_file_name(*tli, *s, idx.seg);
+        let first = f
+            .first_lsn
+            .map_or_else(|| "?".to_string(), |l| l.to_string());
         if let (Some(first_prev), Some(last)) = (f.first_prev, prev.last_lsn)
             && first_prev != last
         {
             out.push(format!(
-                "timeline {tli}: the first record of segment {} (at {}) points back to {first_prev}, but the record before it starts at {last}: the archive mixes two histories there",
-                walfmt::names::segment_file_name(*tli, *s, idx.seg),
-                f.first_lsn.map_or_else(|| "?".to_string(), |l| l.to_string()),
+                "timeline {tli}: the first record of segment {name} (at {first}) points back to {first_prev}, but the record before it starts at {last}: the archive mixes two histories there"
+            ));
+            continue;
+        }
+        // Where the record before ends says where the first one here starts.
+        let expected = match (prev.switch_lsn, prev.last_lsn, prev.last_end) {
+            (Some(sw), Some(last), _) if sw == last => s
+                .start_lsn(idx.seg)
+                .map(|l| Lsn(l.0 + walfmt::page::SIZE_OF_LONG_PHD as u64)),
+            (_, _, Some(end)) => Some(next_record_start(end, idx.seg)),
+            _ => None,
+        };
+        if let (Some(want), Some(got)) = (expected, f.first_lsn)
+            && prev
+                .last_end
+                .is_some_and(|e| e.segment(idx.seg) == *s || prev.switch_lsn.is_some())
+            && want != got
+        {
+            out.push(format!(
+                "timeline {tli}: the record before segment {name} ends where the next record would start at {want}, but the first record in {name} starts at {got}: the archive mixes two histories there"
             ));
         }
     }
     Ok(out)
+}
+
+/// Where the record after one ending at `end` starts: MAXALIGNed, past a page header when
+/// that lands on a page start (PostgreSQL's `XLogRecPtrToBytePos` arithmetic in reverse).
+fn next_record_start(end: Lsn, seg: WalSegSize) -> Lsn {
+    let p = end.0.next_multiple_of(8);
+    let page = u64::from(walfmt::page::DEFAULT_BLCKSZ);
+    if p % page != 0 {
+        return Lsn(p);
+    }
+    let header = if p % seg.bytes() == 0 {
+        walfmt::page::SIZE_OF_LONG_PHD
+    } else {
+        walfmt::page::SIZE_OF_SHORT_PHD
+    };
+    Lsn(p + header as u64)
 }

@@ -104,6 +104,8 @@ pub struct RestoreOptions {
     pub backup: Option<String>,
     /// Promote (default) or stay a standby.
     pub mode: Mode,
+    /// Include the target (PostgreSQL's `recovery_target_inclusive`, default on).
+    pub inclusive: bool,
 }
 
 fn refused(msg: impl Into<String>) -> RestoreError {
@@ -234,6 +236,7 @@ pub async fn plan(opts: &RestoreOptions) -> Result<Plan, RestoreError> {
         timeline: opts.timeline,
         backup: opts.backup.clone(),
         mode: opts.mode.clone(),
+        inclusive: opts.inclusive,
         dir: opts.dir.clone(),
         tablespace_map: opts.tablespace_map.clone(),
     };

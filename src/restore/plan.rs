@@ -141,6 +141,10 @@ pub struct Request {
     pub backup: Option<String>,
     /// Promote or standby.
     pub mode: Mode,
+    /// PostgreSQL's `recovery_target_inclusive` (default on): a time target includes
+    /// transactions stamped exactly at it, an LSN target the first record at or after it.
+    /// Off (`--exclusive`): both are excluded.
+    pub inclusive: bool,
     /// Destination.
     pub dir: PathBuf,
     /// Tablespace relocation: original location (or OID) -> new directory.
@@ -501,6 +505,7 @@ pub async fn resolve<I: PlanInput>(
     path: &[PathStep],
     mut cands: Vec<Candidate>,
     target: &TargetSpec,
+    inclusive: bool,
 ) -> Result<Resolved, RestoreError> {
     let seg = cat.index.seg;
     if cands.is_empty() {
@@ -534,8 +539,9 @@ pub async fn resolve<I: PlanInput>(
         TargetSpec::Latest => {
             let c = cands.swap_remove(0);
             if let Some(gap) = c.cov.gap {
+                let upto = safe_end(input, path, gap).await?;
                 return Err(refused(format!(
-                    "the archive of timeline {tli} has a gap at {gap}: WAL after it cannot be replayed; restore up to it with --to-lsn {gap}, or find the missing segment (see `pitr list`)"
+                    "the archive of timeline {tli} has a gap at {gap}: WAL after it cannot be replayed; restore up to it with --to-lsn {upto}, or find the missing segment (see `pitr list`)"
                 )));
             }
             let end = c.wal_end();
@@ -553,9 +559,12 @@ pub async fn resolve<I: PlanInput>(
             // Newest first: the first candidate restorable from at or before T.
             let mut chosen = None;
             let mut oldest_from = None;
+            // Exclusive: a transaction stamped exactly at T is excluded, so no backup may
+            // contain one.
+            let usable = |from: i64| if inclusive { from <= us } else { from < us };
             for c in cands {
                 let (from, _) = restorable_from(input, path, &c.backup, seg).await?;
-                if from <= us {
+                if usable(from) {
                     chosen = Some((c, from));
                     break;
                 }
@@ -577,7 +586,7 @@ pub async fn resolve<I: PlanInput>(
                 seg,
                 b.start(),
                 catalog::last_segment(wal_end, seg),
-                |x| x.time > us,
+                |x| if inclusive { x.time > us } else { x.time >= us },
             )
             .await?;
             let mut r = Resolved {
@@ -601,7 +610,8 @@ pub async fn resolve<I: PlanInput>(
                         SegNo(s.0 + INVERSION_SEGMENTS).min(catalog::last_segment(wal_end, seg));
                     while s <= through {
                         for y in input.facts(path, s).await?.unwrap_or_default().xacts {
-                            if y.lsn > x.lsn && y.time <= us {
+                            let before = if inclusive { y.time <= us } else { y.time < us };
+                            if y.lsn > x.lsn && before {
                                 excluded.push(y);
                             }
                         }
@@ -624,16 +634,17 @@ pub async fn resolve<I: PlanInput>(
                 }
                 None => {
                     if let Some(gap) = c.cov.gap {
+                        let upto = safe_end(input, path, gap).await?;
                         return Err(refused(format!(
                             "target {target_utc} falls in a gap of the WAL archive (timeline {tli}, from {gap}): the WAL needed to reach it is missing; the latest restorable point before the gap is {}",
                             last.map(|x| fmt_time(x.time))
-                                .unwrap_or_else(|| format!("--to-lsn {gap}"))
+                                .unwrap_or_else(|| format!("--to-lsn {upto}"))
                         )));
                     }
                     match last {
                         // The target is the last archived transaction's exact time: stop
                         // just after it (PostgreSQL would wait for a later record).
-                        Some(l) if l.time == us => {
+                        Some(l) if l.time == us && inclusive => {
                             let rec = complete_record(input, path, l.lsn, wal_end).await?;
                             r.stop = Stop::After(l.lsn);
                             r.stop_record = Some(rec);
@@ -652,9 +663,9 @@ pub async fn resolve<I: PlanInput>(
                         // No transaction ends after the backup's start: only the backup's
                         // own consistent state is proven, and only if T is exactly when
                         // it became restorable.
-                        None if from == us => {
+                        None if from == us && inclusive => {
                             let (stop, rec, need) =
-                                stop_before_lsn(input, path, b.end(), wal_end).await?;
+                                stop_at_lsn(input, path, b.end(), wal_end, false).await?;
                             r.stop = stop;
                             r.stop_record = rec;
                             r.need_end = need.max(b.end());
@@ -679,24 +690,32 @@ pub async fn resolve<I: PlanInput>(
             let c = cands.swap_remove(pos);
             let wal_end = c.wal_end();
             if *x > wal_end {
+                let upto = safe_end(input, path, wal_end).await?;
                 return Err(refused(match c.cov.gap {
                     Some(gap) => format!(
-                        "target LSN {x} falls in a gap of the WAL archive (timeline {tli}, from {gap}): the WAL needed is missing; the latest restorable point is --to-lsn {gap}"
+                        "target LSN {x} falls in a gap of the WAL archive (timeline {tli}, from {gap}): the WAL needed is missing; the latest restorable point is --to-lsn {upto}"
                     ),
                     None => format!(
-                        "target LSN {x} is after the last archived WAL ({wal_end} on timeline {tli}): the latest restorable point is --to-lsn {wal_end}, or --to latest"
+                        "target LSN {x} is after the last archived WAL ({wal_end} on timeline {tli}): the latest restorable point is --to-lsn {upto}, or --to latest"
                     ),
                 }));
             }
             let b = c.backup.clone();
-            let (stop, rec, need) = stop_before_lsn(input, path, *x, wal_end).await?;
+            let (stop, rec, need) = stop_at_lsn(input, path, *x, wal_end, inclusive).await?;
+            // The included transactions: those whose record starts before the stop (or is
+            // the included stop record).
+            let first_out = match stop {
+                Stop::After(l) => Lsn(l.0 + 1),
+                Stop::Before(l) => l,
+                Stop::EndOfWal => Lsn(u64::MAX),
+            };
             let (last, next) = scan_until(
                 input,
                 path,
                 seg,
                 b.start(),
                 catalog::last_segment(need.max(b.end()), seg),
-                |xa| xa.lsn >= *x,
+                |xa| xa.lsn >= first_out,
             )
             .await?;
             Ok(Resolved {
@@ -792,22 +811,45 @@ pub async fn resolve<I: PlanInput>(
     }
 }
 
-/// "Everything before `x`": stop before the first record at or after `x`, which must be
-/// complete in the archive; if the archive ends first (and no record starting before `x`
-/// is incomplete), replay all of it: that is everything before `x`.
-async fn stop_before_lsn<I: PlanInput>(
+/// An LSN target `x`: stop after the first record at or after it (inclusive, PostgreSQL's
+/// default) or before it (exclusive). That record must be complete in the archive. If the
+/// archive ends first, and no record starting before `x` is incomplete, the target means
+/// "everything archived": replay all of it.
+async fn stop_at_lsn<I: PlanInput>(
     input: &I,
     path: &[PathStep],
     x: Lsn,
     wal_end: Lsn,
+    inclusive: bool,
 ) -> Result<(Stop, Option<Span>, Lsn), RestoreError> {
     match input.record_at_or_after(path, x, wal_end).await? {
-        RecordAt::Complete { start, end } => Ok((Stop::Before(x), Some(Span { start, end }), end)),
+        RecordAt::Complete { start, end } => {
+            let stop = if inclusive {
+                Stop::After(start)
+            } else {
+                Stop::Before(x)
+            };
+            Ok((stop, Some(Span { start, end }), end))
+        }
         RecordAt::End { pending: Some(p) } if p < x => Err(refused(format!(
             "the record at {p}, before target LSN {x}, is not completely archived yet: wait for `pitr stream` to archive more WAL, or use --to-lsn {p}"
         ))),
         RecordAt::End { .. } => Ok((Stop::EndOfWal, None, wal_end)),
     }
+}
+
+/// The latest LSN target that restores everything archived before `end` (where the archive
+/// ends or a gap begins): `end` itself, or the start of a record the archive holds only in
+/// part there. Suggested in error messages, and accepted as `--to-lsn`.
+async fn safe_end<I: PlanInput>(
+    input: &I,
+    path: &[PathStep],
+    end: Lsn,
+) -> Result<Lsn, RestoreError> {
+    Ok(match input.record_at_or_after(path, end, end).await? {
+        RecordAt::End { pending: Some(p) } => p,
+        _ => end,
+    })
 }
 
 /// Step 3a: the WAL files from the backup's start through the segment holding the byte
@@ -1094,7 +1136,7 @@ pub async fn plan<I: PlanInput>(
     let (tli, path) = choose_timeline(cat, req.timeline)?;
     let cands = candidates(cat, &path, req.backup.as_deref());
     // 2. Stop point.
-    let mut r = resolve(input, cat, tli, &path, cands, &req.target).await?;
+    let mut r = resolve(input, cat, tli, &path, cands, &req.target, req.inclusive).await?;
     let backup = r.candidate.backup.clone();
     if r.restorable_from.is_none() {
         r.restorable_from = Some(
@@ -1301,6 +1343,7 @@ mod tests {
             timeline: TimelineSel::Latest,
             backup: None,
             mode: Mode::Promote,
+            inclusive: true,
             dir: PathBuf::from("/restore"),
             tablespace_map: HashMap::new(),
         }
@@ -1405,37 +1448,69 @@ mod tests {
     #[test]
     fn lsn_targets_at_segment_ends_and_the_archive_end() {
         let (f, c) = base();
-        type Case = (u64, Result<(Stop, &'static str), &'static str>);
+        type Case = (u64, bool, Result<(Stop, &'static str), &'static str>);
         let cases: Vec<Case> = vec![
             // The start of segment 3 (what pg_switch_wal() returns at the end of segment 2):
-            // the first record at or after it is in segment 3.
+            // the first record at or after it is in segment 3. Inclusive (PostgreSQL's
+            // default) replays it, exclusive stops before it; both need it whole.
             (
                 0x300000,
+                true,
+                Ok((Stop::After(l(0x300100)), "000000010000000000000003")),
+            ),
+            (
+                0x300000,
+                false,
                 Ok((Stop::Before(l(0x300000)), "000000010000000000000003")),
             ),
             // Inside the big commit: the next record starts in segment 3.
             (
                 0x2FF100,
+                false,
                 Ok((Stop::Before(l(0x2FF100)), "000000010000000000000003")),
             ),
+            // A commit's own LSN: inclusive replays that commit.
+            (
+                0x2FF000,
+                true,
+                Ok((Stop::After(l(0x2FF000)), "000000010000000000000003")),
+            ),
             // The archive's end (segment 4 is not archived): everything archived.
-            (0x400000, Ok((Stop::EndOfWal, "000000010000000000000003"))),
+            (
+                0x400000,
+                true,
+                Ok((Stop::EndOfWal, "000000010000000000000003")),
+            ),
+            (
+                0x400000,
+                false,
+                Ok((Stop::EndOfWal, "000000010000000000000003")),
+            ),
             // Beyond it: refused, naming an LSN that is accepted.
-            (0x400001, Err("--to-lsn 0/400000")),
+            (0x400001, true, Err("--to-lsn 0/400000")),
             // Before the backup is consistent.
-            (0x100300, Err("before the earliest restorable point")),
+            (0x100300, true, Err("before the earliest restorable point")),
         ];
-        for (lsn, want) in cases {
-            let got = run(plan(&f, &c, &req(TargetSpec::Lsn(l(lsn)))));
+        for (lsn, inclusive, want) in cases {
+            let mut r = req(TargetSpec::Lsn(l(lsn)));
+            r.inclusive = inclusive;
+            let got = run(plan(&f, &c, &r));
             match (got, want) {
                 (Ok(p), Ok((stop, last))) => {
-                    assert_eq!(p.stop, stop, "{lsn:#x}");
+                    assert_eq!(p.stop, stop, "{lsn:#x} {inclusive}");
                     assert_eq!(p.wal.last().unwrap().name, last, "{lsn:#x}");
                 }
                 (Err(e), Err(msg)) => assert!(e.to_string().contains(msg), "{lsn:#x}: {e}"),
                 (got, want) => panic!("{lsn:#x}: got {got:?}, want {want:?}"),
             }
         }
+        // Inclusive at a commit's LSN: the commit is the last included transaction.
+        let p = run(plan(&f, &c, &req(TargetSpec::Lsn(l(0x2FF000))))).unwrap();
+        assert_eq!(p.last_included.unwrap().xid, 13);
+        let mut r = req(TargetSpec::Lsn(l(0x2FF000)));
+        r.inclusive = false;
+        let p = run(plan(&f, &c, &r)).unwrap();
+        assert_eq!(p.last_included.unwrap().xid, 12);
     }
 
     #[test]
@@ -1492,6 +1567,12 @@ mod tests {
         // After it: refused, naming it.
         let e = run(plan(&f, &c, &req(time(7_000)))).unwrap_err();
         assert!(e.to_string().contains("after the last archived"), "{e}");
+        // Exclusive: a commit stamped exactly at the target is excluded.
+        let mut r = req(time(2_000));
+        r.inclusive = false;
+        let p = run(plan(&f, &c, &r)).unwrap();
+        assert_eq!(p.last_included.unwrap().xid, 10);
+        assert_eq!(p.stop, Stop::Before(l(0x200200)));
     }
 
     #[test]

@@ -420,13 +420,8 @@ async fn check_wal_path(
         && !matches!(e.reason, walfmt::EndReason::InputEnded { .. })
     {
         report.problems.push(format!(
-            "timeline {tli}: the archived WAL stops being valid at {} ({e}) in {current}, before the archive's end at {end}: {}",
-            e.lsn,
-            if matches!(e.reason, walfmt::EndReason::BadPrevLink { .. } | walfmt::EndReason::BadCrc { .. }) {
-                "the archive mixes two histories (or an object is damaged); restores past this point replay the wrong WAL or stop early"
-            } else {
-                "restores past this point stop early"
-            }
+            "timeline {tli}: the archived WAL stops being valid at {} ({e}) in {current}, before the archive's end at {end}: the archive mixes two histories here, or an object is damaged; restores past this point replay the wrong WAL or stop early",
+            e.lsn
         ));
     }
 }

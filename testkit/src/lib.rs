@@ -353,6 +353,53 @@ impl Cluster {
         cluster
     }
 
+    /// Starts a server on an existing data directory (e.g. one `pitr restore` wrote), with
+    /// its own port, socket and log in a fresh temp dir. The data directory is the caller's
+    /// (not removed on drop); it is handed to the server user first. Returns once the
+    /// postmaster accepts connections (it may still be recovering: see
+    /// [`Cluster::wait_promoted`]).
+    pub fn adopt(install: &PgInstall, data: &Path, extra_conf: &[&str]) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("pitr-pg")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+        chown_to_server(dir.path());
+        chown_tree_to_server(data);
+        let mut cluster = Cluster {
+            install: install.clone(),
+            dir: Some(dir),
+            data: data.to_path_buf(),
+            port: 0,
+            auth: Auth::Trust,
+            child: None,
+        };
+        let extra: Vec<String> = extra_conf.iter().map(|s| (*s).to_owned()).collect();
+        if !extra.is_empty() {
+            cluster.append_conf(&extra);
+        }
+        cluster.launch();
+        cluster
+    }
+
+    /// Waits until the server has left recovery (promoted), panicking with the log tail
+    /// after `secs`.
+    pub fn wait_promoted(&self, secs: u64) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if self.try_psql("SELECT pg_is_in_recovery()").as_deref() == Ok("f") {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "PostgreSQL {} did not leave recovery in {secs} s:\n{}",
+                self.install.major,
+                tail(&self.log_path(), 20)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn append_conf(&self, lines: &[String]) {
         let mut f = fs::OpenOptions::new()
             .append(true)

@@ -936,10 +936,10 @@ pub async fn boundary_problems(repo: &Repo, idx: &WalIndex) -> Result<Vec<String
 fn next_record_start(end: Lsn, seg: WalSegSize) -> Lsn {
     let p = end.0.next_multiple_of(8);
     let page = u64::from(walfmt::page::DEFAULT_BLCKSZ);
-    if p % page != 0 {
+    if !p.is_multiple_of(page) {
         return Lsn(p);
     }
-    let header = if p % seg.bytes() == 0 {
+    let header = if p.is_multiple_of(seg.bytes()) {
         walfmt::page::SIZE_OF_LONG_PHD
     } else {
         walfmt::page::SIZE_OF_SHORT_PHD

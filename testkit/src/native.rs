@@ -211,6 +211,8 @@ impl Cluster {
             let bad: Vec<&str> = log
                 .lines()
                 .filter(|l| l.contains("FATAL:") || l.contains("PANIC:"))
+                // Not the refusals of our own connection attempts.
+                .filter(|l| !l.contains("the database system is"))
                 .collect();
             if bad.is_empty() {
                 tail(&c.log_path(), 8)

@@ -34,6 +34,16 @@
 //! line, or succeed. A table of target / native / pitr is printed for every major, and the test
 //! fails while any target mismatches.
 //!
+//! What native recovery does with each target (src/backend/access/transam/xlogrecovery.c,
+//! `recoveryStopsBefore` / `recoveryStopsAfter`, with the default
+//! `recovery_target_inclusive = on`): a time stops before the first commit or abort record,
+//! in WAL order, stamped after it; an LSN stops after replaying the first record that starts
+//! at or after it; a name stops after the first restore point of that name. Each decision is
+//! taken once the whole record has been read, so the WAL must hold the end of that record.
+//! Commit times are stamped just before the record is inserted (xact.c,
+//! `RecordTransactionCommit`; twophase.c, `RecordTransactionCommitPrepared`), so a session
+//! that loses the CPU in between leaves a commit-time inversion: rare, hence the rounds.
+//!
 //! CI time: every target runs on every major (about 12 s a major here: 1 MiB segments, small
 //! tables, the two restores of a target in parallel).
 

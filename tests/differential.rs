@@ -820,6 +820,18 @@ fn targets(c: &Cluster, wal: &Wal, switch: u64, idle_lsn: u64) -> Vec<Case> {
     cases
 }
 
+/// Kills `pitr stream` when the test panics before stopping it (it would retry forever).
+struct StreamGuard(Option<std::process::Child>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// One major's results: a row per target.
 struct Report {
     major: u32,
@@ -845,7 +857,11 @@ fn run_major(install: &PgInstall) -> Report {
     let archive = tmp.path().join("native-archive");
     let mut receiver = c.receive_wal(&archive, "native", &tmp.path().join("receivewal.log"));
     let repo = TestRepo::local(&tmp.path().join("repo"));
-    let stream = start_stream(&c, &repo, &tmp.path().join("stream.log"));
+    let mut stream = StreamGuard(Some(start_stream(
+        &c,
+        &repo,
+        &tmp.path().join("stream.log"),
+    )));
     c.psql(
         "CREATE TABLE acct (sess int, seq int, v text, PRIMARY KEY (sess, seq));
          CREATE TABLE ledger (id int PRIMARY KEY, note text);
@@ -915,7 +931,7 @@ fn run_major(install: &PgInstall) -> Report {
     let t_workload = t0.elapsed();
     // The source is no longer needed: its CPU goes to the restores.
     receiver.stop();
-    stop(stream);
+    stop(stream.0.take().unwrap());
     drop(c);
 
     let mut rows = Vec::new();

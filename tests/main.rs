@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)] // tests panic on failure by design
 
 mod correctness;
+mod differential;
 mod harness;
 mod inspect;
 mod replication;

@@ -19,6 +19,7 @@
 
 #![allow(clippy::unwrap_used)] // test support: panics are the error reporting
 
+pub mod native;
 pub mod s3;
 pub mod waldump;
 pub mod workload;
@@ -413,6 +414,14 @@ impl Cluster {
 
     /// Starts the postmaster on a fresh port (retrying if the port was taken meanwhile).
     fn launch(&mut self) {
+        if let Err(e) = self.launch_with(&[], Duration::from_secs(60)) {
+            panic!("{e}");
+        }
+    }
+
+    /// [`Cluster::launch`] with extra `-c name=value` settings; an `Err` (with the log tail)
+    /// when the postmaster exits or is not ready within `timeout`, instead of a panic.
+    fn launch_with(&mut self, settings: &[String], timeout: Duration) -> Result<(), String> {
         let mut last_log = String::new();
         for _attempt in 0..5 {
             let port = free_port();
@@ -431,21 +440,26 @@ impl Cluster {
                 .arg(format!(
                     "unix_socket_directories={}",
                     self.socket_dir().display()
-                ))
-                .stdin(Stdio::null())
+                ));
+            for s in settings {
+                cmd.arg("-c").arg(s);
+            }
+            cmd.stdin(Stdio::null())
                 .stdout(logf.try_clone().expect("dup log"))
                 .stderr(logf);
             as_server_user(&mut cmd);
             die_with_parent(&mut cmd);
             let mut child = cmd.spawn().expect("spawn postgres");
-            let deadline = Instant::now() + Duration::from_secs(60);
+            let deadline = Instant::now() + timeout;
             loop {
                 if let Ok(Some(status)) = child.try_wait() {
                     last_log = tail(&log, 20);
                     if last_log.contains("Address already in use") {
                         break;
                     }
-                    panic!("postgres exited during start ({status}):\n{last_log}");
+                    return Err(format!(
+                        "postgres exited during start ({status}):\n{last_log}"
+                    ));
                 }
                 let pid = fs::read_to_string(self.data.join("postmaster.pid")).unwrap_or_default();
                 // Trust the pid file only once it is this postmaster's (a killed predecessor
@@ -461,17 +475,20 @@ impl Cluster {
                         .is_some_and(|s| matches!(s.trim(), "ready" | "standby"))
                 {
                     self.child = Some(child);
-                    return;
+                    return Ok(());
                 }
                 if Instant::now() > deadline {
                     let _ = child.kill();
                     let _ = child.wait();
-                    panic!("postgres did not become ready in 60 s:\n{}", tail(&log, 20));
+                    return Err(format!(
+                        "postgres did not become ready in {timeout:?}:\n{}",
+                        tail(&log, 20)
+                    ));
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        panic!("postgres could not find a free port:\n{last_log}");
+        Err(format!("postgres could not find a free port:\n{last_log}"))
     }
 
     /// The installation this cluster runs.

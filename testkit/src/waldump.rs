@@ -124,6 +124,33 @@ pub fn format_pg_timestamp(pg_micros: i64) -> String {
     )
 }
 
+/// Parses a timestamp as pg_waldump prints it with `TZ=UTC`
+/// (`2025-11-21 19:00:00.123456 UTC`) into a `TimestampTz` (µs since 2000-01-01 UTC): the
+/// inverse of [`format_pg_timestamp`].
+pub fn parse_pg_timestamp(s: &str) -> Option<i64> {
+    let s = s.strip_suffix(" UTC")?;
+    let (date, time) = s.split_once(' ')?;
+    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let (hms, frac) = time.split_once('.')?;
+    if frac.len() != 6 {
+        return None;
+    }
+    let mut t = hms.splitn(3, ':').map(|p| p.parse::<i64>().ok());
+    let (hh, mm, ss) = (t.next()??, t.next()??, t.next()??);
+    let frac: i64 = frac.parse().ok()?;
+    // days-from-civil (Howard Hinnant)
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let unix = days * 86_400 + hh * 3600 + mm * 60 + ss;
+    Some((unix - 946_684_800) * 1_000_000 + frac)
+}
+
 /// A decoded record in neutral terms, so test crates can compare their decoder's output
 /// with `pg_waldump` without this crate depending on the decoder.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -213,7 +213,7 @@ async fn tour_steps(
         "   backup {} complete ({} MiB), restorable from {}",
         rec.id,
         rec.bytes >> 20,
-        rec.end_time
+        rec.restorable_from.as_deref().unwrap_or(&rec.end_time)
     );
     println!("4. committing orders, one every 0.4 s");
     sql(

@@ -382,7 +382,7 @@ fn pitr_at(offset: &str) -> Command {
     let mut c = Command::new("faketime");
     c.arg("-f")
         .arg(offset)
-        .arg(env!("CARGO_BIN_EXE_pitr"))
+        .arg(crate::stream::pitr_bin())
         .env("PITR_LOG", "info")
         .env("PITR_METRICS_LISTEN", "off")
         .env_remove("PITR_REPO")

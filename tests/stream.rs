@@ -134,8 +134,16 @@ pub(crate) fn wait_logged(
     }
 }
 
+/// The `pitr` binary under test: this build's, or `PITR_TEST_BIN` (to run the same tests
+/// against another build, e.g. to show a test fails on the code before a fix).
+pub(crate) fn pitr_bin() -> PathBuf {
+    std::env::var_os("PITR_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_pitr")))
+}
+
 pub(crate) fn pitr() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_pitr"));
+    let mut c = Command::new(pitr_bin());
     c.env("PITR_LOG", "info")
         .env("PITR_METRICS_LISTEN", "off")
         .env_remove("PITR_REPO")

@@ -233,9 +233,10 @@ pub async fn run(opts: &BackupOptions) -> Result<BackupRecord, BackupError> {
         .map_err(|e| explain(e, &opts.source.user))?;
     let res = take(&mut conn, opts).await;
     conn.close().await;
-    let (rec, seg) = res?;
+    let (mut rec, seg) = res?;
     wait_for_wal(opts, &rec, seg).await?;
     check_objects(&opts.repo, &rec).await?;
+    rec.restorable_from = server_restorable_from(&opts.repo, &rec, seg).await;
     let body = serde_json::to_vec_pretty(&rec).unwrap_or_default();
     upload(&opts.repo, &catalog::backup_key(&rec.id), Bytes::from(body)).await?;
     Ok(rec)
@@ -489,8 +490,26 @@ async fn take(
         stored_bytes,
         created_by: format!("pitr {}", env!("CARGO_PKG_VERSION")),
         source_user: Some(opts.source.user.clone()),
+        restorable_from: None,
     };
     Ok((rec, seg))
+}
+
+/// The backup's restorable-from instant on the server's clock, from the WAL now archived
+/// (`None` if it cannot be read: restore computes it again anyway).
+async fn server_restorable_from(
+    repo: &Repo,
+    rec: &BackupRecord,
+    seg: WalSegSize,
+) -> Option<String> {
+    let sysid: u64 = rec.system_id.parse().ok()?;
+    let idx = WalIndex::load(repo, seg, sysid).await.ok()?;
+    let path = idx.path(TimeLineId(rec.end_tli));
+    let input = crate::restore::RepoInput { repo, idx: &idx };
+    let (t, from_wal) = crate::restore::plan::restorable_from(&input, &path, rec, seg)
+        .await
+        .ok()?;
+    from_wal.then(|| catalog::micros_rfc3339(t))
 }
 
 /// Before the catalog entry makes the backup count: every object it names is still in the
@@ -610,6 +629,6 @@ pub fn print_summary(w: &mut impl Write, rec: &BackupRecord) -> std::io::Result<
         rec.start_lsn,
         rec.end_lsn,
         rec.end_tli,
-        rec.end_time
+        rec.restorable_from.as_deref().unwrap_or(&rec.end_time)
     )
 }

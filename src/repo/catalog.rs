@@ -122,6 +122,12 @@ pub struct BackupRecord {
     /// The role the backup connected as (tried first by `restore --verify`).
     #[serde(default)]
     pub source_user: Option<String>,
+    /// The earliest instant this backup restores to, on the server's clock (the latest
+    /// commit or abort time in the WAL before its end; see `restore::plan::restorable_from`),
+    /// as computed when the backup completed. Informational: restore recomputes it from the
+    /// WAL. RFC 3339, UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restorable_from: Option<String>,
 }
 
 impl BackupRecord {

@@ -1281,6 +1281,7 @@ mod tests {
             stored_bytes: 0,
             created_by: "test".into(),
             source_user: None,
+            restorable_from: None,
         }
     }
 

@@ -630,6 +630,11 @@ fn parse_lsn(s: &str) -> u64 {
     (u64::from_str_radix(h, 16).unwrap() << 32) | u64::from_str_radix(l, 16).unwrap()
 }
 
+thread_local! {
+    /// The inverted transaction of case 3 (set by [`targets`]).
+    static INVERTED_XID: std::cell::Cell<Option<u32>> = const { std::cell::Cell::new(None) };
+}
+
 /// Chooses the targets from the WAL. Prints what it found (inversions, same-µs commits).
 fn targets(c: &Cluster, wal: &Wal, switch: u64, idle_lsn: u64) -> Vec<Case> {
     let xid_of = |id: u32| -> u32 {
@@ -702,6 +707,7 @@ fn targets(c: &Cluster, wal: &Wal, switch: u64, idle_lsn: u64) -> Vec<Case> {
                 time_text(b.time)
             );
             add("3 time in a commit-time inversion", Target::Time(b.time));
+            INVERTED_XID.with(|x| x.set(Some(b.xid)));
         }
         None => panic!(
             "PG {}: the concurrent phase produced no commit-time inversion ({} transaction ends): the workload must be made more concurrent",
@@ -934,6 +940,36 @@ fn run_major(install: &PgInstall) -> Report {
     stop(stream.0.take().unwrap());
     drop(c);
 
+    // pitr names the transaction PostgreSQL excludes although it is stamped at the target.
+    if let (Some(xid), Some(case)) = (
+        INVERTED_XID.with(std::cell::Cell::take),
+        cases.iter().find(|c| c.label.starts_with("3 ")),
+    ) {
+        let o = repo
+            .apply(
+                pitr()
+                    .args(["restore", "--dry-run", "--json"])
+                    .args(case.target.pitr_args())
+                    .arg("-D")
+                    .arg(tmp.path().join("dry")),
+            )
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let named: Vec<u64> = v["plan"]["excluded_despite_time"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|x| x["xid"].as_u64())
+            .collect();
+        assert!(
+            named.contains(&u64::from(xid)),
+            "PG {}: the plan must name xid {xid}, stamped at the target but committed after the first excluded transaction: {named:?}",
+            install.major
+        );
+    }
     let mut rows = Vec::new();
     for (k, case) in cases.into_iter().enumerate() {
         let nd = tmp.path().join(format!("native-{k}"));

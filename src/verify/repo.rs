@@ -4,10 +4,16 @@
 //!   every file of every archive against the server's backup manifest (size and CRC-32C),
 //!   plus the manifest's own SHA-256.
 //! - WAL: on every timeline, continuity from each backup's start to the newest archived
-//!   WAL (following history files across switches), and every segment needed decompresses
-//!   to its full size (partials: to their recorded end).
+//!   WAL (following history files across switches), and the WAL itself decoded as one
+//!   stream from the timeline's oldest backup (every record's CRC-32C and prev-link, across
+//!   segment and timeline boundaries): valid WAL that ends before the archive does means two
+//!   histories are mixed there, or an object is damaged.
+//! - The catalog: an unreadable catalog entry is a problem; a backup that never completed is
+//!   a warning. Timeline history files must agree with each other, and no timeline may have
+//!   WAL from before it began.
 //!
-//! Every problem names the object. The caller exits non-zero if there is any.
+//! Every problem names the object. The caller exits non-zero if there is any; warnings do
+//! not fail the check.
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::Read;

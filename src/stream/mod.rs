@@ -360,7 +360,7 @@ impl Session<'_> {
             // Drain buffered events while the archiver takes them.
             while pending.is_none() {
                 match self.conn.try_event()? {
-                    Some(StreamEvent::Wal { start: s, data }) => {
+                    Some(StreamEvent::Wal { start: s, data, .. }) => {
                         if s != received {
                             return Err(StreamError::Gap {
                                 expected: received,

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // tests panic on failure by design
 
+mod faults;
 mod harness;
 mod inspect;
 mod replication;

@@ -202,7 +202,7 @@ fn unsafe_free_sigterm(pid: u32) {
     assert!(ok);
 }
 
-fn kill9(mut child: Child) {
+pub(crate) fn kill9(mut child: Child) {
     let _ = child.kill();
     let _ = child.wait();
 }
@@ -238,7 +238,7 @@ pub(crate) fn fetch(repo: &TestRepo, name: &str, dest: &Path) -> Vec<u8> {
 }
 
 /// Every complete segment in the repo equals the server's own copy; segments are contiguous.
-fn assert_identical_and_contiguous(
+pub(crate) fn assert_identical_and_contiguous(
     repo: &TestRepo,
     c: &Cluster,
     tli: u32,
@@ -1265,6 +1265,7 @@ fn spawn_in_process(
         slot_check_every,
         spool: None,
         shutdown_timeout: Duration::from_secs(20),
+        writer_heartbeat: Duration::from_secs(60),
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let runner = std::thread::spawn(move || {
@@ -1278,7 +1279,7 @@ fn spawn_in_process(
     (stop_tx, runner)
 }
 
-fn wait_slot_active(c: &Cluster) {
+pub(crate) fn wait_slot_active(c: &Cluster) {
     wait_for("the slot", Duration::from_secs(20), || {
         c.psql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'pitr' AND active")
             == "1"

@@ -1078,9 +1078,20 @@ fn metrics_and_health_endpoints() {
         "pitr_upload_retries_total",
         "pitr_reconnects_total",
         "pitr_timeline",
+        "pitr_server_lsn_bytes",
+        "pitr_server_archive_lag_bytes",
+        "pitr_server_archive_lag_seconds",
+        "pitr_server_position_age_seconds",
+        "pitr_repo_other_writers",
     ] {
         assert!(metric(&body, name).is_some(), "{name} missing:\n{body}");
     }
+    assert_eq!(metric(&body, "pitr_server_up"), Some(1.0), "{body}");
+    assert_eq!(
+        metric(&body, "pitr_repo_other_writers"),
+        Some(0.0),
+        "{body}"
+    );
     assert!(body.contains("# TYPE pitr_uploads_total counter"));
     assert_eq!(metric(&body, "pitr_timeline"), Some(1.0));
     assert!(metric(&body, "pitr_uploads_total").unwrap() >= 1.0);

@@ -132,8 +132,9 @@ pub struct StreamArgs {
     pub repo: Option<String>,
     /// A TOML file with any of these settings (keys as the flags, with underscores:
     /// source, repo, slot, no_slot, partial_every, status_interval, metrics_listen,
-    /// ack, spool_dir, spool_max, shutdown_timeout, log_format). Precedence: command-line flags, then PITR_* variables, then this file,
-    /// then the defaults.
+    /// ack, spool_dir, spool_max, shutdown_timeout, ready_max_lag, ready_max_lag_time,
+    /// writer_heartbeat, log_format). Precedence: command-line flags, then PITR_* variables,
+    /// then this file, then the defaults.
     #[arg(long, env = "PITR_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Print the resolved settings (password hidden) and exit without connecting.
@@ -175,6 +176,18 @@ pub struct StreamArgs {
     /// Standby status update interval when the server does not ask.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub status_interval: std::time::Duration,
+    /// /readyz fails when the archive trails the server's WAL position by more than this
+    /// (e.g. 256MB, 1GB).
+    #[arg(long, env = "PITR_READY_MAX_LAG", default_value = "256MB", value_parser = parse_bytes, value_name = "SIZE")]
+    pub ready_max_lag: u64,
+    /// /readyz fails when the server was where the archive is now longer ago than this
+    /// (e.g. 1m, 30s): the archive's delay behind the server, in time.
+    #[arg(long, env = "PITR_READY_MAX_LAG_TIME", default_value = "1m", value_parser = parse_duration, value_name = "DURATION")]
+    pub ready_max_lag_time: std::time::Duration,
+    /// How often this process records itself in the repo (writers/), so that a second
+    /// pitr stream on the same repo is noticed and named (at least 1s).
+    #[arg(long, env = "PITR_WRITER_HEARTBEAT", default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    pub writer_heartbeat: std::time::Duration,
     /// Take a base backup this long after the last one (e.g. 24h); one is taken at once
     /// when the repo has none.
     #[arg(long, env = "PITR_BACKUP_EVERY", value_parser = parse_duration, value_name = "DURATION", conflicts_with = "backup_at")]

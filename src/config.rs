@@ -39,6 +39,12 @@ pub struct StreamFile {
     pub spool_max: Option<String>,
     /// `--shutdown-timeout`, e.g. "20s".
     pub shutdown_timeout: Option<String>,
+    /// `--ready-max-lag`, e.g. "256MB".
+    pub ready_max_lag: Option<String>,
+    /// `--ready-max-lag-time`, e.g. "1m".
+    pub ready_max_lag_time: Option<String>,
+    /// `--writer-heartbeat`, e.g. "60s".
+    pub writer_heartbeat: Option<String>,
     /// `--log-format`: "text" or "json".
     pub log_format: Option<String>,
 }
@@ -69,6 +75,14 @@ pub struct StreamSettings {
     /// Shutdown deadline.
     #[serde(serialize_with = "ser_duration")]
     pub shutdown_timeout: Duration,
+    /// Readiness: most bytes the archive may trail the server by.
+    pub ready_max_lag: u64,
+    /// Readiness: how long ago the server may have been where the archive is.
+    #[serde(serialize_with = "ser_duration")]
+    pub ready_max_lag_time: Duration,
+    /// Heartbeat interval in the repo's `writers/`.
+    #[serde(serialize_with = "ser_duration")]
+    pub writer_heartbeat: Duration,
     /// Log format.
     pub log_format: String,
 }
@@ -167,6 +181,27 @@ pub fn resolve(
         }
         _ => args.spool_max,
     };
+    let ready_max_lag = match &file.ready_max_lag {
+        Some(v) if !from_user(m, "ready_max_lag") => {
+            parse_bytes(v).map_err(|e| ConfigError(format!("{}: {e}", where_("ready_max_lag"))))?
+        }
+        _ => args.ready_max_lag,
+    };
+    let ready_max_lag_time = dur(
+        "ready_max_lag_time",
+        args.ready_max_lag_time,
+        &file.ready_max_lag_time,
+    )?;
+    let writer_heartbeat = dur(
+        "writer_heartbeat",
+        args.writer_heartbeat,
+        &file.writer_heartbeat,
+    )?;
+    if writer_heartbeat < Duration::from_secs(1) {
+        return Err(ConfigError(format!(
+            "writer_heartbeat {writer_heartbeat:?} is too short: give at least 1s (--writer-heartbeat, PITR_WRITER_HEARTBEAT)"
+        )));
+    }
     if ack == "spool" && spool_dir.is_none() {
         return Err(ConfigError(
             "--ack spool needs --spool-dir DIR (a persistent local directory)".into(),
@@ -208,6 +243,9 @@ pub fn resolve(
         spool_dir,
         spool_max,
         shutdown_timeout,
+        ready_max_lag,
+        ready_max_lag_time,
+        writer_heartbeat,
         log_format,
     })
 }

@@ -74,13 +74,19 @@ fn run(cli: Cli, matches: clap::ArgMatches) -> anyhow::Result<ExitCode> {
                 partial_every: settings.partial_every,
                 status_interval: settings.status_interval,
                 reconnect_cap: std::time::Duration::from_secs(30),
-                metrics: std::sync::Arc::new(pitr::server::Metrics::default()),
+                metrics: std::sync::Arc::new(pitr::server::Metrics::new(
+                    pitr::server::metrics::ReadyPolicy {
+                        max_lag_bytes: settings.ready_max_lag,
+                        max_lag_time: settings.ready_max_lag_time,
+                    },
+                )),
                 slot_check_every: std::time::Duration::from_secs(5),
                 spool: spool_dir.map(|dir| pitr::stream::spool::SpoolConfig {
                     dir,
                     max_bytes: settings.spool_max,
                 }),
                 shutdown_timeout: settings.shutdown_timeout,
+                writer_heartbeat: settings.writer_heartbeat,
             };
             let listen: Option<std::net::SocketAddr> = match settings.metrics_listen.as_str() {
                 "off" | "" => None,

@@ -85,7 +85,7 @@ fn identify_slot_and_stream_bytes_identical_to_pg_wal() {
             let mut keepalives = 0;
             while start.0 + (got.len() as u64) < end.0 {
                 match conn.next_event().await.unwrap() {
-                    StreamEvent::Wal { start: s, data } => {
+                    StreamEvent::Wal { start: s, data, .. } => {
                         assert_eq!(s.0, start.0 + got.len() as u64, "contiguous XLogData");
                         got.extend_from_slice(&data);
                     }
@@ -514,8 +514,109 @@ fn connection_strings_env_and_pgpass_as_libpq() {
         ("nosuch=1", "unknown parameter"),
         ("password='open", "unterminated"),
         ("mysql://x", "unsupported URI scheme"),
+        ("keepalives=yes", "keepalives \"yes\" is not an integer"),
+        (
+            "keepalives_idle=-5",
+            "keepalives_idle \"-5\" is out of range",
+        ),
+        (
+            "keepalives_interval=1.5",
+            "keepalives_interval \"1.5\" is not an integer",
+        ),
+        (
+            "keepalives_count=1000",
+            "keepalives_count \"1000\" is out of range",
+        ),
+        (
+            "tcp_user_timeout=soon",
+            "tcp_user_timeout \"soon\" is not an integer",
+        ),
     ] {
         let e = ConnParams::parse_with(s, true, &NoEnv).unwrap_err();
         assert!(e.to_string().contains(want), "{s}: {e}");
     }
+}
+
+#[test]
+fn keepalive_options_as_libpq() {
+    use pitr::replication::conninfo::TcpOptions;
+    use std::time::Duration;
+    // Default: keepalives on, every value the system's.
+    let p = ConnParams::parse_with("host=db", true, &NoEnv).unwrap();
+    assert_eq!(p.tcp, TcpOptions::default());
+    assert!(p.tcp.keepalives);
+    let p = ConnParams::parse_with(
+        "host=db keepalives=1 keepalives_idle=7 keepalives_interval=3 keepalives_count=4 tcp_user_timeout=9000",
+        true,
+        &NoEnv,
+    )
+    .unwrap();
+    assert_eq!(
+        p.tcp,
+        TcpOptions {
+            keepalives: true,
+            keepalives_idle: Some(Duration::from_secs(7)),
+            keepalives_interval: Some(Duration::from_secs(3)),
+            keepalives_count: Some(4),
+            user_timeout: Some(Duration::from_millis(9000)),
+        }
+    );
+    // In a URI too; 0 means the system default; keepalives=0 turns them off.
+    let p = ConnParams::parse_with(
+        "postgresql://db/x?keepalives=0&keepalives_idle=0&tcp_user_timeout=0",
+        true,
+        &NoEnv,
+    )
+    .unwrap();
+    assert_eq!(
+        p.tcp,
+        TcpOptions {
+            keepalives: false,
+            ..TcpOptions::default()
+        }
+    );
+}
+
+#[test]
+fn keepalive_options_reach_the_socket() {
+    use std::time::Duration;
+    // Socket options are the client's and the same on every major: one server is enough.
+    let install = PgInstall::for_tests().pop().unwrap();
+    let c = Cluster::start(&install, ClusterOptions::default());
+    rt().block_on(async {
+        let conn = PgConn::connect(
+            &tcp(
+                &c,
+                "keepalives_idle=7 keepalives_interval=3 keepalives_count=4 tcp_user_timeout=9000",
+            ),
+            true,
+        )
+        .await
+        .unwrap();
+        let o = conn.socket_options().unwrap();
+        assert!(o.keepalive);
+        assert_eq!(o.keepalive_idle, Duration::from_secs(7));
+        assert_eq!(o.keepalive_interval, Duration::from_secs(3));
+        assert_eq!(o.keepalive_count, 4);
+        assert_eq!(o.user_timeout, Some(Duration::from_millis(9000)));
+        // libpq's default: keepalives on.
+        let conn = PgConn::connect(&tcp(&c, ""), true).await.unwrap();
+        assert!(conn.socket_options().unwrap().keepalive);
+        let conn = PgConn::connect(&tcp(&c, "keepalives=0"), true)
+            .await
+            .unwrap();
+        assert!(!conn.socket_options().unwrap().keepalive);
+        // Unix sockets have none, as in libpq.
+        let unix = ConnParams::parse(
+            &format!(
+                "host={} port={} user=postgres",
+                c.socket_dir().display(),
+                c.port()
+            ),
+            true,
+        )
+        .unwrap();
+        let conn = PgConn::connect(&unix, true).await.unwrap();
+        assert!(conn.socket_options().is_none());
+    });
 }

@@ -210,7 +210,7 @@ fn unsafe_free_sigterm(pid: u32) {
     assert!(ok);
 }
 
-fn kill9(mut child: Child) {
+pub(crate) fn kill9(mut child: Child) {
     let _ = child.kill();
     let _ = child.wait();
 }
@@ -246,7 +246,7 @@ pub(crate) fn fetch(repo: &TestRepo, name: &str, dest: &Path) -> Vec<u8> {
 }
 
 /// Every complete segment in the repo equals the server's own copy; segments are contiguous.
-fn assert_identical_and_contiguous(
+pub(crate) fn assert_identical_and_contiguous(
     repo: &TestRepo,
     c: &Cluster,
     tli: u32,
@@ -1086,9 +1086,20 @@ fn metrics_and_health_endpoints() {
         "pitr_upload_retries_total",
         "pitr_reconnects_total",
         "pitr_timeline",
+        "pitr_server_lsn_bytes",
+        "pitr_server_archive_lag_bytes",
+        "pitr_server_archive_lag_seconds",
+        "pitr_server_position_age_seconds",
+        "pitr_repo_other_writers",
     ] {
         assert!(metric(&body, name).is_some(), "{name} missing:\n{body}");
     }
+    assert_eq!(metric(&body, "pitr_server_up"), Some(1.0), "{body}");
+    assert_eq!(
+        metric(&body, "pitr_repo_other_writers"),
+        Some(0.0),
+        "{body}"
+    );
     assert!(body.contains("# TYPE pitr_uploads_total counter"));
     assert_eq!(metric(&body, "pitr_timeline"), Some(1.0));
     assert!(metric(&body, "pitr_uploads_total").unwrap() >= 1.0);
@@ -1273,6 +1284,7 @@ fn spawn_in_process(
         slot_check_every,
         spool: None,
         shutdown_timeout: Duration::from_secs(20),
+        writer_heartbeat: Duration::from_secs(60),
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let runner = std::thread::spawn(move || {
@@ -1286,7 +1298,7 @@ fn spawn_in_process(
     (stop_tx, runner)
 }
 
-fn wait_slot_active(c: &Cluster) {
+pub(crate) fn wait_slot_active(c: &Cluster) {
     wait_for("the slot", Duration::from_secs(20), || {
         c.psql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'pitr' AND active")
             == "1"

@@ -316,3 +316,44 @@ pub fn parse_size(s: &str) -> Option<u64> {
     };
     n.checked_mul(mult)
 }
+
+/// Parses `SHOW` output of a time setting (`60s`, `1min`, `500ms`, `2h`, `1d`, `0`; a bare
+/// number is in milliseconds, the unit of `wal_sender_timeout`). PostgreSQL prints times with
+/// the largest unit that divides them (guc.c, `convert_int_from_base_unit`): `us`, `ms`, `s`,
+/// `min`, `h`, `d`.
+pub fn parse_time_ms(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let ms = match unit.trim() {
+        "us" => return Some(n / 1000),
+        "" | "ms" => 1,
+        "s" => 1000,
+        "min" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return None,
+    };
+    n.checked_mul(ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_settings_as_show_prints_them() {
+        assert_eq!(parse_time_ms("1min"), Some(60_000));
+        assert_eq!(parse_time_ms("60s"), Some(60_000));
+        assert_eq!(parse_time_ms("4s"), Some(4_000));
+        assert_eq!(parse_time_ms("1500ms"), Some(1_500));
+        assert_eq!(parse_time_ms("2h"), Some(7_200_000));
+        assert_eq!(parse_time_ms("1d"), Some(86_400_000));
+        assert_eq!(parse_time_ms("0"), Some(0));
+        assert_eq!(parse_time_ms("250"), Some(250));
+        assert_eq!(parse_time_ms("soon"), None);
+        assert_eq!(parse_time_ms("5 fortnights"), None);
+        assert_eq!(parse_time_ms(""), None);
+    }
+}

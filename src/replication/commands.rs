@@ -206,9 +206,16 @@ impl PgConn {
             match m {
                 Backend::CopyData(p) => {
                     return Ok(Some(match decode_repl(p)? {
-                        ReplMessage::XLogData { start, data, .. } => {
-                            StreamEvent::Wal { start, data }
-                        }
+                        ReplMessage::XLogData {
+                            start,
+                            server_end,
+                            data,
+                            ..
+                        } => StreamEvent::Wal {
+                            start,
+                            server_end,
+                            data,
+                        },
                         ReplMessage::Keepalive {
                             server_end,
                             reply_requested,
@@ -297,12 +304,16 @@ pub enum StreamEvent {
     Wal {
         /// LSN of the first byte.
         start: Lsn,
+        /// The server's flushed WAL end when it sent this (walsender.c, `XLogSendPhysical`:
+        /// `walEnd` is the send request pointer, the server's flush position).
+        server_end: Lsn,
         /// The bytes.
         data: Bytes,
     },
     /// A keepalive.
     Keepalive {
-        /// The server has sent everything before this.
+        /// The server has sent everything before this (walsender.c, `WalSndKeepalive`:
+        /// `sentPtr`).
         server_end: Lsn,
         /// Answer now.
         reply_requested: bool,

@@ -4,6 +4,15 @@
 //!
 //! Cancellation: [`PgConn::fill`] is cancel-safe (it only appends to the read buffer), so a
 //! streaming loop may `select!` on it alongside timers; writes are not, and are awaited whole.
+//!
+//! A connection can die without closing (a dead NAT entry, a partitioned network): nothing
+//! arrives and nothing fails until TCP gives up, which takes about 15 minutes. Hence:
+//! - TCP connections get the conninfo's keepalive settings (on by default, as libpq) and
+//!   `tcp_user_timeout` ([`super::conninfo::TcpOptions`]);
+//! - [`PgConn::set_io_timeout`] bounds every wait for a reply ([`PgConn::next`], so every
+//!   command) and every write; past it the call fails with [`ConnError::Unresponsive`], a
+//!   transient error, and the connection must be dropped. [`PgConn::fill`] is not bounded: a
+//!   streaming loop knows when silence is normal (it stopped reading) and keeps its own clock.
 
 use std::io;
 use std::pin::Pin;
@@ -17,7 +26,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
 use super::codec::{Backend, ProtocolError, ServerNotice, decode_backend};
-use super::conninfo::{ConnParams, Host, SslMode};
+use super::conninfo::{ConnParams, Host, SslMode, TcpOptions};
 use super::tls;
 
 /// Why a connection or command failed. Messages never contain the password.
@@ -75,6 +84,24 @@ pub enum ConnError {
     /// The server closed the connection.
     #[error("server closed the connection")]
     Closed,
+    /// A reply or a write took longer than the connection's I/O timeout.
+    #[error("no answer from {host} within {waited:?}: the connection is presumed dead")]
+    Unresponsive {
+        /// Where.
+        host: String,
+        /// How long we waited.
+        waited: Duration,
+    },
+    /// A replication stream received nothing for longer than its receive timeout.
+    #[error(
+        "no message from the server {host} for {waited:?} (its wal_sender_timeout, or 60 s when that is 0): the connection is presumed dead"
+    )]
+    Silent {
+        /// Where.
+        host: String,
+        /// How long nothing arrived.
+        waited: Duration,
+    },
 }
 
 impl ConnError {
@@ -93,13 +120,19 @@ impl ConnError {
             ConnError::Connect { .. }
             | ConnError::Timeout { .. }
             | ConnError::Io(_)
-            | ConnError::Closed => true,
+            | ConnError::Closed
+            | ConnError::Unresponsive { .. }
+            | ConnError::Silent { .. } => true,
             ConnError::Rejected { notice, .. } | ConnError::Server(notice) => {
                 // 57P0x: admin shutdown, crash shutdown, cannot connect now; 53300 too many
-                // connections; 08xxx connection exceptions.
+                // connections; 08xxx connection exceptions; 55006 object in use: on a
+                // walsender, "replication slot ... is active for PID ..." (slot.c,
+                // ReplicationSlotAcquire), which clears once the other process lets go (a
+                // rolling update: the old sidecar still streams).
                 notice.code.starts_with("57P")
                     || notice.code == "53300"
                     || notice.code.starts_with("08")
+                    || notice.code == "55006"
             }
             ConnError::Tls { .. } | ConnError::NoPassword { .. } | ConnError::Protocol(_) => false,
         }
@@ -189,6 +222,47 @@ pub struct PgConn {
     pub host: Host,
     /// Whether TLS is in use.
     pub tls: bool,
+    /// Bound on each wait for a reply and each write (`None`: unbounded).
+    io_timeout: Option<Duration>,
+}
+
+/// The TCP options in force on a connection's socket, as the kernel reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketOptions {
+    /// `SO_KEEPALIVE`.
+    pub keepalive: bool,
+    /// `TCP_KEEPIDLE`.
+    pub keepalive_idle: Duration,
+    /// `TCP_KEEPINTVL`.
+    pub keepalive_interval: Duration,
+    /// `TCP_KEEPCNT`.
+    pub keepalive_count: u32,
+    /// `TCP_USER_TIMEOUT` (`None`: the system default).
+    pub user_timeout: Option<Duration>,
+}
+
+/// Applies the conninfo's keepalive settings and `tcp_user_timeout` to a TCP socket, as
+/// libpq's `connectDBStart` does after connecting (a failure fails the connection there too).
+fn apply_tcp_options(tcp: &TcpStream, o: &TcpOptions) -> io::Result<()> {
+    let sock = socket2::SockRef::from(tcp);
+    sock.set_keepalive(o.keepalives)?;
+    if o.keepalives {
+        let mut k = socket2::TcpKeepalive::new();
+        if let Some(t) = o.keepalives_idle {
+            k = k.with_time(t);
+        }
+        if let Some(t) = o.keepalives_interval {
+            k = k.with_interval(t);
+        }
+        if let Some(n) = o.keepalives_count {
+            k = k.with_retries(n);
+        }
+        sock.set_tcp_keepalive(&k)?;
+    }
+    if let Some(t) = o.user_timeout {
+        sock.set_tcp_user_timeout(Some(t))?;
+    }
+    Ok(())
 }
 
 impl PgConn {
@@ -237,6 +311,7 @@ impl PgConn {
                     .await
                     .map_err(connect_err)?;
                 let _ = tcp.set_nodelay(true);
+                apply_tcp_options(&tcp, &params.tcp).map_err(connect_err)?;
                 if params.sslmode == SslMode::Disable {
                     (Stream::Tcp(tcp), false)
                 } else {
@@ -256,6 +331,7 @@ impl PgConn {
             server_version: String::new(),
             host: host.clone(),
             tls,
+            io_timeout: None,
         };
         conn.startup(params, replication)
             .await
@@ -415,12 +491,52 @@ impl PgConn {
         })
     }
 
-    /// Sends what is buffered.
+    /// Bounds every later wait for a reply ([`PgConn::next`]) and every write; `None`:
+    /// unbounded (the default).
+    pub fn set_io_timeout(&mut self, t: Option<Duration>) {
+        self.io_timeout = t;
+    }
+
+    /// The TCP options in force (`None` for a Unix socket).
+    pub fn socket_options(&self) -> Option<SocketOptions> {
+        let tcp = match &self.io {
+            Stream::Tcp(s) => s,
+            Stream::Tls(s) => s.get_ref().0,
+            Stream::Unix(_) => return None,
+        };
+        let sock = socket2::SockRef::from(tcp);
+        Some(SocketOptions {
+            keepalive: sock.keepalive().ok()?,
+            keepalive_idle: sock.tcp_keepalive_time().ok()?,
+            keepalive_interval: sock.tcp_keepalive_interval().ok()?,
+            keepalive_count: sock.tcp_keepalive_retries().ok()?,
+            user_timeout: sock.tcp_user_timeout().ok()?,
+        })
+    }
+
+    fn unresponsive(&self, waited: Duration) -> ConnError {
+        ConnError::Unresponsive {
+            host: self.host.describe(),
+            waited,
+        }
+    }
+
+    /// Sends what is buffered (within the I/O timeout, if one is set).
     pub async fn flush(&mut self) -> Result<(), ConnError> {
         if !self.wbuf.is_empty() {
             let b = self.wbuf.split();
-            self.io.write_all(&b).await?;
-            self.io.flush().await?;
+            let io = &mut self.io;
+            let write = async {
+                io.write_all(&b).await?;
+                io.flush().await
+            };
+            match self.io_timeout {
+                Some(t) => match tokio::time::timeout(t, write).await {
+                    Ok(r) => r?,
+                    Err(_) => return Err(self.unresponsive(t)),
+                },
+                None => write.await?,
+            }
         }
         Ok(())
     }
@@ -441,13 +557,20 @@ impl PgConn {
         Ok(decode_backend(&mut self.rbuf)?)
     }
 
-    /// The next message, reading as needed.
+    /// The next message, reading as needed; each read waits at most the I/O timeout.
     pub async fn next(&mut self) -> Result<Backend, ConnError> {
         loop {
             if let Some(m) = self.try_next()? {
                 return Ok(m);
             }
-            if self.fill().await? == 0 {
+            let n = match self.io_timeout {
+                Some(t) => match tokio::time::timeout(t, self.fill()).await {
+                    Ok(r) => r?,
+                    Err(_) => return Err(self.unresponsive(t)),
+                },
+                None => self.fill().await?,
+            };
+            if n == 0 {
                 return Err(ConnError::Closed);
             }
         }

@@ -8,6 +8,14 @@
 //! comes from the password file (`PGPASSFILE`, default `~/.pgpass`), matched as libpq does,
 //! with database `replication` for replication connections.
 //!
+//! TCP keepalives are on by default, as in libpq (`keepalives=1`); `keepalives_idle`,
+//! `keepalives_interval`, `keepalives_count` (0: the system default) and `tcp_user_timeout`
+//! (milliseconds, 0: the system default) are honoured for TCP connections and ignored for
+//! Unix sockets, as libpq does (`fe-connect.c`: `useKeepalives`, `setKeepalivesIdle`,
+//! `setKeepalivesInterval`, `setKeepalivesCount`, `setTCPUserTimeout`). libpq has no
+//! environment variables for them. Unlike libpq, which takes a negative value as 0, a value
+//! that is negative, not an integer or beyond what Linux accepts is refused here.
+//!
 //! The password is a [`Password`]: it prints as `********` in `Debug` and has no `Display`,
 //! so it cannot reach logs, errors or metrics by accident.
 
@@ -131,6 +139,110 @@ pub struct ConnParams {
     pub sslrootcert: Option<PathBuf>,
     /// Connection timeout.
     pub connect_timeout: Option<Duration>,
+    /// TCP keepalives and user timeout (TCP connections only).
+    pub tcp: TcpOptions,
+}
+
+/// libpq's `keepalives`, `keepalives_idle`, `keepalives_interval`, `keepalives_count` and
+/// `tcp_user_timeout`. `None`: the operating system's default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpOptions {
+    /// `SO_KEEPALIVE` (libpq's default: on).
+    pub keepalives: bool,
+    /// Idle time before the first probe (`TCP_KEEPIDLE`).
+    pub keepalives_idle: Option<Duration>,
+    /// Time between probes (`TCP_KEEPINTVL`).
+    pub keepalives_interval: Option<Duration>,
+    /// Probes lost before the connection is dropped (`TCP_KEEPCNT`).
+    pub keepalives_count: Option<u32>,
+    /// How long sent data may stay unacknowledged (`TCP_USER_TIMEOUT`).
+    pub user_timeout: Option<Duration>,
+}
+
+impl Default for TcpOptions {
+    fn default() -> Self {
+        TcpOptions {
+            keepalives: true,
+            keepalives_idle: None,
+            keepalives_interval: None,
+            keepalives_count: None,
+            user_timeout: None,
+        }
+    }
+}
+
+/// Linux's limits (`net/ipv4/tcp.c`: `MAX_TCP_KEEPIDLE`, `MAX_TCP_KEEPINTVL`,
+/// `MAX_TCP_KEEPCNT`); `setsockopt` refuses larger values.
+const MAX_KEEPALIVE_SECS: u64 = 32767;
+const MAX_KEEPALIVE_COUNT: u64 = 127;
+
+/// An integer parameter: whitespace around it allowed, as libpq's `parse_int_param`.
+fn int_param(key: &str, v: &str, unit: &str, max: u64) -> Result<u64, ConnInfoError> {
+    let n: i64 = v.trim().parse().map_err(|_| {
+        ConnInfoError(format!(
+            "{key} {v:?} is not an integer: give {unit} (0 for the system default)"
+        ))
+    })?;
+    if n < 0 || n as u64 > max {
+        return Err(ConnInfoError(format!(
+            "{key} {v:?} is out of range: give 0 (the system default) to {max} {unit}"
+        )));
+    }
+    Ok(n as u64)
+}
+
+impl TcpOptions {
+    /// Reads the five parameters from a parsed connection string.
+    fn parse(kv: &BTreeMap<String, String>) -> Result<TcpOptions, ConnInfoError> {
+        let get = |k: &str| {
+            kv.get(k)
+                .map(String::as_str)
+                .filter(|v| !v.trim().is_empty())
+        };
+        let mut t = TcpOptions::default();
+        if let Some(v) = get("keepalives") {
+            // libpq: any integer, non-zero is on.
+            let n: i64 = v.trim().parse().map_err(|_| {
+                ConnInfoError(format!(
+                    "keepalives {v:?} is not an integer: use 1 (on, the default) or 0 (off)"
+                ))
+            })?;
+            t.keepalives = n != 0;
+        }
+        let secs = |k: &str| -> Result<Option<Duration>, ConnInfoError> {
+            match get(k) {
+                None => Ok(None),
+                Some(v) => Ok(Some(int_param(k, v, "seconds", MAX_KEEPALIVE_SECS)?)
+                    .filter(|n| *n > 0)
+                    .map(Duration::from_secs)),
+            }
+        };
+        t.keepalives_idle = secs("keepalives_idle")?;
+        t.keepalives_interval = secs("keepalives_interval")?;
+        t.keepalives_count = match get("keepalives_count") {
+            None => None,
+            Some(v) => Some(int_param(
+                "keepalives_count",
+                v,
+                "probes",
+                MAX_KEEPALIVE_COUNT,
+            )?)
+            .filter(|n| *n > 0)
+            .map(|n| n as u32),
+        };
+        t.user_timeout = match get("tcp_user_timeout") {
+            None => None,
+            Some(v) => Some(int_param(
+                "tcp_user_timeout",
+                v,
+                "milliseconds",
+                i32::MAX as u64,
+            )?)
+            .filter(|n| *n > 0)
+            .map(Duration::from_millis),
+        };
+        Ok(t)
+    }
 }
 
 fn parse_keyword_value(s: &str) -> Result<BTreeMap<String, String>, ConnInfoError> {
@@ -306,6 +418,11 @@ const KNOWN: &[&str] = &[
     "options",
     "fallback_application_name",
     "target_session_attrs",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_count",
+    "tcp_user_timeout",
 ];
 
 /// Environment access, injectable for tests.
@@ -385,6 +502,7 @@ impl ConnParams {
             }
             None => None,
         };
+        let tcp = TcpOptions::parse(&kv)?;
         let hoststr = get("host", "PGHOST").or_else(|| get("hostaddr", "PGHOSTADDR"));
         let portstr = get("port", "PGPORT").unwrap_or_else(|| "5432".into());
         let ports: Vec<u16> = portstr
@@ -453,6 +571,7 @@ impl ConnParams {
             sslmode,
             sslrootcert,
             connect_timeout,
+            tcp,
         })
     }
 }

@@ -102,6 +102,11 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
     fn delete<'a>(&'a self, key: &'a str) -> BoxFut<'a, Result<(), StoreError>>;
     /// Where this store is, for messages (never with credentials).
     fn describe(&self) -> String;
+    /// Removes what interrupted writes left behind and no live writer can own (the local
+    /// store's temporary files); returns how many. Called at `pitr stream` start-up.
+    fn clean_leftovers(&self) -> BoxFut<'_, Result<usize, StoreError>> {
+        Box::pin(async { Ok(0) })
+    }
 }
 
 /// Checks a key: relative, `/`-separated, no `..`, no empty parts, printable ASCII.

@@ -3,13 +3,207 @@
 //! Names follow Prometheus conventions (`_bytes`, `_seconds`, `_total`, base units). LSNs are
 //! exported as byte positions, so `pitr_archive_lag_bytes` =
 //! `pitr_received_lsn_bytes - pitr_archived_lsn_bytes`.
+//!
+//! # The server's position
+//!
+//! Readiness is about how far the archive trails the *server*, not what pitr happened to
+//! receive (back-pressure keeps that small while the server runs far ahead). The server's WAL
+//! position comes from two sources, whichever is newer: the SQL poll of the monitor
+//! ([`crate::stream::monitor`]) and the replication stream itself (the `walEnd` of each
+//! XLogData and keepalive). Each reading is kept with its time ([`ServerTrack`]), which gives
+//! both the byte lag and a time lag: "the server was where the archive is now N seconds ago".
+//!
+//! Invariants:
+//! - The position is **unknown** when no reading is younger than [`SERVER_POSITION_MAX_AGE`],
+//!   or when none was taken since the replication connection was last lost: a reading from
+//!   before the connection died proves nothing about now. While unknown, no server position,
+//!   byte lag or time lag is exported (never a stale 0), `pitr_server_up` is 0 and `/readyz`
+//!   fails.
+//! - The server position used is never below what pitr received (the server had it).
+//! - Memory is bounded: at most [`MAX_SAMPLES`] readings are kept, spaced so they cover
+//!   twice the time threshold.
+//! - [`readiness`] is a pure function of a snapshot, unit-tested below.
 
+use std::collections::VecDeque;
 use std::fmt::Write as _;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Readiness fails when the archive trails what was received by more than this.
+/// Default of `--ready-max-lag`: readiness fails when the archive trails the server by more.
 pub const READY_MAX_LAG_BYTES: u64 = 256 << 20;
+/// Default of `--ready-max-lag-time`: readiness fails when the server was where the archive
+/// is now longer ago than this.
+pub const READY_MAX_LAG_TIME: Duration = Duration::from_secs(60);
+/// A reading of the server's position older than this is stale: the position is unknown.
+/// Readings come every few seconds (the monitor polls every 5 s; the stream asks the server
+/// for a keepalive at least every 5 s), so this tolerates two missed readings.
+pub const SERVER_POSITION_MAX_AGE: Duration = Duration::from_secs(15);
+/// Most readings kept for the time lag.
+pub const MAX_SAMPLES: usize = 512;
+
+/// The readiness thresholds (`--ready-max-lag`, `--ready-max-lag-time`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadyPolicy {
+    /// Bytes the archive may trail the server by.
+    pub max_lag_bytes: u64,
+    /// How long ago the server may have been where the archive is now.
+    pub max_lag_time: Duration,
+}
+
+impl Default for ReadyPolicy {
+    fn default() -> Self {
+        ReadyPolicy {
+            max_lag_bytes: READY_MAX_LAG_BYTES,
+            max_lag_time: READY_MAX_LAG_TIME,
+        }
+    }
+}
+
+/// Readings of the server's WAL position over time (unix microseconds, byte position).
+#[derive(Debug, Default, Clone)]
+pub struct ServerTrack {
+    /// Oldest first; positions never decrease; consecutive readings at one position are
+    /// merged into the latest time the server was still there.
+    samples: VecDeque<(i64, u64)>,
+    /// Readings taken before this time do not count (the replication connection was lost).
+    invalid_before: i64,
+}
+
+impl ServerTrack {
+    /// Records that the server was at `lsn` at `now`. `spacing`: readings closer than this
+    /// are merged, so every two kept readings span at least `spacing`.
+    pub fn observe(&mut self, now: i64, lsn: u64, spacing: Duration) {
+        let spacing = spacing.as_micros() as i64;
+        // Positions only move forward: a reading below the newest one is older news (the two
+        // sources race, and a message can wait in a socket buffer) and must not make the
+        // newest look fresher than it is.
+        if self.samples.back().is_some_and(|&(_, last)| lsn < last) {
+            return;
+        }
+        let n = self.samples.len();
+        let second_newest = n
+            .checked_sub(2)
+            .and_then(|i| self.samples.get(i))
+            .map(|s| s.0);
+        match self.samples.back_mut() {
+            // Still there: the server was at this position until now.
+            Some(b) if b.1 == lsn => b.0 = b.0.max(now),
+            // Moved on, and the two newest readings would be within the spacing: the newest
+            // one moves instead (at most two readings per spacing, and the one before keeps
+            // saying until when the server was at its position).
+            Some(b) if second_newest.is_some_and(|t| now - t < spacing) => *b = (now, lsn),
+            _ => self.samples.push_back((now, lsn)),
+        }
+        while self.samples.len() > MAX_SAMPLES {
+            self.samples.pop_front();
+        }
+    }
+
+    /// A (re)connection found the server at `lsn`. Below the newest reading (a failover to a
+    /// server that had not received everything): the readings so far describe another
+    /// server's history and are dropped.
+    pub fn connected(&mut self, now: i64, lsn: u64) {
+        if self.samples.back().is_some_and(|&(_, last)| lsn < last) {
+            self.samples.clear();
+        }
+        self.observe(now, lsn, Duration::ZERO);
+    }
+
+    /// Readings before `now` no longer count (the connection they came over was lost).
+    pub fn invalidate(&mut self, now: i64) {
+        self.invalid_before = now;
+    }
+
+    /// The newest reading, if it still counts: (time, position).
+    pub fn current(&self, now: i64) -> Option<(i64, u64)> {
+        let &(t, lsn) = self.samples.back()?;
+        let fresh = now - t <= SERVER_POSITION_MAX_AGE.as_micros() as i64;
+        (t >= self.invalid_before && fresh).then_some((t, lsn))
+    }
+
+    /// Age of the newest reading, valid or not.
+    pub fn age(&self, now: i64) -> Option<Duration> {
+        self.samples
+            .back()
+            .map(|&(t, _)| Duration::from_micros((now - t).max(0) as u64))
+    }
+
+    /// How long ago the server was where the archive is (`archived`): zero when the archive
+    /// holds everything the server had at its newest reading; at least the age of the oldest
+    /// reading when none is that old.
+    pub fn time_lag(&self, now: i64, archived: u64) -> Duration {
+        let Some(&(_, newest)) = self.samples.back() else {
+            return Duration::ZERO;
+        };
+        if archived >= newest {
+            return Duration::ZERO;
+        }
+        // The latest time at which the server was no further than the archive is now.
+        let at = self
+            .samples
+            .iter()
+            .rev()
+            .find(|&&(_, l)| l <= archived)
+            .or(self.samples.front())
+            .map_or(now, |&(t, _)| t);
+        Duration::from_micros((now - at).max(0) as u64)
+    }
+}
+
+/// What readiness is decided from.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadySnapshot {
+    /// The archiver failed for good.
+    pub failed: bool,
+    /// Streaming now.
+    pub streaming: bool,
+    /// The server's position, if known, and the age of the newest reading (known or not).
+    pub server: Option<u64>,
+    /// Age of the newest reading of the server's position (`None`: never read).
+    pub server_age: Option<Duration>,
+    /// End of WAL received.
+    pub received: u64,
+    /// End of WAL durable in the repo.
+    pub archived: u64,
+    /// How long ago the server was where the archive is.
+    pub time_lag: Duration,
+}
+
+/// Readiness: `Ok` when the archive is current, else why not (one line).
+pub fn readiness(s: &ReadySnapshot, p: &ReadyPolicy) -> Result<(), String> {
+    if s.failed {
+        return Err("archiving has failed; see the log".into());
+    }
+    if !s.streaming {
+        return Err("not streaming (connecting or reconnecting)".into());
+    }
+    let Some(server) = s.server else {
+        return Err(match s.server_age {
+            Some(a) => format!(
+                "the server's WAL position is unknown (no current reading; the last is {:.0}s old): cannot tell how far the archive trails it",
+                a.as_secs_f64()
+            ),
+            None => "the server's WAL position is unknown (not read yet): cannot tell how far the archive trails it".into(),
+        });
+    };
+    let lag = server.max(s.received).saturating_sub(s.archived);
+    if lag > p.max_lag_bytes {
+        return Err(format!(
+            "the archive trails the server by {lag} bytes (limit {}, --ready-max-lag)",
+            p.max_lag_bytes
+        ));
+    }
+    if s.time_lag > p.max_lag_time {
+        return Err(format!(
+            "the archive trails the server by {:.1}s: the server was where the archive is {:.1}s ago (limit {:?}, --ready-max-lag-time)",
+            s.time_lag.as_secs_f64(),
+            s.time_lag.as_secs_f64(),
+            p.max_lag_time
+        ));
+    }
+    Ok(())
+}
 
 /// Counters and gauges shared by the receiver, the archiver and the HTTP server.
 #[derive(Debug, Default)]
@@ -22,8 +216,12 @@ pub struct Metrics {
     pub archived_lsn: AtomicU64,
     /// Bytes in the `--ack spool` spool.
     pub spool_bytes: AtomicU64,
-    /// The server's WAL write position, read every few seconds over SQL (0: unknown).
-    pub server_lsn: AtomicU64,
+    /// Readings of the server's WAL position (see the module docs).
+    server: Mutex<ServerTrack>,
+    /// Readiness thresholds.
+    pub ready: ReadyPolicy,
+    /// Other `pitr stream` processes seen writing to the repo (heartbeats in `writers/`).
+    pub other_writers: AtomicU64,
     /// Unix microseconds of the last archived commit (0: none yet).
     pub last_commit_unix_us: AtomicI64,
     /// Objects uploaded.
@@ -61,6 +259,61 @@ fn now_us() -> i64 {
 }
 
 impl Metrics {
+    /// Metrics with these readiness thresholds.
+    pub fn new(ready: ReadyPolicy) -> Metrics {
+        Metrics {
+            ready,
+            ..Metrics::default()
+        }
+    }
+
+    fn track(&self) -> std::sync::MutexGuard<'_, ServerTrack> {
+        self.server.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records a reading of the server's WAL position (from SQL or the replication stream).
+    pub fn observe_server(&self, lsn: u64) {
+        // Every two readings span at least `spacing`: MAX_SAMPLES of them cover at least
+        // twice the time threshold.
+        let spacing =
+            (self.ready.max_lag_time * 4 / MAX_SAMPLES as u32).max(Duration::from_secs(1));
+        self.track().observe(now_us(), lsn, spacing);
+    }
+
+    /// A replication connection found the server at `lsn` (IDENTIFY_SYSTEM).
+    pub fn server_connected(&self, lsn: u64) {
+        self.track().connected(now_us(), lsn);
+    }
+
+    /// Streaming starts or stops. On a stop, readings taken so far no longer count.
+    pub fn set_streaming(&self, on: bool) {
+        if !on {
+            self.track().invalidate(now_us());
+        }
+        self.streaming.store(on, Ordering::Relaxed);
+    }
+
+    /// The server's position, if currently known.
+    pub fn server_lsn(&self) -> Option<u64> {
+        self.track().current(now_us()).map(|(_, l)| l)
+    }
+
+    fn snapshot(&self) -> ReadySnapshot {
+        let now = now_us();
+        let archived = self.archived_lsn.load(Ordering::Relaxed);
+        let received = self.received_lsn.load(Ordering::Relaxed);
+        let t = self.track();
+        ReadySnapshot {
+            failed: self.failed.load(Ordering::Relaxed),
+            streaming: self.streaming.load(Ordering::Relaxed),
+            server: t.current(now).map(|(_, l)| l),
+            server_age: t.age(now),
+            received,
+            archived,
+            time_lag: t.time_lag(now, archived),
+        }
+    }
+
     /// Archive lag in bytes.
     pub fn lag(&self) -> u64 {
         self.received_lsn
@@ -77,19 +330,9 @@ impl Metrics {
         }
     }
 
-    /// Readiness.
+    /// Readiness: see [`readiness`].
     pub fn readiness(&self) -> Result<(), String> {
-        self.health()?;
-        if !self.streaming.load(Ordering::Relaxed) {
-            return Err("not streaming (connecting or reconnecting)".into());
-        }
-        let lag = self.lag();
-        if lag > READY_MAX_LAG_BYTES {
-            return Err(format!(
-                "archive lag {lag} bytes exceeds {READY_MAX_LAG_BYTES}"
-            ));
-        }
-        Ok(())
+        readiness(&self.snapshot(), &self.ready)
     }
 
     /// Prometheus text exposition.
@@ -123,23 +366,48 @@ impl Metrics {
             "WAL received but not yet durable in the repo.",
             self.lag().to_string(),
         );
-        let server = self.server_lsn.load(Ordering::Relaxed);
-        if server > 0 {
+        let snap = self.snapshot();
+        g(
+            "pitr_server_up",
+            "gauge",
+            "1 while the server's WAL position is known (read within the last 15 s, since the replication connection was last lost).",
+            u8::from(snap.server.is_some()).to_string(),
+        );
+        if let Some(age) = snap.server_age {
+            g(
+                "pitr_server_position_age_seconds",
+                "gauge",
+                "Seconds since the server's WAL position was last read (over SQL or the replication stream).",
+                format!("{:.3}", age.as_secs_f64()),
+            );
+        }
+        if let Some(server) = snap.server {
+            let server = server.max(snap.received);
             g(
                 "pitr_server_lsn_bytes",
                 "gauge",
-                "The server's current WAL position, polled over SQL.",
+                "The server's current WAL position (exported only while known).",
                 server.to_string(),
             );
             g(
                 "pitr_server_archive_lag_bytes",
                 "gauge",
-                "WAL the server has written that is not yet durable in the repo.",
-                server
-                    .saturating_sub(self.archived_lsn.load(Ordering::Relaxed))
-                    .to_string(),
+                "WAL the server has written that is not yet durable in the repo (exported only while the server's position is known).",
+                server.saturating_sub(snap.archived).to_string(),
+            );
+            g(
+                "pitr_server_archive_lag_seconds",
+                "gauge",
+                "How long ago the server was where the archive is now (exported only while the server's position is known).",
+                format!("{:.3}", snap.time_lag.as_secs_f64()),
             );
         }
+        g(
+            "pitr_repo_other_writers",
+            "gauge",
+            "Other pitr stream processes with a live heartbeat in the repo (writers/).",
+            l(&self.other_writers),
+        );
         let last = self.last_commit_unix_us.load(Ordering::Relaxed);
         if last > 0 {
             g(
@@ -221,5 +489,131 @@ impl Metrics {
             u8::from(self.streaming.load(Ordering::Relaxed)).to_string(),
         );
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: i64 = 1_000_000;
+
+    fn snap(server: Option<u64>, archived: u64, time_lag: u64) -> ReadySnapshot {
+        ReadySnapshot {
+            failed: false,
+            streaming: true,
+            server,
+            server_age: server.map(|_| Duration::from_secs(1)),
+            received: archived,
+            archived,
+            time_lag: Duration::from_secs(time_lag),
+        }
+    }
+
+    #[test]
+    fn readiness_follows_the_server_not_what_was_received() {
+        let p = ReadyPolicy {
+            max_lag_bytes: 1000,
+            max_lag_time: Duration::from_secs(60),
+        };
+        assert_eq!(readiness(&snap(Some(5000), 4500, 1), &p), Ok(()));
+        // Received = archived (back-pressure), but the server is far ahead.
+        let e = readiness(&snap(Some(50_000), 4500, 1), &p).unwrap_err();
+        assert!(e.contains("trails the server by 45500 bytes"), "{e}");
+        // Few bytes, but old: the server was there 2 minutes ago.
+        let e = readiness(&snap(Some(4600), 4500, 120), &p).unwrap_err();
+        assert!(e.contains("120.0s"), "{e}");
+        // Unknown server position: not ready, whatever else says.
+        let e = readiness(&snap(None, 4500, 0), &p).unwrap_err();
+        assert!(e.contains("unknown"), "{e}");
+        // What was received counts as the server's position (the server had it).
+        let mut s = snap(Some(100), 100, 0);
+        s.received = 5000;
+        assert!(readiness(&s, &p).is_err());
+        let mut s = snap(Some(5000), 0, 0);
+        s.streaming = false;
+        assert!(readiness(&s, &p).unwrap_err().contains("not streaming"));
+        s.failed = true;
+        assert!(readiness(&s, &p).unwrap_err().contains("failed"));
+    }
+
+    #[test]
+    fn a_reading_from_before_the_connection_was_lost_does_not_count() {
+        let mut t = ServerTrack::default();
+        t.observe(10 * S, 1000, Duration::from_secs(1));
+        assert_eq!(t.current(11 * S), Some((10 * S, 1000)));
+        // Stale after the maximum age.
+        assert_eq!(t.current(10 * S + 16 * S), None);
+        assert_eq!(t.age(26 * S), Some(Duration::from_secs(16)));
+        // Lost connection: unknown at once, until a new reading.
+        t.invalidate(12 * S);
+        assert_eq!(t.current(12 * S), None);
+        t.observe(13 * S, 1200, Duration::from_secs(1));
+        assert_eq!(t.current(13 * S), Some((13 * S, 1200)));
+        // Positions never go back (the two sources race), and an older position does not
+        // refresh the newest one.
+        t.observe(14 * S, 1100, Duration::from_secs(1));
+        assert_eq!(t.current(14 * S), Some((13 * S, 1200)));
+        // A failover to a server that is behind: the old history goes.
+        t.connected(15 * S, 900);
+        assert_eq!(t.current(15 * S), Some((15 * S, 900)));
+        assert_eq!(t.samples.len(), 1);
+        t.connected(16 * S, 950);
+        assert_eq!(t.current(16 * S), Some((16 * S, 950)));
+    }
+
+    #[test]
+    fn time_lag_is_how_long_ago_the_server_was_where_the_archive_is() {
+        let mut t = ServerTrack::default();
+        let sp = Duration::from_secs(1);
+        // Idle at 1000 from t=0 to t=30 (merged into one reading), then writing.
+        for i in 0..=30 {
+            t.observe(i * S, 1000, sp);
+        }
+        for i in 31..=40 {
+            t.observe(i * S, 1000 + 100 * (i as u64 - 30), sp);
+        }
+        assert!(t.samples.len() <= 12, "{:?}", t.samples);
+        // Archive at 1000: the server was there until t=30; at t=40 that is 10 s ago.
+        assert_eq!(t.time_lag(40 * S, 1000), Duration::from_secs(10));
+        // Archive at 1500 (the server passed it at t=35): 5 s.
+        assert_eq!(t.time_lag(40 * S, 1500), Duration::from_secs(5));
+        // Caught up: no lag.
+        assert_eq!(t.time_lag(40 * S, 2000), Duration::ZERO);
+        // The archive is behind every reading: at least as old as the oldest one (the end of
+        // the idle stretch).
+        assert_eq!(t.time_lag(40 * S, 10), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn readings_are_bounded_whatever_their_rate() {
+        let mut t = ServerTrack::default();
+        for i in 0..100_000i64 {
+            t.observe(i * 1000, i as u64, Duration::from_millis(1));
+        }
+        assert_eq!(t.samples.len(), MAX_SAMPLES);
+        // Many readings within the spacing collapse.
+        let mut t = ServerTrack::default();
+        for i in 0..10_000i64 {
+            t.observe(i * 10, i as u64, Duration::from_secs(1));
+        }
+        assert!(t.samples.len() <= 2, "{}", t.samples.len());
+    }
+
+    #[test]
+    fn no_server_lag_is_exported_while_the_position_is_unknown() {
+        let m = Metrics::default();
+        m.set_streaming(true);
+        m.archived_lsn.store(1000, Ordering::Relaxed);
+        m.observe_server(1000);
+        let body = m.render();
+        assert!(body.contains("pitr_server_up 1"), "{body}");
+        assert!(body.contains("pitr_server_archive_lag_bytes 0"), "{body}");
+        m.set_streaming(false);
+        let body = m.render();
+        assert!(body.contains("pitr_server_up 0"), "{body}");
+        assert!(!body.contains("pitr_server_archive_lag_bytes"), "{body}");
+        assert!(!body.contains("pitr_server_lsn_bytes"), "{body}");
+        assert!(body.contains("pitr_server_position_age_seconds"), "{body}");
     }
 }

@@ -20,15 +20,33 @@
 //!   segment start), else the slot's `restart_lsn`, else the server's position. Streaming
 //!   always starts at a segment boundary, on the repo's timeline, and follows timeline
 //!   switches (history files are archived) as pg_receivewal does.
-//! - Connection loss, server restart or failover: reconnect with capped exponential backoff.
+//! - Connection loss, server restart or failover: reconnect with capped exponential backoff,
+//!   reset to its start after a session that streamed (it received WAL, or lasted
+//!   [`STREAMED_AFTER`]): a process that lived through many brief restarts does not wait the
+//!   cap after the next one. A slot still active in another walsender (the old sidecar of a
+//!   rolling update) is retried every [`SLOT_BUSY_RETRY`] at most.
+//! - A connection that dies without closing is noticed: the receive timeout is the server's
+//!   `wal_sender_timeout` (60 s when 0). The server only pings a standby that has been silent
+//!   for half of it (walsender.c, `WalSndKeepaliveIfNecessary`), and pitr is never that
+//!   silent, so pitr asks: every [`ping_interval`] a status update requests a reply, which the
+//!   server answers with a keepalive (walsender.c, `ProcessStandbyReplyMessage`). Nothing at
+//!   all received for the timeout while pitr is reading ends the session with
+//!   [`ConnError::Silent`] (transient: reconnect). While back-pressure stops the reading,
+//!   silence is expected and not counted. Every command and write on the connection is
+//!   bounded by the same timeout ([`PgConn::set_io_timeout`]), and connecting by
+//!   `connect_timeout` (default here [`DEFAULT_CONNECT_TIMEOUT`]).
+//! - The server's position, read from each XLogData and keepalive, feeds the metrics'
+//!   readiness (see [`crate::server::metrics`]).
 
 pub mod archiver;
 pub mod monitor;
 pub mod spool;
+pub mod writers;
 
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
 use walfmt::{Lsn, TimeLineId, TimelineHistory, WalSegSize};
 
 use crate::replication::commands::{StartOutcome, StreamEvent};
@@ -85,6 +103,63 @@ impl StreamError {
     }
 }
 
+/// Longest wait for a connection when the conninfo sets no `connect_timeout` (libpq would wait
+/// forever; a sidecar must not).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Receive timeout when the server's `wal_sender_timeout` is 0 (disabled), and the bound on
+/// commands before it is known.
+pub const DEFAULT_RECEIVE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The most time between two reply requests (the server's answer is also a reading of its
+/// position, see [`crate::server::metrics::SERVER_POSITION_MAX_AGE`]).
+pub const PING_MAX: Duration = Duration::from_secs(5);
+/// First reconnection delay, and the delay after a session that streamed.
+pub const INITIAL_BACKOFF: Duration = Duration::from_millis(500);
+/// A session that lasted this long streamed successfully, even without WAL.
+pub const STREAMED_AFTER: Duration = Duration::from_secs(5);
+/// Longest wait between attempts while the slot is active in another walsender.
+pub const SLOT_BUSY_RETRY: Duration = Duration::from_secs(2);
+
+/// The receive timeout for a server's `SHOW wal_sender_timeout`: that value (at least 1 s),
+/// or [`DEFAULT_RECEIVE_TIMEOUT`] when it is 0 or unreadable.
+pub fn receive_timeout(show: &str) -> Duration {
+    match crate::replication::codec::parse_time_ms(show) {
+        Some(0) | None => DEFAULT_RECEIVE_TIMEOUT,
+        Some(ms) => Duration::from_millis(ms).max(Duration::from_secs(1)),
+    }
+}
+
+/// How often a status update asks the server for a reply: often enough that a live server
+/// answers three times per receive timeout, and at least every [`PING_MAX`].
+pub fn ping_interval(status_interval: Duration, receive_timeout: Duration) -> Duration {
+    status_interval.min(receive_timeout / 3).min(PING_MAX)
+}
+
+/// How a connection attempt or session ended, for the backoff.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// It failed (could not connect, prepare, or stream).
+    Failed,
+    /// The slot is active in another walsender.
+    SlotBusy,
+    /// It streamed (received WAL, or lasted [`STREAMED_AFTER`]) before it ended.
+    Streamed,
+}
+
+/// The wait before the next attempt and the backoff after it: doubling up to `cap` while
+/// attempts fail, back to [`INITIAL_BACKOFF`] after one that streamed, and at most
+/// [`SLOT_BUSY_RETRY`] while the slot is busy.
+pub fn next_backoff(current: Duration, a: Attempt, cap: Duration) -> (Duration, Duration) {
+    let current = match a {
+        Attempt::Streamed => INITIAL_BACKOFF,
+        _ => current,
+    };
+    let wait = match a {
+        Attempt::SlotBusy => current.min(SLOT_BUSY_RETRY),
+        _ => current,
+    };
+    (wait, (current * 2).min(cap))
+}
+
 /// `pitr stream` settings.
 #[derive(Debug, Clone)]
 pub struct StreamOptions {
@@ -108,6 +183,8 @@ pub struct StreamOptions {
     pub spool: Option<spool::SpoolConfig>,
     /// On shutdown, how long to wait for in-flight uploads.
     pub shutdown_timeout: Duration,
+    /// How often this process records itself in the repo's `writers/` (see [`writers`]).
+    pub writer_heartbeat: Duration,
 }
 
 /// Turns a refusal at connect time into a one-line reason with the fix.
@@ -254,6 +331,12 @@ struct Session<'a> {
     seg: WalSegSize,
     /// The run being streamed: its timeline and start.
     run: (TimeLineId, Lsn),
+    /// Nothing received for this long while reading: the connection is dead.
+    receive_timeout: Duration,
+    /// When streaming began (START_REPLICATION answered), if it did.
+    streaming_since: Option<Instant>,
+    /// WAL arrived in this session.
+    received_wal: bool,
 }
 
 impl Session<'_> {
@@ -306,10 +389,8 @@ impl Session<'_> {
                 .metrics
                 .timeline
                 .store(u64::from(tli.0), std::sync::atomic::Ordering::Relaxed);
-            self.opts
-                .metrics
-                .streaming
-                .store(true, std::sync::atomic::Ordering::Relaxed);
+            self.opts.metrics.set_streaming(true);
+            self.streaming_since.get_or_insert_with(Instant::now);
             match self.stream(start).await? {
                 Some((next_tli, next_start, received)) => {
                     if next_tli <= tli || next_start > received {
@@ -352,15 +433,25 @@ impl Session<'_> {
     async fn stream(&mut self, start: Lsn) -> Result<Option<(TimeLineId, Lsn, Lsn)>, StreamError> {
         let mut received = start;
         let mut pending: Option<ArchMsg> = None;
-        let mut last_status = tokio::time::Instant::now();
+        let mut last_status = Instant::now();
         let mut reported = (Lsn(0), Lsn(0));
+        // Silence counts only while reading (back-pressure stops the reading).
+        let mut last_heard = Instant::now();
+        let ping_every = ping_interval(self.opts.status_interval, self.receive_timeout);
+        let mut last_ping = Instant::now();
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             // Drain buffered events while the archiver takes them.
             while pending.is_none() {
                 match self.conn.try_event()? {
-                    Some(StreamEvent::Wal { start: s, data }) => {
+                    Some(StreamEvent::Wal {
+                        start: s,
+                        server_end,
+                        data,
+                    }) => {
+                        self.received_wal = true;
+                        self.opts.metrics.observe_server(server_end.0);
                         if s != received {
                             return Err(StreamError::Gap {
                                 expected: received,
@@ -381,11 +472,13 @@ impl Session<'_> {
                         }
                     }
                     Some(StreamEvent::Keepalive {
-                        reply_requested, ..
+                        server_end,
+                        reply_requested,
                     }) => {
+                        self.opts.metrics.observe_server(server_end.0);
                         if reply_requested {
-                            self.status(received, &mut reported, true).await?;
-                            last_status = tokio::time::Instant::now();
+                            self.status(received, &mut reported, true, false).await?;
+                            last_status = Instant::now();
                         }
                     }
                     Some(StreamEvent::TimelineEnd) => {
@@ -437,20 +530,33 @@ impl Session<'_> {
                     if let Some(m) = pending.take() {
                         permit.send(m);
                     }
+                    // Reading again: silence counts from now.
+                    last_heard = Instant::now();
                 }
                 r = self.conn.fill(), if pending.is_none() => {
                     if r? == 0 {
                         return Err(StreamError::Conn(ConnError::Closed));
                     }
+                    last_heard = Instant::now();
                 }
                 _ = self.archived.changed() => {
-                    self.status(received, &mut reported, false).await?;
-                    last_status = tokio::time::Instant::now();
+                    self.status(received, &mut reported, false, false).await?;
+                    last_status = Instant::now();
                 }
                 _ = tick.tick() => {
-                    if last_status.elapsed() >= self.opts.status_interval {
-                        self.status(received, &mut reported, true).await?;
-                        last_status = tokio::time::Instant::now();
+                    if pending.is_none() && last_heard.elapsed() >= self.receive_timeout {
+                        return Err(StreamError::Conn(ConnError::Silent {
+                            host: self.conn.host.describe(),
+                            waited: last_heard.elapsed(),
+                        }));
+                    }
+                    if last_ping.elapsed() >= ping_every {
+                        self.status(received, &mut reported, true, true).await?;
+                        last_ping = Instant::now();
+                        last_status = last_ping;
+                    } else if last_status.elapsed() >= self.opts.status_interval {
+                        self.status(received, &mut reported, true, false).await?;
+                        last_status = Instant::now();
                     }
                 }
             }
@@ -465,16 +571,18 @@ impl Session<'_> {
         l.min(received)
     }
 
-    /// Sends write = received, flush = durable (never beyond received).
+    /// Sends write = received, flush = durable (never beyond received); `reply`: ask the
+    /// server to answer at once.
     async fn status(
         &mut self,
         received: Lsn,
         reported: &mut (Lsn, Lsn),
         force: bool,
+        reply: bool,
     ) -> Result<(), StreamError> {
         let archived = self.durable(received);
         if force || (received, archived) != *reported {
-            self.conn.send_status(received, archived, false).await?;
+            self.conn.send_status(received, archived, reply).await?;
             self.opts
                 .metrics
                 .flushed_lsn
@@ -488,18 +596,23 @@ impl Session<'_> {
 /// Runs `pitr stream` until `shutdown` turns true. Errors before the first successful start
 /// (bad configuration, refusals) are returned; afterwards, connection trouble is retried.
 pub async fn run(
-    opts: StreamOptions,
+    mut opts: StreamOptions,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), StreamError> {
+    opts.source
+        .connect_timeout
+        .get_or_insert(DEFAULT_CONNECT_TIMEOUT);
     let user = opts.source.user.clone();
     let mut conn = PgConn::connect(&opts.source, true)
         .await
         .map_err(|e| explain(e, &user))?;
+    conn.set_io_timeout(Some(DEFAULT_RECEIVE_TIMEOUT));
     let prep = prepare(&mut conn, &opts).await.map_err(|e| match e {
         StreamError::Conn(c) => explain(c, &user),
         other => other,
     })?;
     let seg = prep.seg;
+    opts.metrics.server_connected(prep.server_pos.0);
     if let Some(sc) = &opts.spool {
         if sc.max_bytes < 2 * seg.bytes() {
             return Err(StreamError::Refused(format!(
@@ -510,8 +623,26 @@ pub async fn run(
         }
         spool::check_identity(&sc.dir, prep.system_id, seg)?;
     }
+    // Temporary files a killed pitr left in a local repo (none of a live writer).
+    let store = opts.repo.store().clone();
+    tokio::spawn(async move {
+        match store.clean_leftovers().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                files = n,
+                "removed temporary files left by interrupted writes"
+            ),
+            Err(e) => tracing::warn!(error = %e, "could not clean up temporary files in the repo"),
+        }
+    });
     // Listed once here; later sessions list again (the archiver has moved the tip since).
     let mut first_tip = Some(tip_retrying(&opts.repo, seg).await?);
+    if let Some(Some(t)) = &first_tip {
+        // What the repo already holds is archived: readiness measures from there.
+        opts.metrics
+            .archived_lsn
+            .fetch_max(t.end.0, std::sync::atomic::Ordering::Relaxed);
+    }
     let durable_of =
         |t: Option<repo::ArchivedTip>| t.map_or((TimeLineId(0), Lsn(0)), |t| (t.tli, t.end));
     let (archived_tx, archived_rx) = watch::channel(durable_of(first_tip.flatten()));
@@ -566,16 +697,22 @@ pub async fn run(
         }
     };
     let mut arch_task = tokio::spawn(first_error(tasks));
-    if let Some(slot) = &opts.slot {
-        tokio::spawn(monitor::run(
-            opts.source.clone(),
-            slot.clone(),
-            opts.metrics.clone(),
-            opts.slot_check_every,
-            shutdown.clone(),
-        ));
-    }
-    let mut backoff = Duration::from_millis(500);
+    tokio::spawn(monitor::run(
+        opts.source.clone(),
+        opts.slot.clone(),
+        opts.metrics.clone(),
+        opts.slot_check_every,
+        shutdown.clone(),
+    ));
+    // The heartbeat lasts as long as this function, whatever ends it.
+    let (heartbeat_stop, heartbeat_stop_rx) = watch::channel(false);
+    let heartbeat = tokio::spawn(writers::run(
+        opts.repo.clone(),
+        writers::Heartbeat::of_this_process(opts.slot.clone(), opts.writer_heartbeat),
+        opts.metrics.clone(),
+        heartbeat_stop_rx,
+    ));
+    let mut backoff = INITIAL_BACKOFF;
     let mut first = true;
     let mut arch_done = false;
     let stop_backstop = shutdown.clone();
@@ -587,10 +724,15 @@ pub async fn run(
                 .reconnects
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             match PgConn::connect(&opts.source, true).await {
-                Ok(c) => conn = c,
+                Ok(mut c) => {
+                    c.set_io_timeout(Some(DEFAULT_RECEIVE_TIMEOUT));
+                    conn = c;
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?backoff, "cannot reconnect");
-                    if backoff_wait(&mut shutdown, &mut backoff, opts.reconnect_cap).await {
+                    let (wait, next) = next_backoff(backoff, Attempt::Failed, opts.reconnect_cap);
+                    backoff = next;
+                    tracing::warn!(error = %e, retry_in = ?wait, "cannot reconnect");
+                    if backoff_wait(&mut shutdown, wait).await {
                         break Ok(());
                     }
                     continue;
@@ -604,10 +746,12 @@ pub async fn run(
                         server_system: p.system_id,
                     }));
                 }
-                Ok(_) => {}
+                Ok(p) => opts.metrics.server_connected(p.server_pos.0),
                 Err(e) if e.is_transient() => {
-                    tracing::warn!(error = %e, "reconnected but could not prepare");
-                    if backoff_wait(&mut shutdown, &mut backoff, opts.reconnect_cap).await {
+                    let (wait, next) = next_backoff(backoff, Attempt::Failed, opts.reconnect_cap);
+                    backoff = next;
+                    tracing::warn!(error = %e, retry_in = ?wait, "reconnected but could not prepare");
+                    if backoff_wait(&mut shutdown, wait).await {
                         break Ok(());
                     }
                     continue;
@@ -616,6 +760,22 @@ pub async fn run(
             }
         }
         first = false;
+        // The receive timeout follows the server's wal_sender_timeout; it also bounds every
+        // command and write on this connection.
+        let receive = match conn.show("wal_sender_timeout").await {
+            Ok(v) => receive_timeout(&v),
+            Err(e) if e.is_transient() => {
+                let (wait, next) = next_backoff(backoff, Attempt::Failed, opts.reconnect_cap);
+                backoff = next;
+                tracing::warn!(error = %e, retry_in = ?wait, "reconnected but could not prepare");
+                if backoff_wait(&mut shutdown, wait).await {
+                    break Ok(());
+                }
+                continue;
+            }
+            Err(e) => break Err(e.into()),
+        };
+        conn.set_io_timeout(Some(receive));
         let spooled_at = spool_shared.as_ref().and_then(|s| s.resume_point(seg));
         let tip = match (first_tip.take(), spooled_at) {
             // Reconnecting in spool mode: resume where the spool is (the repo may lag).
@@ -643,6 +803,9 @@ pub async fn run(
             shutdown: &mut shutdown,
             seg,
             run: (tli, start),
+            receive_timeout: receive,
+            streaming_since: None,
+            received_wal: false,
         };
         // Backstop: whatever the session is waiting on (a full channel while storage is down),
         // a shutdown request ends it within the deadline. Nothing unacknowledged is lost: the
@@ -672,13 +835,29 @@ pub async fn run(
                 });
             }
         };
-        opts.metrics
-            .streaming
-            .store(false, std::sync::atomic::Ordering::Relaxed);
+        let streamed = session_streamed(
+            session.streaming_since.map(|t| t.elapsed()),
+            session.received_wal,
+            r.as_ref().err(),
+        );
+        opts.metrics.set_streaming(false);
         match r {
             Ok(SessionEnd::Shutdown) => break Ok(()),
             Err(e) if e.is_transient() => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "stream interrupted");
+                let attempt = if streamed {
+                    Attempt::Streamed
+                } else if e_is_slot_busy(&e) {
+                    Attempt::SlotBusy
+                } else {
+                    Attempt::Failed
+                };
+                let (wait, next) = next_backoff(backoff, attempt, opts.reconnect_cap);
+                backoff = next;
+                if attempt == Attempt::SlotBusy {
+                    tracing::warn!(error = %e, retry_in = ?wait, "the replication slot is in use by another connection (the previous pitr of a rolling update, or a second pitr stream with the same slot); waiting for it to be released");
+                } else {
+                    tracing::warn!(error = %e, retry_in = ?wait, "stream interrupted");
+                }
                 // Publish what we have before reconnecting (RPO), then resume; a storage outage
                 // must not make this wait outlive a shutdown request.
                 let (ack, done) = oneshot::channel();
@@ -692,7 +871,7 @@ pub async fn run(
                     _ = shutdown.changed() => break Ok(()),
                     _ = tokio::time::sleep(opts.reconnect_cap) => {}
                 }
-                if backoff_wait(&mut shutdown, &mut backoff, opts.reconnect_cap).await {
+                if backoff_wait(&mut shutdown, wait).await {
                     break Ok(());
                 }
             }
@@ -737,7 +916,42 @@ pub async fn run(
         }
     }
     conn.close().await;
+    // The heartbeat removes this process's entry from the repo on the way out (bounded).
+    let _ = heartbeat_stop.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(2), heartbeat).await;
     result
+}
+
+/// Whether a session streamed successfully, for the backoff (pure): it streamed for
+/// [`STREAMED_AFTER`], or it received WAL and then lost the connection (a server restart).
+/// A session that fails right after it starts for any other reason (a gap, a protocol or
+/// server error) keeps the backoff growing, so a persistent problem is not retried in a
+/// tight loop.
+pub fn session_streamed(
+    streaming_for: Option<Duration>,
+    received_wal: bool,
+    end: Option<&StreamError>,
+) -> bool {
+    let Some(d) = streaming_for else {
+        return false;
+    };
+    let lost = |e: &StreamError| {
+        matches!(
+            e,
+            StreamError::Conn(
+                ConnError::Closed
+                    | ConnError::Io(_)
+                    | ConnError::Silent { .. }
+                    | ConnError::Unresponsive { .. }
+            )
+        ) || matches!(e, StreamError::Conn(c) if c.sqlstate().is_some_and(|s| s.starts_with("57P")))
+    };
+    d >= STREAMED_AFTER || (received_wal && end.is_none_or(lost))
+}
+
+/// The slot is active in another walsender (SQLSTATE 55006 on START_REPLICATION).
+fn e_is_slot_busy(e: &StreamError) -> bool {
+    matches!(e, StreamError::Conn(c) if c.sqlstate() == Some("55006"))
 }
 
 /// The repo's tip, retrying while storage is unreachable.
@@ -767,16 +981,77 @@ async fn first_error(
     fallback.map_or(Ok(()), Err)
 }
 
-/// Sleeps `backoff` (then doubles it, up to `cap`), unless shutdown comes first (true).
-async fn backoff_wait(
-    shutdown: &mut watch::Receiver<bool>,
-    backoff: &mut Duration,
-    cap: Duration,
-) -> bool {
-    let d = *backoff;
-    *backoff = (d * 2).min(cap);
+/// Sleeps `d`, unless shutdown comes first (true).
+async fn backoff_wait(shutdown: &mut watch::Receiver<bool>, d: Duration) -> bool {
     tokio::select! {
         _ = tokio::time::sleep(d) => false,
         _ = shutdown.changed() => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_resets_after_a_session_that_streamed() {
+        let cap = Duration::from_secs(30);
+        let mut b = INITIAL_BACKOFF;
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            let (w, n) = next_backoff(b, Attempt::Failed, cap);
+            waits.push(w.as_millis());
+            b = n;
+        }
+        // Repeated failures: doubling, capped.
+        assert_eq!(waits, [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000]);
+        // A session that streamed: the next wait is the initial one again, then it grows.
+        let (w, n) = next_backoff(b, Attempt::Streamed, cap);
+        assert_eq!((w, n), (INITIAL_BACKOFF, INITIAL_BACKOFF * 2));
+        // A busy slot: retried often, however long it stays busy.
+        let (w, _) = next_backoff(Duration::from_secs(30), Attempt::SlotBusy, cap);
+        assert_eq!(w, SLOT_BUSY_RETRY);
+        let (w, _) = next_backoff(INITIAL_BACKOFF, Attempt::SlotBusy, cap);
+        assert_eq!(w, INITIAL_BACKOFF);
+    }
+
+    #[test]
+    fn a_session_streamed_if_it_lasted_or_lost_its_connection_after_wal() {
+        let short = Some(Duration::from_secs(1));
+        let closed = StreamError::Conn(ConnError::Closed);
+        let gap = StreamError::Gap {
+            expected: Lsn(1),
+            got: Lsn(2),
+        };
+        // A server restart after some WAL: streamed.
+        assert!(session_streamed(short, true, Some(&closed)));
+        // Never reached streaming, or no WAL before the loss: not.
+        assert!(!session_streamed(None, true, Some(&closed)));
+        assert!(!session_streamed(short, false, Some(&closed)));
+        // A failure right after the start that is not a lost connection: not, so it is not
+        // retried in a tight loop.
+        assert!(!session_streamed(short, true, Some(&gap)));
+        // Long enough, whatever ended it.
+        assert!(session_streamed(Some(STREAMED_AFTER), false, Some(&gap)));
+    }
+
+    #[test]
+    fn receive_timeout_follows_wal_sender_timeout() {
+        assert_eq!(receive_timeout("4s"), Duration::from_secs(4));
+        assert_eq!(receive_timeout("1min"), Duration::from_secs(60));
+        assert_eq!(receive_timeout("0"), DEFAULT_RECEIVE_TIMEOUT);
+        assert_eq!(receive_timeout("garbage"), DEFAULT_RECEIVE_TIMEOUT);
+        assert_eq!(receive_timeout("100ms"), Duration::from_secs(1));
+        // Three replies per timeout, at least every PING_MAX, never less often than status.
+        let s = Duration::from_secs(10);
+        assert_eq!(
+            ping_interval(s, Duration::from_secs(3)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(ping_interval(s, Duration::from_secs(60)), PING_MAX);
+        assert_eq!(
+            ping_interval(Duration::from_secs(2), Duration::from_secs(60)),
+            Duration::from_secs(2)
+        );
     }
 }

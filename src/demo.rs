@@ -160,6 +160,7 @@ async fn tour(conninfo: &str, repo_dir: &Path, restored: &Path, bin: &Path) -> a
         slot_check_every: Duration::from_secs(5),
         spool: None,
         shutdown_timeout: Duration::from_secs(10),
+        linger_on_divergence: false,
     };
     let stream = tokio::spawn(crate::stream::run(opts, stop_rx));
     let res = tour_steps(&params, &repl, &repo, restored, bin).await;

@@ -81,6 +81,8 @@ fn run(cli: Cli, matches: clap::ArgMatches) -> anyhow::Result<ExitCode> {
                     max_bytes: settings.spool_max,
                 }),
                 shutdown_timeout: settings.shutdown_timeout,
+                // With metrics served, a refusal stays visible on /healthz until SIGTERM.
+                linger_on_divergence: !matches!(settings.metrics_listen.as_str(), "off" | ""),
             };
             let listen: Option<std::net::SocketAddr> = match settings.metrics_listen.as_str() {
                 "off" | "" => None,

@@ -5,6 +5,7 @@
 
 mod harness;
 mod inspect;
+mod integrity;
 mod replication;
 mod restore;
 mod store;

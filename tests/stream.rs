@@ -1265,6 +1265,7 @@ fn spawn_in_process(
         slot_check_every,
         spool: None,
         shutdown_timeout: Duration::from_secs(20),
+        linger_on_divergence: false,
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let runner = std::thread::spawn(move || {
@@ -1278,7 +1279,7 @@ fn spawn_in_process(
     (stop_tx, runner)
 }
 
-fn wait_slot_active(c: &Cluster) {
+pub(crate) fn wait_slot_active(c: &Cluster) {
     wait_for("the slot", Duration::from_secs(20), || {
         c.psql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'pitr' AND active")
             == "1"

@@ -85,12 +85,14 @@ impl Metrics {
 
     /// Liveness.
     pub fn health(&self) -> Result<(), String> {
-        self.integrity()?;
-        if self.failed.load(Ordering::Relaxed) {
-            Err("archiving has failed; see the log".into())
-        } else {
-            Ok(())
+        // The refusal says more than "failed"; an open gap says less.
+        if let Some(d) = self.divergence.lock().ok().and_then(|d| d.clone()) {
+            return Err(d);
         }
+        if self.failed.load(Ordering::Relaxed) {
+            return Err("archiving has failed; see the log".into());
+        }
+        self.integrity()
     }
 
     /// The repo's integrity as seen by the stream: a divergence (nothing is archived), or an
@@ -304,5 +306,42 @@ impl Metrics {
             flag(self.gap_open()),
         );
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn health_reports_divergence_then_failure_then_an_open_gap() {
+        let m = Metrics::default();
+        assert_eq!(m.health(), Ok(()));
+        assert!(m.render().contains("pitr_history_diverged 0\n"));
+        assert!(m.render().contains("pitr_wal_gap_open 0\n"));
+        let g = crate::repo::gaps::GapRecord::new(
+            walfmt::TimeLineId(1),
+            walfmt::TimeLineId(1),
+            walfmt::Lsn(0x700000),
+            walfmt::Lsn(0x1200000),
+            "test",
+        );
+        m.gap_recorded(&g);
+        let why = m.health().unwrap_err();
+        assert!(
+            why.contains("0/1200000") && why.contains("pitr backup"),
+            "{why}"
+        );
+        assert!(m.render().contains("pitr_wal_gap_open 1\n"));
+        assert!(m.render().contains("pitr_wal_gaps_total 1\n"));
+        m.failed.store(true, Ordering::Relaxed);
+        assert_eq!(m.health().unwrap_err(), "archiving has failed; see the log");
+        m.set_divergence("timeline 1: differs");
+        assert_eq!(m.health().unwrap_err(), "timeline 1: differs");
+        assert_eq!(m.readiness().unwrap_err(), "timeline 1: differs");
+        assert!(m.render().contains("pitr_history_diverged 1\n"));
+        m.set_open_gap(None);
+        assert!(!m.gap_open());
     }
 }

@@ -435,8 +435,21 @@ pub async fn gap_resume(
         return Ok((sys.timeline, seg_start(sys.xlogpos)));
     };
     if conn.read_replication_slot(slot).await?.is_some() {
-        conn.simple_query(&format!("DROP_REPLICATION_SLOT {} WAIT", quote_ident(slot)))
-            .await?;
+        // Not `WAIT`: another process holding the slot must not hang pitr. Our own previous
+        // walsender may take a moment to let go of it after the error (SQLSTATE 55006).
+        let drop = format!("DROP_REPLICATION_SLOT {}", quote_ident(slot));
+        let mut tries = 0;
+        loop {
+            match conn.simple_query(&drop).await {
+                Ok(_) => break,
+                Err(e) if e.sqlstate() == Some("42704") => break,
+                Err(e) if e.sqlstate() == Some("55006") && tries < 50 => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
         tracing::warn!(slot = %slot, "dropped the replication slot that no longer holds the WAL pitr needs; creating it again");
     }
     conn.create_physical_slot(slot).await?;

@@ -161,6 +161,7 @@ async fn tour(conninfo: &str, repo_dir: &Path, restored: &Path, bin: &Path) -> a
         spool: None,
         shutdown_timeout: Duration::from_secs(10),
         writer_heartbeat: Duration::from_secs(60),
+        linger_on_divergence: false,
     };
     let stream = tokio::spawn(crate::stream::run(opts, stop_rx));
     let res = tour_steps(&params, &repl, &repo, restored, bin).await;

@@ -87,6 +87,8 @@ fn run(cli: Cli, matches: clap::ArgMatches) -> anyhow::Result<ExitCode> {
                 }),
                 shutdown_timeout: settings.shutdown_timeout,
                 writer_heartbeat: settings.writer_heartbeat,
+                // With metrics served, a refusal stays visible on /healthz until SIGTERM.
+                linger_on_divergence: !matches!(settings.metrics_listen.as_str(), "off" | ""),
             };
             let listen: Option<std::net::SocketAddr> = match settings.metrics_listen.as_str() {
                 "off" | "" => None,

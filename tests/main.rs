@@ -8,6 +8,7 @@ mod differential;
 mod faults;
 mod harness;
 mod inspect;
+mod integrity;
 mod replication;
 mod restore;
 mod store;

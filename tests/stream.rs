@@ -1285,6 +1285,7 @@ fn spawn_in_process(
         spool: None,
         shutdown_timeout: Duration::from_secs(20),
         writer_heartbeat: Duration::from_secs(60),
+        linger_on_divergence: false,
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let runner = std::thread::spawn(move || {
@@ -1313,7 +1314,9 @@ pub(crate) fn pgbench_ok(c: &Cluster, args: &[&str]) {
 }
 
 /// Switches WAL and waits until the segment that held the current position is archived on
-/// `tli`. Returns its name.
+/// `tli`. Returns its name. A record is written first: at a segment boundary (after a base
+/// backup, which ends with a switch, or an earlier switch) `pg_switch_wal()` does nothing and
+/// that segment would never complete.
 pub(crate) fn switch_and_wait(
     c: &Cluster,
     repo: &TestRepo,
@@ -1321,6 +1324,7 @@ pub(crate) fn switch_and_wait(
     what: &str,
     secs: u64,
 ) -> String {
+    c.psql("SELECT pg_logical_emit_message(false, 'pitr-test', 'before a switch')");
     let last = c.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
     c.switch_wal();
     wait_for(what, Duration::from_secs(secs), || {

@@ -9,12 +9,14 @@
 //! | `wal/TTTTTTTT/<segment>.partial.<END>.lz4` | the segment's first bytes up to LSN `END` (16 hex digits), while it is being filled |
 //! | `wal/TTTTTTTT/<segment>.summary.json` | walfmt's summary of a complete segment (commits with LSN and time, restore points...) |
 //! | `wal/TTTTTTTT.history` | a timeline history file, as the server sent it |
+//! | `gaps/TTTTTTTT-<FROM>-<TO>.json` | a WAL gap the repo will never fill ([`gaps`]) |
 //!
 //! `TTTTTTTT` is the timeline in hex. Names are unique per content (a partial's name carries
 //! its end LSN), so no object is ever rewritten with different bytes: every publish is a
 //! create-if-absent ([`store::ObjectStore::put_if_absent`]).
 
 pub mod catalog;
+pub mod gaps;
 pub mod local;
 pub mod memory;
 pub mod prune;

@@ -30,6 +30,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use tokio::sync::Notify;
+
 /// Default of `--ready-max-lag`: readiness fails when the archive trails the server by more.
 pub const READY_MAX_LAG_BYTES: u64 = 256 << 20;
 /// Default of `--ready-max-lag-time`: readiness fails when the server was where the archive
@@ -250,6 +252,18 @@ pub struct Metrics {
     pub backup_failures: AtomicU64,
     /// Unix microseconds of the end of the last complete scheduled backup (0: none).
     pub last_backup_unix_us: AtomicI64,
+    /// The server's history differs from the repo's: the one-line refusal (nothing is archived).
+    pub divergence: Mutex<Option<String>>,
+    /// The server's flush position was behind the repo's tip at the last start attempt.
+    pub server_behind: AtomicBool,
+    /// WAL gaps this process recorded.
+    pub wal_gaps: AtomicU64,
+    /// The newest gap while no complete backup starts after it: its one-line description.
+    pub open_gap: Mutex<Option<String>>,
+    /// Wakes the scheduler for a base backup now (a gap opened).
+    pub backup_now: Notify,
+    /// Asks for the open-gap state to be read again from the repo (a backup completed).
+    pub gap_recheck: Notify,
 }
 
 fn now_us() -> i64 {
@@ -323,15 +337,62 @@ impl Metrics {
 
     /// Liveness.
     pub fn health(&self) -> Result<(), String> {
+        // The refusal says more than "failed"; an open gap says less.
+        if let Some(d) = self.divergence.lock().ok().and_then(|d| d.clone()) {
+            return Err(d);
+        }
         if self.failed.load(Ordering::Relaxed) {
-            Err("archiving has failed; see the log".into())
-        } else {
-            Ok(())
+            return Err("archiving has failed; see the log".into());
+        }
+        self.integrity()
+    }
+
+    /// The repo's integrity as seen by the stream: a divergence (nothing is archived), or an
+    /// open WAL gap (nothing after it can be restored until a base backup starts after it).
+    pub fn integrity(&self) -> Result<(), String> {
+        if let Some(d) = self.divergence.lock().ok().and_then(|d| d.clone()) {
+            return Err(d);
+        }
+        if let Some(g) = self.open_gap.lock().ok().and_then(|g| g.clone()) {
+            return Err(format!(
+                "{g}: no complete base backup starts after it yet; take one (pitr backup)"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Records the refusal of a server whose history is not the repo's.
+    pub fn set_divergence(&self, line: &str) {
+        if let Ok(mut d) = self.divergence.lock() {
+            *d = Some(line.to_owned());
+        }
+        self.streaming.store(false, Ordering::Relaxed);
+    }
+
+    /// A gap was recorded by this process: counted, open, and a backup is due now.
+    pub fn gap_recorded(&self, g: &crate::repo::gaps::GapRecord) {
+        self.wal_gaps.fetch_add(1, Ordering::Relaxed);
+        self.set_open_gap(Some(g.describe()));
+        self.backup_now.notify_one();
+        self.gap_recheck.notify_one();
+    }
+
+    /// Sets or clears the open gap.
+    pub fn set_open_gap(&self, g: Option<String>) {
+        if let Ok(mut cur) = self.open_gap.lock() {
+            *cur = g;
         }
     }
 
-    /// Readiness: see [`readiness`].
+    /// A gap is open.
+    pub fn gap_open(&self) -> bool {
+        self.open_gap.lock().is_ok_and(|g| g.is_some())
+    }
+
+    /// Readiness: the repo's integrity first (a divergence or an open gap), then see
+    /// [`readiness`].
     pub fn readiness(&self) -> Result<(), String> {
+        self.integrity()?;
         readiness(&self.snapshot(), &self.ready)
     }
 
@@ -488,12 +549,38 @@ impl Metrics {
             "1 while streaming from the server.",
             u8::from(self.streaming.load(Ordering::Relaxed)).to_string(),
         );
+        let flag = |b: bool| u8::from(b).to_string();
+        g(
+            "pitr_history_diverged",
+            "gauge",
+            "1 when the server's history or WAL differs from the repo's (nothing is archived).",
+            flag(self.divergence.lock().is_ok_and(|d| d.is_some())),
+        );
+        g(
+            "pitr_server_behind_repo",
+            "gauge",
+            "1 while the server's WAL ends before the repo's tip (a lagging standby, or a rollback).",
+            flag(self.server_behind.load(Ordering::Relaxed)),
+        );
+        g(
+            "pitr_wal_gaps_total",
+            "counter",
+            "WAL gaps recorded in the repo by this process (WAL the server no longer had).",
+            l(&self.wal_gaps),
+        );
+        g(
+            "pitr_wal_gap_open",
+            "gauge",
+            "1 while no complete base backup starts after the repo's newest WAL gap.",
+            flag(self.gap_open()),
+        );
         s
     }
 }
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     const S: i64 = 1_000_000;
@@ -615,5 +702,36 @@ mod tests {
         assert!(!body.contains("pitr_server_archive_lag_bytes"), "{body}");
         assert!(!body.contains("pitr_server_lsn_bytes"), "{body}");
         assert!(body.contains("pitr_server_position_age_seconds"), "{body}");
+    }
+
+    #[test]
+    fn health_reports_divergence_then_failure_then_an_open_gap() {
+        let m = Metrics::default();
+        assert_eq!(m.health(), Ok(()));
+        assert!(m.render().contains("pitr_history_diverged 0\n"));
+        assert!(m.render().contains("pitr_wal_gap_open 0\n"));
+        let g = crate::repo::gaps::GapRecord::new(
+            walfmt::TimeLineId(1),
+            walfmt::TimeLineId(1),
+            walfmt::Lsn(0x700000),
+            walfmt::Lsn(0x1200000),
+            "test",
+        );
+        m.gap_recorded(&g);
+        let why = m.health().unwrap_err();
+        assert!(
+            why.contains("0/1200000") && why.contains("pitr backup"),
+            "{why}"
+        );
+        assert!(m.render().contains("pitr_wal_gap_open 1\n"));
+        assert!(m.render().contains("pitr_wal_gaps_total 1\n"));
+        m.failed.store(true, Ordering::Relaxed);
+        assert_eq!(m.health().unwrap_err(), "archiving has failed; see the log");
+        m.set_divergence("timeline 1: differs");
+        assert_eq!(m.health().unwrap_err(), "timeline 1: differs");
+        assert_eq!(m.readiness().unwrap_err(), "timeline 1: differs");
+        assert!(m.render().contains("pitr_history_diverged 1\n"));
+        m.set_open_gap(None);
+        assert!(!m.gap_open());
     }
 }

@@ -7,6 +7,9 @@
 //! - `--backup-at HH:MM`: daily at that wall-clock time in the `TZ` zone (UTC when unset).
 //! - A failed backup is logged, counted (`pitr_backup_failures_total`) and retried after
 //!   five minutes (or the period, if shorter); it never stops the WAL stream.
+//! - While the repo's newest WAL gap is open (no complete backup starts after it), a backup
+//!   is due at once: the stream signals a new gap (`Metrics::backup_now`), and the state is
+//!   read again after each backup.
 
 use std::time::Duration;
 
@@ -120,6 +123,12 @@ pub async fn run(
         }
         let now = jiff::Timestamp::now();
         let mut due = next_due(opts.schedule, last, now, &tz);
+        if metrics.gap_open()
+            && crate::stream::startup::refresh_open_gap(&opts.backup.repo, &metrics).await
+        {
+            // Nothing after the gap can be restored until a backup starts after it.
+            due = now;
+        }
         if let Some(r) = retry_at
             && r > due
         {
@@ -131,6 +140,8 @@ pub async fn run(
         }
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
+            // A gap opened: due now (re-evaluated at the top of the loop).
+            _ = metrics.backup_now.notified() => continue,
             _ = stop.wait_for(|s| *s) => return,
         }
         let res = tokio::select! {
@@ -144,6 +155,7 @@ pub async fn run(
             Ok(rec) => {
                 retry_at = None;
                 metrics.backups.fetch_add(1, Ordering::Relaxed);
+                metrics.gap_recheck.notify_one();
                 tracing::info!(id = %rec.id, end = %rec.end_lsn, "scheduled base backup complete");
                 if let Some(r) = opts.retention {
                     match prune::prune(&opts.backup.repo, r, false).await {

@@ -12,6 +12,9 @@
 //! - The segment being filled is published as `…partial.<END>.lz4` at most every
 //!   `partial_every`, when it grew; the previous partial of that segment is deleted only
 //!   after the newer object is durable. A complete segment replaces its partials the same way.
+//!   A run that begins in a segment the repo already holds a partial of does not publish it
+//!   again: the receiver proved those bytes equal before the run began
+//!   ([`super::continuity`]).
 //! - Storage errors are retried forever with backoff (the channel then fills and the
 //!   receiver stops reading: back-pressure, not data loss); a conflict (different bytes under
 //!   a name) stops archiving with an error.
@@ -171,6 +174,15 @@ impl Archiver {
         self.buf = BytesMut::with_capacity(seg.bytes() as usize);
         self.published_len = 0;
         self.stale = self.partials_of(tli, self.segno).await?;
+        // The repo already holds its newest partial of this segment, and the receiver proved
+        // the server's bytes there are the same before the run began: not published again.
+        self.published_len = self
+            .stale
+            .iter()
+            .map(|(_, e)| e.0.saturating_sub(start.0))
+            .max()
+            .unwrap_or(0)
+            .min(seg.bytes()) as usize;
         self.summarizer = self.summarizer_from(tli, self.segno).await?;
         self.active = true;
         // Everything before the run's start is in the repo (that is why it starts there).
@@ -343,7 +355,14 @@ impl Archiver {
 
     /// Publishes the segment being filled, if it grew since the last publish.
     async fn publish_partial(&mut self) -> Result<(), StreamError> {
-        if !self.active || self.buf.len() <= self.published_len {
+        if !self.active {
+            return Ok(());
+        }
+        if self.buf.len() <= self.published_len {
+            if self.buf.len() == self.published_len && self.published_len > 0 {
+                // Durable already (published, or held by the repo when the run began).
+                self.advance(Lsn(self.seg_start.0 + self.buf.len() as u64));
+            }
             return Ok(());
         }
         let end = Lsn(self.seg_start.0 + self.buf.len() as u64);
@@ -355,5 +374,68 @@ impl Archiver {
         self.delete_stale(Lsn(end.0 - 1)).await?;
         self.stale.push((key, end));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::repo::memory::MemoryStore;
+
+    fn keys(repo: &Repo, rt: &tokio::runtime::Runtime) -> Vec<String> {
+        rt.block_on(repo.store().list("wal/"))
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key)
+            .collect()
+    }
+
+    #[test]
+    fn a_resumed_partial_is_not_published_again() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let repo = Repo::with_store(std::sync::Arc::new(MemoryStore::new()));
+        let seg = WalSegSize::new(1 << 20).unwrap();
+        let tli = TimeLineId(1);
+        let s = Lsn(5 << 20);
+        let wal: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let old = repo::partial_key(tli, SegNo(5), Lsn(s.0 + 200_000), seg);
+        rt.block_on(repo.put(&old, repo::compress(&wal[..200_000])))
+            .unwrap();
+        let (tx, rx) = watch::channel((TimeLineId(0), Lsn(0)));
+        let metrics: std::sync::Arc<crate::server::Metrics> = Default::default();
+        let uploads = || metrics.uploads.load(std::sync::atomic::Ordering::Relaxed);
+        let cfg = ArchiverConfig {
+            seg,
+            partial_every: Duration::from_secs(3600),
+            retry_cap: Duration::from_millis(10),
+            system_id: 1,
+            metrics: metrics.clone(),
+        };
+        let mut a = Archiver::new(repo.clone(), cfg, tx);
+        rt.block_on(async {
+            a.handle(ArchMsg::Begin { tli, start: s }).await.unwrap();
+            // The bytes the repo's partial already holds: not published again, yet durable.
+            let data = Bytes::from(wal[..200_000].to_vec());
+            a.handle(ArchMsg::Wal { start: s, data }).await.unwrap();
+            a.publish_partial().await.unwrap();
+        });
+        assert_eq!(keys(&repo, &rt), vec![old.clone()]);
+        assert_eq!(uploads(), 0, "the repo's partial was uploaded again");
+        assert_eq!(*rx.borrow(), (tli, Lsn(s.0 + 200_000)));
+        // Beyond them: a newer partial, and the old one goes.
+        rt.block_on(async {
+            let data = Bytes::from(wal[200_000..].to_vec());
+            let start = Lsn(s.0 + 200_000);
+            a.handle(ArchMsg::Wal { start, data }).await.unwrap();
+            a.publish_partial().await.unwrap();
+        });
+        let new = repo::partial_key(tli, SegNo(5), Lsn(s.0 + 300_000), seg);
+        assert_eq!(keys(&repo, &rt), vec![new]);
+        assert_eq!(uploads(), 1);
+        assert_eq!(*rx.borrow(), (tli, Lsn(s.0 + 300_000)));
     }
 }

@@ -37,17 +37,30 @@
 //!   `connect_timeout` (default here [`DEFAULT_CONNECT_TIMEOUT`]).
 //! - The server's position, read from each XLogData and keepalive, feeds the metrics'
 //!   readiness (see [`crate::server::metrics`]).
+//! - Never two histories in one repo: before the first byte of a run reaches the archiver (or
+//!   the spool), and before any flush position is reported for it, the server's history
+//!   files must agree with the repo's and its WAL must continue the repo's ([`continuity`],
+//!   [`startup`]). Otherwise nothing is written, the refusal is one line (log, `/healthz`,
+//!   `pitr_history_diverged`), and the process waits for SIGTERM (exit 1) when it serves
+//!   metrics, or exits 1 at once.
+//! - WAL gaps: when the server no longer has the WAL after the repo's tip, the gap is recorded
+//!   in the repo ([`crate::repo::gaps`]) before archiving goes on from the oldest WAL the
+//!   server still guarantees; `/healthz` and `pitr_wal_gap_open` show it until a base backup
+//!   starts after it, and the scheduler takes one at once.
 
 pub mod archiver;
+pub mod continuity;
 pub mod monitor;
 pub mod spool;
+pub mod startup;
 pub mod writers;
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
-use walfmt::{Lsn, TimeLineId, TimelineHistory, WalSegSize};
+use walfmt::{Lsn, SegNo, TimeLineId, TimelineHistory, WalSegSize};
 
 use crate::replication::commands::{StartOutcome, StreamEvent};
 use crate::replication::conn::{ConnError, PgConn};
@@ -55,6 +68,8 @@ use crate::replication::conninfo::ConnParams;
 use crate::repo::store::StoreError;
 use crate::repo::{self, Repo, RepoError};
 use archiver::{ArchMsg, Archiver, ArchiverConfig};
+use continuity::{Checker, Verdict};
+use startup::Plan;
 
 /// Why streaming stopped or could not start.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +97,40 @@ pub enum StreamError {
         /// Where it did.
         got: Lsn,
     },
+    /// The server's history or WAL is not the repo's: the one-line refusal. Nothing of it was
+    /// written or acknowledged.
+    #[error("{0}")]
+    Diverged(String),
+    /// The server's WAL ends before where streaming must resume (a standby catching up, or a
+    /// server rolled back, caught once its WAL reaches the repo's).
+    #[error(
+        "timeline {}: the server's WAL ends at {flush}, before the repo's tip at {start}: a standby that is catching up, or a server restored from an earlier snapshot (then pitr refuses it once its WAL reaches the repo's); retrying",
+        tli.0
+    )]
+    ServerBehind {
+        /// Timeline.
+        tli: TimeLineId,
+        /// Where streaming must start.
+        start: Lsn,
+        /// The server's flush position, as it said.
+        flush: String,
+    },
+    /// The server no longer has the WAL where streaming must resume.
+    #[error("timeline {}: the server no longer has the WAL at {start}: {reason}", tli.0)]
+    WalRemoved {
+        /// Timeline.
+        tli: TimeLineId,
+        /// Where streaming started.
+        start: Lsn,
+        /// The segment the server named, if any.
+        segment: Option<String>,
+        /// What the server said.
+        reason: String,
+    },
+    /// The run could not be proven to continue the repo before it ended, or was proven but
+    /// its bytes were not kept: it is streamed again.
+    #[error("{0}")]
+    Unproven(String),
     /// The archiving pipeline stopped; its own error says why (see `first_error`).
     #[error("internal error: archiver stopped")]
     ArchiverStopped,
@@ -97,7 +146,9 @@ impl StreamError {
             StreamError::Conn(e) => e.is_transient(),
             StreamError::Store(e) => e.is_transient(),
             StreamError::Repo(RepoError::Store(e)) => e.is_transient(),
-            StreamError::Gap { .. } => true,
+            StreamError::Gap { .. }
+            | StreamError::ServerBehind { .. }
+            | StreamError::Unproven(_) => true,
             _ => false,
         }
     }
@@ -185,6 +236,9 @@ pub struct StreamOptions {
     pub shutdown_timeout: Duration,
     /// How often this process records itself in the repo's `writers/` (see [`writers`]).
     pub writer_heartbeat: Duration,
+    /// After refusing a server whose history is not the repo's, stay up (serving the metric
+    /// and `/healthz`) until shutdown instead of returning at once.
+    pub linger_on_divergence: bool,
 }
 
 /// Turns a refusal at connect time into a one-line reason with the fix.
@@ -264,56 +318,143 @@ async fn prepare(conn: &mut PgConn, opts: &StreamOptions) -> Result<Prepared, St
     })
 }
 
-/// Where to start: the repo's tip (`tip`, as just listed), else the slot, else the server
-/// position (§1.9).
+/// Where a session starts, and how far the repo's WAL reaches there.
+#[derive(Debug, Clone, Copy)]
+struct Start {
+    tli: TimeLineId,
+    /// A segment start.
+    start: Lsn,
+    /// End of the WAL the repo (or, reconnecting with `--ack spool`, the spool) holds on the
+    /// server's path.
+    archived_to: Lsn,
+}
+
+/// Where to start: along the server's history `hist`, the repo's newest WAL (a complete
+/// segment: the next one; a partial: its segment start), else the slot, else the server
+/// position (§1.9). Reconnecting with `--ack spool`: where the spool is (`spooled`).
 async fn start_point(
     conn: &mut PgConn,
     opts: &StreamOptions,
     p: &Prepared,
-    tip: Option<repo::ArchivedTip>,
-) -> Result<(TimeLineId, Lsn), StreamError> {
+    hist: &TimelineHistory,
+    spooled: Option<(TimeLineId, Lsn)>,
+) -> Result<Start, StreamError> {
     let seg = p.seg;
     let seg_start = |l: Lsn| Lsn(l.0 - l.segment_offset(seg));
-    if let Some(tip) = tip {
-        let start = if tip.complete {
-            walfmt::SegNo(tip.segno.0 + 1)
-        } else {
-            tip.segno
-        };
-        return Ok((tip.tli, start.start_lsn(seg).unwrap_or(Lsn(0))));
+    if let Some((tli, at)) = spooled {
+        return Ok(Start {
+            tli,
+            start: seg_start(at),
+            archived_to: at,
+        });
     }
+    let objs = startup::objects(&opts.repo, seg).await?;
+    if let Some((tli, start, archived_to)) =
+        startup::resume_along(&startup::path_of(hist), &objs, seg)
+    {
+        return Ok(Start {
+            tli,
+            start,
+            archived_to,
+        });
+    }
+    let at = |tli: TimeLineId, l: Lsn| Start {
+        tli,
+        start: seg_start(l),
+        archived_to: seg_start(l),
+    };
     if let Some(slot) = &opts.slot
         && let Some(info) = conn.read_replication_slot(slot).await?
         && let (Some(l), Some(t)) = (info.restart_lsn, info.restart_tli)
     {
-        return Ok((t, seg_start(l)));
+        return Ok(at(t, l));
     }
-    Ok((p.server_tli, seg_start(p.server_pos)))
+    Ok(at(p.server_tli, p.server_pos))
 }
 
-async fn archive_history(
+/// The refusal of a server whose history is not the repo's: one line, with the way on.
+fn refusal(r: &Repo, why: String) -> StreamError {
+    StreamError::Diverged(format!(
+        "{why}; nothing was written: stream this server into a new repo (--repo with a new directory or S3 prefix) and take a base backup there; the repo {} is unchanged and restorable up to its tip",
+        r.location
+    ))
+}
+
+/// After the server said the WAL at the resume point is gone: records the gap and says where
+/// archiving goes on (see [`startup::gap_resume`]). A server whose history files disagree
+/// with the repo's is refused first: nothing, not even a gap record, is written for it.
+async fn after_gap(
     conn: &mut PgConn,
     opts: &StreamOptions,
-    tli: TimeLineId,
-) -> Result<(), StreamError> {
-    if tli.0 <= 1 {
-        return Ok(());
+    p: &Prepared,
+    hist: &TimelineHistory,
+    spooled: Option<(TimeLineId, Lsn)>,
+    reason: &str,
+) -> Result<Start, StreamError> {
+    let theirs = startup::repo_histories(&opts.repo, hist).await?;
+    if let Err(why) = startup::compare_histories(hist, &theirs) {
+        return Err(refusal(&opts.repo, why));
     }
-    let key = repo::history_key(tli);
-    let store = opts.repo.store();
-    if repo::retry("get", Duration::from_secs(30), || store.get(&key))
-        .await?
-        .is_some()
-    {
-        return Ok(());
+    let before = start_point(conn, opts, p, hist, spooled).await?;
+    let (tli, to) = startup::gap_resume(conn, opts.slot.as_deref(), p.seg).await?;
+    if to <= before.archived_to {
+        tracing::warn!(start = %before.start, oldest = %to, "the server said the WAL at the resume point is gone, yet it guarantees WAL from before it; retrying there");
+        return Ok(before);
     }
-    let (_, content) = conn.timeline_history(tli).await?;
-    repo::retry("upload", Duration::from_secs(30), || {
-        opts.repo.put(&key, bytes::Bytes::from(content.clone()))
+    let g = repo::gaps::GapRecord::new(tli, before.tli, before.archived_to, to, reason);
+    startup::record_gap(&opts.repo, &opts.metrics, &g).await?;
+    Ok(Start {
+        tli,
+        start: to,
+        archived_to: to,
     })
-    .await?;
-    tracing::info!(timeline = tli.0, "archived timeline history");
-    Ok(())
+}
+
+/// Most bytes held back while a run's continuity is being proven (a record spanning the
+/// repo's tip can be long); past it they are dropped, and once proven the run is streamed
+/// again without a second check.
+const HOLD_MAX: usize = 64 << 20;
+
+/// What earlier sessions of this process learnt about runs.
+#[derive(Debug, Default)]
+struct Hints {
+    /// A run proven to continue the repo whose bytes were not kept: stream it unchecked.
+    proven: Option<(TimeLineId, Lsn)>,
+    /// A run whose previous segment the server no longer has: prove it by prev-link.
+    link_only: Option<(TimeLineId, Lsn)>,
+}
+
+/// The run being checked: what is compared, and what waits for the proof.
+struct Gate {
+    checker: Checker,
+    /// Bytes below this are compared only; the expected bytes (`prefix`) stand for them.
+    drop_below: Lsn,
+    /// Forwarded first once proven, from the run's start.
+    prefix: Option<Bytes>,
+    /// Received at or after `drop_below`, waiting for the proof.
+    held: Vec<(Lsn, Bytes)>,
+    held_bytes: usize,
+    /// Held bytes overflowed [`HOLD_MAX`] and were dropped.
+    overflow: bool,
+    /// The history file of the run's timeline, archived once proven.
+    history: Option<Vec<u8>>,
+    /// Proven, and the run begun in the archiver.
+    open: bool,
+}
+
+impl Gate {
+    fn closed() -> Gate {
+        Gate {
+            checker: Checker::nothing(),
+            drop_below: Lsn(0),
+            prefix: None,
+            held: Vec::new(),
+            held_bytes: 0,
+            overflow: false,
+            history: None,
+            open: false,
+        }
+    }
 }
 
 /// How a streaming session ended.
@@ -337,6 +478,12 @@ struct Session<'a> {
     streaming_since: Option<Instant>,
     /// WAL arrived in this session.
     received_wal: bool,
+    /// The server's newest known history: its timelines and where they switch.
+    hist: TimelineHistory,
+    /// The current run's check.
+    gate: Gate,
+    hints: &'a mut Hints,
+    system_id: u64,
 }
 
 impl Session<'_> {
@@ -347,6 +494,11 @@ impl Session<'_> {
             .map_err(|_| StreamError::ArchiverStopped)
     }
 
+    /// The refusal: one line, with what to do.
+    fn refuse(&self, why: String) -> StreamError {
+        refusal(&self.opts.repo, why)
+    }
+
     /// Streams from `start` on `tli`, following timeline switches, until shutdown or error.
     async fn run(
         &mut self,
@@ -354,10 +506,18 @@ impl Session<'_> {
         mut start: Lsn,
     ) -> Result<SessionEnd, StreamError> {
         loop {
-            archive_history(self.conn, self.opts, tli).await?;
+            let (h, content) = startup::server_history(self.conn, tli).await?;
+            if h.tli > self.hist.tli {
+                self.hist = h;
+            }
+            let theirs = startup::repo_histories(&self.opts.repo, &self.hist).await?;
+            if let Err(why) = startup::compare_histories(&self.hist, &theirs) {
+                return Err(self.refuse(why));
+            }
+            let plan = self.plan(tli, start).await?;
             match self
                 .conn
-                .start_replication(self.opts.slot.as_deref(), start, tli)
+                .start_replication(self.opts.slot.as_deref(), plan.stream_from, tli)
                 .await
             {
                 Ok(StartOutcome::Streaming) => {}
@@ -380,23 +540,43 @@ impl Session<'_> {
                     start = Lsn(fork.0 - fork.segment_offset(self.seg));
                     continue;
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(startup::server_error(tli, plan.stream_from, e)),
             }
-            tracing::info!(timeline = tli.0, start = %start, "streaming");
+            let check = plan.checker.what().to_owned();
+            tracing::info!(timeline = tli.0, start = %start, from = %plan.stream_from, check = %check, "streaming");
             self.run = (tli, start);
-            self.send_arch(ArchMsg::Begin { tli, start }).await?;
+            let stream_from = plan.stream_from;
+            self.gate = Gate {
+                checker: plan.checker,
+                drop_below: plan.drop_below,
+                prefix: plan.prefix,
+                held: Vec::new(),
+                held_bytes: 0,
+                overflow: false,
+                history: content,
+                open: false,
+            };
+            if self.gate.checker.is_proven() {
+                self.open_run().await?;
+            }
             self.opts
                 .metrics
                 .timeline
                 .store(u64::from(tli.0), std::sync::atomic::Ordering::Relaxed);
             self.opts.metrics.set_streaming(true);
             self.streaming_since.get_or_insert_with(Instant::now);
-            match self.stream(start).await? {
+            match self.stream(stream_from).await? {
                 Some((next_tli, next_start, received)) => {
                     if next_tli <= tli || next_start > received {
                         return Err(StreamError::Internal(format!(
                             "server switched from timeline {} to {} at {next_start}, beyond what it sent ({received})",
                             tli.0, next_tli.0
+                        )));
+                    }
+                    if !self.gate.open {
+                        return Err(StreamError::Unproven(format!(
+                            "timeline {} ended at {next_start} before its WAL was proven to continue the repo's; streaming it again",
+                            tli.0
                         )));
                     }
                     self.sync().await?;
@@ -405,6 +585,162 @@ impl Session<'_> {
                     start = Lsn(next_start.0 - next_start.segment_offset(self.seg));
                 }
                 None => return Ok(SessionEnd::Shutdown),
+            }
+        }
+    }
+
+    /// How the run (`tli`, `start`) is checked before its first byte is archived (see
+    /// [`continuity`]): the bytes the repo or the spool holds of its first segment, else the
+    /// segment before it (byte for byte while the slot guarantees the server still has it,
+    /// else by prev-link), else nothing.
+    async fn plan(&mut self, tli: TimeLineId, start: Lsn) -> Result<Plan, StreamError> {
+        let seg = self.seg;
+        if self.hints.proven.take() == Some((tli, start)) {
+            return Ok(Plan::nothing(start));
+        }
+        let link_only = self.hints.link_only.take() == Some((tli, start));
+        let segno = start.segment(seg);
+        let r = &self.opts.repo;
+        let objs = startup::objects(r, seg).await?;
+        let end_of = |t: TimeLineId| self.hist.switch_point(t).unwrap_or(Lsn(u64::MAX));
+        // The run's first segment: the spool (what was acknowledged) or the repo's newest object.
+        let mut own = startup::newest_object(r, &objs, tli, segno, seg).await?;
+        if let Some(sc) = &self.opts.spool
+            && let Some(src) = spool::read_prefix(&sc.dir, tli, segno, seg)?
+            && own.as_ref().is_none_or(|o| o.bytes.len() < src.bytes.len())
+        {
+            own = Some(src);
+        }
+        if let Some(src) = own {
+            return Ok(Plan::overlap(start, src, end_of(tli)));
+        }
+        // The segment of a switch point: its first part is the parent timeline's.
+        let holder = self.hist.timeline_of(start);
+        if holder != tli
+            && let Some(src) = startup::newest_object(r, &objs, holder, segno, seg).await?
+        {
+            return Ok(Plan::overlap(start, src, end_of(holder)));
+        }
+        // The complete segment before.
+        let Some(prev) = segno.0.checked_sub(1).map(SegNo) else {
+            return Ok(Plan::nothing(start));
+        };
+        let ptli = self.hist.timeline_of(Lsn(start.0.saturating_sub(1)));
+        let Some(src) = startup::newest_object(r, &objs, ptli, prev, seg)
+            .await?
+            .filter(|s| s.bytes.len() as u64 == seg.bytes())
+        else {
+            return Ok(Plan::nothing(start));
+        };
+        let guaranteed = match &self.opts.slot {
+            Some(slot) if ptli == tli && !link_only => self
+                .conn
+                .read_replication_slot(slot)
+                .await?
+                .and_then(|i| i.restart_lsn)
+                .is_some_and(|l| l.segment(seg) <= prev),
+            _ => false,
+        };
+        if guaranteed && let Some(from) = prev.start_lsn(seg) {
+            return Ok(Plan {
+                stream_from: from,
+                checker: Checker::bytes(from, src.bytes, src.what),
+                drop_below: start,
+                prefix: None,
+            });
+        }
+        let cfg = startup::decoder_config(seg, self.system_id);
+        match Checker::link(cfg, &src.bytes, start, src.what) {
+            Ok(checker) => Ok(Plan {
+                stream_from: start,
+                checker,
+                drop_below: start,
+                prefix: None,
+            }),
+            Err(why) => {
+                tracing::warn!(timeline = tli.0, start = %start, "cannot check that the server's WAL continues the repo's: {why}; streaming on without that check");
+                Ok(Plan::nothing(start))
+            }
+        }
+    }
+
+    /// The run is proven: its history file is archived and the archiver (or spool) begins it.
+    async fn open_run(&mut self) -> Result<(), StreamError> {
+        let (tli, start) = self.run;
+        if let Some(content) = self.gate.history.take() {
+            let key = repo::history_key(tli);
+            let store = self.opts.repo.store();
+            let have = repo::retry("get", Duration::from_secs(30), || store.get(&key)).await?;
+            if have.is_none() {
+                repo::retry("upload", Duration::from_secs(30), || {
+                    self.opts.repo.put(&key, Bytes::from(content.clone()))
+                })
+                .await?;
+                tracing::info!(timeline = tli.0, "archived timeline history");
+            }
+        }
+        self.send_arch(ArchMsg::Begin { tli, start }).await?;
+        self.gate.open = true;
+        self.opts
+            .metrics
+            .server_behind
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        if !self.gate.checker.what().is_empty() {
+            tracing::info!(timeline = tli.0, start = %start, against = %self.gate.checker.what(), "the server's WAL continues the repo's");
+        }
+        Ok(())
+    }
+
+    /// Passes received WAL through the run's check: `Some` to forward now; `None` while it is
+    /// held (or compared only) until proven. A divergence ends the session, nothing written.
+    async fn admit(&mut self, s: Lsn, data: Bytes) -> Result<Option<(Lsn, Bytes)>, StreamError> {
+        if self.gate.open {
+            return Ok(Some((s, data)));
+        }
+        let g = &mut self.gate;
+        let end = Lsn(s.0 + data.len() as u64);
+        if !g.overflow && end > g.drop_below {
+            let from = s.max(g.drop_below);
+            let piece = data.slice((from.0 - s.0) as usize..);
+            g.held_bytes += piece.len();
+            g.held.push((from, piece));
+            if g.held_bytes > HOLD_MAX {
+                tracing::warn!(
+                    held = g.held_bytes,
+                    "a long record spans the repo's tip: proving continuity first, then streaming the run again"
+                );
+                g.held = Vec::new();
+                g.held_bytes = 0;
+                g.overflow = true;
+            }
+        }
+        match g.checker.feed(s, &data).clone() {
+            Verdict::Pending => Ok(None),
+            Verdict::Diverged(d) => {
+                let (tli, _) = self.run;
+                Err(self.refuse(format!(
+                        "timeline {}: the server's WAL is not the repo's from {} on ({}): the server was restored from an earlier snapshot or volume, or another cluster line reuses this timeline ID",
+                    tli.0, d.at, d.detail
+                )))
+            }
+            Verdict::Proven => {
+                if self.gate.overflow {
+                    self.hints.proven = Some(self.run);
+                    return Err(StreamError::Unproven(format!(
+                        "timeline {}: the server's WAL from {} continues the repo's; streaming it again",
+                        self.run.0.0, self.run.1
+                    )));
+                }
+                self.open_run().await?;
+                if let Some(p) = self.gate.prefix.take() {
+                    let start = self.run.1;
+                    self.send_arch(ArchMsg::Wal { start, data: p }).await?;
+                }
+                for (start, data) in std::mem::take(&mut self.gate.held) {
+                    self.send_arch(ArchMsg::Wal { start, data }).await?;
+                }
+                self.gate.held_bytes = 0;
+                Ok(None)
             }
         }
     }
@@ -444,7 +780,12 @@ impl Session<'_> {
         loop {
             // Drain buffered events while the archiver takes them.
             while pending.is_none() {
-                match self.conn.try_event()? {
+                let (tli, run_start) = self.run;
+                match self
+                    .conn
+                    .try_event()
+                    .map_err(|e| startup::server_error(tli, run_start, e))?
+                {
                     Some(StreamEvent::Wal {
                         start: s,
                         server_end,
@@ -463,6 +804,9 @@ impl Session<'_> {
                             .metrics
                             .received_lsn
                             .fetch_max(received.0, std::sync::atomic::Ordering::Relaxed);
+                        let Some((s, data)) = self.admit(s, data).await? else {
+                            continue;
+                        };
                         match self.tx.try_send(ArchMsg::Wal { start: s, data }) {
                             Ok(()) => {}
                             Err(mpsc::error::TrySendError::Full(m)) => pending = Some(m),
@@ -563,9 +907,13 @@ impl Session<'_> {
         }
     }
 
-    /// What may be reported as flushed: the durable position if it is of the timeline being
-    /// streamed, else the run's start; never beyond `received`.
+    /// What may be reported as flushed: nothing (`0/0`, which leaves the slot alone) until the
+    /// run is proven to continue the repo; then the durable position if it is of the timeline
+    /// being streamed, else the run's start; never beyond `received`.
     fn durable(&self, received: Lsn) -> Lsn {
+        if !self.gate.open {
+            return Lsn(0);
+        }
         let (t, l) = *self.archived.borrow();
         let l = if t == self.run.0 { l } else { self.run.1 };
         l.min(received)
@@ -635,9 +983,10 @@ pub async fn run(
             Err(e) => tracing::warn!(error = %e, "could not clean up temporary files in the repo"),
         }
     });
-    // Listed once here; later sessions list again (the archiver has moved the tip since).
-    let mut first_tip = Some(tip_retrying(&opts.repo, seg).await?);
-    if let Some(Some(t)) = &first_tip {
+    // The archiver's durable position starts at the repo's tip (sessions report nothing as
+    // flushed before their run is proven, whatever this says).
+    let first_tip = tip_retrying(&opts.repo, seg).await?;
+    if let Some(t) = &first_tip {
         // What the repo already holds is archived: readiness measures from there.
         opts.metrics
             .archived_lsn
@@ -645,7 +994,7 @@ pub async fn run(
     }
     let durable_of =
         |t: Option<repo::ArchivedTip>| t.map_or((TimeLineId(0), Lsn(0)), |t| (t.tli, t.end));
-    let (archived_tx, archived_rx) = watch::channel(durable_of(first_tip.flatten()));
+    let (archived_tx, archived_rx) = watch::channel(durable_of(first_tip));
     let (arch_tx, arch_rx) = mpsc::channel(32);
     let arch = Archiver::new(
         opts.repo.clone(),
@@ -673,9 +1022,9 @@ pub async fn run(
                     Ok(()) => e,
                 });
             }
-            first_tip = Some(tip_retrying(&opts.repo, seg).await?);
+            let tip = tip_retrying(&opts.repo, seg).await?;
             let shared = std::sync::Arc::new(spool::Shared::default());
-            let (spooled_tx, spooled_rx) = watch::channel(durable_of(first_tip.flatten()));
+            let (spooled_tx, spooled_rx) = watch::channel(durable_of(tip));
             let (wtx, wrx) = mpsc::channel(32);
             let writer = spool::SpoolWriter::new(
                 sc.clone(),
@@ -704,6 +1053,14 @@ pub async fn run(
         opts.slot_check_every,
         shutdown.clone(),
     ));
+    // The open-gap state (`/healthz`, `pitr_wal_gap_open`) follows the repo's gap records and
+    // backups.
+    tokio::spawn(startup::gap_watch(
+        opts.repo.clone(),
+        opts.metrics.clone(),
+        opts.slot_check_every,
+        shutdown.clone(),
+    ));
     // The heartbeat lasts as long as this function, whatever ends it.
     let (heartbeat_stop, heartbeat_stop_rx) = watch::channel(false);
     let heartbeat = tokio::spawn(writers::run(
@@ -714,6 +1071,10 @@ pub async fn run(
     ));
     let mut backoff = INITIAL_BACKOFF;
     let mut first = true;
+    let mut cur = prep;
+    let mut hints = Hints::default();
+    // The server said the WAL at the resume point is gone: handled after reconnecting.
+    let mut gap: Option<String> = None;
     let mut arch_done = false;
     let stop_backstop = shutdown.clone();
     let deadline = opts.shutdown_timeout;
@@ -746,7 +1107,10 @@ pub async fn run(
                         server_system: p.system_id,
                     }));
                 }
-                Ok(p) => opts.metrics.server_connected(p.server_pos.0),
+                Ok(p) => {
+                    opts.metrics.server_connected(p.server_pos.0);
+                    cur = p;
+                }
                 Err(e) if e.is_transient() => {
                     let (wait, next) = next_backoff(backoff, Attempt::Failed, opts.reconnect_cap);
                     backoff = next;
@@ -777,22 +1141,34 @@ pub async fn run(
         };
         conn.set_io_timeout(Some(receive));
         let spooled_at = spool_shared.as_ref().and_then(|s| s.resume_point(seg));
-        let tip = match (first_tip.take(), spooled_at) {
-            // Reconnecting in spool mode: resume where the spool is (the repo may lag).
-            (_, Some((tli, at))) => Some(repo::ArchivedTip {
-                tli,
-                segno: at.segment(seg),
-                complete: false,
-                end: at,
-            }),
-            (Some(t), None) => t,
-            (None, None) => match tip_retrying(&opts.repo, seg).await {
-                Ok(t) => t,
-                Err(e) => break Err(e),
-            },
+        let hist = match startup::server_history(&mut conn, cur.server_tli).await {
+            Ok((h, _)) => h,
+            Err(e) if e.is_transient() => {
+                let (wait, next) = next_backoff(backoff, Attempt::Failed, opts.reconnect_cap);
+                backoff = next;
+                tracing::warn!(error = %e, retry_in = ?wait, "reconnected but could not read the server's history");
+                if backoff_wait(&mut shutdown, wait).await {
+                    break Ok(());
+                }
+                continue;
+            }
+            Err(e) => break Err(e),
         };
-        let (tli, start) = match start_point(&mut conn, &opts, &prep, tip).await {
+        let st = match gap.take() {
+            Some(reason) => after_gap(&mut conn, &opts, &cur, &hist, spooled_at, &reason).await,
+            None => start_point(&mut conn, &opts, &cur, &hist, spooled_at).await,
+        };
+        let Start { tli, start, .. } = match st {
             Ok(x) => x,
+            Err(e) if e.is_transient() => {
+                let (wait, next) = next_backoff(backoff, Attempt::Failed, opts.reconnect_cap);
+                backoff = next;
+                tracing::warn!(error = %e, retry_in = ?wait, "could not find where to resume");
+                if backoff_wait(&mut shutdown, wait).await {
+                    break Ok(());
+                }
+                continue;
+            }
             Err(e) => break Err(e),
         };
         let mut session = Session {
@@ -806,6 +1182,10 @@ pub async fn run(
             receive_timeout: receive,
             streaming_since: None,
             received_wal: false,
+            hist,
+            gate: Gate::closed(),
+            hints: &mut hints,
+            system_id: prep.system_id,
         };
         // Backstop: whatever the session is waiting on (a full channel while storage is down),
         // a shutdown request ends it within the deadline. Nothing unacknowledged is lost: the
@@ -841,6 +1221,43 @@ pub async fn run(
             r.as_ref().err(),
         );
         opts.metrics.set_streaming(false);
+        let r = match r {
+            Err(StreamError::WalRemoved {
+                tli,
+                start,
+                segment,
+                reason,
+            }) => {
+                let named = segment
+                    .as_deref()
+                    .and_then(|n| walfmt::WalFileName::parse(n, seg).ok());
+                if let Some(walfmt::WalFileName::Segment(_, s)) = named
+                    && s < start.segment(seg)
+                {
+                    // The segment before the run (to be compared byte for byte) is gone: the
+                    // run itself is there; prove it by prev-link instead.
+                    hints.link_only = Some((tli, start));
+                    Err(StreamError::Unproven(format!(
+                        "timeline {}: the server no longer has the segment before {start}; checking the prev-link instead",
+                        tli.0
+                    )))
+                } else {
+                    tracing::warn!(timeline = tli.0, start = %start, reason = %reason, "the server no longer has the WAL to resume from");
+                    gap = Some(reason);
+                    Err(StreamError::Unproven(format!(
+                        "timeline {}: the server no longer has the WAL at {start}",
+                        tli.0
+                    )))
+                }
+            }
+            Err(e @ StreamError::ServerBehind { .. }) => {
+                opts.metrics
+                    .server_behind
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                Err(e)
+            }
+            other => other,
+        };
         match r {
             Ok(SessionEnd::Shutdown) => break Ok(()),
             Err(e) if e.is_transient() => {
@@ -916,6 +1333,16 @@ pub async fn run(
         }
     }
     conn.close().await;
+    if let Err(StreamError::Diverged(line)) = &result {
+        opts.metrics.set_divergence(line);
+        tracing::error!("{line}");
+        if opts.linger_on_divergence {
+            tracing::info!(
+                "refusing to archive; /healthz and /metrics say why until SIGTERM (then exit 1)"
+            );
+            let _ = shutdown.wait_for(|s| *s).await;
+        }
+    }
     // The heartbeat removes this process's entry from the repo on the way out (bounded).
     let _ = heartbeat_stop.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(2), heartbeat).await;

@@ -172,6 +172,28 @@ pub fn check_identity(dir: &Path, system_id: u64, seg: WalSegSize) -> Result<(),
     }
 }
 
+/// The bytes the spool holds of a segment (from its start), if it has a file for it: what was
+/// acknowledged of it. A run restarting there must receive the same bytes again.
+pub fn read_prefix(
+    dir: &Path,
+    tli: TimeLineId,
+    segno: SegNo,
+    seg: WalSegSize,
+) -> Result<Option<super::startup::Source>, StreamError> {
+    let path = spool_path(dir, tli, segno, seg);
+    match std::fs::read(&path) {
+        Ok(mut b) => {
+            b.truncate(seg.bytes() as usize);
+            Ok((!b.is_empty()).then(|| super::startup::Source {
+                bytes: Bytes::from(b),
+                what: path.display().to_string(),
+            }))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err("reading", &path, e)),
+    }
+}
+
 async fn exists(repo: &Repo, key: &str) -> Result<bool, crate::repo::store::StoreError> {
     Ok(repo.store().list(key).await?.iter().any(|o| o.key == key))
 }

@@ -55,7 +55,10 @@ pub struct Listing {
     pub unusable_backups: Vec<catalog::BadEntry>,
     /// Backups that never completed (no catalog entry).
     pub incomplete_backups: Vec<catalog::IncompleteBackup>,
-    /// Signs of two histories mixed in the repo (see `pitr verify`).
+    /// Gaps `pitr stream` recorded (WAL the server no longer had when pitr resumed).
+    pub recorded_gaps: Vec<crate::repo::gaps::GapRecord>,
+    /// What needs attention: signs of two histories mixed in the repo, WAL after a gap
+    /// that no backup restores, unreadable gap records (see `pitr verify`).
     pub problems: Vec<String>,
     /// Windows.
     pub timelines: Vec<TimelineWindow>,
@@ -96,6 +99,24 @@ pub async fn list(repo: &Repo) -> Result<Listing, RepoError> {
     }
     let mut problems = catalog::history_problems(&idx);
     problems.extend(catalog::boundary_problems(repo, &idx).await?);
+    let recorded_gaps = match crate::repo::gaps::gaps(repo).await {
+        Ok(g) => g,
+        Err(e) => {
+            problems.push(e.to_string());
+            Vec::new()
+        }
+    };
+    let starts: Vec<(Lsn, walfmt::TimeLineId)> = backups
+        .iter()
+        .map(|b| (b.start(), walfmt::TimeLineId(b.start_tli)))
+        .collect();
+    if let Some(g) = crate::repo::gaps::open_gap(&recorded_gaps, &starts) {
+        problems.push(format!(
+            "{}: no complete backup starts after it, so nothing after {} can be restored; take a base backup (pitr backup)",
+            g.describe(),
+            g.to
+        ));
+    }
     let mut timelines = Vec::new();
     for tli in idx.timelines() {
         let path = idx.path(tli);
@@ -164,6 +185,7 @@ pub async fn list(repo: &Repo) -> Result<Listing, RepoError> {
             })
             .collect(),
         unusable_backups: scan.bad,
+        recorded_gaps,
         incomplete_backups: scan.incomplete,
         problems,
         timelines,
@@ -245,7 +267,13 @@ pub fn print(w: &mut impl std::io::Write, l: &Listing) -> std::io::Result<()> {
             )?,
         }
         for (a, b) in &t.gaps {
-            writeln!(w, "    GAP: WAL missing from {a} to {b}")?;
+            let why = l
+                .recorded_gaps
+                .iter()
+                .find(|g| g.timeline == t.timeline && &g.to == b)
+                .map(|g| format!(" (recorded {}: {})", g.detected_at, g.reason))
+                .unwrap_or_default();
+            writeln!(w, "    GAP: WAL missing from {a} to {b}{why}")?;
         }
     }
     for p in &l.problems {

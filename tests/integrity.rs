@@ -580,6 +580,19 @@ fn an_invalidated_slot_records_a_gap_resumes_archiving_and_a_new_backup_closes_i
             .filter(|l| l.contains("ERROR") && l.contains("WAL gap:"))
             .collect();
         assert_eq!(loud.len(), 1, "{text}");
+        // list and verify show the gap, open: nothing after it is restorable yet.
+        let o = crate::restore::run(repo.apply(pitr().args(["list", "--json"])));
+        assert!(o.status.success(), "{}", crate::restore::text(&o));
+        let l: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(l["recorded_gaps"].as_array().unwrap().len(), 1, "{l:#}");
+        assert!(
+            l["problems"]
+                .to_string()
+                .contains("no complete backup starts after it"),
+            "{l:#}"
+        );
+        let o = crate::restore::run(repo.apply(pitr().arg("verify")));
+        assert_eq!(o.status.code(), Some(1), "{}", crate::restore::text(&o));
         // A base backup after the gap can be taken, and closes it.
         let after = backup_cli(&c, &repo);
         let start: Lsn = after["start_lsn"].as_str().unwrap().parse().unwrap();
@@ -588,7 +601,55 @@ fn an_invalidated_slot_records_a_gap_resumes_archiving_and_a_new_backup_closes_i
             healthz(&addr).is_some_and(|(s, _)| s == 200)
         });
         assert_eq!(metric_at(&addr, "pitr_wal_gap_open"), Some(0.0));
+        c.psql("INSERT INTO w SELECT 'after the new backup'");
+        switch_and_wait(&c, &repo, 1, "WAL after the new backup", 60);
         stop(child);
+        // verify passes (the gap is known and a backup follows it), saying what it means.
+        let o = crate::restore::run(repo.apply(pitr().arg("verify")));
+        assert!(o.status.success(), "{}", crate::restore::text(&o));
+        let out = String::from_utf8_lossy(&o.stdout).to_string();
+        assert!(
+            out.contains("restores only up to") && out.contains("recorded"),
+            "{out}"
+        );
+        // The backup before the gap: refused past it, naming the recorded gap; restorable up
+        // to it with the LSN the error suggests.
+        let before_id = before_gap["id"].as_str().unwrap();
+        let o = crate::restore::run(
+            repo.apply(
+                pitr()
+                    .args(["restore", "--to", "latest", "--backup", before_id, "-D"])
+                    .arg(tmp.path().join("never")),
+            ),
+        );
+        assert_eq!(o.status.code(), Some(1), "{}", crate::restore::text(&o));
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(err.contains("recorded"), "{err}");
+        let suggested = err
+            .split("--to-lsn ")
+            .nth(1)
+            .and_then(|r| r.split([',', ';', ' ']).next())
+            .unwrap_or_else(|| panic!("no --to-lsn suggested: {err}"))
+            .to_string();
+        let d = crate::restore::restore_dir(tmp.path(), "before-gap");
+        crate::restore::restore_verify(
+            &repo,
+            install,
+            &d,
+            &["--backup", before_id, "--to-lsn", &suggested],
+            &["SELECT count(*) FROM w WHERE x = 'after the gap' => 0"],
+            &[],
+        );
+        // Latest, from the backup after the gap.
+        let d = crate::restore::restore_dir(tmp.path(), "latest");
+        crate::restore::restore_verify(
+            &repo,
+            install,
+            &d,
+            &["--to", "latest"],
+            &["SELECT count(*) FROM w WHERE x LIKE 'after%' => 2"],
+            &[],
+        );
         assert_eq!(repo.keys("gaps/").len(), 1, "a second gap was recorded");
         // Both backups are in the catalog; the segments after the gap are contiguous.
         assert_ne!(before_gap["id"], after["id"]);

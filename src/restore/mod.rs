@@ -213,11 +213,20 @@ pub async fn load_catalog(repo: &Repo) -> Result<(Catalog, Vec<BadEntry>), Resto
     let scan = catalog::scan_backups(repo).await?;
     catalog::warn_bad(&scan.bad);
     let index = WalIndex::load(repo, seg, sysid).await?;
+    // Gap records only explain messages: an unreadable one must not block a restore.
+    let gaps = match crate::repo::gaps::gaps(repo).await {
+        Ok(g) => g,
+        Err(e) => {
+            tracing::warn!(error = %e, "ignoring unreadable gap records (run `pitr verify`)");
+            Vec::new()
+        }
+    };
     Ok((
         Catalog {
             location: repo.location.clone(),
             backups: scan.good,
             index,
+            gaps,
         },
         scan.bad,
     ))

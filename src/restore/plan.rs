@@ -115,6 +115,25 @@ pub struct Catalog {
     pub backups: Vec<BackupRecord>,
     /// The WAL index.
     pub index: WalIndex,
+    /// Gaps `pitr stream` recorded (WAL the server no longer had), for messages.
+    pub gaps: Vec<crate::repo::gaps::GapRecord>,
+}
+
+impl Catalog {
+    /// " (a gap pitr stream recorded on ...: reason; a backup taken after it restores past
+    /// it)" when the missing WAL at `at` is a recorded gap, else a hint to find the segment.
+    fn gap_note(&self, at: Lsn) -> String {
+        let recorded = self.gaps.iter().find(|g| {
+            matches!((g.from_lsn(), g.to_lsn()), (Ok(f), Ok(t)) if f.segment(self.index.seg) <= at.segment(self.index.seg) && at < t)
+        });
+        match recorded {
+            Some(g) => format!(
+                "; it is a gap pitr stream recorded on {} ({}): only a backup taken after {} restores past it",
+                g.detected_at, g.reason, g.to
+            ),
+            None => "; find the missing segment (see `pitr list`)".into(),
+        }
+    }
 }
 
 /// How the restored server should come up.
@@ -541,7 +560,8 @@ pub async fn resolve<I: PlanInput>(
             if let Some(gap) = c.cov.gap {
                 let upto = safe_end(input, path, gap).await?;
                 return Err(refused(format!(
-                    "the archive of timeline {tli} has a gap at {gap}: WAL after it cannot be replayed; restore up to it with --to-lsn {upto}, or find the missing segment (see `pitr list`)"
+                    "the archive of timeline {tli} has a gap at {gap}: WAL after it cannot be replayed; restore up to it with --to-lsn {upto}{}",
+                    cat.gap_note(gap)
                 )));
             }
             let end = c.wal_end();
@@ -636,9 +656,10 @@ pub async fn resolve<I: PlanInput>(
                     if let Some(gap) = c.cov.gap {
                         let upto = safe_end(input, path, gap).await?;
                         return Err(refused(format!(
-                            "target {target_utc} falls in a gap of the WAL archive (timeline {tli}, from {gap}): the WAL needed to reach it is missing; the latest restorable point before the gap is {}",
+                            "target {target_utc} falls in a gap of the WAL archive (timeline {tli}, from {gap}): the WAL needed to reach it is missing; the latest restorable point before the gap is {}{}",
                             last.map(|x| fmt_time(x.time))
-                                .unwrap_or_else(|| format!("--to-lsn {upto}"))
+                                .unwrap_or_else(|| format!("--to-lsn {upto}")),
+                            cat.gap_note(gap)
                         )));
                     }
                     match last {
@@ -693,7 +714,8 @@ pub async fn resolve<I: PlanInput>(
                 let upto = safe_end(input, path, wal_end).await?;
                 return Err(refused(match c.cov.gap {
                     Some(gap) => format!(
-                        "target LSN {x} falls in a gap of the WAL archive (timeline {tli}, from {gap}): the WAL needed is missing; the latest restorable point is --to-lsn {upto}"
+                        "target LSN {x} falls in a gap of the WAL archive (timeline {tli}, from {gap}): the WAL needed is missing; the latest restorable point is --to-lsn {upto}{}",
+                        cat.gap_note(gap)
                     ),
                     None => format!(
                         "target LSN {x} is after the last archived WAL ({wal_end} on timeline {tli}): the latest restorable point is --to-lsn {upto}, or --to latest"
@@ -1335,6 +1357,7 @@ mod tests {
             location: "test".into(),
             backups,
             index,
+            gaps: Vec::new(),
         }
     }
 

@@ -295,6 +295,25 @@ pub async fn verify_repo(repo: &Repo) -> Result<RepoReport, RepoError> {
         ));
     }
     report.problems.extend(catalog::history_problems(&idx));
+    let recorded = match crate::repo::gaps::gaps(repo).await {
+        Ok(g) => g,
+        Err(e) => {
+            report.problems.push(e.to_string());
+            Vec::new()
+        }
+    };
+    let starts: Vec<(walfmt::Lsn, TimeLineId)> = backups
+        .iter()
+        .map(|b| (b.start(), TimeLineId(b.start_tli)))
+        .collect();
+    let open = crate::repo::gaps::open_gap(&recorded, &starts);
+    if let Some(g) = open {
+        report.problems.push(format!(
+            "{}: no complete backup starts after it, so nothing after {} can be restored; take a base backup (pitr backup)",
+            g.describe(),
+            g.to
+        ));
+    }
     for b in &backups {
         check_backup(repo, b, &mut report).await;
     }
@@ -303,7 +322,8 @@ pub async fn verify_repo(repo: &Repo) -> Result<RepoReport, RepoError> {
     let mut read: BTreeSet<(TimeLineId, SegNo)> = BTreeSet::new();
     for tli in idx.timelines() {
         let path = idx.path(tli);
-        let mut from: Option<walfmt::Lsn> = None;
+        // One decode per contiguous run of WAL (a gap starts another), from its oldest backup.
+        let mut runs: std::collections::BTreeMap<walfmt::Lsn, walfmt::Lsn> = Default::default();
         for b in &backups {
             if !catalog::on_path(&path, b.end_tli, b.end()) {
                 continue;
@@ -311,6 +331,24 @@ pub async fn verify_repo(repo: &Repo) -> Result<RepoReport, RepoError> {
             let cov = idx.coverage(&path, b.start());
             if let Some(gap) = cov.gap {
                 let s = gap.segment(seg);
+                // A gap pitr stream recorded, with a backup after it: known and explained;
+                // this backup restores up to it.
+                let known = recorded.iter().find(|g| {
+                    matches!((g.from_lsn(), g.to_lsn()), (Ok(f), Ok(t)) if f.segment(seg) <= s && gap < t)
+                });
+                if let Some(g) = known
+                    && open.is_none_or(|o| o != g)
+                {
+                    report.warnings.push(format!(
+                        "timeline {tli}: backup {} restores only up to {gap}: {} (recorded {}: {}); later backups restore past it",
+                        b.id,
+                        g.describe(),
+                        g.detected_at,
+                        g.reason
+                    ));
+                    note_run(&mut runs, &cov, b.start());
+                    continue;
+                }
                 report.problems.push(format!(
                     "timeline {tli}: WAL segment {} is missing (a gap from {gap}): restores of backup {} cannot pass it",
                     segment_file_name(idx.tli_for_segment(&path, s), s, seg),
@@ -324,13 +362,25 @@ pub async fn verify_repo(repo: &Repo) -> Result<RepoReport, RepoError> {
                 ));
                 continue;
             }
-            from = Some(from.map_or(b.start(), |f| f.min(b.start())));
+            note_run(&mut runs, &cov, b.start());
         }
-        if let Some(from) = from {
+        for from in runs.into_values() {
             check_wal_path(repo, &idx, tli, &path, from, &mut read, &mut report).await;
         }
     }
     Ok(report)
+}
+
+/// Keeps, per end of a contiguous run of WAL, the oldest backup start that reads it.
+fn note_run(
+    runs: &mut std::collections::BTreeMap<walfmt::Lsn, walfmt::Lsn>,
+    cov: &catalog::Coverage,
+    start: walfmt::Lsn,
+) {
+    if let Some(end) = cov.end {
+        let e = runs.entry(end).or_insert(start);
+        *e = (*e).min(start);
+    }
 }
 
 /// Decodes the WAL of `path` from `from` through the contiguous archive, reading each object

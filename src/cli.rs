@@ -149,7 +149,7 @@ pub struct StreamArgs {
     /// How often the segment being filled is published (e.g. 1s, 500ms).
     #[arg(long, env = "PITR_PARTIAL_EVERY", default_value = "1s", value_parser = parse_duration)]
     pub partial_every: std::time::Duration,
-    /// Serve /metrics (Prometheus), /healthz and /readyz on this address; "off" to disable.
+    /// Serve /metrics (Prometheus), /livez, /healthz and /readyz on this address; "off" to disable.
     #[arg(
         long,
         env = "PITR_METRICS_LISTEN",

@@ -165,7 +165,7 @@ fn run(cli: Cli, matches: clap::ArgMatches) -> anyhow::Result<ExitCode> {
                     let bound = pitr::server::serve(addr, opts.metrics.clone(), stop_rx.clone())
                         .await
                         .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for metrics: {e} (use --metrics-listen HOST:PORT or off)"))?;
-                    tracing::info!(address = %bound, "serving /metrics, /healthz and /readyz");
+                    tracing::info!(address = %bound, "serving /metrics, /livez, /healthz and /readyz");
                 }
                 anyhow::Ok(pitr::stream::run(opts, stop_rx).await?)
             })?;

@@ -1066,6 +1066,7 @@ fn metrics_and_health_endpoints() {
         http_get(&addr, "/readyz").is_some_and(|(s, _)| s == 200)
     });
     assert_eq!(http_get(&addr, "/healthz").unwrap().0, 200);
+    assert_eq!(http_get(&addr, "/livez").unwrap().0, 200);
     assert_eq!(http_get(&addr, "/nope").unwrap().0, 404);
     c.psql("CREATE TABLE m (x int); INSERT INTO m VALUES (1);");
     let flushed: walfmt::Lsn = c.psql("SELECT pg_current_wal_flush_lsn()").parse().unwrap();

@@ -3,6 +3,7 @@
 //! | path | answer |
 //! |---|---|
 //! | `/metrics` | Prometheus text (format 0.0.4): positions, lag, uploads, reconnects, timeline |
+//! | `/livez` | 200 while the process runs (a liveness probe: restarting cures nothing `/healthz` reports) |
 //! | `/healthz` | 200 while the process is running and its archiver works; 503 once it has failed (liveness: restart me) |
 //! | `/readyz` | 200 while streaming and the archive lag is within bounds: WAL is being archived now; 503 otherwise (readiness) |
 
@@ -30,6 +31,9 @@ async fn handle(
             "text/plain; version=0.0.4; charset=utf-8",
             m.render(),
         ),
+        // The process runs and answers: for a Kubernetes liveness probe (a restart cures
+        // nothing /healthz reports: the state is read back from the repo).
+        "/livez" => (StatusCode::OK, "text/plain", "alive\n".to_owned()),
         "/healthz" => match m.health() {
             Ok(()) => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
             Err(why) => (
@@ -49,7 +53,7 @@ async fn handle(
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /metrics, /healthz or /readyz\n".to_owned(),
+            "not found: try /metrics, /livez, /healthz or /readyz\n".to_owned(),
         ),
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)));

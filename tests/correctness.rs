@@ -556,7 +556,7 @@ fn a_damaged_entry_an_interrupted_backup_and_a_gap_do_not_take_the_repo_down() {
         let suggested = err
             .split("--to-lsn ")
             .nth(1)
-            .and_then(|r| r.split([',', ' ']).next())
+            .and_then(|r| r.split([',', ';', ' ']).next())
             .unwrap_or_else(|| panic!("no --to-lsn suggested: {err}"))
             .to_string();
         let d = restore_dir(tmp.path(), "to-gap");

@@ -1090,10 +1090,15 @@ pub async fn run(
                     conn = c;
                 }
                 Err(e) => {
-                    let (wait, next) = next_backoff(backoff, Attempt::Failed, opts.reconnect_cap);
-                    backoff = next;
-                    tracing::warn!(error = %e, retry_in = ?wait, "cannot reconnect");
-                    if backoff_wait(&mut shutdown, wait).await {
+                    if failed_wait(
+                        &mut shutdown,
+                        &mut backoff,
+                        opts.reconnect_cap,
+                        &e,
+                        "cannot reconnect",
+                    )
+                    .await
+                    {
                         break Ok(());
                     }
                     continue;
@@ -1112,10 +1117,15 @@ pub async fn run(
                     cur = p;
                 }
                 Err(e) if e.is_transient() => {
-                    let (wait, next) = next_backoff(backoff, Attempt::Failed, opts.reconnect_cap);
-                    backoff = next;
-                    tracing::warn!(error = %e, retry_in = ?wait, "reconnected but could not prepare");
-                    if backoff_wait(&mut shutdown, wait).await {
+                    if failed_wait(
+                        &mut shutdown,
+                        &mut backoff,
+                        opts.reconnect_cap,
+                        &e,
+                        "reconnected but could not prepare",
+                    )
+                    .await
+                    {
                         break Ok(());
                     }
                     continue;
@@ -1129,10 +1139,15 @@ pub async fn run(
         let receive = match conn.show("wal_sender_timeout").await {
             Ok(v) => receive_timeout(&v),
             Err(e) if e.is_transient() => {
-                let (wait, next) = next_backoff(backoff, Attempt::Failed, opts.reconnect_cap);
-                backoff = next;
-                tracing::warn!(error = %e, retry_in = ?wait, "reconnected but could not prepare");
-                if backoff_wait(&mut shutdown, wait).await {
+                if failed_wait(
+                    &mut shutdown,
+                    &mut backoff,
+                    opts.reconnect_cap,
+                    &e,
+                    "reconnected but could not prepare",
+                )
+                .await
+                {
                     break Ok(());
                 }
                 continue;
@@ -1144,10 +1159,15 @@ pub async fn run(
         let hist = match startup::server_history(&mut conn, cur.server_tli).await {
             Ok((h, _)) => h,
             Err(e) if e.is_transient() => {
-                let (wait, next) = next_backoff(backoff, Attempt::Failed, opts.reconnect_cap);
-                backoff = next;
-                tracing::warn!(error = %e, retry_in = ?wait, "reconnected but could not read the server's history");
-                if backoff_wait(&mut shutdown, wait).await {
+                if failed_wait(
+                    &mut shutdown,
+                    &mut backoff,
+                    opts.reconnect_cap,
+                    &e,
+                    "reconnected but could not read the server's history",
+                )
+                .await
+                {
                     break Ok(());
                 }
                 continue;
@@ -1161,10 +1181,15 @@ pub async fn run(
         let Start { tli, start, .. } = match st {
             Ok(x) => x,
             Err(e) if e.is_transient() => {
-                let (wait, next) = next_backoff(backoff, Attempt::Failed, opts.reconnect_cap);
-                backoff = next;
-                tracing::warn!(error = %e, retry_in = ?wait, "could not find where to resume");
-                if backoff_wait(&mut shutdown, wait).await {
+                if failed_wait(
+                    &mut shutdown,
+                    &mut backoff,
+                    opts.reconnect_cap,
+                    &e,
+                    "could not find where to resume",
+                )
+                .await
+                {
                     break Ok(());
                 }
                 continue;
@@ -1347,6 +1372,21 @@ pub async fn run(
     let _ = heartbeat_stop.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(2), heartbeat).await;
     result
+}
+
+/// After a failed attempt (connecting, preparing, finding where to resume): logs it and
+/// waits the next backoff. True if shutdown came first.
+async fn failed_wait(
+    shutdown: &mut watch::Receiver<bool>,
+    backoff: &mut Duration,
+    cap: Duration,
+    e: &(dyn std::fmt::Display + Sync),
+    what: &str,
+) -> bool {
+    let (wait, next) = next_backoff(*backoff, Attempt::Failed, cap);
+    *backoff = next;
+    tracing::warn!(error = %e, retry_in = ?wait, "{what}");
+    backoff_wait(shutdown, wait).await
 }
 
 /// Whether a session streamed successfully, for the backoff (pure): it streamed for

@@ -371,6 +371,19 @@ pub async fn verify_repo(repo: &Repo) -> Result<RepoReport, RepoError> {
     Ok(report)
 }
 
+/// Decodes every record the decoder holds; `Some` where valid WAL ends.
+fn drain(
+    dec: &mut walfmt::WalDecoder<'_>,
+) -> Result<Option<walfmt::EndOfWal>, walfmt::DecodeError> {
+    loop {
+        match dec.poll()? {
+            walfmt::Poll::Record(_) => {}
+            walfmt::Poll::NeedMore => return Ok(None),
+            walfmt::Poll::End(e) => return Ok(Some(e)),
+        }
+    }
+}
+
 /// Keeps, per end of a contiguous run of WAL, the oldest backup start that reads it.
 fn note_run(
     runs: &mut std::collections::BTreeMap<walfmt::Lsn, walfmt::Lsn>,
@@ -394,7 +407,7 @@ async fn check_wal_path(
     read: &mut BTreeSet<(TimeLineId, SegNo)>,
     report: &mut RepoReport,
 ) {
-    use walfmt::{DecoderConfig, Poll, StartAt, WalDecoder};
+    use walfmt::{DecoderConfig, StartAt, WalDecoder};
     let seg = idx.seg;
     let cov = idx.coverage(path, from);
     let Some(end) = cov.end else { return };
@@ -439,36 +452,22 @@ async fn check_wal_path(
         });
         dec.feed(&data[..upto.min(data.len())]);
         current = key;
-        loop {
-            match dec.poll() {
-                Ok(Poll::Record(_)) => {}
-                Ok(Poll::NeedMore) => break,
-                Ok(Poll::End(e)) => {
-                    ended = Some(e);
-                    break;
-                }
-                Err(e) => {
-                    report.problems.push(format!("{current}: {e}"));
-                    return;
-                }
+        match drain(&mut dec) {
+            Ok(e) => ended = e,
+            Err(e) => {
+                report.problems.push(format!("{current}: {e}"));
+                return;
             }
         }
         s = SegNo(s.0 + 1);
     }
     if ended.is_none() {
         dec.finish();
-        loop {
-            match dec.poll() {
-                Ok(Poll::Record(_)) => {}
-                Ok(Poll::NeedMore) => break,
-                Ok(Poll::End(e)) => {
-                    ended = Some(e);
-                    break;
-                }
-                Err(e) => {
-                    report.problems.push(format!("{current}: {e}"));
-                    return;
-                }
+        match drain(&mut dec) {
+            Ok(e) => ended = e,
+            Err(e) => {
+                report.problems.push(format!("{current}: {e}"));
+                return;
             }
         }
     }

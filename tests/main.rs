@@ -7,6 +7,7 @@ mod correctness;
 mod differential;
 mod harness;
 mod inspect;
+mod redteam;
 mod replication;
 mod restore;
 mod store;

@@ -152,7 +152,7 @@ impl plan::PlanInput for RepoInput<'_> {
         loop {
             loop {
                 let step = match dec.poll() {
-                    Ok(Poll::Record(r)) => Some(Ok((r.lsn, r.end))),
+                    Ok(Poll::Record(r)) => Some(Ok((r.lsn, end_rec_ptr(&r, seg)))),
                     Ok(Poll::NeedMore) => None,
                     Ok(Poll::End(e)) => Some(Err(e)),
                     Err(e) => return Err(corrupt(format!("archived WAL near {lsn}: {e}"))),
@@ -204,6 +204,19 @@ impl plan::PlanInput for RepoInput<'_> {
             segno = SegNo(segno.0 + 1);
         }
     }
+}
+
+/// Where PostgreSQL's reader says a record ends (`EndRecPtr`, which recovery reports as
+/// `pg_last_wal_replay_lsn()` after stopping there): just past its bytes, except for an
+/// `XLOG_SWITCH`, whose end is the end of its segment (xlogreader.c, `XLogDecodeNextRecord`,
+/// moves `NextRecPtr` to the segment's end for a switch record).
+fn end_rec_ptr(r: &walfmt::Record<'_>, seg: WalSegSize) -> Lsn {
+    use walfmt::record::{RM_XLOG_ID, xlog_info};
+    if r.header.rmid == RM_XLOG_ID && r.header.info & 0xF0 == xlog_info::SWITCH {
+        let next = r.lsn.segment(seg).0 + 1;
+        return SegNo(next).start_lsn(seg).unwrap_or(r.end);
+    }
+    r.end
 }
 
 /// Loads what the planner needs from the repo. Unusable catalog entries are skipped with a

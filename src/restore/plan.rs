@@ -271,6 +271,12 @@ pub struct Plan {
     pub wal_end: Lsn,
     /// The last commit or abort recovery replays (the last one included).
     pub last_included: Option<XactInfo>,
+    /// The transaction whose time `pg_last_xact_replay_timestamp()` shows once recovery
+    /// stopped: the last included one, except after an inclusive LSN stop on that very
+    /// commit or abort record, where PostgreSQL stops before recording its time
+    /// (xlogrecovery.c, `recoveryStopsAfter` returns on the LSN target before
+    /// `SetLatestXTime`), so the one before it. `--verify` compares with this.
+    pub last_timestamped: Option<XactInfo>,
     /// The first one it does not replay.
     pub first_excluded: Option<XactInfo>,
     /// Transactions stamped at or before the target whose commit or abort record comes
@@ -1145,6 +1151,12 @@ pub async fn plan<I: PlanInput>(
                 .0,
         );
     }
+    let last_timestamped = match (r.stop, r.last) {
+        (Stop::After(l), Some(x)) if x.lsn == l => {
+            last_before(input, &path, cat.index.seg, backup.start(), l).await?
+        }
+        (_, last) => last,
+    };
     let wal_end = r.need_end.max(backup.end());
     // 3. Files.
     let wal = wal_files(&cat.index, &path, &backup, wal_end)?;
@@ -1163,6 +1175,7 @@ pub async fn plan<I: PlanInput>(
         stop_record: r.stop_record,
         wal_end,
         last_included: r.last.map(XactInfo::from),
+        last_timestamped: last_timestamped.map(XactInfo::from),
         first_excluded: r.next.map(XactInfo::from),
         excluded_despite_time: r.excluded.into_iter().map(XactInfo::from).collect(),
         wal,
@@ -1508,6 +1521,8 @@ mod tests {
         // Inclusive at a commit's LSN: the commit is the last included transaction.
         let p = run(plan(&f, &c, &req(TargetSpec::Lsn(l(0x2FF000))))).unwrap();
         assert_eq!(p.last_included.unwrap().xid, 13);
+        // ... but PostgreSQL stops after it before recording its time.
+        assert_eq!(p.last_timestamped.unwrap().xid, 12);
         let mut r = req(TargetSpec::Lsn(l(0x2FF000)));
         r.inclusive = false;
         let p = run(plan(&f, &c, &r)).unwrap();

@@ -917,6 +917,11 @@ pub fn history_files(
         .map(|t| t.0)
         .collect();
     ids.extend(path.iter().map(|p| p.tli.0));
+    // Every ID a history names, even an ancestor whose own history file and WAL the repo
+    // never received (pitr was not streaming while it existed): a placeholder reserves it.
+    for h in idx.histories.values() {
+        ids.extend(h.ancestors.iter().map(|a| a.tli.0));
+    }
     let out: Vec<HistoryFile> = ids
         .iter()
         .filter(|t| **t > 1)
@@ -1661,6 +1666,27 @@ mod tests {
             "{:?}",
             p.notes
         );
+    }
+
+    #[test]
+    fn a_timeline_named_only_as_an_ancestor_is_never_reused() {
+        let (f, mut c) = base();
+        // Timeline 3 descends from 2, which the repo never received.
+        c.index = index(
+            &[(1, 0..4)],
+            &[],
+            &[(3, "1\t0/280000\tx\n2\t0/380000\ty\n")],
+        );
+        let mut r = req(TargetSpec::Lsn(l(0x200200)));
+        r.timeline = TimelineSel::Id(TimeLineId(1));
+        let p = run(plan(&f, &c, &r)).unwrap();
+        assert_eq!(p.promotes_to, Some(4));
+        let placed: Vec<(u32, bool)> = p
+            .histories
+            .iter()
+            .map(|h| (h.timeline, h.key.is_some()))
+            .collect();
+        assert_eq!(placed, vec![(2, false), (3, true)]);
     }
 
     #[test]

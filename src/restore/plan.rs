@@ -372,11 +372,22 @@ pub fn candidates(cat: &Catalog, path: &[PathStep], only: Option<&str>) -> Vec<C
     out
 }
 
-/// The earliest instant backup `b` restores to, on the server's clock: the latest commit or
-/// abort time in the WAL before the backup's end (looking from the segment before its start,
-/// which covers commits just before the start that are in its data), and no earlier than the
-/// time of the checkpoint the backup starts from. Falls back to the end time pitr recorded
-/// (its own clock) only when the WAL holds no timestamp at all near the backup.
+/// The earliest instant backup `b` restores to, on the server's clock: no commit or abort
+/// in its data files or in the WAL it replays to become consistent is stamped later.
+///
+/// - Commits and aborts from its start to its end are in the WAL; the latest counts.
+/// - The checkpoint it starts from: PostgreSQL stamps it in whole seconds
+///   (`CheckPoint.time`, `time(NULL)` in xlog.c `CreateCheckPoint`), taken just before the
+///   redo pointer, so commits of that same second can precede the start and be in the data
+///   files, however much WAL lies between (a bulk load running when the backup began). The
+///   WAL before the start is therefore read backwards until a commit or abort stamped more
+///   than a second before the checkpoint's second (timestamps in WAL order are ordered to
+///   within concurrency inversions), taking the latest time seen; if none turns up within
+///   [`LOOKBACK_SEGMENTS`], the whole checkpoint second counts (its last microsecond). WAL
+///   before the first archived segment cannot be read; commits there are not seen.
+///
+/// Falls back to the end time pitr recorded (its own clock) only when the WAL holds no
+/// timestamp at all near the backup.
 pub async fn restorable_from<I: PlanInput>(
     input: &I,
     path: &[PathStep],
@@ -386,16 +397,41 @@ pub async fn restorable_from<I: PlanInput>(
     let first = b.start().segment(seg).0;
     let last = catalog::last_segment(b.end(), seg).0.max(first);
     let mut best: Option<i64> = None;
-    for s in first.saturating_sub(1)..=last {
+    let take = |t: i64, best: &mut Option<i64>| *best = Some(best.map_or(t, |m| m.max(t)));
+    let mut ckpt: Option<i64> = None;
+    for s in first..=last {
         let Some(f) = input.facts(path, SegNo(s)).await? else {
             continue;
         };
         for x in f.xacts.iter().filter(|x| x.lsn < b.end()) {
-            best = Some(best.map_or(x.time, |m| m.max(x.time)));
+            take(x.time, &mut best);
         }
         for c in f.checkpoints.iter().filter(|c| c.redo == b.start()) {
             let t = c.time_unix.saturating_mul(1_000_000);
-            best = Some(best.map_or(t, |m| m.max(t)));
+            ckpt = Some(ckpt.map_or(t, |m: i64| m.max(t)));
+            take(t, &mut best);
+        }
+    }
+    // Before the start: back to a commit clearly older than the checkpoint's second.
+    let old_enough = ckpt.map_or(i64::MIN, |c| c.saturating_sub(1_000_000));
+    let mut found_older = ckpt.is_none();
+    let mut s = first;
+    let mut looked = 0;
+    while !found_older && s > 0 && looked < LOOKBACK_SEGMENTS {
+        s -= 1;
+        looked += 1;
+        let Some(f) = input.facts(path, SegNo(s)).await? else {
+            break; // the archive begins here
+        };
+        for x in f.xacts.iter().filter(|x| x.lsn < b.start()) {
+            take(x.time, &mut best);
+            found_older |= x.time < old_enough;
+        }
+        if looked == LOOKBACK_SEGMENTS
+            && !found_older
+            && let Some(c) = ckpt
+        {
+            take(c + 999_999, &mut best);
         }
     }
     Ok(match best {
@@ -403,6 +439,10 @@ pub async fn restorable_from<I: PlanInput>(
         None => (b.end_micros(), false),
     })
 }
+
+/// How many segments before a backup's start [`restorable_from`] reads for commits stamped
+/// in its checkpoint's second.
+pub const LOOKBACK_SEGMENTS: u64 = 16;
 
 /// Step 2's result.
 #[derive(Debug, Clone)]
@@ -1636,6 +1676,79 @@ mod tests {
                 .unwrap()
                 .starts_with("1970-01-01T00:00:00.0009")
         );
+    }
+
+    /// A commit in the checkpoint's second, several segments before the backup's start (a
+    /// bulk load ran in between): in the data files, so it bounds the restorable-from
+    /// instant; found by reading back to a clearly older commit, or, failing that within
+    /// the lookback, the whole checkpoint second counts.
+    #[test]
+    fn a_commit_of_the_checkpoint_second_segments_before_the_start_counts() {
+        let ckpt = |redo: u64| CheckpointFact {
+            lsn: l(redo + 0x38),
+            redo: l(redo),
+            time_unix: 10,
+        };
+        let mut f = Fake::default();
+        f.facts.insert(
+            (1, 1),
+            SegmentFacts {
+                xacts: vec![xact(0x100100, 3_000_000, 7)],
+                ..Default::default()
+            },
+        );
+        f.facts.insert(
+            (1, 2),
+            SegmentFacts {
+                xacts: vec![xact(0x200100, 10_400_000, 8)],
+                ..Default::default()
+            },
+        );
+        for s in 3..5 {
+            f.facts.insert((1, s), SegmentFacts::default());
+        }
+        f.facts.insert(
+            (1, 5),
+            SegmentFacts {
+                checkpoints: vec![ckpt(0x500028)],
+                ..Default::default()
+            },
+        );
+        let c = cat(
+            vec![backup("b1", 0x500028, 0x500400, 1)],
+            index(&[(1, 0..6)], &[], &[]),
+        );
+        let (from, _) = run(restorable_from(
+            &f,
+            &c.index.path(TimeLineId(1)),
+            &c.backups[0],
+            seg(),
+        ))
+        .unwrap();
+        assert_eq!(from, 10_400_000);
+        let e = run(plan(&f, &c, &req(time(10_200_000)))).unwrap_err();
+        assert!(
+            e.to_string().contains("before the earliest restorable"),
+            "{e}"
+        );
+        // No older commit within the lookback: the checkpoint's whole second.
+        let mut f2 = Fake::default();
+        let start = LOOKBACK_SEGMENTS + 2;
+        for s in 0..start {
+            f2.facts.insert((1, s), SegmentFacts::default());
+        }
+        let redo = start * MB + 0x28;
+        f2.facts.insert(
+            (1, start),
+            SegmentFacts {
+                checkpoints: vec![ckpt(redo)],
+                ..Default::default()
+            },
+        );
+        let b = backup("b2", redo, redo + 0x400, 1);
+        let idx = index(&[(1, 0..start + 1)], &[], &[]);
+        let (from, _) = run(restorable_from(&f2, &idx.path(TimeLineId(1)), &b, seg())).unwrap();
+        assert_eq!(from, 10_999_999);
     }
 
     #[test]

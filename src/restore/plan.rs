@@ -1108,6 +1108,82 @@ pub fn neutralise_auto_conf(text: &str) -> (String, Vec<String>) {
     (out, gone)
 }
 
+/// The recovery and standby settings a configuration file sets spelled otherwise than in
+/// lower case (`Recovery_Target_Time`), as spelled. PostgreSQL matches names
+/// case-insensitively, but ignores an earlier assignment only when a later one is spelled
+/// identically (guc.c, `ProcessConfigFileInternal`, `strcmp`): such a line still applies
+/// before pitr's settings, and a recovery target left there makes the server refuse to
+/// start ("multiple recovery targets specified"). The restore therefore also writes its
+/// value under that spelling ([`respell`]).
+pub fn case_variants(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| {
+            let t = l.trim_start();
+            let n = setting_name(t)?;
+            let raw = &t[..n.len()];
+            (RESET_SETTINGS.contains(&n.as_str()) && raw != n).then(|| raw.to_string())
+        })
+        .collect()
+}
+
+/// `settings` (pitr's recovery settings) with, before each line, the same assignment under
+/// every other spelling of its name in `variants`.
+pub fn respell(settings: &[String], variants: &[String]) -> Vec<String> {
+    let mut out = Vec::with_capacity(settings.len() + variants.len());
+    for line in settings {
+        if let Some(n) = setting_name(line) {
+            let value = &line.trim_start()[n.len()..];
+            let mut seen = Vec::new();
+            for v in variants.iter().filter(|v| v.to_ascii_lowercase() == n) {
+                if !seen.contains(v) {
+                    seen.push(v.clone());
+                    out.push(format!("{v}{value}"));
+                }
+            }
+        }
+        out.push(line.clone());
+    }
+    out
+}
+
+/// The files a configuration file includes (`include`, `include_if_exists`,
+/// `include_dir`), as written: (directive, path).
+pub fn includes_in(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|l| {
+            let t = l.trim_start();
+            let n = setting_name(t)?;
+            if !matches!(n.as_str(), "include" | "include_if_exists" | "include_dir") {
+                return None;
+            }
+            let rest = t[n.len()..].trim_start();
+            let rest = rest.strip_prefix('=').unwrap_or(rest).trim_start();
+            let value = if let Some(q) = rest.strip_prefix('\'') {
+                let mut v = String::new();
+                let mut it = q.chars().peekable();
+                while let Some(c) = it.next() {
+                    if c == '\'' {
+                        if it.peek() == Some(&'\'') {
+                            it.next();
+                            v.push('\'');
+                            continue;
+                        }
+                        break;
+                    }
+                    v.push(c);
+                }
+                v
+            } else {
+                rest.split(|c: char| c.is_whitespace() || c == '#')
+                    .next()
+                    .unwrap_or("")
+                    .to_string()
+            };
+            (!value.is_empty()).then_some((n, value))
+        })
+        .collect()
+}
+
 /// The recovery and standby settings a configuration file sets (for reporting what the
 /// restore's settings override in `postgresql.conf`).
 pub fn recovery_settings_in(text: &str) -> Vec<String> {
@@ -1749,6 +1825,32 @@ mod tests {
         let idx = index(&[(1, 0..start + 1)], &[], &[]);
         let (from, _) = run(restorable_from(&f2, &idx.path(TimeLineId(1)), &b, seg())).unwrap();
         assert_eq!(from, 10_999_999);
+    }
+
+    #[test]
+    fn settings_spelled_in_another_case_are_written_under_that_spelling_too() {
+        let conf = "Recovery_Target_Time = '2020-01-01'\n  PRIMARY_CONNINFO='host=x'\nrecovery_target_xid = '5'\n# Recovery_Target_Name = 'n'\n";
+        let v = case_variants(conf);
+        assert_eq!(v, ["Recovery_Target_Time", "PRIMARY_CONNINFO"]);
+        let s = recovery_settings("latest", Stop::EndOfWal, TimeLineId(1), &Mode::Promote);
+        let r = respell(&s, &v);
+        let i = r
+            .iter()
+            .position(|l| l == "Recovery_Target_Time = ''")
+            .unwrap();
+        assert_eq!(r[i + 1], "recovery_target_time = ''");
+        assert!(r.contains(&"PRIMARY_CONNINFO = ''".to_string()), "{r:?}");
+        assert_eq!(r.len(), s.len() + 2);
+        assert_eq!(
+            includes_in(
+                "include 'a.conf'\ninclude_dir = 'conf.d' # x\ninclude_if_exists b.conf\n#include 'no'\n"
+            ),
+            [
+                ("include".to_string(), "a.conf".to_string()),
+                ("include_dir".to_string(), "conf.d".to_string()),
+                ("include_if_exists".to_string(), "b.conf".to_string())
+            ]
+        );
     }
 
     #[test]

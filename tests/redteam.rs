@@ -426,6 +426,44 @@ fn a_restored_server_never_takes_a_timeline_id_that_a_history_names() {
     );
 }
 
+/// `--standby` writes a restore_command that runs `pitr wal fetch --repo REPO`; PostgreSQL
+/// runs it in the data directory, so a repo given as a relative path must be written as an
+/// absolute one. It was written as given: every fetch failed ("open repo: No such file or
+/// directory") and the standby waited for WAL forever.
+#[test]
+fn a_standby_restore_names_a_relative_repo_by_its_absolute_path() {
+    let install = one_major();
+    let major = install.major;
+    let tmp = tempfile::tempdir().unwrap();
+    let repo_dir = tmp.path().join("repo");
+    let repo = TestRepo::local(&repo_dir);
+    let c = Cluster::start(&install, opts());
+    let s = start_stream(&c, &repo, &tmp.path().join("s.log"));
+    backup(&c, &repo, "base");
+    c.psql("CREATE TABLE t (id int PRIMARY KEY)");
+    wait_archived(&c, &repo);
+    stop(s);
+    let o = run(pitr().current_dir(tmp.path()).args([
+        "restore",
+        "--standby",
+        "--repo",
+        "repo",
+        "-D",
+        "standby",
+    ]));
+    assert!(o.status.success(), "{}", text(&o));
+    let auto = std::fs::read_to_string(tmp.path().join("standby/postgresql.auto.conf")).unwrap();
+    let cmd = auto
+        .lines()
+        .rfind(|l| l.starts_with("restore_command"))
+        .unwrap()
+        .to_string();
+    assert!(
+        cmd.contains(&format!("--repo ''{}''", repo_dir.display())),
+        "PG {major}: the standby's restore_command must name the repo by an absolute path: {cmd}"
+    );
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     let ok = Command::new("cp")
         .arg("-a")

@@ -55,7 +55,7 @@ trap cleanup EXIT
 
 say "starting a throwaway PostgreSQL $("$BIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$PORT"
 chown "${RUN[@]:+postgres}" "$WORK" 2>/dev/null || true
-"${RUN[@]}" "$BIN/initdb" -D "$PGDATA" -A trust -U postgres --no-sync -c wal_level=replica >/dev/null
+"${RUN[@]}" "$BIN/initdb" -D "$PGDATA" -A trust -U postgres --no-sync >/dev/null  # wal_level = replica is the default (initdb -c is 16+ only)
 "${RUN[@]}" "$BIN/pg_ctl" -D "$PGDATA" -w -l "$WORK/server.log" \
     -o "-c listen_addresses=127.0.0.1 -c port=$PORT -c unix_socket_directories=$WORK" start >/dev/null
 PSQL=("$BIN/psql" -X -q -At -h 127.0.0.1 -p "$PORT" -U postgres -d postgres)

@@ -374,7 +374,7 @@ fn restore(a: pitr::cli::RestoreArgs) -> anyhow::Result<ExitCode> {
                 restore_command: format!(
                     "{} wal fetch %f %p --repo {}",
                     shell_quote(&exe.display().to_string()),
-                    shell_quote(&a.repo)
+                    shell_quote(&absolute_repo(&a.repo))
                 ),
             }
         } else {
@@ -461,6 +461,17 @@ fn restore(a: pitr::cli::RestoreArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Quotes a word for the shell PostgreSQL runs restore_command with.
+/// A repo spec usable from any working directory: PostgreSQL runs `restore_command` in the
+/// data directory, so a relative local path is made absolute (URLs are kept).
+fn absolute_repo(spec: &str) -> String {
+    if spec.contains("://") {
+        return spec.to_string();
+    }
+    std::path::absolute(spec)
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| spec.to_string())
+}
+
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }

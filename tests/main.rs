@@ -9,6 +9,7 @@ mod faults;
 mod harness;
 mod inspect;
 mod integrity;
+mod redteam;
 mod replication;
 mod restore;
 mod store;

@@ -1326,7 +1326,10 @@ pub(crate) fn switch_and_wait(
     secs: u64,
 ) -> String {
     c.psql("SELECT pg_logical_emit_message(false, 'pitr-test', 'before a switch')");
-    let last = c.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    // The segment holding the last byte written: at a segment boundary (just after a
+    // switch, or a backup's end), PostgreSQL 17+ names the next, empty segment for
+    // pg_current_wal_lsn(), which no switch completes (15 and 16 name the previous one).
+    let last = c.psql("SELECT pg_walfile_name(pg_current_wal_lsn() - 1)");
     c.switch_wal();
     wait_for(what, Duration::from_secs(secs), || {
         repo_segments(repo, tli).contains(&last)

@@ -4,9 +4,12 @@
 //!
 //! - A backup is kept if either rule keeps it: it is among the newest `N`, or it is needed to
 //!   restore to some instant within the window (every backup ending inside the window, plus
-//!   the newest one ending before it). The newest backup is always kept.
-//! - WAL is deleted only below the segment holding the oldest kept backup's start LSN, on
-//!   every timeline: no kept backup, and no restore from one, reads a segment below its
+//!   the newest one ending before it). The newest backup is always kept. "Newest" is by end
+//!   time, never by LSN: after a restore to a point before the newest backup, the new
+//!   timeline's backups have LSNs below the abandoned timeline's, yet they are the ones the
+//!   live cluster needs.
+//! - WAL is deleted only below the segment holding the lowest start LSN of any kept backup,
+//!   on every timeline: no kept backup, and no restore from one, reads a segment below its
 //!   own start. History files are never deleted.
 //! - Order: a backup's catalog entry first (it stops counting as complete), then its chunks,
 //!   then the WAL. An interrupted prune leaves only incomplete backups and surplus WAL.
@@ -51,7 +54,14 @@ pub struct PruneReport {
     pub dry_run: bool,
 }
 
-/// Which backups the rules keep (indexes into `backups`, oldest first).
+/// Backups in the order retention counts them: by end time (then id), oldest first.
+pub fn by_end_time(mut backups: Vec<BackupRecord>) -> Vec<BackupRecord> {
+    backups.sort_by(|a, b| (a.end_micros(), &a.id).cmp(&(b.end_micros(), &b.id)));
+    backups
+}
+
+/// Which backups the rules keep (indexes into `backups`, oldest first by end time; see
+/// [`by_end_time`]).
 pub fn keep_set(backups: &[BackupRecord], r: Retention, now_us: i64) -> Vec<bool> {
     let n = backups.len();
     let mut keep = vec![false; n];
@@ -94,18 +104,21 @@ pub async fn prune(repo: &Repo, r: Retention, dry_run: bool) -> Result<PruneRepo
     // An unusable catalog entry is skipped (and its objects left alone: pitr cannot tell
     // what it is); `pitr verify` names it.
     catalog::warn_bad(&scan.bad);
-    let backups = scan.good;
+    let backups = by_end_time(scan.good);
     let now = jiff::Timestamp::now().as_microsecond();
     let keep = keep_set(&backups, r, now);
     let mut report = PruneReport {
         dry_run,
         ..Default::default()
     };
+    // The kept backup that reads the lowest WAL (not the first by time: timelines).
     let Some(oldest_kept) = backups
         .iter()
         .zip(&keep)
-        .find(|(_, k)| **k)
-        .map(|(b, _)| b.clone())
+        .filter(|(_, k)| **k)
+        .map(|(b, _)| b)
+        .min_by_key(|b| b.start())
+        .cloned()
     else {
         return Ok(report);
     };
@@ -193,4 +206,51 @@ pub fn print(w: &mut impl std::io::Write, r: &PruneReport) -> std::io::Result<()
         r.deleted_points,
         r.wal_kept_from.as_deref().unwrap_or("-")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn rec(id: &str, tli: u32, start: &str, end: &str, end_time: &str) -> BackupRecord {
+        serde_json::from_value(serde_json::json!({
+            "format": 1, "id": id, "label": id, "start_lsn": start, "start_tli": tli,
+            "end_lsn": end, "end_tli": tli, "start_time": end_time, "end_time": end_time,
+            "pg_version": "17.0", "pg_major": 17, "system_id": "1", "compression": "lz4",
+            "archives": [{"name": "base", "location": null, "bytes": 1, "server_compression": null, "chunks": []}],
+            "manifest": null, "bytes": 1, "stored_bytes": 1, "created_by": "test"
+        }))
+        .unwrap()
+    }
+
+    /// After a restore to before the newest backup, the new timeline's backup has the lower
+    /// LSN but is the newest: `--keep-full 1` keeps it.
+    #[test]
+    fn newest_is_by_time_not_lsn_across_timelines() {
+        let b1 = rec("b1", 1, "0/600028", "0/600120", "2026-01-01T00:00:00Z");
+        let b2 = rec("b2", 1, "0/D00028", "0/D00120", "2026-01-02T00:00:00Z");
+        let b3 = rec("b3", 2, "0/800028", "0/800120", "2026-01-03T00:00:00Z");
+        // The catalog's order (by end LSN): b1, b3, b2.
+        let backups = by_end_time(vec![b1, b3, b2]);
+        let ids: Vec<&str> = backups.iter().map(|b| b.id.as_str()).collect();
+        assert_eq!(ids, ["b1", "b2", "b3"]);
+        let r = Retention {
+            keep_full: Some(1),
+            keep_within: None,
+        };
+        let now = parse("2026-01-04T00:00:00Z");
+        assert_eq!(keep_set(&backups, r, now), [false, false, true]);
+        let r = Retention {
+            keep_full: None,
+            keep_within: Some(Duration::from_secs(36 * 3600)),
+        };
+        // b3 ends inside the window; b2 is the newest before it.
+        assert_eq!(keep_set(&backups, r, now), [false, true, true]);
+    }
+
+    fn parse(t: &str) -> i64 {
+        catalog::parse_micros(t).unwrap()
+    }
 }

@@ -152,7 +152,7 @@ impl plan::PlanInput for RepoInput<'_> {
         loop {
             loop {
                 let step = match dec.poll() {
-                    Ok(Poll::Record(r)) => Some(Ok((r.lsn, r.end))),
+                    Ok(Poll::Record(r)) => Some(Ok((r.lsn, end_rec_ptr(&r, seg)))),
                     Ok(Poll::NeedMore) => None,
                     Ok(Poll::End(e)) => Some(Err(e)),
                     Err(e) => return Err(corrupt(format!("archived WAL near {lsn}: {e}"))),
@@ -204,6 +204,19 @@ impl plan::PlanInput for RepoInput<'_> {
             segno = SegNo(segno.0 + 1);
         }
     }
+}
+
+/// Where PostgreSQL's reader says a record ends (`EndRecPtr`, which recovery reports as
+/// `pg_last_wal_replay_lsn()` after stopping there): just past its bytes, except for an
+/// `XLOG_SWITCH`, whose end is the end of its segment (xlogreader.c, `XLogDecodeNextRecord`,
+/// moves `NextRecPtr` to the segment's end for a switch record).
+fn end_rec_ptr(r: &walfmt::Record<'_>, seg: WalSegSize) -> Lsn {
+    use walfmt::record::{RM_XLOG_ID, xlog_info};
+    if r.header.rmid == RM_XLOG_ID && r.header.info & 0xF0 == xlog_info::SWITCH {
+        let next = r.lsn.segment(seg).0 + 1;
+        return SegNo(next).start_lsn(seg).unwrap_or(r.end);
+    }
+    r.end
 }
 
 /// Loads what the planner needs from the repo. Unusable catalog entries are skipped with a
@@ -592,15 +605,20 @@ async fn execute_inner(
             .neutralised
             .push(format!("{g} (postgresql.auto.conf: commented out)"));
     }
-    if let Ok(main) = std::fs::read_to_string(p.dir.join("postgresql.conf")) {
-        for g in plan::recovery_settings_in(&main) {
-            stats
-                .neutralised
-                .push(format!("{g} (postgresql.conf: overridden)"));
+    let mut files = Vec::new();
+    read_config_tree(&p.dir.join("postgresql.conf"), 0, &mut files);
+    let mut variants = Vec::new();
+    for (path, text) in &files {
+        let shown = path
+            .strip_prefix(&p.dir)
+            .map_or_else(|_| path.display().to_string(), |r| r.display().to_string());
+        for g in plan::recovery_settings_in(text) {
+            stats.neutralised.push(format!("{g} ({shown}: overridden)"));
         }
+        variants.extend(plan::case_variants(text));
     }
-    for s in &p.recovery_settings {
-        conf.push_str(s);
+    for s in plan::respell(&p.recovery_settings, &variants) {
+        conf.push_str(&s);
         conf.push('\n');
     }
     if auto.exists() {
@@ -625,6 +643,45 @@ async fn execute_inner(
     chown_for_postgres(dirs)?;
     pb.finish_and_clear();
     Ok(stats)
+}
+
+/// A configuration file and, recursively, the files it includes (`include`,
+/// `include_if_exists`, `include_dir`: relative paths from the including file's directory,
+/// as PostgreSQL resolves them), as far as they can be read.
+fn read_config_tree(path: &Path, depth: usize, out: &mut Vec<(PathBuf, String)>) {
+    if depth > 10 || out.iter().any(|(p, _)| p == path) {
+        return;
+    }
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return;
+    };
+    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let incs = plan::includes_in(&text);
+    out.push((path.to_path_buf(), text));
+    for (kind, v) in incs {
+        let target = dir.join(&v);
+        if kind == "include_dir" {
+            let Ok(rd) = std::fs::read_dir(&target) else {
+                continue;
+            };
+            let mut names: Vec<PathBuf> = rd
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.extension().is_some_and(|e| e == "conf")
+                        && !p
+                            .file_name()
+                            .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+                })
+                .collect();
+            names.sort();
+            for f in names {
+                read_config_tree(&f, depth + 1, out);
+            }
+        } else {
+            read_config_tree(&target, depth + 1, out);
+        }
+    }
 }
 
 /// Fetches the WAL the plan chose, exactly: a partial is cut at the end the plan predicted

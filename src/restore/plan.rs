@@ -290,6 +290,12 @@ pub struct Plan {
     pub wal_end: Lsn,
     /// The last commit or abort recovery replays (the last one included).
     pub last_included: Option<XactInfo>,
+    /// The transaction whose time `pg_last_xact_replay_timestamp()` shows once recovery
+    /// stopped: the last included one, except after an inclusive LSN stop on that very
+    /// commit or abort record, where PostgreSQL stops before recording its time
+    /// (xlogrecovery.c, `recoveryStopsAfter` returns on the LSN target before
+    /// `SetLatestXTime`), so the one before it. `--verify` compares with this.
+    pub last_timestamped: Option<XactInfo>,
     /// The first one it does not replay.
     pub first_excluded: Option<XactInfo>,
     /// Transactions stamped at or before the target whose commit or abort record comes
@@ -385,11 +391,22 @@ pub fn candidates(cat: &Catalog, path: &[PathStep], only: Option<&str>) -> Vec<C
     out
 }
 
-/// The earliest instant backup `b` restores to, on the server's clock: the latest commit or
-/// abort time in the WAL before the backup's end (looking from the segment before its start,
-/// which covers commits just before the start that are in its data), and no earlier than the
-/// time of the checkpoint the backup starts from. Falls back to the end time pitr recorded
-/// (its own clock) only when the WAL holds no timestamp at all near the backup.
+/// The earliest instant backup `b` restores to, on the server's clock: no commit or abort
+/// in its data files or in the WAL it replays to become consistent is stamped later.
+///
+/// - Commits and aborts from its start to its end are in the WAL; the latest counts.
+/// - The checkpoint it starts from: PostgreSQL stamps it in whole seconds
+///   (`CheckPoint.time`, `time(NULL)` in xlog.c `CreateCheckPoint`), taken just before the
+///   redo pointer, so commits of that same second can precede the start and be in the data
+///   files, however much WAL lies between (a bulk load running when the backup began). The
+///   WAL before the start is therefore read backwards until a commit or abort stamped more
+///   than a second before the checkpoint's second (timestamps in WAL order are ordered to
+///   within concurrency inversions), taking the latest time seen; if none turns up within
+///   [`LOOKBACK_SEGMENTS`], the whole checkpoint second counts (its last microsecond). WAL
+///   before the first archived segment cannot be read; commits there are not seen.
+///
+/// Falls back to the end time pitr recorded (its own clock) only when the WAL holds no
+/// timestamp at all near the backup.
 pub async fn restorable_from<I: PlanInput>(
     input: &I,
     path: &[PathStep],
@@ -399,16 +416,41 @@ pub async fn restorable_from<I: PlanInput>(
     let first = b.start().segment(seg).0;
     let last = catalog::last_segment(b.end(), seg).0.max(first);
     let mut best: Option<i64> = None;
-    for s in first.saturating_sub(1)..=last {
+    let take = |t: i64, best: &mut Option<i64>| *best = Some(best.map_or(t, |m| m.max(t)));
+    let mut ckpt: Option<i64> = None;
+    for s in first..=last {
         let Some(f) = input.facts(path, SegNo(s)).await? else {
             continue;
         };
         for x in f.xacts.iter().filter(|x| x.lsn < b.end()) {
-            best = Some(best.map_or(x.time, |m| m.max(x.time)));
+            take(x.time, &mut best);
         }
         for c in f.checkpoints.iter().filter(|c| c.redo == b.start()) {
             let t = c.time_unix.saturating_mul(1_000_000);
-            best = Some(best.map_or(t, |m| m.max(t)));
+            ckpt = Some(ckpt.map_or(t, |m: i64| m.max(t)));
+            take(t, &mut best);
+        }
+    }
+    // Before the start: back to a commit clearly older than the checkpoint's second.
+    let old_enough = ckpt.map_or(i64::MIN, |c| c.saturating_sub(1_000_000));
+    let mut found_older = ckpt.is_none();
+    let mut s = first;
+    let mut looked = 0;
+    while !found_older && s > 0 && looked < LOOKBACK_SEGMENTS {
+        s -= 1;
+        looked += 1;
+        let Some(f) = input.facts(path, SegNo(s)).await? else {
+            break; // the archive begins here
+        };
+        for x in f.xacts.iter().filter(|x| x.lsn < b.start()) {
+            take(x.time, &mut best);
+            found_older |= x.time < old_enough;
+        }
+        if looked == LOOKBACK_SEGMENTS
+            && !found_older
+            && let Some(c) = ckpt
+        {
+            take(c + 999_999, &mut best);
         }
     }
     Ok(match best {
@@ -416,6 +458,10 @@ pub async fn restorable_from<I: PlanInput>(
         None => (b.end_micros(), false),
     })
 }
+
+/// How many segments before a backup's start [`restorable_from`] reads for commits stamped
+/// in its checkpoint's second.
+pub const LOOKBACK_SEGMENTS: u64 = 16;
 
 /// Step 2's result.
 #[derive(Debug, Clone)]
@@ -933,6 +979,11 @@ pub fn history_files(
         .map(|t| t.0)
         .collect();
     ids.extend(path.iter().map(|p| p.tli.0));
+    // Every ID a history names, even an ancestor whose own history file and WAL the repo
+    // never received (pitr was not streaming while it existed): a placeholder reserves it.
+    for h in idx.histories.values() {
+        ids.extend(h.ancestors.iter().map(|a| a.tli.0));
+    }
     let out: Vec<HistoryFile> = ids
         .iter()
         .filter(|t| **t > 1)
@@ -1079,6 +1130,82 @@ pub fn neutralise_auto_conf(text: &str) -> (String, Vec<String>) {
     (out, gone)
 }
 
+/// The recovery and standby settings a configuration file sets spelled otherwise than in
+/// lower case (`Recovery_Target_Time`), as spelled. PostgreSQL matches names
+/// case-insensitively, but ignores an earlier assignment only when a later one is spelled
+/// identically (guc.c, `ProcessConfigFileInternal`, `strcmp`): such a line still applies
+/// before pitr's settings, and a recovery target left there makes the server refuse to
+/// start ("multiple recovery targets specified"). The restore therefore also writes its
+/// value under that spelling ([`respell`]).
+pub fn case_variants(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| {
+            let t = l.trim_start();
+            let n = setting_name(t)?;
+            let raw = &t[..n.len()];
+            (RESET_SETTINGS.contains(&n.as_str()) && raw != n).then(|| raw.to_string())
+        })
+        .collect()
+}
+
+/// `settings` (pitr's recovery settings) with, before each line, the same assignment under
+/// every other spelling of its name in `variants`.
+pub fn respell(settings: &[String], variants: &[String]) -> Vec<String> {
+    let mut out = Vec::with_capacity(settings.len() + variants.len());
+    for line in settings {
+        if let Some(n) = setting_name(line) {
+            let value = &line.trim_start()[n.len()..];
+            let mut seen = Vec::new();
+            for v in variants.iter().filter(|v| v.to_ascii_lowercase() == n) {
+                if !seen.contains(v) {
+                    seen.push(v.clone());
+                    out.push(format!("{v}{value}"));
+                }
+            }
+        }
+        out.push(line.clone());
+    }
+    out
+}
+
+/// The files a configuration file includes (`include`, `include_if_exists`,
+/// `include_dir`), as written: (directive, path).
+pub fn includes_in(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|l| {
+            let t = l.trim_start();
+            let n = setting_name(t)?;
+            if !matches!(n.as_str(), "include" | "include_if_exists" | "include_dir") {
+                return None;
+            }
+            let rest = t[n.len()..].trim_start();
+            let rest = rest.strip_prefix('=').unwrap_or(rest).trim_start();
+            let value = if let Some(q) = rest.strip_prefix('\'') {
+                let mut v = String::new();
+                let mut it = q.chars().peekable();
+                while let Some(c) = it.next() {
+                    if c == '\'' {
+                        if it.peek() == Some(&'\'') {
+                            it.next();
+                            v.push('\'');
+                            continue;
+                        }
+                        break;
+                    }
+                    v.push(c);
+                }
+                v
+            } else {
+                rest.split(|c: char| c.is_whitespace() || c == '#')
+                    .next()
+                    .unwrap_or("")
+                    .to_string()
+            };
+            (!value.is_empty()).then_some((n, value))
+        })
+        .collect()
+}
+
 /// The recovery and standby settings a configuration file sets (for reporting what the
 /// restore's settings override in `postgresql.conf`).
 pub fn recovery_settings_in(text: &str) -> Vec<String> {
@@ -1167,6 +1294,12 @@ pub async fn plan<I: PlanInput>(
                 .0,
         );
     }
+    let last_timestamped = match (r.stop, r.last) {
+        (Stop::After(l), Some(x)) if x.lsn == l => {
+            last_before(input, &path, cat.index.seg, backup.start(), l).await?
+        }
+        (_, last) => last,
+    };
     let wal_end = r.need_end.max(backup.end());
     // 3. Files.
     let wal = wal_files(&cat.index, &path, &backup, wal_end)?;
@@ -1185,6 +1318,7 @@ pub async fn plan<I: PlanInput>(
         stop_record: r.stop_record,
         wal_end,
         last_included: r.last.map(XactInfo::from),
+        last_timestamped: last_timestamped.map(XactInfo::from),
         first_excluded: r.next.map(XactInfo::from),
         excluded_despite_time: r.excluded.into_iter().map(XactInfo::from).collect(),
         wal,
@@ -1531,6 +1665,8 @@ mod tests {
         // Inclusive at a commit's LSN: the commit is the last included transaction.
         let p = run(plan(&f, &c, &req(TargetSpec::Lsn(l(0x2FF000))))).unwrap();
         assert_eq!(p.last_included.unwrap().xid, 13);
+        // ... but PostgreSQL stops after it before recording its time.
+        assert_eq!(p.last_timestamped.unwrap().xid, 12);
         let mut r = req(TargetSpec::Lsn(l(0x2FF000)));
         r.inclusive = false;
         let p = run(plan(&f, &c, &r)).unwrap();
@@ -1641,6 +1777,105 @@ mod tests {
         );
     }
 
+    /// A commit in the checkpoint's second, several segments before the backup's start (a
+    /// bulk load ran in between): in the data files, so it bounds the restorable-from
+    /// instant; found by reading back to a clearly older commit, or, failing that within
+    /// the lookback, the whole checkpoint second counts.
+    #[test]
+    fn a_commit_of_the_checkpoint_second_segments_before_the_start_counts() {
+        let ckpt = |redo: u64| CheckpointFact {
+            lsn: l(redo + 0x38),
+            redo: l(redo),
+            time_unix: 10,
+        };
+        let mut f = Fake::default();
+        f.facts.insert(
+            (1, 1),
+            SegmentFacts {
+                xacts: vec![xact(0x100100, 3_000_000, 7)],
+                ..Default::default()
+            },
+        );
+        f.facts.insert(
+            (1, 2),
+            SegmentFacts {
+                xacts: vec![xact(0x200100, 10_400_000, 8)],
+                ..Default::default()
+            },
+        );
+        for s in 3..5 {
+            f.facts.insert((1, s), SegmentFacts::default());
+        }
+        f.facts.insert(
+            (1, 5),
+            SegmentFacts {
+                checkpoints: vec![ckpt(0x500028)],
+                ..Default::default()
+            },
+        );
+        let c = cat(
+            vec![backup("b1", 0x500028, 0x500400, 1)],
+            index(&[(1, 0..6)], &[], &[]),
+        );
+        let (from, _) = run(restorable_from(
+            &f,
+            &c.index.path(TimeLineId(1)),
+            &c.backups[0],
+            seg(),
+        ))
+        .unwrap();
+        assert_eq!(from, 10_400_000);
+        let e = run(plan(&f, &c, &req(time(10_200_000)))).unwrap_err();
+        assert!(
+            e.to_string().contains("before the earliest restorable"),
+            "{e}"
+        );
+        // No older commit within the lookback: the checkpoint's whole second.
+        let mut f2 = Fake::default();
+        let start = LOOKBACK_SEGMENTS + 2;
+        for s in 0..start {
+            f2.facts.insert((1, s), SegmentFacts::default());
+        }
+        let redo = start * MB + 0x28;
+        f2.facts.insert(
+            (1, start),
+            SegmentFacts {
+                checkpoints: vec![ckpt(redo)],
+                ..Default::default()
+            },
+        );
+        let b = backup("b2", redo, redo + 0x400, 1);
+        let idx = index(&[(1, 0..start + 1)], &[], &[]);
+        let (from, _) = run(restorable_from(&f2, &idx.path(TimeLineId(1)), &b, seg())).unwrap();
+        assert_eq!(from, 10_999_999);
+    }
+
+    #[test]
+    fn settings_spelled_in_another_case_are_written_under_that_spelling_too() {
+        let conf = "Recovery_Target_Time = '2020-01-01'\n  PRIMARY_CONNINFO='host=x'\nrecovery_target_xid = '5'\n# Recovery_Target_Name = 'n'\n";
+        let v = case_variants(conf);
+        assert_eq!(v, ["Recovery_Target_Time", "PRIMARY_CONNINFO"]);
+        let s = recovery_settings("latest", Stop::EndOfWal, TimeLineId(1), &Mode::Promote);
+        let r = respell(&s, &v);
+        let i = r
+            .iter()
+            .position(|l| l == "Recovery_Target_Time = ''")
+            .unwrap();
+        assert_eq!(r[i + 1], "recovery_target_time = ''");
+        assert!(r.contains(&"PRIMARY_CONNINFO = ''".to_string()), "{r:?}");
+        assert_eq!(r.len(), s.len() + 2);
+        assert_eq!(
+            includes_in(
+                "include 'a.conf'\ninclude_dir = 'conf.d' # x\ninclude_if_exists b.conf\n#include 'no'\n"
+            ),
+            [
+                ("include".to_string(), "a.conf".to_string()),
+                ("include_dir".to_string(), "conf.d".to_string()),
+                ("include_if_exists".to_string(), "b.conf".to_string())
+            ]
+        );
+    }
+
     #[test]
     fn duplicate_restore_point_names_use_the_first() {
         let (mut f, c) = base();
@@ -1669,6 +1904,27 @@ mod tests {
             "{:?}",
             p.notes
         );
+    }
+
+    #[test]
+    fn a_timeline_named_only_as_an_ancestor_is_never_reused() {
+        let (f, mut c) = base();
+        // Timeline 3 descends from 2, which the repo never received.
+        c.index = index(
+            &[(1, 0..4)],
+            &[],
+            &[(3, "1\t0/280000\tx\n2\t0/380000\ty\n")],
+        );
+        let mut r = req(TargetSpec::Lsn(l(0x200200)));
+        r.timeline = TimelineSel::Id(TimeLineId(1));
+        let p = run(plan(&f, &c, &r)).unwrap();
+        assert_eq!(p.promotes_to, Some(4));
+        let placed: Vec<(u32, bool)> = p
+            .histories
+            .iter()
+            .map(|h| (h.timeline, h.key.is_some()))
+            .collect();
+        assert_eq!(placed, vec![(2, false), (3, true)]);
     }
 
     #[test]

@@ -529,7 +529,7 @@ pub async fn run_server_check(
     let achieved_us = achieved
         .as_deref()
         .and_then(crate::repo::catalog::parse_micros);
-    let expected_us = plan.last_included.as_ref().map(|x| x.micros);
+    let expected_us = plan.last_timestamped.as_ref().map(|x| x.micros);
     let end_lsn = replay_end
         .as_deref()
         .and_then(|s| s.parse::<walfmt::Lsn>().ok());

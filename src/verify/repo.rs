@@ -371,13 +371,24 @@ pub async fn verify_repo(repo: &Repo) -> Result<RepoReport, RepoError> {
     Ok(report)
 }
 
-/// Decodes every record the decoder holds; `Some` where valid WAL ends.
+/// Decodes every record the decoder holds, noting what each segment's records say; `Some`
+/// where valid WAL ends.
 fn drain(
     dec: &mut walfmt::WalDecoder<'_>,
+    seg: walfmt::WalSegSize,
+    observed: &mut std::collections::BTreeMap<SegNo, walfmt::SegmentSummary>,
+    newest_start: &mut Option<SegNo>,
 ) -> Result<Option<walfmt::EndOfWal>, walfmt::DecodeError> {
     loop {
         match dec.poll()? {
-            walfmt::Poll::Record(_) => {}
+            walfmt::Poll::Record(r) => {
+                let rs = r.lsn.segment(seg);
+                *newest_start = Some(rs);
+                observed
+                    .entry(rs)
+                    .or_insert_with(|| walfmt::SegmentSummary::new(rs))
+                    .observe(&r);
+            }
             walfmt::Poll::NeedMore => return Ok(None),
             walfmt::Poll::End(e) => return Ok(Some(e)),
         }
@@ -424,12 +435,23 @@ async fn check_wal_path(
     let last = catalog::last_segment(end, seg);
     let mut current = String::new();
     let mut ended = None;
+    // What the records starting in each segment say, to check the stored summaries against
+    // (restore plans from them: commit times, restore points, checkpoints).
+    let mut observed: std::collections::BTreeMap<SegNo, walfmt::SegmentSummary> =
+        std::collections::BTreeMap::new();
+    let mut summaries: Vec<(SegNo, String)> = Vec::new();
+    let mut newest_start: Option<SegNo> = None;
     while s <= last && ended.is_none() {
         let Some((ftli, f)) = idx.file(path, s) else {
             break;
         };
         let (key, pend) = match f {
-            SegFile::Complete { key, .. } => (key.clone(), None),
+            SegFile::Complete { key, summary } => {
+                if let Some(sk) = summary {
+                    summaries.push((s, sk.clone()));
+                }
+                (key.clone(), None)
+            }
             SegFile::Partial { key, end } => (key.clone(), Some(*end)),
         };
         let data = match repo.read_wal_object(&key, s, pend, seg).await {
@@ -452,7 +474,7 @@ async fn check_wal_path(
         });
         dec.feed(&data[..upto.min(data.len())]);
         current = key;
-        match drain(&mut dec) {
+        match drain(&mut dec, seg, &mut observed, &mut newest_start) {
             Ok(e) => ended = e,
             Err(e) => {
                 report.problems.push(format!("{current}: {e}"));
@@ -463,7 +485,7 @@ async fn check_wal_path(
     }
     if ended.is_none() {
         dec.finish();
-        match drain(&mut dec) {
+        match drain(&mut dec, seg, &mut observed, &mut newest_start) {
             Ok(e) => ended = e,
             Err(e) => {
                 report.problems.push(format!("{current}: {e}"));
@@ -471,6 +493,7 @@ async fn check_wal_path(
             }
         }
     }
+    check_summaries(repo, &summaries, observed, newest_start, report).await;
     if let Some(e) = ended
         && !matches!(e.reason, walfmt::EndReason::InputEnded { .. })
     {
@@ -478,5 +501,74 @@ async fn check_wal_path(
             "timeline {tli}: the archived WAL stops being valid at {} ({e}) in {current}, before the archive's end at {end}: the archive mixes two histories here, or an object is damaged; restores past this point replay the wrong WAL or stop early",
             e.lsn
         ));
+    }
+}
+
+/// Compares each stored summary with what decoding its segment's records found. A segment
+/// is compared only once decoding went past it (a record starting in a later segment, or
+/// its switch record), so that a record running into WAL not archived yet is no false
+/// problem.
+async fn check_summaries(
+    repo: &Repo,
+    summaries: &[(SegNo, String)],
+    mut observed: std::collections::BTreeMap<SegNo, walfmt::SegmentSummary>,
+    newest_start: Option<SegNo>,
+    report: &mut RepoReport,
+) {
+    for (s, key) in summaries {
+        let stored = match repo.store().get(key).await {
+            Ok(Some(b)) => b,
+            Ok(None) => continue, // removed meanwhile (prune)
+            Err(e) => {
+                report.problems.push(format!("{key}: {e}"));
+                continue;
+            }
+        };
+        let stored = match catalog::facts_from_summary(&stored, key) {
+            Ok(f) => f,
+            Err(e) => {
+                if !report.problems.iter().any(|p| p.starts_with(key.as_str())) {
+                    report.problems.push(format!(
+                        "{e}: restores decode the segment instead; delete the summary"
+                    ));
+                }
+                continue;
+            }
+        };
+        let obs = observed
+            .remove(s)
+            .unwrap_or_else(|| walfmt::SegmentSummary::new(*s));
+        let decoded_past = obs.switch_lsn.is_some() || newest_start.is_some_and(|n| n > *s);
+        if !decoded_past {
+            continue;
+        }
+        let got = catalog::facts_from_segment(obs);
+        let mut differs = Vec::new();
+        if got.xacts != stored.xacts {
+            differs.push(format!(
+                "{} commits/aborts in the WAL, {} in the summary",
+                got.xacts.len(),
+                stored.xacts.len()
+            ));
+        }
+        if got.restore_points != stored.restore_points {
+            differs.push("restore points".to_string());
+        }
+        if got.checkpoints != stored.checkpoints {
+            differs.push("checkpoints".to_string());
+        }
+        if got.first_lsn != stored.first_lsn
+            || got.last_lsn != stored.last_lsn
+            || (stored.first_prev.is_some() && got.first_prev != stored.first_prev)
+            || got.switch_lsn != stored.switch_lsn
+        {
+            differs.push("record boundaries".to_string());
+        }
+        if !differs.is_empty() && !report.problems.iter().any(|p| p.starts_with(key.as_str())) {
+            report.problems.push(format!(
+                "{key} disagrees with its segment ({}): restores plan from it and would stop at the wrong record; delete it (restores then decode the segment)",
+                differs.join(", ")
+            ));
+        }
     }
 }

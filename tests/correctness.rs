@@ -535,6 +535,12 @@ fn a_damaged_entry_an_interrupted_backup_and_a_gap_do_not_take_the_repo_down() {
         assert!(o.status.success(), "prune: {}", text(&o));
         let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         assert_eq!(r["deleted_incomplete"][0], "20200101T000000Z", "{r:#}");
+        // The unusable entry's backup may need old WAL: none is deleted while it is there.
+        assert_eq!(r["deleted_wal_objects"], 0, "{r:#}");
+        assert!(
+            r["wal_kept_because"].as_str().unwrap().contains(old_id),
+            "{r:#}"
+        );
         assert!(!ghost.exists(), "prune left {}", ghost.display());
         // A gap: a segment after the newest backup goes missing.
         c.psql("INSERT INTO t SELECT generate_series(10, 30000)");

@@ -50,6 +50,9 @@ pub struct PruneReport {
     pub deleted_points: usize,
     /// First WAL segment kept.
     pub wal_kept_from: Option<String>,
+    /// Why no WAL was deleted although retention would allow it (an unusable catalog entry:
+    /// the backup it describes may need that WAL).
+    pub wal_kept_because: Option<String>,
     /// Nothing was deleted (`--dry-run`).
     pub dry_run: bool,
 }
@@ -150,7 +153,21 @@ pub async fn prune(repo: &Repo, r: Retention, dry_run: bool) -> Result<PruneRepo
             }
         }
     }
-    // WAL below the oldest kept backup's start segment.
+    // WAL below the oldest kept backup's start segment; none while a catalog entry is
+    // unusable (the backup it describes may be restorable again once the entry is restored
+    // from a copy, and its start is unknown).
+    if let Some(b) = scan.bad.first() {
+        report.wal_kept_because = Some(format!(
+            "{} is unusable ({}): its backup may need the WAL; restore the entry from a copy, or delete backups/{}/ to let prune reclaim WAL",
+            b.key,
+            b.error,
+            b.key
+                .strip_prefix("backups/")
+                .and_then(|r| r.split('/').next())
+                .unwrap_or("?")
+        ));
+        return Ok(report);
+    }
     let floor: SegNo = oldest_kept.start().segment(seg);
     report.wal_kept_from = Some(format!("{} (segment {:X})", oldest_kept.start_lsn, floor.0));
     for o in store.list("wal/").await? {
@@ -198,6 +215,9 @@ pub fn print(w: &mut impl std::io::Write, r: &PruneReport) -> std::io::Result<()
             "{verb} incomplete backups: {}",
             r.deleted_incomplete.join(", ")
         )?;
+    }
+    if let Some(why) = &r.wal_kept_because {
+        return writeln!(w, "no WAL or restore point record deleted: {why}");
     }
     writeln!(
         w,

@@ -798,8 +798,12 @@ pub async fn resolve<I: PlanInput>(
         TargetSpec::Name(name) => {
             // The FIRST restore point with this name after the oldest candidate's end.
             let oldest = cands.last().map(|c| c.backup.end()).unwrap_or(Lsn(0));
+            let oldest_start = cands.last().map(|c| c.backup.start()).unwrap_or(Lsn(0));
             let wal_end = cands.iter().map(Candidate::wal_end).max().unwrap_or(oldest);
-            let mut s = oldest.segment(seg);
+            // Points inside the oldest backup's own window (before it is consistent): named
+            // in the refusal, not silently "missing".
+            let mut too_early = None;
+            let mut s = oldest_start.segment(seg);
             let last_seg = catalog::last_segment(wal_end, seg);
             let mut found = Vec::new();
             let mut names = BTreeSet::new();
@@ -815,11 +819,19 @@ pub async fn resolve<I: PlanInput>(
                         if &p.name == name {
                             found.push(p);
                         }
+                    } else if p.lsn >= oldest_start && &p.name == name {
+                        too_early.get_or_insert(p.lsn);
                     }
                 }
                 s = SegNo(s.0 + 1);
             }
             let Some(rp) = found.first().cloned() else {
+                if let Some(l) = too_early {
+                    return Err(refused(format!(
+                        "restore point {name:?} ({l}) is before the earliest restorable point: it was made while the oldest backup ({}) was being taken, before that backup is consistent at {oldest}",
+                        cands.last().map_or("?", |c| c.backup.id.as_str())
+                    )));
+                }
                 return Err(refused(format!(
                     "no restore point named {name:?} in the archived WAL of timeline {tli} after a backup{}",
                     if names.is_empty() {
@@ -1903,6 +1915,18 @@ mod tests {
             p.notes.iter().any(|n| n.contains("not unique")),
             "{:?}",
             p.notes
+        );
+        // A point inside the only backup's window is named as too early, not as missing.
+        f.facts.get_mut(&(1, 1)).unwrap().restore_points = vec![RestorePoint {
+            lsn: l(0x100200),
+            name: "during".into(),
+            time: 600,
+        }];
+        let e = run(plan(&f, &c, &req(TargetSpec::Name("during".into())))).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("before the earliest restorable point"),
+            "{e}"
         );
     }
 

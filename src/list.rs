@@ -106,16 +106,8 @@ pub async fn list(repo: &Repo) -> Result<Listing, RepoError> {
             Vec::new()
         }
     };
-    let starts: Vec<(Lsn, walfmt::TimeLineId)> = backups
-        .iter()
-        .map(|b| (b.start(), walfmt::TimeLineId(b.start_tli)))
-        .collect();
-    if let Some(g) = crate::repo::gaps::open_gap(&recorded_gaps, &starts) {
-        problems.push(format!(
-            "{}: no complete backup starts after it, so nothing after {} can be restored; take a base backup (pitr backup)",
-            g.describe(),
-            g.to
-        ));
+    if let Some(g) = crate::repo::gaps::open_gap_after(&recorded_gaps, &backups) {
+        problems.push(g.unrestorable());
     }
     let mut timelines = Vec::new();
     for tli in idx.timelines() {

@@ -475,24 +475,13 @@ impl WalIndex {
 
     /// The stretches of WAL that recovery following `tli` reads, oldest first.
     pub fn path(&self, tli: TimeLineId) -> Vec<PathStep> {
-        let mut out = Vec::new();
-        let mut from = Lsn(0);
-        if let Some(h) = self.histories.get(&tli) {
-            for a in &h.ancestors {
-                out.push(PathStep {
-                    tli: a.tli,
-                    from,
-                    to: a.end,
-                });
-                from = a.end;
-            }
+        match self.histories.get(&tli) {
+            Some(h) => history_path(h),
+            None => history_path(&TimelineHistory {
+                tli,
+                ancestors: Vec::new(),
+            }),
         }
-        out.push(PathStep {
-            tli,
-            from,
-            to: Lsn(u64::MAX),
-        });
-        out
     }
 
     /// The timeline whose file recovery reads for `segno` when following `path`: the newest
@@ -606,8 +595,7 @@ impl WalIndex {
             .read_wal_object(key, segno, partial_end, self.seg)
             .await?
             .ok_or_else(|| corrupt(format!("{key}: listed but missing")))?;
-        let mut cfg = DecoderConfig::new(self.seg);
-        cfg.sysid = Some(self.system_id);
+        let cfg = DecoderConfig::for_cluster(self.seg, self.system_id);
         let key = key.clone();
         tokio::task::spawn_blocking(move || {
             walfmt::summary::summarize_segment(cfg, segno, &data)
@@ -619,6 +607,27 @@ impl WalIndex {
         .map(Some)
         .map_err(corrupt)
     }
+}
+
+/// The stretches of WAL that recovery following history `h` reads, oldest first: each
+/// ancestor up to its switch point, then `h`'s own timeline, open-ended.
+pub fn history_path(h: &TimelineHistory) -> Vec<PathStep> {
+    let mut out = Vec::new();
+    let mut from = Lsn(0);
+    for a in &h.ancestors {
+        out.push(PathStep {
+            tli: a.tli,
+            from,
+            to: a.end,
+        });
+        from = a.end;
+    }
+    out.push(PathStep {
+        tli: h.tli,
+        from,
+        to: Lsn(u64::MAX),
+    });
+    out
 }
 
 /// Whether `path` reaches `lsn` on timeline `tli` (a backup lies on a timeline's history).

@@ -153,6 +153,21 @@ impl GapRecord {
         Ok(())
     }
 
+    /// Whether the WAL missing at `at` (a segment's start, as a listing shows a gap) is
+    /// this gap: from the segment holding `from` to `to`.
+    pub fn covers(&self, at: Lsn, seg: walfmt::WalSegSize) -> bool {
+        matches!((self.from_lsn(), self.to_lsn()), (Ok(f), Ok(t)) if f.segment(seg) <= at.segment(seg) && at < t)
+    }
+
+    /// What an open gap means, for `list` and `verify`.
+    pub fn unrestorable(&self) -> String {
+        format!(
+            "{}: no complete backup starts after it, so nothing after {} can be restored; take a base backup (pitr backup)",
+            self.describe(),
+            self.to
+        )
+    }
+
     /// The one-line description used in logs and `/healthz`.
     pub fn describe(&self) -> String {
         format!(
@@ -208,6 +223,18 @@ pub fn open_gap<'a>(gaps: &'a [GapRecord], backups: &[(Lsn, TimeLineId)]) -> Opt
         .iter()
         .any(|(start, btli)| *start >= to && *btli >= tli);
     (!closed).then_some(g)
+}
+
+/// [`open_gap`] given the complete backups.
+pub fn open_gap_after<'a>(
+    gaps: &'a [GapRecord],
+    backups: &[super::catalog::BackupRecord],
+) -> Option<&'a GapRecord> {
+    let starts: Vec<(Lsn, TimeLineId)> = backups
+        .iter()
+        .map(|b| (b.start(), TimeLineId(b.start_tli)))
+        .collect();
+    open_gap(gaps, &starts)
 }
 
 #[cfg(test)]

@@ -389,31 +389,39 @@ impl Repo {
         self.store.put_if_absent(key, data).await
     }
 
-    /// The newest archived WAL: highest segment, then highest timeline, complete before partial.
-    pub async fn tip(&self, seg: WalSegSize) -> Result<Option<ArchivedTip>, RepoError> {
-        let mut best: Option<ArchivedTip> = None;
-        for o in self.store.list("wal/").await? {
-            let t = match parse_wal_key(&o.key, seg) {
-                Some(WalObject::Segment(tli, segno)) => ArchivedTip {
+    /// Every complete segment and partial in the WAL area, from one listing (each as the
+    /// tip it would be).
+    pub async fn wal_objects(&self, seg: WalSegSize) -> Result<Vec<ArchivedTip>, RepoError> {
+        Ok(self
+            .store
+            .list("wal/")
+            .await?
+            .into_iter()
+            .filter_map(|o| match parse_wal_key(&o.key, seg)? {
+                WalObject::Segment(tli, segno) => Some(ArchivedTip {
                     tli,
                     segno,
                     complete: true,
                     end: SegNo(segno.0 + 1).start_lsn(seg).unwrap_or(Lsn(u64::MAX)),
-                },
-                Some(WalObject::Partial(tli, segno, end)) => ArchivedTip {
+                }),
+                WalObject::Partial(tli, segno, end) => Some(ArchivedTip {
                     tli,
                     segno,
                     complete: false,
                     end,
-                },
-                _ => continue,
-            };
-            let key = |a: &ArchivedTip| (a.segno, a.tli, a.complete, a.end);
-            if best.as_ref().is_none_or(|b| key(&t) > key(b)) {
-                best = Some(t);
-            }
-        }
-        Ok(best)
+                }),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// The newest archived WAL: highest segment, then highest timeline, complete before partial.
+    pub async fn tip(&self, seg: WalSegSize) -> Result<Option<ArchivedTip>, RepoError> {
+        Ok(self
+            .wal_objects(seg)
+            .await?
+            .into_iter()
+            .max_by_key(|a| (a.segno, a.tli, a.complete, a.end)))
     }
 
     /// The partial objects of one segment: (key, end LSN).

@@ -145,8 +145,7 @@ impl plan::PlanInput for RepoInput<'_> {
         let start = segno
             .start_lsn(seg)
             .ok_or_else(|| corrupt(format!("LSN {lsn} is out of range")))?;
-        let mut cfg = DecoderConfig::new(seg);
-        cfg.sysid = Some(self.idx.system_id);
+        let cfg = DecoderConfig::for_cluster(seg, self.idx.system_id);
         let mut dec = WalDecoder::new(cfg, StartAt::SegmentStart(start))
             .map_err(|e| corrupt(format!("decoding WAL at {start}: {e}")))?;
         loop {

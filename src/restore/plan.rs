@@ -123,9 +123,7 @@ impl Catalog {
     /// " (a gap pitr stream recorded on ...: reason; a backup taken after it restores past
     /// it)" when the missing WAL at `at` is a recorded gap, else a hint to find the segment.
     fn gap_note(&self, at: Lsn) -> String {
-        let recorded = self.gaps.iter().find(|g| {
-            matches!((g.from_lsn(), g.to_lsn()), (Ok(f), Ok(t)) if f.segment(self.index.seg) <= at.segment(self.index.seg) && at < t)
-        });
+        let recorded = self.gaps.iter().find(|g| g.covers(at, self.index.seg));
         match recorded {
             Some(g) => format!(
                 "; it is a gap pitr stream recorded on {} ({}): only a backup taken after {} restores past it",

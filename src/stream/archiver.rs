@@ -172,7 +172,6 @@ impl Archiver {
         self.segno = start.segment(seg);
         self.seg_start = start;
         self.buf = BytesMut::with_capacity(seg.bytes() as usize);
-        self.published_len = 0;
         self.stale = self.partials_of(tli, self.segno).await?;
         // The repo already holds its newest partial of this segment, and the receiver proved
         // the server's bytes there are the same before the run began: not published again.
@@ -218,8 +217,7 @@ impl Archiver {
             missing.push((prev, body));
         }
         let first = missing.last().map_or(segno, |(s, _)| *s);
-        let mut dc = DecoderConfig::new(seg);
-        dc.sysid = Some(self.cfg.system_id);
+        let dc = DecoderConfig::for_cluster(seg, self.cfg.system_id);
         let Ok(mut sum) = Summarizer::new(dc, first) else {
             return Ok(None);
         };

@@ -649,7 +649,7 @@ impl Session<'_> {
                 prefix: None,
             });
         }
-        let cfg = startup::decoder_config(seg, self.system_id);
+        let cfg = walfmt::DecoderConfig::for_cluster(seg, self.system_id);
         match Checker::link(cfg, &src.bytes, start, src.what) {
             Ok(checker) => Ok(Plan {
                 stream_from: start,
@@ -1078,6 +1078,23 @@ pub async fn run(
     let mut arch_done = false;
     let stop_backstop = shutdown.clone();
     let deadline = opts.shutdown_timeout;
+    // In the loop below: the value of a step, or (a transient error) log, back off and try
+    // again from the top, or (any other error) end with it.
+    macro_rules! or_retry {
+        ($r:expr, $what:expr) => {
+            match $r {
+                Ok(v) => v,
+                Err(e) if e.is_transient() => {
+                    if failed_wait(&mut shutdown, &mut backoff, opts.reconnect_cap, &e, $what).await
+                    {
+                        break Ok(());
+                    }
+                    continue;
+                }
+                Err(e) => break Err(e.into()),
+            }
+        };
+    }
     let result = loop {
         if !first {
             tracing::info!("reconnecting");
@@ -1136,66 +1153,21 @@ pub async fn run(
         first = false;
         // The receive timeout follows the server's wal_sender_timeout; it also bounds every
         // command and write on this connection.
-        let receive = match conn.show("wal_sender_timeout").await {
-            Ok(v) => receive_timeout(&v),
-            Err(e) if e.is_transient() => {
-                if failed_wait(
-                    &mut shutdown,
-                    &mut backoff,
-                    opts.reconnect_cap,
-                    &e,
-                    "reconnected but could not prepare",
-                )
-                .await
-                {
-                    break Ok(());
-                }
-                continue;
-            }
-            Err(e) => break Err(e.into()),
-        };
+        let receive = receive_timeout(&or_retry!(
+            conn.show("wal_sender_timeout").await,
+            "reconnected but could not prepare"
+        ));
         conn.set_io_timeout(Some(receive));
         let spooled_at = spool_shared.as_ref().and_then(|s| s.resume_point(seg));
-        let hist = match startup::server_history(&mut conn, cur.server_tli).await {
-            Ok((h, _)) => h,
-            Err(e) if e.is_transient() => {
-                if failed_wait(
-                    &mut shutdown,
-                    &mut backoff,
-                    opts.reconnect_cap,
-                    &e,
-                    "reconnected but could not read the server's history",
-                )
-                .await
-                {
-                    break Ok(());
-                }
-                continue;
-            }
-            Err(e) => break Err(e),
-        };
+        let (hist, _) = or_retry!(
+            startup::server_history(&mut conn, cur.server_tli).await,
+            "reconnected but could not read the server's history"
+        );
         let st = match gap.take() {
             Some(reason) => after_gap(&mut conn, &opts, &cur, &hist, spooled_at, &reason).await,
             None => start_point(&mut conn, &opts, &cur, &hist, spooled_at).await,
         };
-        let Start { tli, start, .. } = match st {
-            Ok(x) => x,
-            Err(e) if e.is_transient() => {
-                if failed_wait(
-                    &mut shutdown,
-                    &mut backoff,
-                    opts.reconnect_cap,
-                    &e,
-                    "could not find where to resume",
-                )
-                .await
-                {
-                    break Ok(());
-                }
-                continue;
-            }
-            Err(e) => break Err(e),
-        };
+        let Start { tli, start, .. } = or_retry!(st, "could not find where to resume");
         let mut session = Session {
             conn: &mut conn,
             opts: &opts,

@@ -18,7 +18,7 @@
 //!   the WAL check).
 
 use bytes::Bytes;
-use walfmt::{DecoderConfig, Lsn, SegNo, TimeLineId, TimelineHistory, WalSegSize};
+use walfmt::{Lsn, SegNo, TimeLineId, TimelineHistory, WalSegSize};
 
 use super::StreamError;
 use super::continuity::Checker;
@@ -26,36 +26,14 @@ use crate::replication::codec::ServerNotice;
 use crate::replication::commands::quote_ident;
 use crate::replication::conn::{ConnError, PgConn};
 use crate::repo::gaps::{self, GapRecord};
-use crate::repo::{self, Repo, WalObject};
+use crate::repo::{self, Repo};
 
-/// One step of a timeline path: `tli` holds the WAL in `[begin, end)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Step {
-    /// Timeline.
-    pub tli: TimeLineId,
-    /// First LSN on it.
-    pub begin: Lsn,
-    /// Its switch point (`Lsn(u64::MAX)` for the newest).
-    pub end: Lsn,
-}
+/// One step of a timeline path: `tli` holds the WAL in `[from, to)`.
+pub type Step = crate::repo::catalog::PathStep;
 
 /// The steps of a history, oldest first; the last is the history's own timeline, open-ended.
 pub fn path_of(h: &TimelineHistory) -> Vec<Step> {
-    let mut out: Vec<Step> = h
-        .ancestors
-        .iter()
-        .map(|a| Step {
-            tli: a.tli,
-            begin: a.begin,
-            end: a.end,
-        })
-        .collect();
-    out.push(Step {
-        tli: h.tli,
-        begin: h.begin(),
-        end: Lsn(u64::MAX),
-    });
-    out
+    crate::repo::catalog::history_path(h)
 }
 
 /// The server's history of `tli` (`TIMELINE_HISTORY`; timeline 1 has none): parsed, and its
@@ -174,43 +152,17 @@ pub async fn repo_histories(
     Ok(out)
 }
 
-/// A WAL object of the repo, from its name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Obj {
-    /// Timeline.
-    pub tli: TimeLineId,
-    /// Segment.
-    pub segno: SegNo,
-    /// A complete segment (else a partial up to `end`).
-    pub complete: bool,
-    /// End of the WAL it holds.
-    pub end: Lsn,
-}
+/// A WAL object of the repo, from its name (a complete segment, or a partial up to `end`).
+pub type Obj = repo::ArchivedTip;
 
-/// The repo's WAL objects (complete segments and partials).
+/// The repo's WAL objects (complete segments and partials), retrying while storage is down.
 pub async fn objects(r: &Repo, seg: WalSegSize) -> Result<Vec<Obj>, StreamError> {
-    let list = repo::retry("list the repo", std::time::Duration::from_secs(10), || {
-        r.store().list("wal/")
-    })
-    .await?;
-    Ok(list
-        .into_iter()
-        .filter_map(|o| match repo::parse_wal_key(&o.key, seg)? {
-            WalObject::Segment(tli, segno) => Some(Obj {
-                tli,
-                segno,
-                complete: true,
-                end: SegNo(segno.0 + 1).start_lsn(seg)?,
-            }),
-            WalObject::Partial(tli, segno, end) => Some(Obj {
-                tli,
-                segno,
-                complete: false,
-                end,
-            }),
-            _ => None,
+    Ok(
+        repo::retry("list the repo", std::time::Duration::from_secs(10), || {
+            r.wal_objects(seg)
         })
-        .collect())
+        .await?,
+    )
 }
 
 /// Where the repo's WAL along `path` ends, and where streaming resumes: `(timeline, segment
@@ -227,11 +179,11 @@ pub fn resume_along(
 ) -> Option<(TimeLineId, Lsn, Lsn)> {
     let seg_start = |l: Lsn| Lsn(l.0 - l.segment_offset(seg));
     for (i, step) in path.iter().enumerate().rev() {
-        let lo = step.begin.segment(seg);
-        let hi = if step.end.0 == u64::MAX {
+        let lo = step.from.segment(seg);
+        let hi = if step.to.0 == u64::MAX {
             SegNo(u64::MAX)
         } else {
-            Lsn(step.end.0.saturating_sub(1)).segment(seg)
+            Lsn(step.to.0.saturating_sub(1)).segment(seg)
         };
         let Some(best) = objs
             .iter()
@@ -240,17 +192,17 @@ pub fn resume_along(
         else {
             continue;
         };
-        if best.end >= step.end
+        if best.end >= step.to
             && let Some(next) = path.get(i + 1)
         {
-            return Some((next.tli, seg_start(step.end), step.end));
+            return Some((next.tli, seg_start(step.to), step.to));
         }
         let start = if best.complete {
             best.end
         } else {
             best.segno.start_lsn(seg)?
         };
-        return Some((step.tli, start, best.end.min(step.end)));
+        return Some((step.tli, start, best.end.min(step.to)));
     }
     None
 }
@@ -491,12 +443,8 @@ async fn read_open_gap(r: &Repo) -> Result<Option<GapRecord>, repo::RepoError> {
     if all.is_empty() {
         return Ok(None);
     }
-    let starts: Vec<(Lsn, TimeLineId)> = crate::repo::catalog::backups(r)
-        .await?
-        .iter()
-        .map(|b| (b.start(), TimeLineId(b.start_tli)))
-        .collect();
-    Ok(gaps::open_gap(&all, &starts).cloned())
+    let backups = crate::repo::catalog::backups(r).await?;
+    Ok(gaps::open_gap_after(&all, &backups).cloned())
 }
 
 /// Reads the open-gap state from the repo into `metrics` (logging a change); true while a
@@ -550,13 +498,6 @@ pub async fn gap_watch(
             _ = shutdown.changed() => return,
         }
     }
-}
-
-/// The decoder settings for this cluster.
-pub fn decoder_config(seg: WalSegSize, system_id: u64) -> DecoderConfig {
-    let mut c = DecoderConfig::new(seg);
-    c.sysid = Some(system_id);
-    c
 }
 
 #[cfg(test)]

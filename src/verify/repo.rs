@@ -302,17 +302,9 @@ pub async fn verify_repo(repo: &Repo) -> Result<RepoReport, RepoError> {
             Vec::new()
         }
     };
-    let starts: Vec<(walfmt::Lsn, TimeLineId)> = backups
-        .iter()
-        .map(|b| (b.start(), TimeLineId(b.start_tli)))
-        .collect();
-    let open = crate::repo::gaps::open_gap(&recorded, &starts);
+    let open = crate::repo::gaps::open_gap_after(&recorded, &backups);
     if let Some(g) = open {
-        report.problems.push(format!(
-            "{}: no complete backup starts after it, so nothing after {} can be restored; take a base backup (pitr backup)",
-            g.describe(),
-            g.to
-        ));
+        report.problems.push(g.unrestorable());
     }
     for b in &backups {
         check_backup(repo, b, &mut report).await;
@@ -333,9 +325,7 @@ pub async fn verify_repo(repo: &Repo) -> Result<RepoReport, RepoError> {
                 let s = gap.segment(seg);
                 // A gap pitr stream recorded, with a backup after it: known and explained;
                 // this backup restores up to it.
-                let known = recorded.iter().find(|g| {
-                    matches!((g.from_lsn(), g.to_lsn()), (Ok(f), Ok(t)) if f.segment(seg) <= s && gap < t)
-                });
+                let known = recorded.iter().find(|g| g.covers(gap, seg));
                 if let Some(g) = known
                     && open.is_none_or(|o| o != g)
                 {
@@ -426,8 +416,7 @@ async fn check_wal_path(
     let Some(start) = first.start_lsn(seg) else {
         return;
     };
-    let mut cfg = DecoderConfig::new(seg);
-    cfg.sysid = Some(idx.system_id);
+    let cfg = DecoderConfig::for_cluster(seg, idx.system_id);
     let Ok(mut dec) = WalDecoder::new(cfg, StartAt::SegmentStart(start)) else {
         return;
     };

@@ -64,6 +64,14 @@ impl DecoderConfig {
             sysid: None,
         }
     }
+
+    /// Default block size, learn the version, and expect this cluster's system id.
+    pub fn for_cluster(seg_size: WalSegSize, sysid: u64) -> Self {
+        DecoderConfig {
+            sysid: Some(sysid),
+            ..DecoderConfig::new(seg_size)
+        }
+    }
 }
 
 /// Where decoding begins.

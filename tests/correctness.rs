@@ -15,7 +15,8 @@ use std::time::Duration;
 use testkit::{Cluster, PgInstall};
 
 use crate::restore::{
-    ROWS_SQL, backup, list_dir, refused, restore_dir, restore_verify, run, text, wait_archived,
+    ROWS_SQL, backup, list_dir, refused, restore_dir, restore_verify, run, server_now, text,
+    wait_archived,
 };
 use crate::stream::{
     SpawnLogged, TestRepo, opts, pitr, source, start_stream, start_stream_src, stop,
@@ -27,13 +28,6 @@ fn majors(pick: &[usize]) -> Vec<PgInstall> {
     let mut out: Vec<PgInstall> = pick.iter().map(|i| all[i % all.len()].clone()).collect();
     out.dedup();
     out
-}
-
-/// The server's clock, as an RFC 3339 UTC instant with microseconds.
-fn server_now(c: &Cluster) -> String {
-    c.psql(
-        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
-    )
 }
 
 fn timeline_of(c: &Cluster) -> u32 {

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use testkit::{Cluster, PgInstall};
 
-use crate::restore::{ROWS_SQL, backup, restore_dir, restore_verify, run, text, wait_archived};
+use crate::restore::{
+    ROWS_SQL, backup, restore_dir, restore_verify, run, server_now, text, wait_archived,
+};
 use crate::stream::{TestRepo, opts, pitr, start_stream, stop, switch_and_wait};
 
 fn one_major() -> PgInstall {
@@ -20,13 +22,6 @@ fn one_major() -> PgInstall {
 
 fn json(o: &std::process::Output) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(o)))
-}
-
-/// The server's clock, RFC 3339 UTC with microseconds.
-fn server_now(c: &Cluster) -> String {
-    c.psql(
-        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
-    )
 }
 
 /// `pitr restore --dry-run --json` with these arguments: the plan.

@@ -88,6 +88,13 @@ pub(crate) fn restore_verify(
     v
 }
 
+/// The server's clock, RFC 3339 UTC with microseconds.
+pub(crate) fn server_now(c: &Cluster) -> String {
+    c.psql(
+        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    )
+}
+
 /// Waits until the repo holds WAL through the server's current position.
 pub(crate) fn wait_archived(c: &Cluster, repo: &TestRepo) {
     switch_and_wait(c, repo, 1, "archive to catch up", 60);

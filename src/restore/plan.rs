@@ -403,8 +403,8 @@ pub fn candidates(cat: &Catalog, path: &[PathStep], only: Option<&str>) -> Vec<C
 ///   [`LOOKBACK_SEGMENTS`], the whole checkpoint second counts (its last microsecond). WAL
 ///   before the first archived segment cannot be read; commits there are not seen.
 ///
-/// Falls back to the end time pitr recorded (its own clock) only when the WAL holds no
-/// timestamp at all near the backup.
+/// The checkpoint's stamp counts only when no commit or abort is seen at all; failing
+/// that too, the end time pitr recorded (its own clock).
 pub async fn restorable_from<I: PlanInput>(
     input: &I,
     path: &[PathStep],
@@ -426,7 +426,6 @@ pub async fn restorable_from<I: PlanInput>(
         for c in f.checkpoints.iter().filter(|c| c.redo == b.start()) {
             let t = c.time_unix.saturating_mul(1_000_000);
             ckpt = Some(ckpt.map_or(t, |m: i64| m.max(t)));
-            take(t, &mut best);
         }
     }
     // Before the start: back to a commit clearly older than the checkpoint's second.
@@ -451,7 +450,10 @@ pub async fn restorable_from<I: PlanInput>(
             take(c + 999_999, &mut best);
         }
     }
-    Ok(match best {
+    // The checkpoint's own stamp is not a commit: it bounds nothing when commits were seen
+    // (a target between the last commit and the checkpoint's second is restorable), and is
+    // the server-clock answer only when none were.
+    Ok(match best.or(ckpt) {
         Some(t) => (t, true),
         None => (b.end_micros(), false),
     })
@@ -1858,6 +1860,44 @@ mod tests {
         let idx = index(&[(1, 0..start + 1)], &[], &[]);
         let (from, _) = run(restorable_from(&f2, &idx.path(TimeLineId(1)), &b, seg())).unwrap();
         assert_eq!(from, 10_999_999);
+    }
+
+    /// A checkpoint stamped in the second after the last commit (CI saw a commit at .977 and
+    /// the next backup's checkpoint at the following whole second): a target between the two
+    /// is restorable from that backup; the checkpoint's stamp is no commit. With no commit
+    /// anywhere near, the stamp is the answer.
+    #[test]
+    fn a_checkpoint_stamped_after_the_last_commit_does_not_bound_the_restorable_instant() {
+        let mut f = Fake::default();
+        f.facts.insert(
+            (1, 1),
+            SegmentFacts {
+                xacts: vec![xact(0x100100, 8_100_000, 7), xact(0x100200, 10_977_000, 8)],
+                ..Default::default()
+            },
+        );
+        f.facts.insert(
+            (1, 2),
+            SegmentFacts {
+                checkpoints: vec![CheckpointFact {
+                    lsn: l(0x200060),
+                    redo: l(0x200028),
+                    time_unix: 11,
+                }],
+                ..Default::default()
+            },
+        );
+        let c = cat(
+            vec![backup("b1", 0x200028, 0x200400, 1)],
+            index(&[(1, 1..3)], &[], &[]),
+        );
+        let path = c.index.path(TimeLineId(1));
+        let (from, from_wal) = run(restorable_from(&f, &path, &c.backups[0], seg())).unwrap();
+        assert_eq!((from, from_wal), (10_977_000, true));
+        // Without the commits, the checkpoint's second is all the server clock says.
+        f.facts.get_mut(&(1, 1)).unwrap().xacts.clear();
+        let (from, from_wal) = run(restorable_from(&f, &path, &c.backups[0], seg())).unwrap();
+        assert_eq!((from, from_wal), (11_000_000, true));
     }
 
     #[test]

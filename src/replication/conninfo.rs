@@ -453,24 +453,7 @@ impl ConnParams {
         replication: bool,
         env: &dyn Env,
     ) -> Result<ConnParams, ConnInfoError> {
-        let s = conninfo.trim();
-        let kv = if s.starts_with("postgresql://") || s.starts_with("postgres://") {
-            parse_uri(s)?
-        } else if let Some((scheme, _)) = s
-            .split_once("://")
-            .filter(|(sch, _)| sch.bytes().all(|b| b.is_ascii_alphanumeric()))
-        {
-            return Err(ConnInfoError(format!(
-                "unsupported URI scheme {scheme:?}: use postgresql://user@host/db or key=value pairs"
-            )));
-        } else {
-            parse_keyword_value(s)?
-        };
-        for k in kv.keys() {
-            if !KNOWN.contains(&k.as_str()) {
-                return Err(ConnInfoError(format!("unknown parameter {k:?}")));
-            }
-        }
+        let kv = parse_pairs(conninfo)?;
         let get = |k: &str, envname: &str| {
             kv.get(k)
                 .cloned()
@@ -493,61 +476,11 @@ impl ConnParams {
                 let p = Path::new(&home).join(".postgresql/root.crt");
                 p.is_file().then_some(p)
             });
-        let connect_timeout = match get("connect_timeout", "PGCONNECT_TIMEOUT") {
-            Some(t) => {
-                let secs: u64 = t.trim().parse().map_err(|_| {
-                    ConnInfoError(format!("connect_timeout {t:?} is not a number of seconds"))
-                })?;
-                (secs > 0).then(|| Duration::from_secs(secs.max(2)))
-            }
-            None => None,
-        };
+        let connect_timeout = parse_connect_timeout(get("connect_timeout", "PGCONNECT_TIMEOUT"))?;
         let tcp = TcpOptions::parse(&kv)?;
         let hoststr = get("host", "PGHOST").or_else(|| get("hostaddr", "PGHOSTADDR"));
         let portstr = get("port", "PGPORT").unwrap_or_else(|| "5432".into());
-        let ports: Vec<u16> = portstr
-            .split(',')
-            .map(|p| {
-                let p = if p.is_empty() { "5432" } else { p };
-                p.trim()
-                    .parse::<u16>()
-                    .map_err(|_| ConnInfoError(format!("invalid port {p:?}")))
-            })
-            .collect::<Result<_, _>>()?;
-        let hosts: Vec<Host> = match hoststr {
-            None => {
-                let port = ports[0];
-                let dir = ["/var/run/postgresql", "/tmp"]
-                    .into_iter()
-                    .find(|d| Path::new(d).join(format!(".s.PGSQL.{port}")).exists())
-                    .unwrap_or("/var/run/postgresql");
-                vec![Host::Unix(PathBuf::from(dir), port)]
-            }
-            Some(h) => {
-                let names: Vec<&str> = h.split(',').collect();
-                if ports.len() != 1 && ports.len() != names.len() {
-                    return Err(ConnInfoError(format!(
-                        "{} hosts but {} ports",
-                        names.len(),
-                        ports.len()
-                    )));
-                }
-                names
-                    .iter()
-                    .enumerate()
-                    .map(|(i, n)| {
-                        let port = if ports.len() == 1 { ports[0] } else { ports[i] };
-                        if n.starts_with('/') || n.starts_with('@') {
-                            Host::Unix(PathBuf::from(n), port)
-                        } else if n.is_empty() {
-                            Host::Unix(PathBuf::from("/var/run/postgresql"), port)
-                        } else {
-                            Host::Tcp((*n).to_owned(), port)
-                        }
-                    })
-                    .collect()
-            }
-        };
+        let hosts = parse_hosts(hoststr, &portstr)?;
         let mut password = get("password", "PGPASSWORD").map(Password);
         if password.is_none() {
             let passfile = get("passfile", "PGPASSFILE")
@@ -574,6 +507,91 @@ impl ConnParams {
             tcp,
         })
     }
+}
+
+/// Splits a connection string (URI or `key=value` pairs) into its parameters, all known.
+fn parse_pairs(conninfo: &str) -> Result<BTreeMap<String, String>, ConnInfoError> {
+    let s = conninfo.trim();
+    let kv = if s.starts_with("postgresql://") || s.starts_with("postgres://") {
+        parse_uri(s)?
+    } else if let Some((scheme, _)) = s
+        .split_once("://")
+        .filter(|(sch, _)| sch.bytes().all(|b| b.is_ascii_alphanumeric()))
+    {
+        return Err(ConnInfoError(format!(
+            "unsupported URI scheme {scheme:?}: use postgresql://user@host/db or key=value pairs"
+        )));
+    } else {
+        parse_keyword_value(s)?
+    };
+    for k in kv.keys() {
+        if !KNOWN.contains(&k.as_str()) {
+            return Err(ConnInfoError(format!("unknown parameter {k:?}")));
+        }
+    }
+    Ok(kv)
+}
+
+/// `connect_timeout` in seconds, as libpq: 0 means none, and less than 2 s counts as 2 s.
+fn parse_connect_timeout(t: Option<String>) -> Result<Option<Duration>, ConnInfoError> {
+    match t {
+        Some(t) => {
+            let secs: u64 = t.trim().parse().map_err(|_| {
+                ConnInfoError(format!("connect_timeout {t:?} is not a number of seconds"))
+            })?;
+            Ok((secs > 0).then(|| Duration::from_secs(secs.max(2))))
+        }
+        None => Ok(None),
+    }
+}
+
+/// The hosts to try from `host` (or `hostaddr`) and `port`, both comma-separated lists; no
+/// host: the first Unix socket directory that holds the port's socket.
+fn parse_hosts(hoststr: Option<String>, portstr: &str) -> Result<Vec<Host>, ConnInfoError> {
+    let ports: Vec<u16> = portstr
+        .split(',')
+        .map(|p| {
+            let p = if p.is_empty() { "5432" } else { p };
+            p.trim()
+                .parse::<u16>()
+                .map_err(|_| ConnInfoError(format!("invalid port {p:?}")))
+        })
+        .collect::<Result<_, _>>()?;
+    let hosts: Vec<Host> = match hoststr {
+        None => {
+            let port = ports[0];
+            let dir = ["/var/run/postgresql", "/tmp"]
+                .into_iter()
+                .find(|d| Path::new(d).join(format!(".s.PGSQL.{port}")).exists())
+                .unwrap_or("/var/run/postgresql");
+            vec![Host::Unix(PathBuf::from(dir), port)]
+        }
+        Some(h) => {
+            let names: Vec<&str> = h.split(',').collect();
+            if ports.len() != 1 && ports.len() != names.len() {
+                return Err(ConnInfoError(format!(
+                    "{} hosts but {} ports",
+                    names.len(),
+                    ports.len()
+                )));
+            }
+            names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| {
+                    let port = if ports.len() == 1 { ports[0] } else { ports[i] };
+                    if n.starts_with('/') || n.starts_with('@') {
+                        Host::Unix(PathBuf::from(n), port)
+                    } else if n.is_empty() {
+                        Host::Unix(PathBuf::from("/var/run/postgresql"), port)
+                    } else {
+                        Host::Tcp((*n).to_owned(), port)
+                    }
+                })
+                .collect()
+        }
+    };
+    Ok(hosts)
 }
 
 /// Splits a `.pgpass` line into its five fields (`\:` and `\\` escapes).

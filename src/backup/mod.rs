@@ -27,6 +27,7 @@ use walfmt::{Lsn, TimeLineId, WalSegSize};
 use crate::replication::codec::Backend;
 use crate::replication::conn::{ConnError, PgConn};
 use crate::replication::conninfo::ConnParams;
+use crate::replication::{Explained, explain};
 use crate::repo::catalog::{
     self, ArchiveRecord, BackupRecord, CHUNK_BYTES, ChunkRecord, PointRecord, WalIndex,
 };
@@ -242,11 +243,13 @@ pub async fn run(opts: &BackupOptions) -> Result<BackupRecord, BackupError> {
     Ok(rec)
 }
 
-fn explain(e: ConnError, user: &str) -> BackupError {
-    match crate::stream::explain(e, user) {
-        crate::stream::StreamError::Refused(m) => BackupError::Refused(m),
-        crate::stream::StreamError::Conn(e) => BackupError::Conn(e),
-        other => BackupError::Refused(other.to_string()),
+/// A connection failure explained by [`crate::replication::explain`].
+impl From<Explained> for BackupError {
+    fn from(e: Explained) -> Self {
+        match e {
+            Explained::Refused(m) => BackupError::Refused(m),
+            Explained::Conn(e) => BackupError::Conn(e),
+        }
     }
 }
 

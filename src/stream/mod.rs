@@ -65,6 +65,7 @@ use walfmt::{Lsn, SegNo, TimeLineId, TimelineHistory, WalSegSize};
 use crate::replication::commands::{StartOutcome, StreamEvent};
 use crate::replication::conn::{ConnError, PgConn};
 use crate::replication::conninfo::ConnParams;
+use crate::replication::{Explained, explain};
 use crate::repo::store::StoreError;
 use crate::repo::{self, Repo, RepoError};
 use archiver::{ArchMsg, Archiver, ArchiverConfig};
@@ -241,30 +242,14 @@ pub struct StreamOptions {
     pub linger_on_divergence: bool,
 }
 
-/// Turns a refusal at connect time into a one-line reason with the fix.
-pub(crate) fn explain(e: ConnError, user: &str) -> StreamError {
-    if let Some(code) = e.sqlstate() {
-        let msg = e.to_string();
-        if code == "53300" && msg.contains("max_wal_senders") {
-            let zero = msg.contains("(currently 0)");
-            return StreamError::Refused(if zero {
-                "the server has max_wal_senders = 0 (wal_level = minimal?): set wal_level = replica and max_wal_senders > 0, then restart it".into()
-            } else {
-                format!("no free WAL sender on the server ({msg}): raise max_wal_senders")
-            });
-        }
-        if code == "42501" && msg.to_lowercase().contains("replication") {
-            return StreamError::Refused(format!(
-                "role {user:?} may not start a WAL sender: ALTER ROLE {user} REPLICATION (or use a role that has it)"
-            ));
-        }
-        if code == "28000" && msg.contains("pg_hba.conf") {
-            return StreamError::Refused(format!(
-                "{msg}: add a pg_hba.conf line for database \"replication\" (the keyword all does not cover replication connections)"
-            ));
+/// A connection failure explained by [`crate::replication::explain`].
+impl From<Explained> for StreamError {
+    fn from(e: Explained) -> Self {
+        match e {
+            Explained::Refused(m) => StreamError::Refused(m),
+            Explained::Conn(e) => StreamError::Conn(e),
         }
     }
-    StreamError::Conn(e)
 }
 
 /// What the server and repo agreed on at connect time.
@@ -956,7 +941,7 @@ pub async fn run(
         .map_err(|e| explain(e, &user))?;
     conn.set_io_timeout(Some(DEFAULT_RECEIVE_TIMEOUT));
     let prep = prepare(&mut conn, &opts).await.map_err(|e| match e {
-        StreamError::Conn(c) => explain(c, &user),
+        StreamError::Conn(c) => explain(c, &user).into(),
         other => other,
     })?;
     let seg = prep.seg;

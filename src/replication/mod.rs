@@ -1,7 +1,9 @@
 //! The physical replication client: connection parameters ([`conninfo`]), the sans-IO codec
-//! ([`codec`]), the tokio connection ([`conn`], [`tls`]), and the replication commands
-//! ([`commands`]), and the explanation of refused connections ([`explain`](explain())).
+//! ([`codec`]), the tokio connection ([`conn`], [`tls`]), the replication commands
+//! ([`commands`]), the `BASE_BACKUP` protocol ([`base_backup`]), and the explanation of
+//! refused connections ([`explain`](explain())).
 
+pub mod base_backup;
 pub mod codec;
 pub mod commands;
 pub mod conn;

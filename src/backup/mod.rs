@@ -1,7 +1,9 @@
 //! `pitr backup`: a base backup streamed straight into the repo.
 //!
 //! `BASE_BACKUP ( LABEL, PROGRESS, CHECKPOINT 'fast', WAIT 0, MANIFEST 'yes', ... )` on a
-//! replication connection. The tar stream of each archive (tablespaces first, `base` last) is
+//! replication connection; the protocol (the command, the response's order, its decoding
+//! into events) is [`crate::replication::base_backup`]'s. This module decides what to do with
+//! the events: the tar stream of each archive (tablespaces first, `base` last) is
 //! cut into chunks of [`CHUNK_BYTES`], each compressed on the blocking pool and uploaded while
 //! the next is received. At most [`IN_FLIGHT`] chunks are held, so memory is bounded whatever
 //! the database size, and nothing is staged on local disk.
@@ -24,7 +26,11 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use walfmt::{Lsn, TimeLineId, WalSegSize};
 
-use crate::replication::codec::Backend;
+use crate::replication::base_backup::{
+    BackupEvent, BaseBackupCommand, BaseBackupError, BaseBackupStream,
+};
+use crate::replication::codec::ServerNotice;
+use crate::replication::commands::{SystemInfo, sql_literal};
 use crate::replication::conn::{ConnError, PgConn};
 use crate::replication::conninfo::ConnParams;
 use crate::replication::{Explained, explain};
@@ -51,6 +57,9 @@ pub enum BackupError {
     /// The server sent something unexpected.
     #[error("BASE_BACKUP: {0}")]
     Protocol(String),
+    /// The server's response to `BASE_BACKUP` broke the protocol.
+    #[error("BASE_BACKUP: {0}")]
+    Stream(#[source] BaseBackupError),
     /// The WAL the backup needs did not reach the repo.
     #[error(
         "backup {id}: the WAL from {start} to {end} (timeline {tli}) is not in the repo after {waited:?}: run `pitr stream` for this server and repo (or take backups with `pitr stream --backup-every`); the backup's data is uploaded but it is not complete (no catalog entry)"
@@ -84,11 +93,6 @@ pub struct BackupOptions {
     pub wal_timeout: Duration,
     /// Draw a progress bar (stderr is a terminal).
     pub progress: bool,
-}
-
-/// Quotes an SQL string literal (standard_conforming_strings on).
-pub fn sql_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }
 
 struct ArchiveWriter {
@@ -243,6 +247,32 @@ pub async fn run(opts: &BackupOptions) -> Result<BackupRecord, BackupError> {
     Ok(rec)
 }
 
+impl From<BaseBackupError> for BackupError {
+    fn from(e: BaseBackupError) -> Self {
+        match e {
+            BaseBackupError::Conn(e) => BackupError::Conn(e),
+            BaseBackupError::Server(n) => server_failed(n),
+            other => BackupError::Stream(other),
+        }
+    }
+}
+
+/// The server failed the backup: the known causes with their fix.
+fn server_failed(n: Box<ServerNotice>) -> BackupError {
+    let msg = n.message.clone();
+    if msg.contains("checksum verification failure") {
+        return BackupError::Refused(format!(
+            "the server found page checksum failures during the backup ({msg}): the backup is not usable; check the server's log and storage"
+        ));
+    }
+    if msg.contains("does not support compression") {
+        return BackupError::Refused(format!(
+            "the server cannot compress ({msg}): drop --server-compression (pitr then compresses with lz4 itself)"
+        ));
+    }
+    ConnError::Server(n).into()
+}
+
 /// A connection failure explained by [`crate::replication::explain`].
 impl From<Explained> for BackupError {
     fn from(e: Explained) -> Self {
@@ -251,6 +281,14 @@ impl From<Explained> for BackupError {
             Explained::Conn(e) => BackupError::Conn(e),
         }
     }
+}
+
+/// What the server sent for a backup it completed; the archives are uploaded.
+struct Received {
+    start: (Lsn, TimeLineId),
+    end: (Lsn, TimeLineId),
+    archives: Vec<ArchiveRecord>,
+    manifest: Option<Vec<u8>>,
 }
 
 async fn take(
@@ -268,10 +306,41 @@ async fn take(
     })
     .await?;
     let start_time = now_micros();
+    let id = fresh_id(&opts.repo, start_time).await?;
+    let cmd = BaseBackupCommand {
+        label: &opts.label,
+        server_lz4: opts.server_compression,
+    };
+    let mut stream = conn.base_backup(&cmd).await?;
+    tracing::info!(id = %id, label = %opts.label, "base backup started (fast checkpoint)");
+    let began = Instant::now();
+    let got = receive(&mut stream, opts, &id).await?;
+    let manifest = match &got.manifest {
+        Some(m) => Some(upload_manifest(&opts.repo, &id, m).await?),
+        None => None,
+    };
+    let ((start_lsn, _), (end_lsn, _)) = (got.start, got.end);
+    let rec = record(opts, id, start_time, conn, &sys, got, manifest);
+    let secs = began.elapsed().as_secs_f64().max(0.001);
+    tracing::info!(
+        id = %rec.id,
+        mb = rec.bytes >> 20,
+        stored_mb = rec.stored_bytes >> 20,
+        seconds = format!("{secs:.1}"),
+        mb_per_s = format!("{:.1}", rec.bytes as f64 / secs / 1048576.0),
+        start = %start_lsn,
+        end = %end_lsn,
+        "base backup data uploaded"
+    );
+    Ok((rec, seg))
+}
+
+/// The backup's id: the second it started, with `-N` appended while the repo already holds
+/// a backup of that id.
+async fn fresh_id(repo: &Repo, start_time: jiff::Timestamp) -> Result<String, BackupError> {
     let mut id = backup_id(start_time);
     for n in 1.. {
-        let taken = !opts
-            .repo
+        let taken = !repo
             .store()
             .list(&format!("backups/{id}/"))
             .await
@@ -282,194 +351,137 @@ async fn take(
         }
         id = format!("{}-{n}", backup_id(start_time));
     }
-    let compression = if opts.server_compression {
-        ", COMPRESSION 'lz4'"
-    } else {
-        ""
-    };
-    let q = format!(
-        "BASE_BACKUP ( LABEL {}, PROGRESS, CHECKPOINT 'fast', WAIT 0, MANIFEST 'yes', MANIFEST_CHECKSUMS 'CRC32C'{compression} )",
-        sql_literal(&opts.label)
-    );
-    let mut wbuf = BytesMut::new();
-    postgres_protocol::message::frontend::query(&q, &mut wbuf).map_err(ConnError::Io)?;
-    conn.send(&wbuf).await?;
-    tracing::info!(id = %id, label = %opts.label, "base backup started (fast checkpoint)");
+    Ok(id)
+}
 
+/// Receives the backup: each archive cut into chunks and uploaded (at most [`IN_FLIGHT`] at
+/// once), the manifest kept in memory, progress shown. Returns once the server completed it.
+async fn receive(
+    stream: &mut BaseBackupStream<'_>,
+    opts: &BackupOptions,
+    id: &str,
+) -> Result<Received, BackupError> {
     let sem = Arc::new(Semaphore::new(IN_FLIGHT));
-    let mut result_sets = 0;
-    let mut start: Option<(Lsn, TimeLineId)> = None;
-    let mut end: Option<(Lsn, TimeLineId)> = None;
+    let mut start = None;
+    let mut end = None;
     let mut total_kb: u64 = 0;
     let mut archive: Option<ArchiveWriter> = None;
     let mut archives = Vec::new();
     let mut manifest: Option<Vec<u8>> = None;
     let mut pb = progress_bar(0, false);
-    let began = Instant::now();
     let mut last_log = Instant::now();
-    let mut error = None;
     loop {
-        let msg = conn.next().await?;
-        match msg {
-            Backend::RowDescription(_) => result_sets += 1,
-            Backend::DataRow(v) => {
-                let text = |i: usize| {
-                    v.get(i)
-                        .and_then(|x| x.as_ref())
-                        .map(|b| String::from_utf8_lossy(b).into_owned())
-                };
-                let pos = || -> Option<(Lsn, TimeLineId)> {
-                    Some((text(0)?.parse().ok()?, TimeLineId(text(1)?.parse().ok()?)))
-                };
-                match result_sets {
-                    1 => start = pos(),
-                    2 => total_kb += text(2).and_then(|s| s.parse().ok()).unwrap_or(0),
-                    3 => end = pos(),
-                    _ => {}
-                }
+        let event = match stream.next().await {
+            Err(e @ BaseBackupError::Server(_)) => {
+                pb.finish_and_clear();
+                return Err(e.into());
             }
-            Backend::CopyOutResponse => {
+            r => r?,
+        };
+        match event {
+            BackupEvent::Started {
+                start_lsn,
+                timeline,
+            } => start = Some((start_lsn, timeline)),
+            BackupEvent::Tablespaces(list) => {
+                total_kb = list.iter().filter_map(|t| t.size_kb).sum();
                 pb = progress_bar(total_kb * 1024, opts.progress);
                 pb.set_message(format!("backup {id}"));
             }
-            Backend::CopyData(d) => {
-                let Some((&kind, body)) = d.split_first() else {
-                    continue;
-                };
-                match kind {
-                    b'n' => {
-                        let mut parts = body.split(|b| *b == 0);
-                        let name =
-                            String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
-                        let loc =
-                            String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
-                        let base = name.split('.').next().unwrap_or_default().to_string();
-                        if base.is_empty()
-                            || name.starts_with('.')
-                            || name.contains('/')
-                            || name.contains('\\')
-                            || !(base == "base" || base.bytes().all(|b| b.is_ascii_digit()))
-                        {
-                            return Err(BackupError::Protocol(format!(
-                                "unexpected archive name {name:?}"
-                            )));
-                        }
-                        if let Some(a) = archive.take() {
-                            archives.push(a.finish(&opts.repo, &sem).await?);
-                        }
-                        tracing::info!(archive = %name, location = %loc, "receiving archive");
-                        archive = Some(ArchiveWriter::new(
-                            &id,
-                            base,
-                            (!loc.is_empty()).then_some(loc),
-                            opts.server_compression,
-                        ));
-                    }
-                    b'd' => {
-                        if let Some(m) = manifest.as_mut() {
-                            m.extend_from_slice(body);
-                        } else if let Some(a) = archive.as_mut() {
-                            a.push(body, &opts.repo, &sem).await;
-                        } else {
-                            return Err(BackupError::Protocol("data before any archive".into()));
-                        }
-                    }
-                    b'p' => {
-                        if let Ok(b) = <[u8; 8]>::try_from(body.get(..8).unwrap_or_default()) {
-                            let done_bytes = u64::from_be_bytes(b);
-                            pb.set_position(done_bytes);
-                            if !opts.progress && last_log.elapsed() >= Duration::from_secs(10) {
-                                last_log = Instant::now();
-                                tracing::info!(
-                                    done_mb = done_bytes >> 20,
-                                    total_mb = (total_kb * 1024) >> 20,
-                                    "backup progress"
-                                );
-                            }
-                        }
-                    }
-                    b'm' => {
-                        if let Some(a) = archive.take() {
-                            archives.push(a.finish(&opts.repo, &sem).await?);
-                        }
-                        manifest = Some(Vec::new());
-                    }
-                    other => {
-                        return Err(BackupError::Protocol(format!(
-                            "unknown CopyData type {:?}",
-                            other as char
-                        )));
-                    }
+            BackupEvent::ArchiveStart {
+                name,
+                stem,
+                location,
+            } => {
+                let loc = location.as_deref().unwrap_or_default();
+                tracing::info!(archive = %name, location = %loc, "receiving archive");
+                archive = Some(ArchiveWriter::new(
+                    id,
+                    stem,
+                    location,
+                    opts.server_compression,
+                ));
+            }
+            BackupEvent::ArchiveData(data) => {
+                if let Some(a) = archive.as_mut() {
+                    a.push(&data, &opts.repo, &sem).await;
                 }
             }
-            Backend::CopyDone => {
+            BackupEvent::ArchiveEnd => {
                 if let Some(a) = archive.take() {
                     archives.push(a.finish(&opts.repo, &sem).await?);
                 }
             }
-            Backend::Notice(n) => {
+            BackupEvent::Progress(done_bytes) => {
+                pb.set_position(done_bytes);
+                if !opts.progress && last_log.elapsed() >= Duration::from_secs(10) {
+                    last_log = Instant::now();
+                    tracing::info!(
+                        done_mb = done_bytes >> 20,
+                        total_mb = (total_kb * 1024) >> 20,
+                        "backup progress"
+                    );
+                }
+            }
+            BackupEvent::ManifestStart => manifest = Some(Vec::new()),
+            BackupEvent::ManifestData(data) => {
+                if let Some(m) = manifest.as_mut() {
+                    m.extend_from_slice(&data);
+                }
+            }
+            BackupEvent::Ended { end_lsn, timeline } => end = Some((end_lsn, timeline)),
+            BackupEvent::Notice(n) => {
                 tracing::warn!(severity = %n.severity, "server: {}", n.message);
             }
-            Backend::Error(n) => error = Some(n),
-            Backend::ReadyForQuery(_) => break,
-            _ => {}
+            BackupEvent::Done => break,
         }
     }
     pb.finish_and_clear();
-    if let Some(n) = error {
-        let msg = n.message.clone();
-        if msg.contains("checksum verification failure") {
-            return Err(BackupError::Refused(format!(
-                "the server found page checksum failures during the backup ({msg}): the backup is not usable; check the server's log and storage"
-            )));
-        }
-        if msg.contains("does not support compression") {
-            return Err(BackupError::Refused(format!(
-                "the server cannot compress ({msg}): drop --server-compression (pitr then compresses with lz4 itself)"
-            )));
-        }
-        return Err(ConnError::Server(Box::new(n)).into());
-    }
-    if let Some(a) = archive.take() {
-        archives.push(a.finish(&opts.repo, &sem).await?);
-    }
-    let (Some((start_lsn, start_tli)), Some((end_lsn, end_tli))) = (start, end) else {
+    let (Some(start), Some(end)) = (start, end) else {
         return Err(BackupError::Protocol(
             "no start or end position received".into(),
         ));
     };
-    let manifest = match manifest {
-        Some(m) => {
-            let key = catalog::manifest_key(&id);
-            let stored = repo::compress(&m);
-            upload(&opts.repo, &key, stored.clone()).await?;
-            Some(ChunkRecord {
-                key,
-                bytes: m.len() as u64,
-                stored: stored.len() as u64,
-                crc32c: crc32c::crc32c(&stored),
-            })
-        }
-        None => None,
-    };
+    Ok(Received {
+        start,
+        end,
+        archives,
+        manifest,
+    })
+}
+
+/// Compresses and uploads the backup manifest.
+async fn upload_manifest(repo: &Repo, id: &str, m: &[u8]) -> Result<ChunkRecord, BackupError> {
+    let key = catalog::manifest_key(id);
+    let stored = repo::compress(m);
+    upload(repo, &key, stored.clone()).await?;
+    Ok(ChunkRecord {
+        key,
+        bytes: m.len() as u64,
+        stored: stored.len() as u64,
+        crc32c: crc32c::crc32c(&stored),
+    })
+}
+
+/// The catalog entry of a backup whose data and manifest are uploaded.
+fn record(
+    opts: &BackupOptions,
+    id: String,
+    start_time: jiff::Timestamp,
+    conn: &PgConn,
+    sys: &SystemInfo,
+    got: Received,
+    manifest: Option<ChunkRecord>,
+) -> BackupRecord {
+    let ((start_lsn, start_tli), (end_lsn, end_tli)) = (got.start, got.end);
+    let archives = got.archives;
     let bytes = archives.iter().map(|a| a.bytes).sum();
     let stored_bytes = archives
         .iter()
         .flat_map(|a| a.chunks.iter().map(|c| c.stored))
         .sum::<u64>()
         + manifest.as_ref().map_or(0, |m| m.stored);
-    let secs = began.elapsed().as_secs_f64().max(0.001);
-    tracing::info!(
-        id = %id,
-        mb = bytes >> 20,
-        stored_mb = stored_bytes >> 20,
-        seconds = format!("{secs:.1}"),
-        mb_per_s = format!("{:.1}", bytes as f64 / secs / 1048576.0),
-        start = %start_lsn,
-        end = %end_lsn,
-        "base backup data uploaded"
-    );
-    let rec = BackupRecord {
+    BackupRecord {
         format: 1,
         id,
         label: opts.label.clone(),
@@ -480,7 +492,7 @@ async fn take(
         start_time: start_time.to_string(),
         end_time: now_micros().to_string(),
         pg_version: conn.server_version.clone(),
-        pg_major: major,
+        pg_major: conn.server_major(),
         system_id: sys.system_id.to_string(),
         compression: if opts.server_compression {
             "server-lz4".into()
@@ -494,8 +506,7 @@ async fn take(
         created_by: format!("pitr {}", env!("CARGO_PKG_VERSION")),
         source_user: Some(opts.source.user.clone()),
         restorable_from: None,
-    };
-    Ok((rec, seg))
+    }
 }
 
 /// The backup's restorable-from instant on the server's clock, from the WAL now archived

@@ -436,4 +436,262 @@ mod tests {
         assert_eq!(uploads(), 1);
         assert_eq!(*rx.borrow(), (tli, Lsn(s.0 + 300_000)));
     }
+
+    // The archiver against the in-memory store behind the fault-injecting wrapper, driven
+    // through its channel as the receiver drives it: no PostgreSQL, no sockets.
+
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering::Relaxed;
+
+    use crate::repo::memory::FaultyStore;
+    use crate::repo::store::{ObjectStore, StoreErrorKind};
+
+    const SEG: u64 = 1 << 20;
+    const TLI: TimeLineId = TimeLineId(1);
+    /// Where the runs begin: segment 5.
+    const START: Lsn = Lsn(5 * SEG);
+
+    fn seg() -> WalSegSize {
+        WalSegSize::new(SEG as u32).unwrap()
+    }
+
+    /// `n` bytes that compress poorly and are not WAL (so no summaries are written).
+    fn wal(n: usize) -> Vec<u8> {
+        let mut x: u32 = 0x9E37_79B9;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect()
+    }
+
+    /// A running archiver: the store behind it (`mem` without the faults), its channel and
+    /// its durable position.
+    struct Rig {
+        mem: MemoryStore,
+        faulty: Arc<FaultyStore<MemoryStore>>,
+        metrics: Arc<crate::server::Metrics>,
+        tx: mpsc::Sender<ArchMsg>,
+        archived: watch::Receiver<Durable>,
+        task: tokio::task::JoinHandle<Result<(), StreamError>>,
+    }
+
+    fn rig(mem: MemoryStore) -> Rig {
+        let faulty = Arc::new(FaultyStore::new(mem.clone()));
+        let repo = Repo::with_store(faulty.clone());
+        let metrics: Arc<crate::server::Metrics> = Default::default();
+        let cfg = ArchiverConfig {
+            seg: seg(),
+            partial_every: Duration::from_secs(3600),
+            retry_cap: Duration::from_millis(10),
+            system_id: 1,
+            metrics: metrics.clone(),
+        };
+        let (dtx, archived) = watch::channel((TimeLineId(0), Lsn(0)));
+        let (tx, rx) = mpsc::channel(32);
+        let task = tokio::spawn(Archiver::new(repo, cfg, dtx).run(rx));
+        Rig {
+            mem,
+            faulty,
+            metrics,
+            tx,
+            archived,
+            task,
+        }
+    }
+
+    impl Rig {
+        async fn begin(&self, tli: TimeLineId, start: Lsn) {
+            self.tx.send(ArchMsg::Begin { tli, start }).await.unwrap();
+        }
+
+        /// Sends `data` at `start` in XLogData-sized pieces.
+        async fn wal(&self, start: Lsn, data: &[u8]) {
+            for (i, piece) in data.chunks(128 << 10).enumerate() {
+                let start = Lsn(start.0 + (i as u64) * (128 << 10));
+                let data = Bytes::copy_from_slice(piece);
+                self.tx.send(ArchMsg::Wal { start, data }).await.unwrap();
+            }
+        }
+
+        /// Publishes what is buffered; the archived LSN (`None`: the archiver stopped).
+        async fn sync(&self) -> Option<Lsn> {
+            let (ack, done) = oneshot::channel();
+            self.tx.send(ArchMsg::Sync(ack)).await.ok()?;
+            done.await.ok()
+        }
+
+        /// The WAL objects (summaries aside), straight from the store.
+        async fn keys(&self) -> Vec<String> {
+            self.mem
+                .list("wal/")
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|o| o.key)
+                .filter(|k| !k.ends_with(".summary.json"))
+                .collect()
+        }
+
+        /// An object's decompressed bytes, straight from the store.
+        async fn bytes(&self, key: &str) -> Option<Vec<u8>> {
+            let body = self.mem.get(key).await.unwrap()?;
+            Some(repo::decompress(&body, key).unwrap())
+        }
+
+        async fn stop(self) -> Result<(), StreamError> {
+            drop(self.tx);
+            self.task.await.unwrap()
+        }
+    }
+
+    fn segment(segno: u64) -> String {
+        repo::segment_key(TLI, SegNo(segno), seg())
+    }
+
+    fn partial(segno: u64, end: Lsn) -> String {
+        repo::partial_key(TLI, SegNo(segno), end, seg())
+    }
+
+    /// The bytes of segment `segno` within `data`, which starts at [`START`].
+    fn slice(data: &[u8], from: Lsn, to: Lsn) -> &[u8] {
+        &data[(from.0 - START.0) as usize..(to.0 - START.0) as usize]
+    }
+
+    #[tokio::test]
+    async fn publishes_whole_segments_and_partials_under_their_keys() {
+        let r = rig(MemoryStore::new());
+        let data = wal(3 * SEG as usize);
+        r.begin(TLI, START).await;
+        let mid = Lsn(START.0 + 5 * SEG / 2);
+        r.wal(START, slice(&data, START, mid)).await;
+        assert_eq!(r.sync().await, Some(mid));
+        assert_eq!(*r.archived.borrow(), (TLI, mid));
+        assert_eq!(
+            r.keys().await,
+            vec![segment(5), segment(6), partial(7, mid)]
+        );
+        let s6 = Lsn(6 * SEG);
+        let s7 = Lsn(7 * SEG);
+        assert_eq!(r.bytes(&segment(5)).await.unwrap(), slice(&data, START, s6));
+        assert_eq!(r.bytes(&segment(6)).await.unwrap(), slice(&data, s6, s7));
+        assert_eq!(
+            r.bytes(&partial(7, mid)).await.unwrap(),
+            slice(&data, s7, mid)
+        );
+        // The segment completes: it replaces its partial.
+        let end = Lsn(8 * SEG);
+        r.wal(mid, slice(&data, mid, end)).await;
+        assert_eq!(r.sync().await, Some(end));
+        assert_eq!(r.keys().await, vec![segment(5), segment(6), segment(7)]);
+        assert_eq!(r.bytes(&segment(7)).await.unwrap(), slice(&data, s7, end));
+        r.stop().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn survives_injected_faults_through_the_retries_and_ends_with_the_right_bytes() {
+        let r = rig(MemoryStore::new());
+        let data = wal(3 * SEG as usize);
+        // Failures at the start (the listing and lookups of Begin), and lost acknowledgements
+        // of the first uploads (the object is there, the archiver is told it failed).
+        r.faulty.fail_next(3);
+        r.faulty.lose_ack_next(2);
+        r.begin(TLI, START).await;
+        let mid = Lsn(START.0 + 3 * SEG / 2);
+        r.wal(START, slice(&data, START, mid)).await;
+        assert_eq!(r.sync().await, Some(mid));
+        // An outage while the next segment completes and its partial is deleted.
+        r.faulty.set_down(true);
+        let end = Lsn(8 * SEG);
+        r.wal(mid, slice(&data, mid, end)).await;
+        let faulty = r.faulty.clone();
+        let heal = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            faulty.set_down(false);
+        });
+        assert_eq!(r.sync().await, Some(end));
+        heal.await.unwrap();
+        assert_eq!(r.keys().await, vec![segment(5), segment(6), segment(7)]);
+        for (n, key) in [(5, segment(5)), (6, segment(6)), (7, segment(7))] {
+            let (from, to) = (Lsn(n * SEG), Lsn((n + 1) * SEG));
+            assert_eq!(
+                r.bytes(&key).await.unwrap(),
+                slice(&data, from, to),
+                "{key}"
+            );
+        }
+        assert!(r.metrics.retries.load(Relaxed) >= 5);
+        r.stop().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn never_replaces_an_object_with_different_bytes() {
+        let mem = MemoryStore::new();
+        let other = repo::compress(&wal(SEG as usize + 1)[1..]);
+        mem.put_if_absent(&segment(5), other.clone()).await.unwrap();
+        let r = rig(mem);
+        r.begin(TLI, START).await;
+        r.wal(START, &wal(SEG as usize)).await;
+        assert_eq!(
+            r.sync().await,
+            None,
+            "the archiver went on after a conflict"
+        );
+        assert_eq!(*r.archived.borrow(), (TLI, START));
+        assert_eq!(r.mem.get(&segment(5)).await.unwrap(), Some(other));
+        match r.stop().await {
+            Err(StreamError::Store(e)) => assert_eq!(e.kind, StoreErrorKind::Conflict),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn reports_its_durable_position_only_after_the_store_acknowledged() {
+        let mut r = rig(MemoryStore::new());
+        let data = wal(SEG as usize + 1000);
+        r.begin(TLI, START).await;
+        assert_eq!(r.sync().await, Some(START));
+        r.faulty.set_down(true);
+        r.wal(START, &data).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Nothing is in the store, so nothing is durable.
+        assert_eq!(r.keys().await, Vec::<String>::new());
+        assert_eq!(*r.archived.borrow_and_update(), (TLI, START));
+        assert_eq!(r.metrics.uploads.load(Relaxed), 0);
+        // The store comes back, but the first acknowledgement is lost: the object is there,
+        // and the position moves only once a retry is acknowledged.
+        r.faulty.lose_ack_next(1);
+        r.faulty.set_down(false);
+        r.archived.changed().await.unwrap();
+        let (tli, at) = *r.archived.borrow_and_update();
+        assert_eq!((tli, at), (TLI, Lsn(6 * SEG)));
+        assert_eq!(r.keys().await, vec![segment(5)]);
+        assert_eq!(r.metrics.uploads.load(Relaxed), 1);
+        let end = Lsn(START.0 + data.len() as u64);
+        assert_eq!(r.sync().await, Some(end));
+        assert_eq!(r.keys().await, vec![segment(5), partial(6, end)]);
+        r.stop().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_new_run_on_another_timeline_restarts_the_durable_position() {
+        let r = rig(MemoryStore::new());
+        let data = wal(SEG as usize);
+        r.begin(TLI, START).await;
+        r.wal(START, &data).await;
+        assert_eq!(r.sync().await, Some(Lsn(6 * SEG)));
+        // A failover: timeline 2 begins below what timeline 1 reached.
+        let tli2 = TimeLineId(2);
+        r.begin(tli2, START).await;
+        assert_eq!(r.sync().await, Some(START));
+        assert_eq!(*r.archived.borrow(), (tli2, START));
+        r.wal(START, &data[..1000]).await;
+        assert_eq!(r.sync().await, Some(Lsn(START.0 + 1000)));
+        let key = repo::partial_key(tli2, SegNo(5), Lsn(START.0 + 1000), seg());
+        assert_eq!(r.bytes(&key).await.unwrap(), &data[..1000]);
+        r.stop().await.unwrap();
+    }
 }

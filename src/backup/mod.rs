@@ -646,3 +646,46 @@ pub fn print_summary(w: &mut impl Write, rec: &BackupRecord) -> std::io::Result<
         rec.restorable_from.as_deref().unwrap_or(&rec.end_time)
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn notice(message: &str) -> Box<ServerNotice> {
+        Box::new(ServerNotice {
+            severity: "ERROR".into(),
+            code: "XX000".into(),
+            message: message.into(),
+            ..ServerNotice::default()
+        })
+    }
+
+    #[test]
+    fn server_failures_are_explained_with_their_fix() {
+        let e = BackupError::from(BaseBackupError::Server(notice(
+            "checksum verification failure during base backup",
+        )));
+        assert!(matches!(&e, BackupError::Refused(_)), "{e:?}");
+        assert!(e.to_string().contains("page checksum failures"), "{e}");
+        let e = BackupError::from(BaseBackupError::Server(notice(
+            "this build does not support compression with lz4",
+        )));
+        assert!(e.to_string().contains("drop --server-compression"), "{e}");
+        let e = BackupError::from(BaseBackupError::Server(notice("out of disk")));
+        assert!(
+            matches!(&e, BackupError::Conn(ConnError::Server(n)) if n.message == "out of disk"),
+            "{e:?}"
+        );
+        assert_eq!(e.to_string(), "server error: out of disk");
+    }
+
+    #[test]
+    fn protocol_errors_keep_their_text_and_source() {
+        let e = BackupError::from(BaseBackupError::UnknownCopyData(b'x'));
+        assert_eq!(e.to_string(), "BASE_BACKUP: unknown CopyData type 'x'");
+        let source = std::error::Error::source(&e).map(|s| s.to_string());
+        assert_eq!(source.as_deref(), Some("unknown CopyData type 'x'"));
+        let e = BackupError::from(BaseBackupError::DataBeforeArchive);
+        assert_eq!(e.to_string(), "BASE_BACKUP: data before any archive");
+    }
+}

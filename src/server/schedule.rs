@@ -17,6 +17,7 @@ use crate::backup::{self, BackupOptions};
 use crate::repo::catalog;
 use crate::repo::prune::{self, Retention};
 use crate::server::Metrics;
+use crate::shutdown::Shutdown;
 
 /// When backups are due.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,18 +92,14 @@ pub struct ScheduleOptions {
     pub retention: Option<Retention>,
 }
 
-/// Runs until `stop` turns true.
-pub async fn run(
-    opts: ScheduleOptions,
-    metrics: std::sync::Arc<Metrics>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
+/// Runs until `stop`.
+pub async fn run(opts: ScheduleOptions, metrics: std::sync::Arc<Metrics>, mut stop: Shutdown) {
     use std::sync::atomic::Ordering;
     let tz = zone();
     // Let the stream connect first: the backup waits for its WAL.
     tokio::select! {
         _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-        _ = stop.wait_for(|s| *s) => return,
+        _ = stop.recv() => return,
     }
     let mut retry_at: Option<jiff::Timestamp> = None;
     loop {
@@ -142,11 +139,11 @@ pub async fn run(
             _ = tokio::time::sleep(wait) => {}
             // A gap opened: due now (re-evaluated at the top of the loop).
             _ = metrics.backup_now.notified() => continue,
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stop.recv() => return,
         }
         let res = tokio::select! {
             r = backup::run(&opts.backup) => r,
-            _ = stop.wait_for(|s| *s) => {
+            _ = stop.recv() => {
                 tracing::info!("scheduled backup abandoned at shutdown (it stays incomplete; prune removes it later)");
                 return;
             }

@@ -49,6 +49,7 @@
 //!   starts after it, and the scheduler takes one at once.
 
 pub mod archiver;
+pub mod cmd;
 pub mod continuity;
 pub mod monitor;
 pub mod spool;
@@ -941,12 +942,14 @@ impl Session<'_> {
     }
 }
 
-/// Runs `pitr stream` until `shutdown` turns true. Errors before the first successful start
-/// (bad configuration, refusals) are returned; afterwards, connection trouble is retried.
+/// Runs `pitr stream` until `shutdown` (a [`crate::shutdown::Shutdown`], or the
+/// `watch::Receiver<bool>` under one). Errors before the first successful start (bad
+/// configuration, refusals) are returned; afterwards, connection trouble is retried.
 pub async fn run(
     mut opts: StreamOptions,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: impl Into<crate::shutdown::Shutdown>,
 ) -> Result<(), StreamError> {
+    let mut shutdown = shutdown.into().watch();
     opts.source
         .connect_timeout
         .get_or_insert(DEFAULT_CONNECT_TIMEOUT);

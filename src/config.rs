@@ -662,3 +662,229 @@ pub fn mask_password(conninfo: &str) -> String {
     }
     out.join(" ")
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::{CommandFactory, FromArgMatches};
+
+    /// Resolves `pitr stream ARGS` with `file` as the `--config` file; `env` names the flags
+    /// whose value stands for a `PITR_*` variable (clap reads the real environment, which a
+    /// test must not change).
+    fn resolve_with(
+        args: &[&str],
+        file: Option<&str>,
+        env: &[&str],
+    ) -> Result<StreamSettings, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut argv = vec!["pitr".to_owned(), "stream".to_owned()];
+        if let Some(text) = file {
+            let p = dir.path().join("pitr.toml");
+            std::fs::write(&p, text).unwrap();
+            argv.push("--config".into());
+            argv.push(p.display().to_string());
+        }
+        argv.extend(args.iter().map(|a| a.to_string()));
+        let matches = Cli::command().try_get_matches_from(&argv).unwrap();
+        let cli = Cli::from_arg_matches(&matches).unwrap();
+        let Command::Stream(a) = cli.command else {
+            unreachable!()
+        };
+        let sub = matches.subcommand_matches("stream").unwrap();
+        let real = given_by(&matches, sub);
+        let given = |id: &str| match real(id) {
+            Some(_) if env.contains(&id) => Some(Given::Env),
+            g => g,
+        };
+        resolve(&a, &given, cli.log_format)
+    }
+
+    fn err(args: &[&str], file: &str) -> String {
+        let e = resolve_with(args, Some(file), &[]).unwrap_err().to_string();
+        assert_eq!(e.lines().count(), 1, "{e}");
+        e
+    }
+
+    #[test]
+    fn the_file_fills_what_flags_leave_out_and_defaults_the_rest() {
+        let s = resolve_with(
+            &[],
+            Some(
+                "repo = \"/f\"\npartial_every = \"2s\"\nslot = \"fileslot\"\nack = \"spool\"\nspool_dir = \"/sp\"\nbackup_every = \"24h\"\nkeep_full = 3\nkeep_within = \"7d\"\nlog_format = \"json\"\n",
+            ),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.repo, "/f");
+        assert_eq!(s.partial_every, Duration::from_secs(2));
+        assert_eq!(s.slot.as_deref(), Some("fileslot"));
+        assert_eq!(s.ack, Ack::Spool);
+        assert_eq!(s.spool().unwrap(), Path::new("/sp"));
+        assert_eq!(s.log_format, LogFormat::Json);
+        assert_eq!(
+            s.schedule(),
+            Some(Schedule::Every(Duration::from_secs(86400)))
+        );
+        let r = s.retention().unwrap();
+        assert_eq!(r.keep_full, Some(3));
+        assert_eq!(r.keep_within, Some(Duration::from_secs(7 * 86400)));
+        for k in [
+            "repo",
+            "partial_every",
+            "slot",
+            "ack",
+            "backup_every",
+            "keep_full",
+        ] {
+            assert_eq!(s.sources[k], Source::File, "{k}");
+        }
+        // Defaults where nobody said anything.
+        assert_eq!(s.status_interval, Duration::from_secs(10));
+        assert_eq!(
+            s.metrics_listen,
+            MetricsListen::On("127.0.0.1:9188".parse().unwrap())
+        );
+        assert_eq!(s.sources["status_interval"], Source::Default);
+        assert_eq!(s.sources["metrics_listen"], Source::Default);
+    }
+
+    #[test]
+    fn flags_and_variables_beat_the_file() {
+        let file = "repo = \"/f\"\npartial_every = \"2s\"\nready_max_lag = \"64MB\"\nkeep_full = 3\nbackup_every = \"1h\"\nlog_format = \"json\"\n";
+        let s = resolve_with(
+            &[
+                "--partial-every",
+                "500ms",
+                "--ready-max-lag",
+                "1GB",
+                "--keep-full",
+                "5",
+                "--repo",
+                "/flag",
+                "--log-format",
+                "text",
+            ],
+            Some(file),
+            &["ready_max_lag", "keep_full"],
+        )
+        .unwrap();
+        assert_eq!(s.partial_every, Duration::from_millis(500));
+        assert_eq!(s.sources["partial_every"], Source::Flag);
+        assert_eq!(s.ready_max_lag, 1 << 30);
+        assert_eq!(
+            s.sources["ready_max_lag"],
+            Source::Env("PITR_READY_MAX_LAG".into())
+        );
+        assert_eq!(s.keep_full, Some(5));
+        assert_eq!(s.sources["keep_full"], Source::Env("PITR_KEEP_FULL".into()));
+        assert_eq!(s.repo, "/flag");
+        assert_eq!(s.log_format, LogFormat::Text);
+        assert_eq!(s.sources["log_format"], Source::Flag);
+    }
+
+    #[test]
+    fn a_schedule_given_by_the_user_replaces_the_files() {
+        let file = "repo = \"/f\"\nbackup_every = \"24h\"\n";
+        let s = resolve_with(&["--backup-at", "02:30"], Some(file), &[]).unwrap();
+        assert_eq!(s.schedule(), Some(Schedule::At(2, 30)));
+        assert_eq!(s.backup_every, None);
+        let s = resolve_with(&[], Some("repo = \"/f\"\nbackup_at = \"03:00\"\n"), &[]).unwrap();
+        assert_eq!(s.schedule(), Some(Schedule::At(3, 0)));
+        let s = resolve_with(&["--backup-every", "6h"], Some(file), &["backup_every"]).unwrap();
+        assert_eq!(
+            s.schedule(),
+            Some(Schedule::Every(Duration::from_secs(6 * 3600)))
+        );
+        assert_eq!(
+            s.sources["backup_every"],
+            Source::Env("PITR_BACKUP_EVERY".into())
+        );
+    }
+
+    #[test]
+    fn bad_values_and_combinations_are_one_line_errors() {
+        let e = err(&[], "repo = \"/r\"\npartial_evry = \"1s\"\n");
+        assert!(e.contains("line 2: unknown field `partial_evry`"), "{e}");
+        let e = err(&[], "repo = \"/r\"\npartial_every = \"often\"\n");
+        assert!(
+            e.contains("pitr.toml: partial_every: invalid duration"),
+            "{e}"
+        );
+        let e = err(&[], "repo = \"/r\"\nack = \"sometimes\"\n");
+        assert!(
+            e.ends_with(": ack: \"sometimes\" is not repo or spool"),
+            "{e}"
+        );
+        let e = err(&[], "repo = \"/r\"\nlog_format = \"xml\"\n");
+        assert!(
+            e.ends_with(": log_format: \"xml\" is not text or json"),
+            "{e}"
+        );
+        let e = err(&[], "repo = \"/r\"\nspool_max = \"lots\"\n");
+        assert!(e.contains("spool_max: invalid size"), "{e}");
+        let e = err(&[], "repo = \"/r\"\nbackup_at = \"25:00\"\n");
+        assert!(
+            e.ends_with("backup_at: invalid --backup-at \"25:00\": use HH:MM, like 02:00"),
+            "{e}"
+        );
+        let e = err(&["--backup-at", "7"], "repo = \"/r\"\n");
+        assert_eq!(e, "invalid --backup-at \"7\": use HH:MM, like 02:00");
+        let e = err(&[], "repo = \"/r\"\nbackup_every = \"1h\"\nkeep_full = 0\n");
+        assert_eq!(e, "--keep-full must be at least 1");
+        let e = err(&["--keep-within", "7d"], "repo = \"/r\"\n");
+        assert!(
+            e.starts_with("--keep-full/--keep-within in pitr stream apply after scheduled backups"),
+            "{e}"
+        );
+        let e = err(&[], "repo = \"/r\"\nmetrics_listen = \"nowhere\"\n");
+        assert_eq!(
+            e,
+            "invalid --metrics-listen \"nowhere\": use HOST:PORT, like 127.0.0.1:9188, or off"
+        );
+        let e = err(&[], "repo = \"/r\"\nack = \"spool\"\n");
+        assert_eq!(
+            e,
+            "--ack spool needs --spool-dir DIR (a persistent local directory)"
+        );
+        let e = err(&[], "repo = \"/r\"\nwriter_heartbeat = \"100ms\"\n");
+        assert!(e.starts_with("writer_heartbeat 100ms is too short"), "{e}");
+        let e = resolve_with(&[], None, &[]).unwrap_err().to_string();
+        assert!(e.starts_with("no repo"), "{e}");
+    }
+
+    #[test]
+    fn print_config_shows_each_setting_with_its_source() {
+        let file = "source = \"host=db password='s e cret'\"\nrepo = \"/f\"\nbackup_at = \"02:00\"\nkeep_within = \"7d\"\nmetrics_listen = \"off\"\n";
+        let s = resolve_with(
+            &["--partial-every", "500ms", "--ready-max-lag", "1GB"],
+            Some(file),
+            &["ready_max_lag"],
+        )
+        .unwrap();
+        let out = render(&s);
+        let cfg = s.config_file.as_ref().unwrap().display().to_string();
+        for want in [
+            format!("source = \"host=db password=********\"  # --config {cfg}"),
+            format!("repo = \"/f\"  # --config {cfg}"),
+            "partial_every = \"500ms\"  # --partial-every".to_owned(),
+            "ready_max_lag = 1073741824  # PITR_READY_MAX_LAG".to_owned(),
+            "status_interval = \"10000ms\"  # default".to_owned(),
+            format!("metrics_listen = \"off\"  # --config {cfg}"),
+            "ack = \"repo\"  # default".to_owned(),
+            "log_format = \"text\"  # default".to_owned(),
+            format!("backup_at = \"02:00\"  # --config {cfg}"),
+            format!("keep_within = \"604800000ms\"  # --config {cfg}"),
+        ] {
+            assert!(out.lines().any(|l| l == want), "{want:?} not in:\n{out}");
+        }
+        assert!(
+            !out.contains("cret") && !out.contains("backup_every"),
+            "{out}"
+        );
+        // Still TOML: it parses back (comments ignored).
+        let back: toml::Table = toml::from_str(&out).unwrap();
+        assert_eq!(back["slot"].as_str(), Some("pitr"));
+    }
+}

@@ -139,7 +139,8 @@ pub struct StreamArgs {
     /// then this file, then the defaults.
     #[arg(long, env = "PITR_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Print the resolved settings (password hidden) and exit without connecting.
+    /// Print the resolved settings (password hidden), each with where it came from (a flag, a
+    /// PITR_* variable, the --config file, or the default), and exit without connecting.
     #[arg(long)]
     pub print_config: bool,
     /// Physical replication slot to use (created when missing).

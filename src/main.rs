@@ -1,6 +1,10 @@
 //! The `pitr` binary: parse the command line, set up logging, dispatch to the command's
-//! `run` (next to its job: `stream::cmd`, `backup::cmd`, `restore::cmd`, ...), report. Errors end as one line on stderr and exit code 1
-//! (2 for usage errors, from clap).
+//! `run` (next to its job: `stream::cmd`, `backup::cmd`, `restore::cmd`, ...), report.
+//! Errors end as one line on stderr and exit code 1 (2 for usage errors, from clap).
+//!
+//! Orchestration only: no timeouts or defaults here (they are in [`pitr::config`] and the
+//! command modules), and the shutdown on SIGTERM/SIGINT is a [`pitr::shutdown::Shutdown`]
+//! built once and handed to the command that runs until it.
 
 use std::process::ExitCode;
 

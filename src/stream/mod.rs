@@ -170,6 +170,14 @@ pub const INITIAL_BACKOFF: Duration = Duration::from_millis(500);
 pub const STREAMED_AFTER: Duration = Duration::from_secs(5);
 /// Longest wait between attempts while the slot is active in another walsender.
 pub const SLOT_BUSY_RETRY: Duration = Duration::from_secs(2);
+/// Longest wait between the archiver's retries of a storage call.
+pub const ARCHIVER_RETRY_CAP: Duration = Duration::from_secs(30);
+/// How often a session checks for silence and due status updates.
+const SESSION_TICK: Duration = Duration::from_millis(500);
+/// Past the shutdown deadline, how long a session may still take before it is abandoned.
+const BACKSTOP_GRACE: Duration = Duration::from_secs(1);
+/// How long the heartbeat may take to remove this process's entry on the way out.
+const HEARTBEAT_EXIT_WAIT: Duration = Duration::from_secs(2);
 
 /// The receive timeout for a server's `SHOW wal_sender_timeout`: that value (at least 1 s),
 /// or [`DEFAULT_RECEIVE_TIMEOUT`] when it is 0 or unreadable.
@@ -787,7 +795,7 @@ impl Session<'_> {
         let mut last_heard = Instant::now();
         let ping_every = ping_interval(self.opts.status_interval, self.receive_timeout);
         let mut last_ping = Instant::now();
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let mut tick = tokio::time::interval(SESSION_TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if let Some(end) = self.drain(&mut f).await? {
@@ -1082,7 +1090,7 @@ async fn start_pipeline(opts: &StreamOptions, prep: &Prepared) -> Result<Pipelin
         ArchiverConfig {
             seg,
             partial_every: opts.partial_every,
-            retry_cap: Duration::from_secs(30),
+            retry_cap: ARCHIVER_RETRY_CAP,
             system_id: prep.system_id,
             metrics: opts.metrics.clone(),
         },
@@ -1319,7 +1327,7 @@ impl Sessions<'_> {
                     std::future::pending::<()>().await;
                 }
             }
-            tokio::time::sleep(deadline + Duration::from_secs(1)).await;
+            tokio::time::sleep(deadline + BACKSTOP_GRACE).await;
         };
         let mut session = Session {
             conn,
@@ -1516,7 +1524,7 @@ async fn finish(
     }
     // The heartbeat removes this process's entry from the repo on the way out (bounded).
     let _ = heartbeat.stop.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(2), heartbeat.task).await;
+    let _ = tokio::time::timeout(HEARTBEAT_EXIT_WAIT, heartbeat.task).await;
     result
 }
 

@@ -1286,7 +1286,7 @@ impl Sessions<'_> {
         let spooled_at = pipe
             .spool
             .as_ref()
-            .and_then(|s| s.resume_point(self.cur.seg));
+            .and_then(|s| s.resume_point(self.first.seg));
         let hist = match startup::server_history(conn, self.cur.server_tli).await {
             Ok((h, _)) => h,
             Err(e) => {
@@ -1335,7 +1335,7 @@ impl Sessions<'_> {
             tx: &pipe.tx,
             archived: &mut pipe.flush_rx,
             shutdown: &mut self.shutdown,
-            seg: self.cur.seg,
+            seg: self.first.seg,
             run: (tli, start),
             receive_timeout: receive,
             streaming_since: None,
@@ -1375,7 +1375,7 @@ impl Sessions<'_> {
     /// server no longer has (a gap to record, or a prev-link proof), a server behind the
     /// repo (shown in the metrics).
     fn classify(&mut self, r: Result<SessionEnd, StreamError>) -> Result<SessionEnd, StreamError> {
-        let seg = self.cur.seg;
+        let seg = self.first.seg;
         match r {
             Err(StreamError::WalRemoved {
                 tli,

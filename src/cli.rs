@@ -24,7 +24,8 @@ pub struct Cli {
 }
 
 /// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.
     Text,
@@ -133,11 +134,13 @@ pub struct StreamArgs {
     /// A TOML file with any of these settings (keys as the flags, with underscores:
     /// source, repo, slot, no_slot, partial_every, status_interval, metrics_listen,
     /// ack, spool_dir, spool_max, shutdown_timeout, ready_max_lag, ready_max_lag_time,
-    /// writer_heartbeat, log_format). Precedence: command-line flags, then PITR_* variables,
+    /// writer_heartbeat, log_format, backup_every, backup_at, keep_full, keep_within).
+    /// Precedence: command-line flags, then PITR_* variables,
     /// then this file, then the defaults.
     #[arg(long, env = "PITR_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Print the resolved settings (password hidden) and exit without connecting.
+    /// Print the resolved settings (password hidden), each with where it came from (a flag, a
+    /// PITR_* variable, the --config file, or the default), and exit without connecting.
     #[arg(long)]
     pub print_config: bool,
     /// Physical replication slot to use (created when missing).

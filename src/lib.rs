@@ -8,6 +8,7 @@
 
 pub mod backup;
 pub mod cli;
+pub mod cmd;
 pub mod config;
 pub mod demo;
 pub mod list;
@@ -15,6 +16,7 @@ pub mod replication;
 pub mod repo;
 pub mod restore;
 pub mod server;
+pub mod shutdown;
 pub mod stream;
 pub mod verify;
 pub mod wal;

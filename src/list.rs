@@ -3,6 +3,8 @@
 //! Answers from the catalog, the object listing and the segment summaries; WAL bodies are
 //! read only for the newest (partial) segment of a timeline, which has no summary yet.
 
+pub mod cmd;
+
 use serde::Serialize;
 use walfmt::{Lsn, SegNo};
 

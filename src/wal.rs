@@ -6,6 +6,8 @@
 //! stream at its segment start. lz4-frame files (magic `04 22 4D 18`) are decompressed on
 //! the fly.
 
+pub mod cmd;
+
 use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};

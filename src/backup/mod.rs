@@ -17,6 +17,8 @@
 //!   `pitr stream`; we wait for it with `--wal-timeout`). A backup interrupted at any point
 //!   therefore never looks complete.
 
+pub mod cmd;
+
 use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -18,6 +18,8 @@
 //!   before the oldest kept backup and more than a day ago, so a running backup is never
 //!   touched.
 
+pub mod cmd;
+
 use std::time::Duration;
 
 use serde::Serialize;

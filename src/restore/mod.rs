@@ -15,6 +15,7 @@
 //!   and named in the report; a `standby.signal` from a standby's backup is removed (unless
 //!   `--standby`).
 
+pub mod cmd;
 pub mod extract;
 pub mod plan;
 pub mod target;

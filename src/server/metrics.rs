@@ -399,9 +399,15 @@ impl Metrics {
     /// Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut s = String::new();
-        let mut g = |name: &str, kind: &str, help: &str, v: String| {
-            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
-        };
+        self.render_positions(&mut s);
+        self.render_activity(&mut s);
+        self.render_state(&mut s);
+        s
+    }
+
+    /// Positions and lag: received, flushed, archived, the server's, the newest commit.
+    fn render_positions(&self, s: &mut String) {
+        let mut g = |name: &str, kind: &str, help: &str, v: String| metric(s, name, kind, help, v);
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed).to_string();
         g(
             "pitr_received_lsn_bytes",
@@ -484,6 +490,12 @@ impl Metrics {
                 format!("{:.3}", (now_us() - last).max(0) as f64 / 1e6),
             );
         }
+    }
+
+    /// Counters of work done: uploads, retries, errors, reconnects, scheduled backups.
+    fn render_activity(&self, s: &mut String) {
+        let mut g = |name: &str, kind: &str, help: &str, v: String| metric(s, name, kind, help, v);
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed).to_string();
         g(
             "pitr_uploads_total",
             "counter",
@@ -543,6 +555,12 @@ impl Metrics {
                 format!("{:.6}", lb as f64 / 1e6),
             );
         }
+    }
+
+    /// State flags: streaming, divergence, a server behind the repo, WAL gaps.
+    fn render_state(&self, s: &mut String) {
+        let mut g = |name: &str, kind: &str, help: &str, v: String| metric(s, name, kind, help, v);
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed).to_string();
         g(
             "pitr_streaming",
             "gauge",
@@ -574,8 +592,12 @@ impl Metrics {
             "1 while no complete base backup starts after the repo's newest WAL gap.",
             flag(self.gap_open()),
         );
-        s
     }
+}
+
+/// Appends one metric: its HELP and TYPE lines and its value.
+fn metric(s: &mut String, name: &str, kind: &str, help: &str, v: String) {
+    let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
 }
 
 #[cfg(test)]

@@ -21,6 +21,8 @@ use tokio::net::TcpListener;
 
 pub use metrics::Metrics;
 
+use crate::shutdown::Shutdown;
+
 async fn handle(
     req: Request<hyper::body::Incoming>,
     m: Arc<Metrics>,
@@ -64,18 +66,18 @@ async fn handle(
     Ok(resp)
 }
 
-/// Binds `addr` and serves until `shutdown` turns true. Returns the bound address.
+/// Binds `addr` and serves until `shutdown`. Returns the bound address.
 pub async fn serve(
     addr: SocketAddr,
     m: Arc<Metrics>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    mut shutdown: Shutdown,
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     tokio::spawn(async move {
         loop {
             tokio::select! {
-                _ = shutdown.changed() => return,
+                _ = shutdown.recv() => return,
                 acc = listener.accept() => {
                     let Ok((stream, _)) = acc else { continue };
                     let m = m.clone();

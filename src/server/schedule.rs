@@ -17,6 +17,7 @@ use crate::backup::{self, BackupOptions};
 use crate::repo::catalog;
 use crate::repo::prune::{self, Retention};
 use crate::server::Metrics;
+use crate::shutdown::Shutdown;
 
 /// When backups are due.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +81,51 @@ pub fn next_due(
     }
 }
 
+/// Wait after start-up before the first decision: the stream connects first (a backup waits
+/// for its WAL).
+pub const START_DELAY: Duration = Duration::from_secs(2);
+/// Retry after the catalog could not be read.
+pub const CATALOG_RETRY: Duration = Duration::from_secs(60);
+/// Retry after a failed backup (or the `--backup-every` period, if shorter).
+pub const FAILURE_RETRY: Duration = Duration::from_secs(300);
+
+/// When the next backup is due (pure): the schedule's next time after the newest complete
+/// backup (now when the repo has none), now while the repo's newest WAL gap is open, and
+/// never before a pending retry (`retry_at`, after a failure).
+pub fn decide(
+    s: Schedule,
+    last_end: Option<jiff::Timestamp>,
+    gap_open: bool,
+    retry_at: Option<jiff::Timestamp>,
+    now: jiff::Timestamp,
+    tz: &jiff::tz::TimeZone,
+) -> jiff::Timestamp {
+    let mut due = next_due(s, last_end, now, tz);
+    if gap_open {
+        // Nothing after the gap can be restored until a backup starts after it.
+        due = now;
+    }
+    match retry_at {
+        Some(r) if r > due => r,
+        _ => due,
+    }
+}
+
+/// How long after a failed backup the next attempt is due: [`FAILURE_RETRY`], or the
+/// `--backup-every` period when shorter.
+pub fn retry_period(s: Schedule) -> Duration {
+    match s {
+        Schedule::Every(d) => d.min(FAILURE_RETRY),
+        Schedule::At(..) => FAILURE_RETRY,
+    }
+}
+
+/// `at` plus `d` (saturating at a far-future instant).
+fn after(at: jiff::Timestamp, d: Duration) -> jiff::Timestamp {
+    let span = jiff::SignedDuration::try_from(d).unwrap_or(jiff::SignedDuration::from_secs(300));
+    at.checked_add(span).unwrap_or(jiff::Timestamp::MAX)
+}
+
 /// Settings.
 #[derive(Debug, Clone)]
 pub struct ScheduleOptions {
@@ -91,18 +137,14 @@ pub struct ScheduleOptions {
     pub retention: Option<Retention>,
 }
 
-/// Runs until `stop` turns true.
-pub async fn run(
-    opts: ScheduleOptions,
-    metrics: std::sync::Arc<Metrics>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
+/// Runs until `stop`.
+pub async fn run(opts: ScheduleOptions, metrics: std::sync::Arc<Metrics>, mut stop: Shutdown) {
     use std::sync::atomic::Ordering;
     let tz = zone();
     // Let the stream connect first: the backup waits for its WAL.
     tokio::select! {
-        _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-        _ = stop.wait_for(|s| *s) => return,
+        _ = tokio::time::sleep(START_DELAY) => {}
+        _ = stop.recv() => return,
     }
     let mut retry_at: Option<jiff::Timestamp> = None;
     loop {
@@ -112,7 +154,7 @@ pub async fn run(
                 .and_then(|b| b.end_time.parse::<jiff::Timestamp>().ok()),
             Err(e) => {
                 tracing::warn!(error = %e, "scheduled backup: cannot read the catalog; retrying in 1 min");
-                retry_at = Some(jiff::Timestamp::now() + jiff::SignedDuration::from_secs(60));
+                retry_at = Some(after(jiff::Timestamp::now(), CATALOG_RETRY));
                 None
             }
         };
@@ -121,19 +163,10 @@ pub async fn run(
                 .last_backup_unix_us
                 .store(l.as_microsecond(), Ordering::Relaxed);
         }
+        let gap_open = metrics.gap_open()
+            && crate::stream::startup::refresh_open_gap(&opts.backup.repo, &metrics).await;
         let now = jiff::Timestamp::now();
-        let mut due = next_due(opts.schedule, last, now, &tz);
-        if metrics.gap_open()
-            && crate::stream::startup::refresh_open_gap(&opts.backup.repo, &metrics).await
-        {
-            // Nothing after the gap can be restored until a backup starts after it.
-            due = now;
-        }
-        if let Some(r) = retry_at
-            && r > due
-        {
-            due = r;
-        }
+        let due = decide(opts.schedule, last, gap_open, retry_at, now, &tz);
         let wait = due.duration_since(now).try_into().unwrap_or(Duration::ZERO);
         if !wait.is_zero() {
             tracing::info!(due = %due, "next scheduled base backup");
@@ -142,11 +175,11 @@ pub async fn run(
             _ = tokio::time::sleep(wait) => {}
             // A gap opened: due now (re-evaluated at the top of the loop).
             _ = metrics.backup_now.notified() => continue,
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stop.recv() => return,
         }
         let res = tokio::select! {
             r = backup::run(&opts.backup) => r,
-            _ = stop.wait_for(|s| *s) => {
+            _ = stop.recv() => {
                 tracing::info!("scheduled backup abandoned at shutdown (it stays incomplete; prune removes it later)");
                 return;
             }
@@ -172,16 +205,9 @@ pub async fn run(
             }
             Err(e) => {
                 metrics.backup_failures.fetch_add(1, Ordering::Relaxed);
-                let period = match opts.schedule {
-                    Schedule::Every(d) => d.min(Duration::from_secs(300)),
-                    Schedule::At(..) => Duration::from_secs(300),
-                };
+                let period = retry_period(opts.schedule);
                 tracing::error!(error = %e, retry_in_s = period.as_secs(), "scheduled base backup failed");
-                retry_at = Some(
-                    jiff::Timestamp::now()
-                        + jiff::SignedDuration::try_from(period)
-                            .unwrap_or(jiff::SignedDuration::from_secs(300)),
-                );
+                retry_at = Some(after(jiff::Timestamp::now(), period));
             }
         }
     }
@@ -219,5 +245,98 @@ mod tests {
         );
         assert!(parse_at("25:00").is_err());
         assert_eq!(parse_at("02:30"), Ok((2, 30)));
+    }
+
+    fn ts(s: &str) -> jiff::Timestamp {
+        s.parse().unwrap()
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn backup_every_is_due_its_period_after_the_last_backup_ended() {
+        let utc = jiff::tz::TimeZone::UTC;
+        let now = ts("2025-11-22T10:00:00Z");
+        let every = Schedule::Every(24 * HOUR);
+        let last = ts("2025-11-22T03:15:00Z");
+        let due = decide(every, Some(last), false, None, now, &utc);
+        assert_eq!(due, ts("2025-11-23T03:15:00Z"));
+        // Overdue: the due time is in the past, so the wait is zero.
+        let due = decide(
+            every,
+            Some(ts("2025-11-20T00:00:00Z")),
+            false,
+            None,
+            now,
+            &utc,
+        );
+        assert!(due <= now);
+    }
+
+    #[test]
+    fn backup_at_is_due_at_the_first_such_wall_clock_time_after_the_last_backup() {
+        let now = ts("2025-11-22T10:00:00Z");
+        let at = Schedule::At(2, 0);
+        let utc = jiff::tz::TimeZone::UTC;
+        let due = decide(at, Some(ts("2025-11-22T01:59:00Z")), false, None, now, &utc);
+        assert_eq!(due, ts("2025-11-22T02:00:00Z"));
+        let due = decide(at, Some(ts("2025-11-22T02:00:00Z")), false, None, now, &utc);
+        assert_eq!(due, ts("2025-11-23T02:00:00Z"));
+        // In the TZ zone: 02:00 in Paris (UTC+1 in November) is 01:00 UTC.
+        let paris = jiff::tz::TimeZone::get("Europe/Paris").unwrap();
+        let due = decide(
+            at,
+            Some(ts("2025-11-22T03:00:00Z")),
+            false,
+            None,
+            now,
+            &paris,
+        );
+        assert_eq!(due, ts("2025-11-23T01:00:00Z"));
+    }
+
+    #[test]
+    fn a_backup_is_due_at_once_when_the_repo_has_none() {
+        let utc = jiff::tz::TimeZone::UTC;
+        let now = ts("2025-11-22T10:00:00Z");
+        for s in [Schedule::Every(24 * HOUR), Schedule::At(2, 0)] {
+            assert_eq!(decide(s, None, false, None, now, &utc), now, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn an_open_gap_makes_a_backup_due_at_once() {
+        let utc = jiff::tz::TimeZone::UTC;
+        let now = ts("2025-11-22T10:00:00Z");
+        let last = Some(ts("2025-11-22T09:00:00Z"));
+        assert_eq!(
+            decide(Schedule::Every(24 * HOUR), last, true, None, now, &utc),
+            now
+        );
+    }
+
+    #[test]
+    fn a_failed_backup_is_retried_after_five_minutes_or_the_period() {
+        assert_eq!(retry_period(Schedule::Every(24 * HOUR)), FAILURE_RETRY);
+        assert_eq!(
+            retry_period(Schedule::Every(Duration::from_secs(60))),
+            Duration::from_secs(60)
+        );
+        assert_eq!(retry_period(Schedule::At(2, 0)), FAILURE_RETRY);
+        let utc = jiff::tz::TimeZone::UTC;
+        let now = ts("2025-11-22T10:00:00Z");
+        let retry = after(now, retry_period(Schedule::At(2, 0)));
+        assert_eq!(retry, ts("2025-11-22T10:05:00Z"));
+        // The first backup of an empty repo failed: not again at once, but at the retry.
+        let s = Schedule::Every(24 * HOUR);
+        assert_eq!(decide(s, None, false, Some(retry), now, &utc), retry);
+        // A gap does not override the retry either (the backup just failed).
+        assert_eq!(decide(s, None, true, Some(retry), now, &utc), retry);
+        // A retry earlier than the schedule's next time changes nothing.
+        let last = Some(ts("2025-11-22T09:00:00Z"));
+        assert_eq!(
+            decide(s, last, false, Some(retry), now, &utc),
+            ts("2025-11-23T09:00:00Z")
+        );
     }
 }

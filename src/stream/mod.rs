@@ -49,6 +49,7 @@
 //!   starts after it, and the scheduler takes one at once.
 
 pub mod archiver;
+pub mod cmd;
 pub mod continuity;
 pub mod monitor;
 pub mod spool;
@@ -170,6 +171,14 @@ pub const INITIAL_BACKOFF: Duration = Duration::from_millis(500);
 pub const STREAMED_AFTER: Duration = Duration::from_secs(5);
 /// Longest wait between attempts while the slot is active in another walsender.
 pub const SLOT_BUSY_RETRY: Duration = Duration::from_secs(2);
+/// Longest wait between the archiver's retries of a storage call.
+pub const ARCHIVER_RETRY_CAP: Duration = Duration::from_secs(30);
+/// How often a session checks for silence and due status updates.
+const SESSION_TICK: Duration = Duration::from_millis(500);
+/// Past the shutdown deadline, how long a session may still take before it is abandoned.
+const BACKSTOP_GRACE: Duration = Duration::from_secs(1);
+/// How long the heartbeat may take to remove this process's entry on the way out.
+const HEARTBEAT_EXIT_WAIT: Duration = Duration::from_secs(2);
 
 /// The receive timeout for a server's `SHOW wal_sender_timeout`: that value (at least 1 s),
 /// or [`DEFAULT_RECEIVE_TIMEOUT`] when it is 0 or unreadable.
@@ -440,6 +449,15 @@ impl Gate {
             open: false,
         }
     }
+}
+
+/// A CopyBoth stream's position: what was received, what waits for the archiver, and what
+/// was last reported to the server.
+struct Flow {
+    received: Lsn,
+    pending: Option<ArchMsg>,
+    last_status: Instant,
+    reported: (Lsn, Lsn),
 }
 
 /// How a streaming session ended.
@@ -752,144 +770,161 @@ impl Session<'_> {
     /// One CopyBoth stream. `Some(next timeline, its start, received end)` at the end of a
     /// timeline; `None` on shutdown.
     async fn stream(&mut self, start: Lsn) -> Result<Option<(TimeLineId, Lsn, Lsn)>, StreamError> {
-        let mut received = start;
-        let mut pending: Option<ArchMsg> = None;
-        let mut last_status = Instant::now();
-        let mut reported = (Lsn(0), Lsn(0));
+        let mut f = Flow {
+            received: start,
+            pending: None,
+            last_status: Instant::now(),
+            reported: (Lsn(0), Lsn(0)),
+        };
         // Silence counts only while reading (back-pressure stops the reading).
         let mut last_heard = Instant::now();
         let ping_every = ping_interval(self.opts.status_interval, self.receive_timeout);
         let mut last_ping = Instant::now();
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let mut tick = tokio::time::interval(SESSION_TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            // Drain buffered events while the archiver takes them.
-            while pending.is_none() {
-                let (tli, run_start) = self.run;
-                match self
-                    .conn
-                    .try_event()
-                    .map_err(|e| startup::server_error(tli, run_start, e))?
-                {
-                    Some(StreamEvent::Wal {
-                        start: s,
-                        server_end,
-                        data,
-                    }) => {
-                        self.received_wal = true;
-                        self.opts.metrics.observe_server(server_end.0);
-                        if s != received {
-                            return Err(StreamError::Gap {
-                                expected: received,
-                                got: s,
-                            });
-                        }
-                        received = Lsn(received.0 + data.len() as u64);
-                        self.opts
-                            .metrics
-                            .received_lsn
-                            .fetch_max(received.0, std::sync::atomic::Ordering::Relaxed);
-                        let Some((s, data)) = self.admit(s, data).await? else {
-                            continue;
-                        };
-                        match self.tx.try_send(ArchMsg::Wal { start: s, data }) {
-                            Ok(()) => {}
-                            Err(mpsc::error::TrySendError::Full(m)) => pending = Some(m),
-                            Err(mpsc::error::TrySendError::Closed(_)) => {
-                                return Err(StreamError::ArchiverStopped);
-                            }
-                        }
-                    }
-                    Some(StreamEvent::Keepalive {
-                        server_end,
-                        reply_requested,
-                    }) => {
-                        self.opts.metrics.observe_server(server_end.0);
-                        if reply_requested {
-                            self.status(received, &mut reported, true, false).await?;
-                            last_status = Instant::now();
-                        }
-                    }
-                    Some(StreamEvent::TimelineEnd) => {
-                        if let Some(m) = pending.take() {
-                            self.send_arch(m).await?;
-                        }
-                        return match self.conn.finish_timeline().await? {
-                            Some((t, l)) => Ok(Some((t, l, received))),
-                            None => Err(StreamError::Internal(
-                                "timeline ended without a next timeline".into(),
-                            )),
-                        };
-                    }
-                    Some(StreamEvent::ServerStopped) => {
-                        return Err(StreamError::Conn(ConnError::Closed));
-                    }
-                    None => break,
-                }
+            if let Some(end) = self.drain(&mut f).await? {
+                return Ok(Some(end));
             }
             tokio::select! {
                 biased;
                 _ = self.shutdown.changed() => {
-                    // The pending message and the sync share the deadline: with storage down
-                    // the channel stays full, and what was never acknowledged can stay on the
-                    // server.
-                    let pending = pending.take();
-                    let limit = self.opts.shutdown_timeout;
-                    let finish = async {
-                        if let Some(m) = pending {
-                            self.send_arch(m).await?;
-                        }
-                        self.sync().await
-                    };
-                    match tokio::time::timeout(limit, finish).await {
-                        Ok(r) => {
-                            r?;
-                            tracing::info!(durable = %self.durable(received), "stopping: everything received is safe");
-                        }
-                        Err(_) => {
-                            tracing::warn!(timeout = ?self.opts.shutdown_timeout, durable = %self.durable(received), "stopping: uploads did not finish in time; the server keeps what is not archived");
-                        }
-                    }
-                    let flush = self.durable(received);
-                    self.conn.send_status(received, flush, false).await?;
+                    self.stop(f.pending.take(), f.received).await?;
                     return Ok(None);
                 }
-                permit = self.tx.reserve(), if pending.is_some() => {
+                permit = self.tx.reserve(), if f.pending.is_some() => {
                     let permit = permit.map_err(|_| StreamError::ArchiverStopped)?;
-                    if let Some(m) = pending.take() {
+                    if let Some(m) = f.pending.take() {
                         permit.send(m);
                     }
                     // Reading again: silence counts from now.
                     last_heard = Instant::now();
                 }
-                r = self.conn.fill(), if pending.is_none() => {
+                r = self.conn.fill(), if f.pending.is_none() => {
                     if r? == 0 {
                         return Err(StreamError::Conn(ConnError::Closed));
                     }
                     last_heard = Instant::now();
                 }
                 _ = self.archived.changed() => {
-                    self.status(received, &mut reported, false, false).await?;
-                    last_status = Instant::now();
+                    self.status(f.received, &mut f.reported, false, false).await?;
+                    f.last_status = Instant::now();
                 }
                 _ = tick.tick() => {
-                    if pending.is_none() && last_heard.elapsed() >= self.receive_timeout {
+                    if f.pending.is_none() && last_heard.elapsed() >= self.receive_timeout {
                         return Err(StreamError::Conn(ConnError::Silent {
                             host: self.conn.host.describe(),
                             waited: last_heard.elapsed(),
                         }));
                     }
                     if last_ping.elapsed() >= ping_every {
-                        self.status(received, &mut reported, true, true).await?;
+                        self.status(f.received, &mut f.reported, true, true).await?;
                         last_ping = Instant::now();
-                        last_status = last_ping;
-                    } else if last_status.elapsed() >= self.opts.status_interval {
-                        self.status(received, &mut reported, true, false).await?;
-                        last_status = Instant::now();
+                        f.last_status = last_ping;
+                    } else if f.last_status.elapsed() >= self.opts.status_interval {
+                        self.status(f.received, &mut f.reported, true, false).await?;
+                        f.last_status = Instant::now();
                     }
                 }
             }
         }
+    }
+
+    /// Drains buffered events while the archiver takes them (a message it cannot take yet
+    /// waits in `f.pending`). `Some(next timeline, its start, received end)` when the
+    /// timeline ended.
+    async fn drain(&mut self, f: &mut Flow) -> Result<Option<(TimeLineId, Lsn, Lsn)>, StreamError> {
+        while f.pending.is_none() {
+            let (tli, run_start) = self.run;
+            match self
+                .conn
+                .try_event()
+                .map_err(|e| startup::server_error(tli, run_start, e))?
+            {
+                Some(StreamEvent::Wal {
+                    start: s,
+                    server_end,
+                    data,
+                }) => {
+                    self.received_wal = true;
+                    self.opts.metrics.observe_server(server_end.0);
+                    if s != f.received {
+                        return Err(StreamError::Gap {
+                            expected: f.received,
+                            got: s,
+                        });
+                    }
+                    f.received = Lsn(f.received.0 + data.len() as u64);
+                    self.opts
+                        .metrics
+                        .received_lsn
+                        .fetch_max(f.received.0, std::sync::atomic::Ordering::Relaxed);
+                    let Some((s, data)) = self.admit(s, data).await? else {
+                        continue;
+                    };
+                    match self.tx.try_send(ArchMsg::Wal { start: s, data }) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(m)) => f.pending = Some(m),
+                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                            return Err(StreamError::ArchiverStopped);
+                        }
+                    }
+                }
+                Some(StreamEvent::Keepalive {
+                    server_end,
+                    reply_requested,
+                }) => {
+                    self.opts.metrics.observe_server(server_end.0);
+                    if reply_requested {
+                        self.status(f.received, &mut f.reported, true, false)
+                            .await?;
+                        f.last_status = Instant::now();
+                    }
+                }
+                Some(StreamEvent::TimelineEnd) => {
+                    if let Some(m) = f.pending.take() {
+                        self.send_arch(m).await?;
+                    }
+                    return match self.conn.finish_timeline().await? {
+                        Some((t, l)) => Ok(Some((t, l, f.received))),
+                        None => Err(StreamError::Internal(
+                            "timeline ended without a next timeline".into(),
+                        )),
+                    };
+                }
+                Some(StreamEvent::ServerStopped) => {
+                    return Err(StreamError::Conn(ConnError::Closed));
+                }
+                None => break,
+            }
+        }
+        Ok(None)
+    }
+
+    /// On shutdown: hands the archiver what is pending and waits for it to be durable,
+    /// within the shutdown deadline, then reports the final position to the server.
+    async fn stop(&mut self, pending: Option<ArchMsg>, received: Lsn) -> Result<(), StreamError> {
+        // The pending message and the sync share the deadline: with storage down the channel
+        // stays full, and what was never acknowledged can stay on the server.
+        let limit = self.opts.shutdown_timeout;
+        let finish = async {
+            if let Some(m) = pending {
+                self.send_arch(m).await?;
+            }
+            self.sync().await
+        };
+        match tokio::time::timeout(limit, finish).await {
+            Ok(r) => {
+                r?;
+                tracing::info!(durable = %self.durable(received), "stopping: everything received is safe");
+            }
+            Err(_) => {
+                tracing::warn!(timeout = ?self.opts.shutdown_timeout, durable = %self.durable(received), "stopping: uploads did not finish in time; the server keeps what is not archived");
+            }
+        }
+        let flush = self.durable(received);
+        self.conn.send_status(received, flush, false).await?;
+        Ok(())
     }
 
     /// What may be reported as flushed: nothing (`0/0`, which leaves the slot alone) until the
@@ -926,12 +961,43 @@ impl Session<'_> {
     }
 }
 
-/// Runs `pitr stream` until `shutdown` turns true. Errors before the first successful start
-/// (bad configuration, refusals) are returned; afterwards, connection trouble is retried.
+/// Runs `pitr stream` until `shutdown` (a [`crate::shutdown::Shutdown`], or the
+/// `watch::Receiver<bool>` under one). Errors before the first successful start (bad
+/// configuration, refusals) are returned; afterwards, connection trouble is retried.
+///
+/// Three phases: start-up (`connect_first`, `start_pipeline`, `start_background`), the
+/// session loop (`Sessions::attempt`, once per connection), and shutdown (`finish`).
 pub async fn run(
     mut opts: StreamOptions,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: impl Into<crate::shutdown::Shutdown>,
 ) -> Result<(), StreamError> {
+    let shutdown = shutdown.into().watch();
+    let (mut conn, prep) = connect_first(&mut opts).await?;
+    let mut pipe = start_pipeline(&opts, &prep).await?;
+    let heartbeat = start_background(&opts, &shutdown);
+    let mut sessions = Sessions {
+        opts: &opts,
+        shutdown,
+        backoff: INITIAL_BACKOFF,
+        first: prep,
+        cur: prep,
+        hints: Hints::default(),
+        gap: None,
+    };
+    let mut reconnect = false;
+    let result = loop {
+        match sessions.attempt(&mut conn, &mut pipe, reconnect).await {
+            Retry::Again => reconnect = true,
+            Retry::Stop(r) => break r,
+        }
+    };
+    let mut shutdown = sessions.shutdown;
+    finish(&opts, pipe, conn, result, &mut shutdown, heartbeat).await
+}
+
+/// Start-up: connects, checks the server and claims the repo (refusals explained with their
+/// fix), checks the spool, and removes a killed pitr's temporary files in the background.
+async fn connect_first(opts: &mut StreamOptions) -> Result<(PgConn, Prepared), StreamError> {
     opts.source
         .connect_timeout
         .get_or_insert(DEFAULT_CONNECT_TIMEOUT);
@@ -940,7 +1006,7 @@ pub async fn run(
         .await
         .map_err(|e| explain(e, &user))?;
     conn.set_io_timeout(Some(DEFAULT_RECEIVE_TIMEOUT));
-    let prep = prepare(&mut conn, &opts).await.map_err(|e| match e {
+    let prep = prepare(&mut conn, opts).await.map_err(|e| match e {
         StreamError::Conn(c) => explain(c, &user).into(),
         other => other,
     })?;
@@ -968,8 +1034,31 @@ pub async fn run(
             Err(e) => tracing::warn!(error = %e, "could not clean up temporary files in the repo"),
         }
     });
-    // The archiver's durable position starts at the repo's tip (sessions report nothing as
-    // flushed before their run is proven, whatever this says).
+    Ok((conn, prep))
+}
+
+/// The pipeline between the sessions and the repo: the archiver and, with `--ack spool`, the
+/// spool's writer and reader.
+struct Pipeline {
+    /// Takes the sessions' messages.
+    tx: mpsc::Sender<ArchMsg>,
+    /// The position reported as flushed.
+    flush_rx: watch::Receiver<archiver::Durable>,
+    /// The spool's shared state, with `--ack spool`.
+    spool: Option<std::sync::Arc<spool::Shared>>,
+    /// The pipeline's tasks, ending with their first error.
+    task: tokio::task::JoinHandle<Result<(), StreamError>>,
+    /// `task` has ended (and was awaited).
+    done: bool,
+    /// The cluster's segment size.
+    seg: WalSegSize,
+}
+
+/// Start-up: the archiver, whose durable position starts at the repo's tip, and with
+/// `--ack spool` the spool (WAL acknowledged by an earlier run is uploaded from it first).
+async fn start_pipeline(opts: &StreamOptions, prep: &Prepared) -> Result<Pipeline, StreamError> {
+    let seg = prep.seg;
+    // Sessions report nothing as flushed before their run is proven, whatever this says.
     let first_tip = tip_retrying(&opts.repo, seg).await?;
     if let Some(t) = &first_tip {
         // What the repo already holds is archived: readiness measures from there.
@@ -986,7 +1075,7 @@ pub async fn run(
         ArchiverConfig {
             seg,
             partial_every: opts.partial_every,
-            retry_cap: Duration::from_secs(30),
+            retry_cap: ARCHIVER_RETRY_CAP,
             system_id: prep.system_id,
             metrics: opts.metrics.clone(),
         },
@@ -994,8 +1083,7 @@ pub async fn run(
     );
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(arch.run(arch_rx));
-    // `tx` takes the receiver's messages; `flush_rx` is the position reported as flushed.
-    let (tx, mut flush_rx, spool_shared) = match &opts.spool {
+    let (tx, flush_rx, spool_shared) = match &opts.spool {
         None => (arch_tx, archived_rx, None),
         Some(sc) => {
             // WAL acknowledged by an earlier run may exist only in the spool: upload it first.
@@ -1030,7 +1118,25 @@ pub async fn run(
             (wtx, spooled_rx, Some(shared))
         }
     };
-    let mut arch_task = tokio::spawn(first_error(tasks));
+    Ok(Pipeline {
+        tx,
+        flush_rx,
+        spool: spool_shared,
+        task: tokio::spawn(first_error(tasks)),
+        done: false,
+        seg,
+    })
+}
+
+/// The writer heartbeat: stopped last, whatever ends the run.
+struct HeartbeatTask {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Start-up: the tasks beside the sessions (slot and server monitoring, the open-gap state
+/// behind `/healthz` and `pitr_wal_gap_open`, the writer heartbeat).
+fn start_background(opts: &StreamOptions, shutdown: &watch::Receiver<bool>) -> HeartbeatTask {
     tokio::spawn(monitor::run(
         opts.source.clone(),
         opts.slot.clone(),
@@ -1038,163 +1144,206 @@ pub async fn run(
         opts.slot_check_every,
         shutdown.clone(),
     ));
-    // The open-gap state (`/healthz`, `pitr_wal_gap_open`) follows the repo's gap records and
-    // backups.
+    // The open-gap state follows the repo's gap records and backups.
     tokio::spawn(startup::gap_watch(
         opts.repo.clone(),
         opts.metrics.clone(),
         opts.slot_check_every,
         shutdown.clone(),
     ));
-    // The heartbeat lasts as long as this function, whatever ends it.
-    let (heartbeat_stop, heartbeat_stop_rx) = watch::channel(false);
-    let heartbeat = tokio::spawn(writers::run(
+    // The heartbeat lasts as long as the run, whatever ends it.
+    let (stop, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(writers::run(
         opts.repo.clone(),
         writers::Heartbeat::of_this_process(opts.slot.clone(), opts.writer_heartbeat),
         opts.metrics.clone(),
-        heartbeat_stop_rx,
+        stop_rx,
     ));
-    let mut backoff = INITIAL_BACKOFF;
-    let mut first = true;
-    let mut cur = prep;
-    let mut hints = Hints::default();
-    // The server said the WAL at the resume point is gone: handled after reconnecting.
-    let mut gap: Option<String> = None;
-    let mut arch_done = false;
-    let stop_backstop = shutdown.clone();
-    let deadline = opts.shutdown_timeout;
-    // In the loop below: the value of a step, or (a transient error) log, back off and try
-    // again from the top, or (any other error) end with it.
-    macro_rules! or_retry {
-        ($r:expr, $what:expr) => {
-            match $r {
-                Ok(v) => v,
-                Err(e) if e.is_transient() => {
-                    if failed_wait(&mut shutdown, &mut backoff, opts.reconnect_cap, &e, $what).await
-                    {
-                        break Ok(());
-                    }
-                    continue;
-                }
-                Err(e) => break Err(e.into()),
+    HeartbeatTask { stop, task }
+}
+
+/// What the session loop does after an attempt.
+enum Retry {
+    /// Reconnect and try again.
+    Again,
+    /// End the run with this.
+    Stop(Result<(), StreamError>),
+}
+
+/// The session loop's state across reconnections.
+struct Sessions<'a> {
+    opts: &'a StreamOptions,
+    shutdown: watch::Receiver<bool>,
+    backoff: Duration,
+    /// The first connection's server: every later one must be the same cluster.
+    first: Prepared,
+    /// The current connection's server.
+    cur: Prepared,
+    hints: Hints,
+    /// The server said the WAL at the resume point is gone: handled after reconnecting.
+    gap: Option<String>,
+}
+
+impl Sessions<'_> {
+    /// One connection's worth: (re)connect when `reconnect`, find where to resume, stream,
+    /// and decide what comes next.
+    async fn attempt(&mut self, conn: &mut PgConn, pipe: &mut Pipeline, reconnect: bool) -> Retry {
+        let r = async {
+            if reconnect {
+                self.reconnect(conn).await?;
             }
+            let (receive, hist, start) = self.resume_point(conn, pipe).await?;
+            self.session(conn, pipe, receive, hist, start).await
         };
-    }
-    let result = loop {
-        if !first {
-            tracing::info!("reconnecting");
-            opts.metrics
-                .reconnects
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            match PgConn::connect(&opts.source, true).await {
-                Ok(mut c) => {
-                    c.set_io_timeout(Some(DEFAULT_RECEIVE_TIMEOUT));
-                    conn = c;
-                }
-                Err(e) => {
-                    if failed_wait(
-                        &mut shutdown,
-                        &mut backoff,
-                        opts.reconnect_cap,
-                        &e,
-                        "cannot reconnect",
-                    )
-                    .await
-                    {
-                        break Ok(());
-                    }
-                    continue;
-                }
-            }
-            match prepare(&mut conn, &opts).await {
-                Ok(p) if p.system_id != prep.system_id => {
-                    break Err(StreamError::Repo(RepoError::OtherCluster {
-                        repo: opts.repo.location.clone(),
-                        repo_system: prep.system_id,
-                        server_system: p.system_id,
-                    }));
-                }
-                Ok(p) => {
-                    opts.metrics.server_connected(p.server_pos.0);
-                    cur = p;
-                }
-                Err(e) if e.is_transient() => {
-                    if failed_wait(
-                        &mut shutdown,
-                        &mut backoff,
-                        opts.reconnect_cap,
-                        &e,
-                        "reconnected but could not prepare",
-                    )
-                    .await
-                    {
-                        break Ok(());
-                    }
-                    continue;
-                }
-                Err(e) => break Err(e),
-            }
+        match r.await {
+            Ok(next) | Err(next) => next,
         }
-        first = false;
-        // The receive timeout follows the server's wal_sender_timeout; it also bounds every
-        // command and write on this connection.
-        let receive = receive_timeout(&or_retry!(
-            conn.show("wal_sender_timeout").await,
-            "reconnected but could not prepare"
-        ));
+    }
+
+    /// After a failed step: a transient error is logged and waited out (then `Again`, unless
+    /// shutdown came first); any other error ends the run.
+    async fn failed(&mut self, e: StreamError, what: &str) -> Retry {
+        if !e.is_transient() {
+            return Retry::Stop(Err(e));
+        }
+        self.wait_out(&e, what).await
+    }
+
+    /// Logs `e` and waits the next backoff: `Again`, or `Stop(Ok)` on shutdown.
+    async fn wait_out(&mut self, e: &(dyn std::fmt::Display + Sync), what: &str) -> Retry {
+        let cap = self.opts.reconnect_cap;
+        if failed_wait(&mut self.shutdown, &mut self.backoff, cap, e, what).await {
+            Retry::Stop(Ok(()))
+        } else {
+            Retry::Again
+        }
+    }
+
+    /// Connects again and checks it is the same cluster.
+    async fn reconnect(&mut self, conn: &mut PgConn) -> Result<(), Retry> {
+        let opts = self.opts;
+        tracing::info!("reconnecting");
+        opts.metrics
+            .reconnects
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match PgConn::connect(&opts.source, true).await {
+            Ok(mut c) => {
+                c.set_io_timeout(Some(DEFAULT_RECEIVE_TIMEOUT));
+                *conn = c;
+            }
+            Err(e) => return Err(self.wait_out(&e, "cannot reconnect").await),
+        }
+        match prepare(conn, opts).await {
+            Ok(p) if p.system_id != self.first.system_id => Err(Retry::Stop(Err(
+                StreamError::Repo(RepoError::OtherCluster {
+                    repo: opts.repo.location.clone(),
+                    repo_system: self.first.system_id,
+                    server_system: p.system_id,
+                }),
+            ))),
+            Ok(p) => {
+                opts.metrics.server_connected(p.server_pos.0);
+                self.cur = p;
+                Ok(())
+            }
+            Err(e) => Err(self.failed(e, "reconnected but could not prepare").await),
+        }
+    }
+
+    /// Where this connection's session starts: the receive timeout (the server's
+    /// `wal_sender_timeout`, which also bounds every command and write on it), the server's
+    /// history, and the start (after a gap: recorded, and past it).
+    async fn resume_point(
+        &mut self,
+        conn: &mut PgConn,
+        pipe: &Pipeline,
+    ) -> Result<(Duration, TimelineHistory, Start), Retry> {
+        let show = match conn.show("wal_sender_timeout").await {
+            Ok(v) => v,
+            Err(e) => {
+                return Err(self
+                    .failed(e.into(), "reconnected but could not prepare")
+                    .await);
+            }
+        };
+        let receive = receive_timeout(&show);
         conn.set_io_timeout(Some(receive));
-        let spooled_at = spool_shared.as_ref().and_then(|s| s.resume_point(seg));
-        let (hist, _) = or_retry!(
-            startup::server_history(&mut conn, cur.server_tli).await,
-            "reconnected but could not read the server's history"
-        );
-        let st = match gap.take() {
-            Some(reason) => after_gap(&mut conn, &opts, &cur, &hist, spooled_at, &reason).await,
-            None => start_point(&mut conn, &opts, &cur, &hist, spooled_at).await,
+        let spooled_at = pipe
+            .spool
+            .as_ref()
+            .and_then(|s| s.resume_point(self.first.seg));
+        let hist = match startup::server_history(conn, self.cur.server_tli).await {
+            Ok((h, _)) => h,
+            Err(e) => {
+                let what = "reconnected but could not read the server's history";
+                return Err(self.failed(e, what).await);
+            }
         };
-        let Start { tli, start, .. } = or_retry!(st, "could not find where to resume");
-        let mut session = Session {
-            conn: &mut conn,
-            opts: &opts,
-            tx: &tx,
-            archived: &mut flush_rx,
-            shutdown: &mut shutdown,
-            seg,
-            run: (tli, start),
-            receive_timeout: receive,
-            streaming_since: None,
-            received_wal: false,
-            hist,
-            gate: Gate::closed(),
-            hints: &mut hints,
-            system_id: prep.system_id,
+        let (opts, cur) = (self.opts, self.cur);
+        let st = match self.gap.take() {
+            Some(reason) => after_gap(conn, opts, &cur, &hist, spooled_at, &reason).await,
+            None => start_point(conn, opts, &cur, &hist, spooled_at).await,
         };
-        // Backstop: whatever the session is waiting on (a full channel while storage is down),
-        // a shutdown request ends it within the deadline. Nothing unacknowledged is lost: the
-        // slot keeps it on the server.
-        let mut stop = stop_backstop.clone();
+        match st {
+            Ok(st) => Ok((receive, hist, st)),
+            Err(e) => Err(self.failed(e, "could not find where to resume").await),
+        }
+    }
+
+    /// Streams one session, bounded by the shutdown backstop and the pipeline's health, and
+    /// decides what comes next.
+    async fn session(
+        &mut self,
+        conn: &mut PgConn,
+        pipe: &mut Pipeline,
+        receive: Duration,
+        hist: TimelineHistory,
+        Start { tli, start, .. }: Start,
+    ) -> Result<Retry, Retry> {
+        let opts = self.opts;
+        // Backstop: whatever the session is waiting on (a full channel while storage is
+        // down), a shutdown request ends it within the deadline. Nothing unacknowledged is
+        // lost: the slot keeps it on the server.
+        let mut stop = self.shutdown.clone();
+        let deadline = opts.shutdown_timeout;
         let backstop = async move {
             while !*stop.borrow_and_update() {
                 if stop.changed().await.is_err() {
                     std::future::pending::<()>().await;
                 }
             }
-            tokio::time::sleep(deadline + Duration::from_secs(1)).await;
+            tokio::time::sleep(deadline + BACKSTOP_GRACE).await;
+        };
+        let mut session = Session {
+            conn,
+            opts,
+            tx: &pipe.tx,
+            archived: &mut pipe.flush_rx,
+            shutdown: &mut self.shutdown,
+            seg: self.first.seg,
+            run: (tli, start),
+            receive_timeout: receive,
+            streaming_since: None,
+            received_wal: false,
+            hist,
+            gate: Gate::closed(),
+            hints: &mut self.hints,
+            system_id: self.first.system_id,
         };
         let r = tokio::select! {
             r = session.run(tli, start) => r,
             _ = backstop => {
                 tracing::warn!("stopping: the session did not finish in time");
-                break Ok(());
+                return Ok(Retry::Stop(Ok(())));
             }
-            a = &mut arch_task => {
+            a = &mut pipe.task => {
                 // The pipeline (archiver, spool) ended: always fatal.
-                arch_done = true;
-                break Err(match a {
+                pipe.done = true;
+                return Ok(Retry::Stop(Err(match a {
                     Ok(Err(e)) => e,
                     Ok(Ok(())) => StreamError::Internal("archiver ended".into()),
                     Err(e) => StreamError::Internal(format!("archiver task failed: {e}")),
-                });
+                })));
             }
         };
         let streamed = session_streamed(
@@ -1203,7 +1352,16 @@ pub async fn run(
             r.as_ref().err(),
         );
         opts.metrics.set_streaming(false);
-        let r = match r {
+        let r = self.classify(r);
+        Ok(self.after(r, streamed, &pipe.tx).await)
+    }
+
+    /// Turns the ends that teach the next session something into their retry: WAL the
+    /// server no longer has (a gap to record, or a prev-link proof), a server behind the
+    /// repo (shown in the metrics).
+    fn classify(&mut self, r: Result<SessionEnd, StreamError>) -> Result<SessionEnd, StreamError> {
+        let seg = self.first.seg;
+        match r {
             Err(StreamError::WalRemoved {
                 tli,
                 start,
@@ -1218,14 +1376,14 @@ pub async fn run(
                 {
                     // The segment before the run (to be compared byte for byte) is gone: the
                     // run itself is there; prove it by prev-link instead.
-                    hints.link_only = Some((tli, start));
+                    self.hints.link_only = Some((tli, start));
                     Err(StreamError::Unproven(format!(
                         "timeline {}: the server no longer has the segment before {start}; checking the prev-link instead",
                         tli.0
                     )))
                 } else {
                     tracing::warn!(timeline = tli.0, start = %start, reason = %reason, "the server no longer has the WAL to resume from");
-                    gap = Some(reason);
+                    self.gap = Some(reason);
                     Err(StreamError::Unproven(format!(
                         "timeline {}: the server no longer has the WAL at {start}",
                         tli.0
@@ -1233,60 +1391,84 @@ pub async fn run(
                 }
             }
             Err(e @ StreamError::ServerBehind { .. }) => {
-                opts.metrics
+                self.opts
+                    .metrics
                     .server_behind
                     .store(true, std::sync::atomic::Ordering::Relaxed);
                 Err(e)
             }
             other => other,
-        };
-        match r {
-            Ok(SessionEnd::Shutdown) => break Ok(()),
-            Err(e) if e.is_transient() => {
-                let attempt = if streamed {
-                    Attempt::Streamed
-                } else if e_is_slot_busy(&e) {
-                    Attempt::SlotBusy
-                } else {
-                    Attempt::Failed
-                };
-                let (wait, next) = next_backoff(backoff, attempt, opts.reconnect_cap);
-                backoff = next;
-                if attempt == Attempt::SlotBusy {
-                    tracing::warn!(error = %e, retry_in = ?wait, "the replication slot is in use by another connection (the previous pitr of a rolling update, or a second pitr stream with the same slot); waiting for it to be released");
-                } else {
-                    tracing::warn!(error = %e, retry_in = ?wait, "stream interrupted");
-                }
-                // Publish what we have before reconnecting (RPO), then resume; a storage outage
-                // must not make this wait outlive a shutdown request.
-                let (ack, done) = oneshot::channel();
-                let publish = async {
-                    if tx.send(ArchMsg::Sync(ack)).await.is_ok() {
-                        let _ = done.await;
-                    }
-                };
-                tokio::select! {
-                    _ = publish => {}
-                    _ = shutdown.changed() => break Ok(()),
-                    _ = tokio::time::sleep(opts.reconnect_cap) => {}
-                }
-                if backoff_wait(&mut shutdown, wait).await {
-                    break Ok(());
-                }
-            }
-            Err(e) => break Err(e),
         }
-    };
-    drop(tx);
+    }
+
+    /// After a session: stop on shutdown or a lasting error; after a transient one, publish
+    /// what was received (RPO) and wait the backoff.
+    async fn after(
+        &mut self,
+        r: Result<SessionEnd, StreamError>,
+        streamed: bool,
+        tx: &mpsc::Sender<ArchMsg>,
+    ) -> Retry {
+        let e = match r {
+            Ok(SessionEnd::Shutdown) => return Retry::Stop(Ok(())),
+            Err(e) if e.is_transient() => e,
+            Err(e) => return Retry::Stop(Err(e)),
+        };
+        let cap = self.opts.reconnect_cap;
+        let attempt = if streamed {
+            Attempt::Streamed
+        } else if e_is_slot_busy(&e) {
+            Attempt::SlotBusy
+        } else {
+            Attempt::Failed
+        };
+        let (wait, next) = next_backoff(self.backoff, attempt, cap);
+        self.backoff = next;
+        if attempt == Attempt::SlotBusy {
+            tracing::warn!(error = %e, retry_in = ?wait, "the replication slot is in use by another connection (the previous pitr of a rolling update, or a second pitr stream with the same slot); waiting for it to be released");
+        } else {
+            tracing::warn!(error = %e, retry_in = ?wait, "stream interrupted");
+        }
+        // Publish what we have before reconnecting (RPO), then resume; a storage outage must
+        // not make this wait outlive a shutdown request.
+        let (ack, done) = oneshot::channel();
+        let publish = async {
+            if tx.send(ArchMsg::Sync(ack)).await.is_ok() {
+                let _ = done.await;
+            }
+        };
+        tokio::select! {
+            _ = publish => {}
+            _ = self.shutdown.changed() => return Retry::Stop(Ok(())),
+            _ = tokio::time::sleep(cap) => {}
+        }
+        if backoff_wait(&mut self.shutdown, wait).await {
+            return Retry::Stop(Ok(()));
+        }
+        Retry::Again
+    }
+}
+
+/// Shutdown: finishes in-flight uploads (and, with a spool, what it holds) within the
+/// deadline, leaves the spool tidy, shows a divergence (and, serving metrics, waits for
+/// SIGTERM with it), and removes this process's heartbeat from the repo.
+async fn finish(
+    opts: &StreamOptions,
+    mut pipe: Pipeline,
+    conn: PgConn,
+    result: Result<(), StreamError>,
+    shutdown: &mut watch::Receiver<bool>,
+    heartbeat: HeartbeatTask,
+) -> Result<(), StreamError> {
+    drop(pipe.tx);
     if result.is_err() {
         opts.metrics
             .failed
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
-    // Finish in-flight uploads (and, with a spool, what it holds) within the deadline.
     let mut result = result;
-    if !arch_done {
-        match tokio::time::timeout(opts.shutdown_timeout, &mut arch_task).await {
+    if !pipe.done {
+        match tokio::time::timeout(opts.shutdown_timeout, &mut pipe.task).await {
             Ok(Ok(Err(e))) => {
                 // The pipeline's error explains an "archiver stopped" seen by the session.
                 if result.is_ok() || matches!(&result, Err(StreamError::ArchiverStopped)) {
@@ -1295,7 +1477,7 @@ pub async fn run(
             }
             Ok(_) => {}
             Err(_) => {
-                arch_task.abort();
+                pipe.task.abort();
                 tracing::warn!(timeout = ?opts.shutdown_timeout, "uploads did not finish before the shutdown deadline; the rest is uploaded at the next start");
             }
         }
@@ -1306,7 +1488,7 @@ pub async fn run(
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
     if let Some(sc) = &opts.spool {
-        match spool::cleanup(&sc.dir, seg, &opts.repo).await {
+        match spool::cleanup(&sc.dir, pipe.seg, &opts.repo).await {
             Ok(0) => {}
             Ok(left) => {
                 tracing::info!(bytes = left, dir = %sc.dir.display(), "WAL left in the spool; the next start uploads it")
@@ -1326,8 +1508,8 @@ pub async fn run(
         }
     }
     // The heartbeat removes this process's entry from the repo on the way out (bounded).
-    let _ = heartbeat_stop.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(2), heartbeat).await;
+    let _ = heartbeat.stop.send(true);
+    let _ = tokio::time::timeout(HEARTBEAT_EXIT_WAIT, heartbeat.task).await;
     result
 }
 

@@ -7,6 +7,7 @@
 //!   queries, and stops the server, leaving the directory ready.
 //! - [`repo`] (`pitr verify`): re-reads every object the kept backups need.
 
+pub mod cmd;
 pub mod repo;
 
 use std::path::{Path, PathBuf};

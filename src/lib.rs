@@ -9,6 +9,7 @@
 pub mod backup;
 pub mod cli;
 pub mod config;
+pub mod crashsafe;
 pub mod demo;
 pub mod list;
 pub mod replication;

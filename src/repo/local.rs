@@ -23,6 +23,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 
+use crate::crashsafe::{create_dirs, fsync_dir, fsync_file};
+
 use super::store::{
     BoxFut, ObjectMeta, ObjectStore, PutOutcome, StoreError, StoreErrorKind, validate_key,
 };
@@ -51,17 +53,6 @@ fn io_err(op: &'static str, key: &str, e: std::io::Error) -> StoreError {
 
 /// A temporary file older than this belongs to no live write.
 pub const TEMP_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
-
-#[cfg(test)]
-thread_local! {
-    static DIR_SYNCS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
-}
-
-fn fsync_dir(dir: &Path) -> std::io::Result<()> {
-    #[cfg(test)]
-    DIR_SYNCS.with(|c| c.set(c.get() + 1));
-    std::fs::File::open(dir)?.sync_all()
-}
 
 /// FNV-1a, 64 bits: a stable hash for the owner tag.
 fn fnv1a(bytes: &[u8]) -> u64 {
@@ -129,29 +120,10 @@ pub fn pid_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// `create_dir_all`, fsyncing each created directory's parent.
-fn create_dirs_durably(dir: &Path) -> std::io::Result<()> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    if let Some(parent) = dir.parent() {
-        create_dirs_durably(parent)?;
-    }
-    match std::fs::create_dir(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
-        Err(e) => return Err(e),
-    }
-    if let Some(parent) = dir.parent() {
-        fsync_dir(parent)?;
-    }
-    Ok(())
-}
-
 impl LocalStore {
     /// A store rooted at `root` (created if missing).
     pub fn open(root: &Path) -> Result<LocalStore, StoreError> {
-        create_dirs_durably(root).map_err(|e| io_err("open", &root.display().to_string(), e))?;
+        create_dirs(root).map_err(|e| io_err("open", &root.display().to_string(), e))?;
         Ok(LocalStore {
             root: root.to_path_buf(),
         })
@@ -165,7 +137,7 @@ impl LocalStore {
     fn put_sync(&self, key: &str, data: &[u8]) -> Result<PutOutcome, StoreError> {
         let path = self.path(key)?;
         let dir = path.parent().unwrap_or(&self.root).to_path_buf();
-        create_dirs_durably(&dir).map_err(|e| io_err("put", key, e))?;
+        create_dirs(&dir).map_err(|e| io_err("put", key, e))?;
         if path.exists() {
             return self.compare(key, &path, &dir, data);
         }
@@ -213,8 +185,7 @@ impl LocalStore {
     ) -> Result<PutOutcome, StoreError> {
         let existing = std::fs::read(path).map_err(|e| io_err("put", key, e))?;
         if existing == data {
-            std::fs::File::open(path)
-                .and_then(|f| f.sync_all())
+            fsync_file(path)
                 .and_then(|()| fsync_dir(dir))
                 .map_err(|e| io_err("put", key, e))?;
             Ok(PutOutcome::AlreadyIdentical)
@@ -420,12 +391,12 @@ mod tests {
             store.put_sync("wal/a/obj", b"bytes").unwrap(),
             PutOutcome::Created
         );
-        let before = DIR_SYNCS.with(std::cell::Cell::get);
+        let before = crate::crashsafe::dir_syncs();
         assert_eq!(
             store.put_sync("wal/a/obj", b"bytes").unwrap(),
             PutOutcome::AlreadyIdentical
         );
-        let after = DIR_SYNCS.with(std::cell::Cell::get);
+        let after = crate::crashsafe::dir_syncs();
         assert!(
             after > before,
             "AlreadyIdentical acknowledged without fsyncing the directory"

@@ -40,6 +40,7 @@ use walfmt::{Lsn, SegNo, TimeLineId, WalFileName, WalSegSize};
 
 use super::StreamError;
 use super::archiver::{ArchMsg, Durable};
+use crate::crashsafe;
 use crate::repo::{self, Repo};
 
 /// Bytes per message from the reader to the archiver.
@@ -120,7 +121,7 @@ pub fn scan(dir: &Path, seg: WalSegSize) -> Result<Vec<(TimeLineId, SegNo, u64)>
 pub fn prepare_dir(dir: &Path) -> Result<File, StreamError> {
     std::fs::create_dir_all(dir).map_err(|e| io_err("creating spool", dir, e))?;
     if let Some(parent) = dir.parent() {
-        let _ = File::open(parent).and_then(|f| f.sync_all());
+        let _ = crashsafe::fsync_dir(parent);
     }
     let lock_path = dir.join("spool.lock");
     let lock = OpenOptions::new()
@@ -162,11 +163,8 @@ pub fn check_identity(dir: &Path, system_id: u64, seg: WalSegSize) -> Result<(),
                 )));
             }
             let tmp = dir.join("spool.json.tmp");
-            std::fs::write(&tmp, &want)
-                .and_then(|()| File::open(&tmp)?.sync_all())
-                .and_then(|()| std::fs::rename(&tmp, &path))
-                .map_err(|e| io_err("writing", &path, e))?;
-            fsync_dir(dir)
+            crashsafe::publish(&tmp, &path, want.as_bytes())
+                .map_err(|e| StreamError::Spool(e.to_string()))
         }
         Err(e) => Err(io_err("reading", &path, e)),
     }
@@ -199,9 +197,7 @@ async fn exists(repo: &Repo, key: &str) -> Result<bool, crate::repo::store::Stor
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), StreamError> {
-    File::open(dir)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| io_err("fsync", dir, e))
+    crashsafe::fsync_dir(dir).map_err(|e| io_err("fsync", dir, e))
 }
 
 /// Reads spool files in chunks, keeping the current one open (readers move through the

@@ -12,6 +12,8 @@ pub mod config;
 pub mod crashsafe;
 pub mod demo;
 pub mod list;
+pub mod pgproc;
+pub(crate) mod progress;
 pub mod replication;
 pub mod repo;
 pub mod restore;

@@ -518,7 +518,7 @@ async fn execute_inner(
     }
     let seg = p.seg;
     let total: u64 = p.backup.bytes + p.wal.len() as u64 * seg.bytes();
-    let pb = crate::backup::progress_bar(total, progress);
+    let pb = crate::progress::progress_bar(total, progress);
     pb.set_message("restore");
     let ts: HashMap<String, PathBuf> = p.tablespaces.iter().cloned().collect();
     // Archives in parallel (tablespaces and base).
@@ -729,7 +729,7 @@ async fn fetch_planned(repo: &Repo, f: &WalFile, seg: WalSegSize) -> Result<Vec<
 /// server refuses to run as root, and refuses a data directory it does not own.)
 fn chown_for_postgres(dirs: &[(PathBuf, bool)]) -> Result<(), RestoreError> {
     use std::os::unix::fs::MetadataExt;
-    if crate::verify::euid() != Some(0) {
+    if crate::pgproc::euid() != Some(0) {
         return Ok(());
     }
     let Some((dir, _)) = dirs.first() else {
@@ -738,7 +738,7 @@ fn chown_for_postgres(dirs: &[(PathBuf, bool)]) -> Result<(), RestoreError> {
     let parent = dir.parent().and_then(|p| std::fs::metadata(p).ok());
     let owner = match parent {
         Some(m) if m.uid() != 0 => Some((m.uid(), m.gid())),
-        _ => crate::verify::uid_gid_of("postgres"),
+        _ => crate::pgproc::uid_gid_of("postgres"),
     };
     let Some((u, g)) = owner else {
         tracing::warn!(
@@ -747,7 +747,7 @@ fn chown_for_postgres(dirs: &[(PathBuf, bool)]) -> Result<(), RestoreError> {
         return Ok(());
     };
     for (d, _) in dirs {
-        crate::verify::chown_tree(d, u, g).map_err(io_err(d))?;
+        crate::pgproc::chown_tree(d, u, g).map_err(io_err(d))?;
     }
     Ok(())
 }

@@ -9,12 +9,16 @@
 
 pub mod repo;
 
+/// `pitr restore --verify` checks the binaries before anything is written.
+pub use crate::pgproc::find_binaries;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::pgproc::{BinariesError, chown_tree, euid};
 use crate::replication::conn::PgConn;
 use crate::replication::conninfo::ConnParams;
 use crate::restore::{Plan, RestoreStats, Stop};
@@ -23,8 +27,8 @@ use crate::restore::{Plan, RestoreStats, Stop};
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
     /// PostgreSQL binaries unusable.
-    #[error("{0}")]
-    Binaries(String),
+    #[error(transparent)]
+    Binaries(#[from] BinariesError),
     /// The server did not come up or recover.
     #[error("{0}")]
     Server(String),
@@ -184,97 +188,12 @@ impl Report {
     }
 }
 
-/// Locates `postgres`/`pg_ctl` of the right major: `--pg-bin`, then PATH, then `pg_config`.
-pub fn find_binaries(pg_bin: Option<&Path>, major: u32) -> Result<PathBuf, VerifyError> {
-    let mut tried = Vec::new();
-    let mut candidates: Vec<PathBuf> = Vec::new();
-    if let Some(b) = pg_bin {
-        candidates.push(b.to_path_buf());
-    } else {
-        if let Some(path) = std::env::var_os("PATH") {
-            for d in std::env::split_paths(&path) {
-                if d.join("postgres").is_file() {
-                    candidates.push(d);
-                }
-            }
-        }
-        if let Ok(o) = Command::new("pg_config").arg("--bindir").output()
-            && o.status.success()
-        {
-            candidates.push(PathBuf::from(
-                String::from_utf8_lossy(&o.stdout).trim().to_string(),
-            ));
-        }
-    }
-    for d in candidates {
-        match postgres_version(&d) {
-            Some((found, _)) if found == major => return Ok(d),
-            Some((_, text)) => tried.push(format!("{} is {text}", d.display())),
-            None => tried.push(format!("{}: no usable postgres", d.display())),
-        }
-    }
-    Err(VerifyError::Binaries(format!(
-        "no PostgreSQL {major} binaries found ({}): pass --pg-bin with PostgreSQL {major}'s bin directory",
-        if tried.is_empty() {
-            "none on PATH or from pg_config".to_string()
-        } else {
-            tried.join("; ")
-        }
-    )))
-}
-
-/// `postgres --version` in `dir`: (major, the version line).
-pub(crate) fn postgres_version(dir: &Path) -> Option<(u32, String)> {
-    let o = Command::new(dir.join("postgres"))
-        .arg("--version")
-        .output()
-        .ok()
-        .filter(|o| o.status.success())?;
-    let text = String::from_utf8_lossy(&o.stdout).trim().to_string();
-    let major = text
-        .split_whitespace()
-        .last()
-        .and_then(|v| v.split('.').next())
-        .and_then(|m| m.parse().ok())
-        .unwrap_or(0);
-    Some((major, text))
-}
-
 fn free_port() -> Result<u16, VerifyError> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")
         .map_err(|e| VerifyError::Io("binding a loopback port".into(), e))?;
     l.local_addr()
         .map(|a| a.port())
         .map_err(|e| VerifyError::Io("loopback port".into(), e))
-}
-
-/// The effective uid, from /proc (0 = root).
-pub(crate) fn euid() -> Option<u32> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("Uid:"))?;
-    line.split_whitespace().nth(2)?.parse().ok()
-}
-
-/// uid and gid of a local user, from /etc/passwd.
-pub(crate) fn uid_gid_of(user: &str) -> Option<(u32, u32)> {
-    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    passwd.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(':').collect();
-        (f.first() == Some(&user))
-            .then(|| Some((f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?)))?
-    })
-}
-
-/// `chown -R` without following symlinks.
-pub(crate) fn chown_tree(p: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
-    std::os::unix::fs::lchown(p, Some(uid), Some(gid))?;
-    let md = std::fs::symlink_metadata(p)?;
-    if md.is_dir() {
-        for e in std::fs::read_dir(p)? {
-            chown_tree(&e?.path(), uid, gid)?;
-        }
-    }
-    Ok(())
 }
 
 struct Server {

@@ -12,6 +12,7 @@ pub mod config;
 pub mod crashsafe;
 pub mod demo;
 pub mod list;
+pub mod metrics;
 pub mod pgproc;
 pub(crate) mod progress;
 pub mod replication;

@@ -69,7 +69,7 @@ pub struct ArchiverConfig {
     /// The cluster, for the summaries' decoder.
     pub system_id: u64,
     /// Shared metrics.
-    pub metrics: std::sync::Arc<crate::server::Metrics>,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 /// The archiver's state.
@@ -404,7 +404,7 @@ mod tests {
         rt.block_on(repo.put(&old, repo::compress(&wal[..200_000])))
             .unwrap();
         let (tx, rx) = watch::channel((TimeLineId(0), Lsn(0)));
-        let metrics: std::sync::Arc<crate::server::Metrics> = Default::default();
+        let metrics: std::sync::Arc<crate::metrics::Metrics> = Default::default();
         let uploads = || metrics.uploads.load(std::sync::atomic::Ordering::Relaxed);
         let cfg = ArchiverConfig {
             seg,

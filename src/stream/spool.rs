@@ -291,7 +291,7 @@ pub struct SpoolWriter {
     seg: WalSegSize,
     shared: Arc<Shared>,
     spooled: watch::Sender<Durable>,
-    metrics: Arc<crate::server::Metrics>,
+    metrics: Arc<crate::metrics::Metrics>,
     /// An fsync failed: nothing may be acknowledged any more (a retried fsync can report
     /// success for pages whose write-back failed).
     poisoned: bool,
@@ -310,7 +310,7 @@ impl SpoolWriter {
         seg: WalSegSize,
         shared: Arc<Shared>,
         spooled: watch::Sender<Durable>,
-        metrics: Arc<crate::server::Metrics>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         SpoolWriter {
             cfg,
@@ -505,7 +505,7 @@ pub struct SpoolReader {
     seg: WalSegSize,
     shared: Arc<Shared>,
     archived: watch::Receiver<Durable>,
-    metrics: Arc<crate::server::Metrics>,
+    metrics: Arc<crate::metrics::Metrics>,
     /// Files fully forwarded, deletable once the archive holds them: (path, timeline, end).
     finished: VecDeque<(PathBuf, TimeLineId, Lsn)>,
 }
@@ -517,7 +517,7 @@ impl SpoolReader {
         seg: WalSegSize,
         shared: Arc<Shared>,
         archived: watch::Receiver<Durable>,
-        metrics: Arc<crate::server::Metrics>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         SpoolReader {
             cfg,

@@ -418,7 +418,7 @@ pub async fn gap_resume(
 /// metrics, `/healthz`, and the scheduler is asked for a base backup now.
 pub async fn record_gap(
     r: &Repo,
-    metrics: &crate::server::Metrics,
+    metrics: &crate::metrics::Metrics,
     g: &GapRecord,
 ) -> Result<(), StreamError> {
     let key = repo::retry("record the gap", std::time::Duration::from_secs(30), || {
@@ -450,7 +450,7 @@ async fn read_open_gap(r: &Repo) -> Result<Option<GapRecord>, repo::RepoError> {
 /// Reads the open-gap state from the repo into `metrics` (logging a change); true while a
 /// gap is open. A gap found newly open asks the scheduler for a backup now. On a storage error
 /// the state is left as it was.
-pub async fn refresh_open_gap(r: &Repo, metrics: &crate::server::Metrics) -> bool {
+pub async fn refresh_open_gap(r: &Repo, metrics: &crate::metrics::Metrics) -> bool {
     match read_open_gap(r).await {
         Ok(open) => {
             let was = metrics.gap_open();
@@ -481,7 +481,7 @@ pub async fn refresh_open_gap(r: &Repo, metrics: &crate::server::Metrics) -> boo
 /// backup completed).
 pub async fn gap_watch(
     r: Repo,
-    metrics: std::sync::Arc<crate::server::Metrics>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
     every: std::time::Duration,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {

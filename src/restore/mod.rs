@@ -192,15 +192,14 @@ impl plan::PlanInput for RepoInput<'_> {
                 .await?
                 .ok_or_else(|| corrupt(format!("{key}: listed but missing")))?;
             let upto = wal_end
-                .0
-                .min(partial_end.map_or(u64::MAX, |e| e.0))
-                .saturating_sub(seg_start.0)
+                .min(partial_end.unwrap_or(Lsn(u64::MAX)))
+                .bytes_since(seg_start)
                 .min(seg.bytes()) as usize;
             dec.feed(&data[..upto]);
             if upto < data.len() {
                 dec.finish();
             }
-            segno = SegNo(segno.0 + 1);
+            segno = segno.next();
         }
     }
 }
@@ -212,8 +211,7 @@ impl plan::PlanInput for RepoInput<'_> {
 fn end_rec_ptr(r: &walfmt::Record<'_>, seg: WalSegSize) -> Lsn {
     use walfmt::record::{RM_XLOG_ID, xlog_info};
     if r.header.rmid == RM_XLOG_ID && r.header.info & 0xF0 == xlog_info::SWITCH {
-        let next = r.lsn.segment(seg).0 + 1;
-        return SegNo(next).start_lsn(seg).unwrap_or(r.end);
+        return r.lsn.segment(seg).end_lsn(seg).unwrap_or(r.end);
     }
     r.end
 }
@@ -716,10 +714,7 @@ async fn fetch_planned(repo: &Repo, f: &WalFile, seg: WalSegSize) -> Result<Vec<
         },
     };
     // Exactly the planned bytes; the rest zero, as in a partial.
-    let keep = end
-        .0
-        .saturating_sub(segno.start_lsn(seg).map_or(0, |l| l.0))
-        .min(seg.bytes()) as usize;
+    let keep = segno.bytes_until(end, seg).min(seg.bytes()) as usize;
     data[keep..].fill(0);
     Ok(data)
 }

@@ -81,7 +81,7 @@ impl Shared {
     pub fn resume_point(&self, seg: WalSegSize) -> Option<(TimeLineId, Lsn)> {
         let runs = self.runs.lock().ok()?;
         let r = runs.last()?;
-        Some((r.tli, Lsn(r.end.0 - r.end.segment_offset(seg))))
+        Some((r.tli, r.end.segment_start(seg)))
     }
 }
 
@@ -599,7 +599,7 @@ impl SpoolReader {
             if p < run.end {
                 let segno = p.segment(seg);
                 let off = p.segment_offset(seg);
-                let seg_end = p.0 - off + seg.bytes();
+                let seg_end = segno.end_lsn(seg).map_or(u64::MAX, |l| l.0);
                 let n = (run.end.0.min(seg_end) - p.0).min(CHUNK as u64) as usize;
                 let path = spool_path(&self.cfg.dir, run.tli, segno, seg);
                 let data = chunks.read(&path, off, n)?;

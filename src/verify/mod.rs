@@ -459,7 +459,7 @@ pub async fn run_server_check(
         // (PostgreSQL's EndRecPtr is MAXALIGNed.)
         (Stop::After(_), Some(end)) => plan
             .stop_record
-            .is_none_or(|r| end.0 == r.end.0.next_multiple_of(8)),
+            .is_none_or(|r| r.end.maxalign() == Some(end)),
         (Stop::EndOfWal, Some(end)) => end >= plan.backup.end() && end <= plan.wal_end,
         (_, None) => false,
     };
@@ -476,7 +476,7 @@ pub async fn run_server_check(
                 .unwrap_or_default()
         ));
     }
-    let wal_replayed_bytes = end_lsn.map_or(0, |l| l.0.saturating_sub(plan.backup.start().0));
+    let wal_replayed_bytes = end_lsn.map_or(0, |l| l.bytes_since(plan.backup.start()));
     c.close().await;
     // Checks, in the requested database.
     let mut checks = Vec::new();

@@ -514,12 +514,32 @@ async fn execute_inner(
         std::fs::create_dir_all(d).map_err(io_err(d))?;
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).map_err(io_err(d))?;
     }
-    let seg = p.seg;
-    let total: u64 = p.backup.bytes + p.wal.len() as u64 * seg.bytes();
+    let total: u64 = p.backup.bytes + p.wal.len() as u64 * p.seg.bytes();
     let pb = crate::progress::progress_bar(total, progress);
     pb.set_message("restore");
+    let mut stats = RestoreStats::default();
+    extract_archives(repo, p, &pb, &mut stats).await?;
+    // The manifest, for pg_verifybackup.
+    if let Some(m) = &p.backup.manifest {
+        let data = get_checked(repo, m).await?;
+        let path = p.dir.join("backup_manifest");
+        write_file(&path, &data)?;
+    }
+    place_wal(repo, p, &pb, &mut stats).await?;
+    write_recovery_settings(p, &mut stats)?;
+    chown_for_postgres(dirs)?;
+    pb.finish_and_clear();
+    Ok(stats)
+}
+
+/// Extracts the backup's archives (tablespaces and base) in parallel.
+async fn extract_archives(
+    repo: &Repo,
+    p: &Plan,
+    pb: &indicatif::ProgressBar,
+    stats: &mut RestoreStats,
+) -> Result<(), RestoreError> {
     let ts: HashMap<String, PathBuf> = p.tablespaces.iter().cloned().collect();
-    // Archives in parallel (tablespaces and base).
     let mut set = tokio::task::JoinSet::new();
     for a in &p.backup.archives {
         let dest = if a.name == "base" {
@@ -538,19 +558,22 @@ async fn execute_inner(
             pb.clone(),
         ));
     }
-    let mut stats = RestoreStats::default();
     while let Some(r) = set.join_next().await {
         let s = r.map_err(|e| RestoreError::Corrupt(format!("extraction task: {e}")))??;
         stats.backup_bytes += s.bytes;
         stats.files += s.files;
     }
-    // The manifest, for pg_verifybackup.
-    if let Some(m) = &p.backup.manifest {
-        let data = get_checked(repo, m).await?;
-        let path = p.dir.join("backup_manifest");
-        write_file(&path, &data)?;
-    }
-    // WAL.
+    Ok(())
+}
+
+/// Places the planned WAL (two segments at a time) and the history files in `pg_wal`.
+async fn place_wal(
+    repo: &Repo,
+    p: &Plan,
+    pb: &indicatif::ProgressBar,
+    stats: &mut RestoreStats,
+) -> Result<(), RestoreError> {
+    let seg = p.seg;
     let wal_dir = p.dir.join("pg_wal");
     std::fs::create_dir_all(&wal_dir).map_err(io_err(&wal_dir))?;
     let mut queue: VecDeque<_> = p.wal.iter().cloned().collect();
@@ -588,8 +611,13 @@ async fn execute_inner(
         };
         write_file(&wal_dir.join(&h.name), &data)?;
     }
-    // One clean set of recovery settings: earlier ones in postgresql.auto.conf are commented
-    // out (and any in postgresql.conf are overridden by pitr's, written last).
+    Ok(())
+}
+
+/// One clean set of recovery settings: earlier ones in postgresql.auto.conf are commented
+/// out (and any in postgresql.conf are overridden by pitr's, written last); then the signal
+/// file of the plan's mode, and no other.
+fn write_recovery_settings(p: &Plan, stats: &mut RestoreStats) -> Result<(), RestoreError> {
     let auto = p.dir.join("postgresql.auto.conf");
     let old = match std::fs::read_to_string(&auto) {
         Ok(t) => t,
@@ -636,10 +664,7 @@ async fn execute_inner(
     } else {
         "recovery.signal"
     };
-    write_file(&p.dir.join(signal), b"")?;
-    chown_for_postgres(dirs)?;
-    pb.finish_and_clear();
-    Ok(stats)
+    write_file(&p.dir.join(signal), b"")
 }
 
 /// A configuration file and, recursively, the files it includes (`include`,

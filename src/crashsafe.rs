@@ -9,6 +9,8 @@
 //!   whole new file, never a prefix. The bytes go to a temporary file in the same directory
 //!   (so the rename cannot cross filesystems), which is fsync'd before it is renamed over the
 //!   final name; the directory is fsync'd last. A crash leaves at worst the temporary file.
+//! - [`publish_new`] is the create-if-absent form: it never replaces an existing name (a
+//!   hard link fails if the name exists), and a crash leaves no object or the whole object.
 //! - [`create_dirs`] is `create_dir_all` whose every new directory is durable in its parent.
 //!
 //! Errors say which step failed ([`PublishError`]), keeping the I/O error as the source, so
@@ -102,6 +104,36 @@ pub fn publish(tmp: &Path, path: &Path, data: &[u8]) -> Result<(), PublishError>
     })
 }
 
+/// Durably creates `path` with `data` unless the name exists (create-if-absent without a
+/// race), through the new temporary file `tmp` in the same directory: write `tmp`, fsync
+/// it, hard-link it to `path` (`link` fails if the name exists), remove `tmp`, fsync the
+/// directory. Returns whether this call created `path`; `false` leaves the existing file
+/// untouched (compare it: it may hold other bytes). On error `tmp` is removed (best
+/// effort).
+pub fn publish_new(tmp: &Path, path: &Path, data: &[u8]) -> io::Result<bool> {
+    let res = (|| -> io::Result<bool> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        drop(f);
+        let created = match std::fs::hard_link(tmp, path) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+            Err(e) => return Err(e),
+        };
+        std::fs::remove_file(tmp)?;
+        fsync_dir(parent_dir(path))?;
+        Ok(created)
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(tmp);
+    }
+    res
+}
+
 /// Creates (or truncates) `path`, writes `data` and fsyncs it.
 fn write_synced(path: &Path, data: &[u8]) -> io::Result<()> {
     let mut f = File::create(path)?;
@@ -148,6 +180,26 @@ mod tests {
         );
         let src = std::error::Error::source(&e).unwrap();
         assert!(src.downcast_ref::<io::Error>().is_some());
+    }
+
+    #[test]
+    fn publish_new_creates_once_and_never_replaces() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("obj");
+        let before = dir_syncs();
+        assert!(publish_new(&d.path().join(".tmp-1"), &path, b"first").unwrap());
+        assert_eq!(dir_syncs(), before + 1, "the new name is durable");
+        assert!(!publish_new(&d.path().join(".tmp-2"), &path, b"second").unwrap());
+        assert_eq!(std::fs::read(&path).unwrap(), b"first");
+        let names: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["obj"], "no temporary file is left");
+        // A failure removes the temporary file.
+        let nodir = d.path().join("nodir").join("obj");
+        assert!(publish_new(&d.path().join(".tmp-3"), &nodir, b"x").is_err());
+        assert!(!d.path().join(".tmp-3").exists());
     }
 
     #[test]

@@ -17,13 +17,12 @@
 //! process is gone, or it is older than [`TEMP_MAX_AGE`] whoever wrote it (another host or
 //! container, an older pitr's naming). A live write lasts seconds, never an hour.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 
-use crate::crashsafe::{create_dirs, fsync_dir, fsync_file};
+use crate::crashsafe::{create_dirs, fsync_dir, fsync_file, publish_new};
 
 use super::store::{
     BoxFut, ObjectMeta, ObjectStore, PutOutcome, StoreError, StoreErrorKind, validate_key,
@@ -147,30 +146,10 @@ impl LocalStore {
             std::process::id(),
             TMP_SEQ.fetch_add(1, Ordering::Relaxed),
         ));
-        let res = (|| -> std::io::Result<bool> {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&tmp)?;
-            f.write_all(data)?;
-            f.sync_all()?;
-            drop(f);
-            let created = match std::fs::hard_link(&tmp, &path) {
-                Ok(()) => true,
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
-                Err(e) => return Err(e),
-            };
-            std::fs::remove_file(&tmp)?;
-            fsync_dir(&dir)?;
-            Ok(created)
-        })();
-        match res {
+        match publish_new(&tmp, &path, data) {
             Ok(true) => Ok(PutOutcome::Created),
             Ok(false) => self.compare(key, &path, &dir, data),
-            Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
-                Err(io_err("put", key, e))
-            }
+            Err(e) => Err(io_err("put", key, e)),
         }
     }
 

@@ -150,7 +150,7 @@ async fn tour(conninfo: &str, repo_dir: &Path, restored: &Path, bin: &Path) -> a
         partial_every: Duration::from_millis(200),
         status_interval: Duration::from_secs(10),
         reconnect_cap: Duration::from_secs(5),
-        metrics: Arc::new(crate::server::Metrics::default()),
+        metrics: Arc::new(crate::metrics::Metrics::default()),
         slot_check_every: Duration::from_secs(5),
         spool: None,
         shutdown_timeout: Duration::from_secs(10),

@@ -280,7 +280,7 @@ impl Plan {
 
     /// The server's bytes from `start` must equal `src` (cut at `limit`).
     pub fn overlap(start: Lsn, src: Source, limit: Lsn) -> Plan {
-        let n = (src.bytes.len() as u64).min(limit.0.saturating_sub(start.0)) as usize;
+        let n = (src.bytes.len() as u64).min(limit.bytes_since(start)) as usize;
         let bytes = src.bytes.slice(..n);
         Plan {
             stream_from: start,

@@ -20,16 +20,10 @@ fn find_any_postgres(pg_bin: Option<&Path>) -> anyhow::Result<(PathBuf, u32)> {
     if let Some(b) = pg_bin {
         candidates.push(b.to_path_buf());
     }
-    if let Some(path) = std::env::var_os("PATH") {
-        candidates.extend(std::env::split_paths(&path).filter(|d| d.join("initdb").is_file()));
-    }
-    if let Ok(o) = Command::new("pg_config").arg("--bindir").output()
-        && o.status.success()
-    {
-        candidates.push(PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
-    }
+    candidates.extend(crate::pgproc::path_dirs_with("initdb"));
+    candidates.extend(crate::pgproc::pg_config_bindir());
     for d in candidates {
-        if let Some((major, _)) = crate::verify::postgres_version(&d)
+        if let Some((major, _)) = crate::pgproc::postgres_version(&d)
             && major >= 15
             && d.join("initdb").is_file()
         {
@@ -43,10 +37,10 @@ fn find_any_postgres(pg_bin: Option<&Path>) -> anyhow::Result<(PathBuf, u32)> {
 
 /// As root, PostgreSQL's tools run as the "postgres" user.
 fn server_user() -> anyhow::Result<Option<(u32, u32)>> {
-    if crate::verify::euid() != Some(0) {
+    if crate::pgproc::euid() != Some(0) {
         return Ok(None);
     }
-    match crate::verify::uid_gid_of("postgres") {
+    match crate::pgproc::uid_gid_of("postgres") {
         Some(u) => Ok(Some(u)),
         None => bail!(
             "running as root and there is no \"postgres\" user: run pitr demo as a non-root user"
@@ -92,7 +86,7 @@ pub async fn run_demo(pg_bin: Option<PathBuf>, keep: bool) -> anyhow::Result<()>
     if let Some((u, g)) = server_user()? {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755))?;
-        crate::verify::chown_tree(&root, u, g)?;
+        crate::pgproc::chown_tree(&root, u, g)?;
     }
     println!("pitr demo: PostgreSQL {major} from {}", bin.display());
     println!("  workspace {}", root.display());
@@ -156,7 +150,7 @@ async fn tour(conninfo: &str, repo_dir: &Path, restored: &Path, bin: &Path) -> a
         partial_every: Duration::from_millis(200),
         status_interval: Duration::from_secs(10),
         reconnect_cap: Duration::from_secs(5),
-        metrics: Arc::new(crate::server::Metrics::default()),
+        metrics: Arc::new(crate::metrics::Metrics::default()),
         slot_check_every: Duration::from_secs(5),
         spool: None,
         shutdown_timeout: Duration::from_secs(10),

@@ -13,13 +13,14 @@ use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-use walfmt::page::{PageHeader, SIZE_OF_LONG_PHD};
+use walfmt::page::{PageHeader, SIZE_OF_LONG_PHD, UnsupportedMagic, major_for_magic};
 use walfmt::{
     DecoderConfig, EndOfWal, Lsn, SegNo, SegmentSummary, Summarizer, TimeLineId, WalFileName,
     WalSegSize,
 };
 
-const LZ4_FRAME_MAGIC: [u8; 4] = [0x04, 0x22, 0x4D, 0x18];
+use crate::repo::codec::is_lz4_frame;
+
 const CHUNK: usize = 1 << 20;
 
 /// Errors that stop `wal inspect` as a whole.
@@ -307,7 +308,7 @@ fn open(path: &Path) -> io::Result<(Box<dyn Read>, bool)> {
     let n = read_full(&mut f, &mut magic)?;
     let head = io::Cursor::new(magic[..n].to_vec());
     let chained = head.chain(f);
-    if n == 4 && magic == LZ4_FRAME_MAGIC {
+    if is_lz4_frame(&magic[..n]) {
         Ok((Box::new(lz4_flex::frame::FrameDecoder::new(chained)), true))
     } else {
         Ok((Box::new(chained), false))
@@ -344,14 +345,11 @@ fn identify(first: &[u8], path: &Path) -> Result<Identity, String> {
         return Err(format!("not a WAL segment: only {} bytes", first.len()));
     }
     let hdr = PageHeader::parse(first).ok_or("not a WAL segment: no page header")?;
-    if hdr.version().is_none() {
+    if major_for_magic(hdr.magic).is_none() {
         if first[..SIZE_OF_LONG_PHD].iter().all(|&b| b == 0) {
             return Err("the file begins with zeros where the first page header should be (a preallocated segment never written?)".into());
         }
-        return Err(format!(
-            "not a PostgreSQL 15-18 WAL segment: page magic 0x{:04X} (expected 0xD110, 0xD113, 0xD116 or 0xD118)",
-            hdr.magic
-        ));
+        return Err(UnsupportedMagic(hdr.magic).to_string());
     }
     let long = hdr
         .long
@@ -364,7 +362,7 @@ fn identify(first: &[u8], path: &Path) -> Result<Identity, String> {
         ));
     }
     let segno = hdr.pageaddr.segment(seg);
-    let pg_major = hdr.version().map(|v| v.major());
+    let pg_major = major_for_magic(hdr.magic);
     // Cross-check the file name when it is a WAL name. It also says which timeline the file
     // belongs to: the first segment of a new timeline starts with pages copied from the
     // parent timeline.
@@ -499,7 +497,7 @@ pub fn inspect(paths: &[PathBuf]) -> Result<InspectReport, InspectError> {
         }
         let Some(st) = stream.as_mut() else { continue };
         st.files.push((i, id.segno));
-        st.next = SegNo(id.segno.0 + 1);
+        st.next = id.segno.next();
         // Feed at most one segment's worth, until WAL ends; count every byte of the file to
         // check its size.
         let mut total = 0u64;

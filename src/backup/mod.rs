@@ -28,6 +28,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use walfmt::{Lsn, TimeLineId, WalSegSize};
 
+use crate::progress::progress_bar;
 use crate::replication::base_backup::{
     BackupEvent, BaseBackupCommand, BaseBackupError, BaseBackupStream,
 };
@@ -204,23 +205,6 @@ async fn upload(repo: &Repo, key: &str, data: Bytes) -> Result<(), RepoError> {
             message: format!("{key}: storage unavailable for 10 minutes; backup abandoned"),
         }),
     }
-}
-
-/// A byte progress bar on stderr (hidden when `enabled` is false: not a terminal).
-pub(crate) fn progress_bar(total: u64, enabled: bool) -> indicatif::ProgressBar {
-    if !enabled {
-        return indicatif::ProgressBar::hidden();
-    }
-    let pb = indicatif::ProgressBar::with_draw_target(
-        Some(total),
-        indicatif::ProgressDrawTarget::stderr(),
-    );
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
-    ) {
-        pb.set_style(style.progress_chars("=> "));
-    }
-    pb
 }
 
 /// Now, at PostgreSQL's precision (microseconds), so recorded times can be pasted into `--to`.

@@ -17,11 +17,12 @@
 //! process is gone, or it is older than [`TEMP_MAX_AGE`] whoever wrote it (another host or
 //! container, an older pitr's naming). A live write lasts seconds, never an hour.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
+
+use crate::crashsafe::{create_dirs, fsync_dir, fsync_file, publish_new};
 
 use super::store::{
     BoxFut, ObjectMeta, ObjectStore, PutOutcome, StoreError, StoreErrorKind, validate_key,
@@ -51,17 +52,6 @@ fn io_err(op: &'static str, key: &str, e: std::io::Error) -> StoreError {
 
 /// A temporary file older than this belongs to no live write.
 pub const TEMP_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
-
-#[cfg(test)]
-thread_local! {
-    static DIR_SYNCS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
-}
-
-fn fsync_dir(dir: &Path) -> std::io::Result<()> {
-    #[cfg(test)]
-    DIR_SYNCS.with(|c| c.set(c.get() + 1));
-    std::fs::File::open(dir)?.sync_all()
-}
 
 /// FNV-1a, 64 bits: a stable hash for the owner tag.
 fn fnv1a(bytes: &[u8]) -> u64 {
@@ -129,29 +119,10 @@ pub fn pid_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// `create_dir_all`, fsyncing each created directory's parent.
-fn create_dirs_durably(dir: &Path) -> std::io::Result<()> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    if let Some(parent) = dir.parent() {
-        create_dirs_durably(parent)?;
-    }
-    match std::fs::create_dir(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
-        Err(e) => return Err(e),
-    }
-    if let Some(parent) = dir.parent() {
-        fsync_dir(parent)?;
-    }
-    Ok(())
-}
-
 impl LocalStore {
     /// A store rooted at `root` (created if missing).
     pub fn open(root: &Path) -> Result<LocalStore, StoreError> {
-        create_dirs_durably(root).map_err(|e| io_err("open", &root.display().to_string(), e))?;
+        create_dirs(root).map_err(|e| io_err("open", &root.display().to_string(), e))?;
         Ok(LocalStore {
             root: root.to_path_buf(),
         })
@@ -165,7 +136,7 @@ impl LocalStore {
     fn put_sync(&self, key: &str, data: &[u8]) -> Result<PutOutcome, StoreError> {
         let path = self.path(key)?;
         let dir = path.parent().unwrap_or(&self.root).to_path_buf();
-        create_dirs_durably(&dir).map_err(|e| io_err("put", key, e))?;
+        create_dirs(&dir).map_err(|e| io_err("put", key, e))?;
         if path.exists() {
             return self.compare(key, &path, &dir, data);
         }
@@ -175,30 +146,10 @@ impl LocalStore {
             std::process::id(),
             TMP_SEQ.fetch_add(1, Ordering::Relaxed),
         ));
-        let res = (|| -> std::io::Result<bool> {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&tmp)?;
-            f.write_all(data)?;
-            f.sync_all()?;
-            drop(f);
-            let created = match std::fs::hard_link(&tmp, &path) {
-                Ok(()) => true,
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
-                Err(e) => return Err(e),
-            };
-            std::fs::remove_file(&tmp)?;
-            fsync_dir(&dir)?;
-            Ok(created)
-        })();
-        match res {
+        match publish_new(&tmp, &path, data) {
             Ok(true) => Ok(PutOutcome::Created),
             Ok(false) => self.compare(key, &path, &dir, data),
-            Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
-                Err(io_err("put", key, e))
-            }
+            Err(e) => Err(io_err("put", key, e)),
         }
     }
 
@@ -213,8 +164,7 @@ impl LocalStore {
     ) -> Result<PutOutcome, StoreError> {
         let existing = std::fs::read(path).map_err(|e| io_err("put", key, e))?;
         if existing == data {
-            std::fs::File::open(path)
-                .and_then(|f| f.sync_all())
+            fsync_file(path)
                 .and_then(|()| fsync_dir(dir))
                 .map_err(|e| io_err("put", key, e))?;
             Ok(PutOutcome::AlreadyIdentical)
@@ -420,12 +370,12 @@ mod tests {
             store.put_sync("wal/a/obj", b"bytes").unwrap(),
             PutOutcome::Created
         );
-        let before = DIR_SYNCS.with(std::cell::Cell::get);
+        let before = crate::crashsafe::dir_syncs();
         assert_eq!(
             store.put_sync("wal/a/obj", b"bytes").unwrap(),
             PutOutcome::AlreadyIdentical
         );
-        let after = DIR_SYNCS.with(std::cell::Cell::get);
+        let after = crate::crashsafe::dir_syncs();
         assert!(
             after > before,
             "AlreadyIdentical acknowledged without fsyncing the directory"

@@ -16,6 +16,7 @@
 //! create-if-absent ([`store::ObjectStore::put_if_absent`]).
 
 pub mod catalog;
+pub mod codec;
 pub mod gaps;
 pub mod local;
 pub mod memory;
@@ -23,7 +24,6 @@ pub mod prune;
 pub mod s3;
 pub mod store;
 
-use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use walfmt::names::segment_file_name;
 use walfmt::{Lsn, SegNo, TimeLineId, WalFileName, WalSegSize};
 
+pub use codec::{compress, decompress};
 use store::{ObjectStore, PutOutcome, StoreError, StoreErrorKind};
 
 /// The repo format this code writes and reads.
@@ -164,42 +165,6 @@ pub fn parse_wal_key(key: &str, seg: WalSegSize) -> Option<WalObject> {
                 .map(|e| WalObject::Partial(tli, segno, Lsn(e)))
         }
     }
-}
-
-/// lz4-frame compresses with content size and content checksum (xxHash32), so a reader
-/// detects any corruption of the uncompressed bytes.
-pub fn compress(data: &[u8]) -> Bytes {
-    let mut info = lz4_flex::frame::FrameInfo::new();
-    info.content_checksum = true;
-    info.content_size = Some(data.len() as u64);
-    info.block_size = lz4_flex::frame::BlockSize::Max256KB;
-    let mut enc = lz4_flex::frame::FrameEncoder::with_frame_info(
-        info,
-        Vec::with_capacity(data.len() / 2 + 64),
-    );
-    // Writing to a Vec cannot fail.
-    let _ = enc.write_all(data);
-    Bytes::from(enc.finish().unwrap_or_default())
-}
-
-/// Decompresses and verifies an object written by [`compress`].
-pub fn decompress(data: &[u8], key: &str) -> Result<Vec<u8>, String> {
-    // Sized from the frame's content size when present (bytes 6..14 of a frame whose FLG has
-    // the content-size bit), so the buffer is allocated once instead of doubling.
-    let cap = match data.get(4) {
-        Some(flg) if flg & 0x08 != 0 => data
-            .get(6..14)
-            .and_then(|b| <[u8; 8]>::try_from(b).ok())
-            .map(u64::from_le_bytes)
-            .filter(|n| *n <= 64 << 20)
-            .unwrap_or(0) as usize,
-        _ => 0,
-    };
-    let mut out = Vec::with_capacity(cap);
-    lz4_flex::frame::FrameDecoder::new(data)
-        .read_to_end(&mut out)
-        .map_err(|e| format!("{key}: corrupt object: {e}"))?;
-    Ok(out)
 }
 
 /// Where archiving should resume: the newest WAL the repo holds.
@@ -402,7 +367,7 @@ impl Repo {
                     tli,
                     segno,
                     complete: true,
-                    end: SegNo(segno.0 + 1).start_lsn(seg).unwrap_or(Lsn(u64::MAX)),
+                    end: segno.end_lsn(seg).unwrap_or(Lsn(u64::MAX)),
                 }),
                 WalObject::Partial(tli, segno, end) => Some(ArchivedTip {
                     tli,
@@ -467,9 +432,7 @@ impl Repo {
         };
         let mut data = decompress(&b, key).map_err(corrupt)?;
         let expect = match partial_end {
-            Some(end) => end
-                .0
-                .saturating_sub(segno.start_lsn(seg).map_or(0, |l| l.0)),
+            Some(end) => segno.bytes_until(end, seg),
             None => seg.bytes(),
         };
         if data.len() as u64 != expect {

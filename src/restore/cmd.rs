@@ -40,6 +40,9 @@ pub enum CmdError {
     /// `--verify` could not run.
     #[error(transparent)]
     Verify(#[from] VerifyError),
+    /// `--verify` has no PostgreSQL binaries of the backup's major.
+    #[error(transparent)]
+    Binaries(#[from] crate::pgproc::BinariesError),
     /// Writing stdout.
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -69,7 +72,7 @@ pub async fn run(a: RestoreArgs) -> Result<ExitCode, CmdError> {
     }
     if a.verify {
         // Before writing anything: the binaries must exist and match the backup.
-        verify::find_binaries(a.pg_bin.as_deref(), plan.backup.pg_major)?;
+        crate::pgproc::find_binaries(a.pg_bin.as_deref(), plan.backup.pg_major)?;
     }
     if !a.json {
         restore::print_plan(&mut out, &plan)?;

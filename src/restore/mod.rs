@@ -193,15 +193,14 @@ impl plan::PlanInput for RepoInput<'_> {
                 .await?
                 .ok_or_else(|| corrupt(format!("{key}: listed but missing")))?;
             let upto = wal_end
-                .0
-                .min(partial_end.map_or(u64::MAX, |e| e.0))
-                .saturating_sub(seg_start.0)
+                .min(partial_end.unwrap_or(Lsn(u64::MAX)))
+                .bytes_since(seg_start)
                 .min(seg.bytes()) as usize;
             dec.feed(&data[..upto]);
             if upto < data.len() {
                 dec.finish();
             }
-            segno = SegNo(segno.0 + 1);
+            segno = segno.next();
         }
     }
 }
@@ -213,8 +212,7 @@ impl plan::PlanInput for RepoInput<'_> {
 fn end_rec_ptr(r: &walfmt::Record<'_>, seg: WalSegSize) -> Lsn {
     use walfmt::record::{RM_XLOG_ID, xlog_info};
     if r.header.rmid == RM_XLOG_ID && r.header.info & 0xF0 == xlog_info::SWITCH {
-        let next = r.lsn.segment(seg).0 + 1;
-        return SegNo(next).start_lsn(seg).unwrap_or(r.end);
+        return r.lsn.segment(seg).end_lsn(seg).unwrap_or(r.end);
     }
     r.end
 }
@@ -517,12 +515,32 @@ async fn execute_inner(
         std::fs::create_dir_all(d).map_err(io_err(d))?;
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).map_err(io_err(d))?;
     }
-    let seg = p.seg;
-    let total: u64 = p.backup.bytes + p.wal.len() as u64 * seg.bytes();
-    let pb = crate::backup::progress_bar(total, progress);
+    let total: u64 = p.backup.bytes + p.wal.len() as u64 * p.seg.bytes();
+    let pb = crate::progress::progress_bar(total, progress);
     pb.set_message("restore");
+    let mut stats = RestoreStats::default();
+    extract_archives(repo, p, &pb, &mut stats).await?;
+    // The manifest, for pg_verifybackup.
+    if let Some(m) = &p.backup.manifest {
+        let data = get_checked(repo, m).await?;
+        let path = p.dir.join("backup_manifest");
+        write_file(&path, &data)?;
+    }
+    place_wal(repo, p, &pb, &mut stats).await?;
+    write_recovery_settings(p, &mut stats)?;
+    chown_for_postgres(dirs)?;
+    pb.finish_and_clear();
+    Ok(stats)
+}
+
+/// Extracts the backup's archives (tablespaces and base) in parallel.
+async fn extract_archives(
+    repo: &Repo,
+    p: &Plan,
+    pb: &indicatif::ProgressBar,
+    stats: &mut RestoreStats,
+) -> Result<(), RestoreError> {
     let ts: HashMap<String, PathBuf> = p.tablespaces.iter().cloned().collect();
-    // Archives in parallel (tablespaces and base).
     let mut set = tokio::task::JoinSet::new();
     for a in &p.backup.archives {
         let dest = if a.name == "base" {
@@ -541,19 +559,22 @@ async fn execute_inner(
             pb.clone(),
         ));
     }
-    let mut stats = RestoreStats::default();
     while let Some(r) = set.join_next().await {
         let s = r.map_err(|e| RestoreError::Corrupt(format!("extraction task: {e}")))??;
         stats.backup_bytes += s.bytes;
         stats.files += s.files;
     }
-    // The manifest, for pg_verifybackup.
-    if let Some(m) = &p.backup.manifest {
-        let data = get_checked(repo, m).await?;
-        let path = p.dir.join("backup_manifest");
-        write_file(&path, &data)?;
-    }
-    // WAL.
+    Ok(())
+}
+
+/// Places the planned WAL (two segments at a time) and the history files in `pg_wal`.
+async fn place_wal(
+    repo: &Repo,
+    p: &Plan,
+    pb: &indicatif::ProgressBar,
+    stats: &mut RestoreStats,
+) -> Result<(), RestoreError> {
+    let seg = p.seg;
     let wal_dir = p.dir.join("pg_wal");
     std::fs::create_dir_all(&wal_dir).map_err(io_err(&wal_dir))?;
     let mut queue: VecDeque<_> = p.wal.iter().cloned().collect();
@@ -591,8 +612,13 @@ async fn execute_inner(
         };
         write_file(&wal_dir.join(&h.name), &data)?;
     }
-    // One clean set of recovery settings: earlier ones in postgresql.auto.conf are commented
-    // out (and any in postgresql.conf are overridden by pitr's, written last).
+    Ok(())
+}
+
+/// One clean set of recovery settings: earlier ones in postgresql.auto.conf are commented
+/// out (and any in postgresql.conf are overridden by pitr's, written last); then the signal
+/// file of the plan's mode, and no other.
+fn write_recovery_settings(p: &Plan, stats: &mut RestoreStats) -> Result<(), RestoreError> {
     let auto = p.dir.join("postgresql.auto.conf");
     let old = match std::fs::read_to_string(&auto) {
         Ok(t) => t,
@@ -639,10 +665,7 @@ async fn execute_inner(
     } else {
         "recovery.signal"
     };
-    write_file(&p.dir.join(signal), b"")?;
-    chown_for_postgres(dirs)?;
-    pb.finish_and_clear();
-    Ok(stats)
+    write_file(&p.dir.join(signal), b"")
 }
 
 /// A configuration file and, recursively, the files it includes (`include`,
@@ -717,10 +740,7 @@ async fn fetch_planned(repo: &Repo, f: &WalFile, seg: WalSegSize) -> Result<Vec<
         },
     };
     // Exactly the planned bytes; the rest zero, as in a partial.
-    let keep = end
-        .0
-        .saturating_sub(segno.start_lsn(seg).map_or(0, |l| l.0))
-        .min(seg.bytes()) as usize;
+    let keep = segno.bytes_until(end, seg).min(seg.bytes()) as usize;
     data[keep..].fill(0);
     Ok(data)
 }
@@ -730,7 +750,7 @@ async fn fetch_planned(repo: &Repo, f: &WalFile, seg: WalSegSize) -> Result<Vec<
 /// server refuses to run as root, and refuses a data directory it does not own.)
 fn chown_for_postgres(dirs: &[(PathBuf, bool)]) -> Result<(), RestoreError> {
     use std::os::unix::fs::MetadataExt;
-    if crate::verify::euid() != Some(0) {
+    if crate::pgproc::euid() != Some(0) {
         return Ok(());
     }
     let Some((dir, _)) = dirs.first() else {
@@ -739,7 +759,7 @@ fn chown_for_postgres(dirs: &[(PathBuf, bool)]) -> Result<(), RestoreError> {
     let parent = dir.parent().and_then(|p| std::fs::metadata(p).ok());
     let owner = match parent {
         Some(m) if m.uid() != 0 => Some((m.uid(), m.gid())),
-        _ => crate::verify::uid_gid_of("postgres"),
+        _ => crate::pgproc::uid_gid_of("postgres"),
     };
     let Some((u, g)) = owner else {
         tracing::warn!(
@@ -748,7 +768,7 @@ fn chown_for_postgres(dirs: &[(PathBuf, bool)]) -> Result<(), RestoreError> {
         return Ok(());
     };
     for (d, _) in dirs {
-        crate::verify::chown_tree(d, u, g).map_err(io_err(d))?;
+        crate::pgproc::chown_tree(d, u, g).map_err(io_err(d))?;
     }
     Ok(())
 }

@@ -7,8 +7,11 @@
 //! | `/healthz` | 200 while the process is running and its archiver works; 503 once it has failed (liveness: restart me) |
 //! | `/readyz` | 200 while streaming and the archive lag is within bounds: WAL is being archived now; 503 otherwise (readiness) |
 
-pub mod metrics;
 pub mod schedule;
+
+/// The sidecar's metrics live in [`crate::metrics`] (the stream records them, this module
+/// serves them).
+pub use crate::metrics;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

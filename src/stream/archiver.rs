@@ -69,7 +69,7 @@ pub struct ArchiverConfig {
     /// The cluster, for the summaries' decoder.
     pub system_id: u64,
     /// Shared metrics.
-    pub metrics: std::sync::Arc<crate::server::Metrics>,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 /// The archiver's state.
@@ -178,7 +178,7 @@ impl Archiver {
         self.published_len = self
             .stale
             .iter()
-            .map(|(_, e)| e.0.saturating_sub(start.0))
+            .map(|(_, e)| e.bytes_since(start))
             .max()
             .unwrap_or(0)
             .min(seg.bytes()) as usize;
@@ -322,7 +322,7 @@ impl Archiver {
         tracing::info!(segment = %walfmt::names::segment_file_name(self.tli, self.segno, seg), "archived segment");
         self.delete_stale(end).await?;
         self.publish_summaries().await?;
-        self.segno = SegNo(self.segno.0 + 1);
+        self.segno = self.segno.next();
         self.seg_start = end;
         self.buf.clear();
         self.published_len = 0;
@@ -404,7 +404,7 @@ mod tests {
         rt.block_on(repo.put(&old, repo::compress(&wal[..200_000])))
             .unwrap();
         let (tx, rx) = watch::channel((TimeLineId(0), Lsn(0)));
-        let metrics: std::sync::Arc<crate::server::Metrics> = Default::default();
+        let metrics: std::sync::Arc<crate::metrics::Metrics> = Default::default();
         let uploads = || metrics.uploads.load(std::sync::atomic::Ordering::Relaxed);
         let cfg = ArchiverConfig {
             seg,

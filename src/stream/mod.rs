@@ -36,7 +36,7 @@
 //!   bounded by the same timeout ([`PgConn::set_io_timeout`]), and connecting by
 //!   `connect_timeout` (default here [`DEFAULT_CONNECT_TIMEOUT`]).
 //! - The server's position, read from each XLogData and keepalive, feeds the metrics'
-//!   readiness (see [`crate::server::metrics`]).
+//!   readiness (see [`crate::metrics`]).
 //! - Never two histories in one repo: before the first byte of a run reaches the archiver (or
 //!   the spool), and before any flush position is reported for it, the server's history
 //!   files must agree with the repo's and its WAL must continue the repo's ([`continuity`],
@@ -163,7 +163,7 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// commands before it is known.
 pub const DEFAULT_RECEIVE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The most time between two reply requests (the server's answer is also a reading of its
-/// position, see [`crate::server::metrics::SERVER_POSITION_MAX_AGE`]).
+/// position, see [`crate::metrics::SERVER_POSITION_MAX_AGE`]).
 pub const PING_MAX: Duration = Duration::from_secs(5);
 /// First reconnection delay, and the delay after a session that streamed.
 pub const INITIAL_BACKOFF: Duration = Duration::from_millis(500);
@@ -237,7 +237,7 @@ pub struct StreamOptions {
     /// Longest wait between reconnection attempts.
     pub reconnect_cap: Duration,
     /// Shared metrics (served by `--metrics-listen`).
-    pub metrics: std::sync::Arc<crate::server::Metrics>,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// How often slot retention is checked.
     pub slot_check_every: Duration,
     /// `--ack spool`: acknowledge WAL once fsync'd here; `None`: `--ack repo`.

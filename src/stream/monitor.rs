@@ -5,7 +5,7 @@
 //! - the server's WAL position, for `pitr_server_lsn_bytes`, `pitr_server_archive_lag_bytes`
 //!   and `pitr_server_archive_lag_seconds` (what the repo lacks of what the server has
 //!   written, which keeps growing during a storage outage while pitr has stopped reading):
-//!   see [`crate::server::metrics`], which also takes readings from the replication stream;
+//!   see [`crate::metrics`], which also takes readings from the replication stream;
 //! - with a slot, `pg_replication_slots.safe_wal_size`: with `max_slot_wal_keep_size` set, a
 //!   slot whose `restart_lsn` falls that far behind is invalidated and the WAL it held is
 //!   removed (the archive would get a gap). While the repo is slow or down, pitr's slot does
@@ -27,9 +27,9 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::metrics::Metrics;
 use crate::replication::conn::PgConn;
 use crate::replication::conninfo::ConnParams;
-use crate::server::Metrics;
 
 /// Fraction of `max_slot_wal_keep_size` left below which pitr warns.
 pub const WARN_FRACTION: f64 = 0.2;

@@ -40,6 +40,7 @@ use walfmt::{Lsn, SegNo, TimeLineId, WalFileName, WalSegSize};
 
 use super::StreamError;
 use super::archiver::{ArchMsg, Durable};
+use crate::crashsafe;
 use crate::repo::{self, Repo};
 
 /// Bytes per message from the reader to the archiver.
@@ -80,7 +81,7 @@ impl Shared {
     pub fn resume_point(&self, seg: WalSegSize) -> Option<(TimeLineId, Lsn)> {
         let runs = self.runs.lock().ok()?;
         let r = runs.last()?;
-        Some((r.tli, Lsn(r.end.0 - r.end.segment_offset(seg))))
+        Some((r.tli, r.end.segment_start(seg)))
     }
 }
 
@@ -120,7 +121,7 @@ pub fn scan(dir: &Path, seg: WalSegSize) -> Result<Vec<(TimeLineId, SegNo, u64)>
 pub fn prepare_dir(dir: &Path) -> Result<File, StreamError> {
     std::fs::create_dir_all(dir).map_err(|e| io_err("creating spool", dir, e))?;
     if let Some(parent) = dir.parent() {
-        let _ = File::open(parent).and_then(|f| f.sync_all());
+        let _ = crashsafe::fsync_dir(parent);
     }
     let lock_path = dir.join("spool.lock");
     let lock = OpenOptions::new()
@@ -162,11 +163,8 @@ pub fn check_identity(dir: &Path, system_id: u64, seg: WalSegSize) -> Result<(),
                 )));
             }
             let tmp = dir.join("spool.json.tmp");
-            std::fs::write(&tmp, &want)
-                .and_then(|()| File::open(&tmp)?.sync_all())
-                .and_then(|()| std::fs::rename(&tmp, &path))
-                .map_err(|e| io_err("writing", &path, e))?;
-            fsync_dir(dir)
+            crashsafe::publish(&tmp, &path, want.as_bytes())
+                .map_err(|e| StreamError::Spool(e.to_string()))
         }
         Err(e) => Err(io_err("reading", &path, e)),
     }
@@ -199,9 +197,7 @@ async fn exists(repo: &Repo, key: &str) -> Result<bool, crate::repo::store::Stor
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), StreamError> {
-    File::open(dir)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| io_err("fsync", dir, e))
+    crashsafe::fsync_dir(dir).map_err(|e| io_err("fsync", dir, e))
 }
 
 /// Reads spool files in chunks, keeping the current one open (readers move through the
@@ -295,7 +291,7 @@ pub struct SpoolWriter {
     seg: WalSegSize,
     shared: Arc<Shared>,
     spooled: watch::Sender<Durable>,
-    metrics: Arc<crate::server::Metrics>,
+    metrics: Arc<crate::metrics::Metrics>,
     /// An fsync failed: nothing may be acknowledged any more (a retried fsync can report
     /// success for pages whose write-back failed).
     poisoned: bool,
@@ -314,7 +310,7 @@ impl SpoolWriter {
         seg: WalSegSize,
         shared: Arc<Shared>,
         spooled: watch::Sender<Durable>,
-        metrics: Arc<crate::server::Metrics>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         SpoolWriter {
             cfg,
@@ -509,7 +505,7 @@ pub struct SpoolReader {
     seg: WalSegSize,
     shared: Arc<Shared>,
     archived: watch::Receiver<Durable>,
-    metrics: Arc<crate::server::Metrics>,
+    metrics: Arc<crate::metrics::Metrics>,
     /// Files fully forwarded, deletable once the archive holds them: (path, timeline, end).
     finished: VecDeque<(PathBuf, TimeLineId, Lsn)>,
 }
@@ -521,7 +517,7 @@ impl SpoolReader {
         seg: WalSegSize,
         shared: Arc<Shared>,
         archived: watch::Receiver<Durable>,
-        metrics: Arc<crate::server::Metrics>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         SpoolReader {
             cfg,
@@ -603,7 +599,7 @@ impl SpoolReader {
             if p < run.end {
                 let segno = p.segment(seg);
                 let off = p.segment_offset(seg);
-                let seg_end = p.0 - off + seg.bytes();
+                let seg_end = segno.end_lsn(seg).map_or(u64::MAX, |l| l.0);
                 let n = (run.end.0.min(seg_end) - p.0).min(CHUNK as u64) as usize;
                 let path = spool_path(&self.cfg.dir, run.tli, segno, seg);
                 let data = chunks.read(&path, off, n)?;

@@ -177,13 +177,12 @@ pub fn resume_along(
     objs: &[Obj],
     seg: WalSegSize,
 ) -> Option<(TimeLineId, Lsn, Lsn)> {
-    let seg_start = |l: Lsn| Lsn(l.0 - l.segment_offset(seg));
     for (i, step) in path.iter().enumerate().rev() {
         let lo = step.from.segment(seg);
         let hi = if step.to.0 == u64::MAX {
             SegNo(u64::MAX)
         } else {
-            Lsn(step.to.0.saturating_sub(1)).segment(seg)
+            step.to.prev_segment(seg)
         };
         let Some(best) = objs
             .iter()
@@ -195,7 +194,7 @@ pub fn resume_along(
         if best.end >= step.to
             && let Some(next) = path.get(i + 1)
         {
-            return Some((next.tli, seg_start(step.to), step.to));
+            return Some((next.tli, step.to.segment_start(seg), step.to));
         }
         let start = if best.complete {
             best.end
@@ -245,9 +244,7 @@ pub async fn newest_object(
         return Ok(None);
     };
     if let Some(end) = partial_end {
-        let n = end
-            .0
-            .saturating_sub(segno.start_lsn(seg).map_or(0, |l| l.0));
+        let n = segno.bytes_until(end, seg);
         data.truncate(n as usize);
     }
     Ok(Some(Source {
@@ -283,7 +280,7 @@ impl Plan {
 
     /// The server's bytes from `start` must equal `src` (cut at `limit`).
     pub fn overlap(start: Lsn, src: Source, limit: Lsn) -> Plan {
-        let n = (src.bytes.len() as u64).min(limit.0.saturating_sub(start.0)) as usize;
+        let n = (src.bytes.len() as u64).min(limit.bytes_since(start)) as usize;
         let bytes = src.bytes.slice(..n);
         Plan {
             stream_from: start,
@@ -381,10 +378,9 @@ pub async fn gap_resume(
     slot: Option<&str>,
     seg: WalSegSize,
 ) -> Result<(TimeLineId, Lsn), StreamError> {
-    let seg_start = |l: Lsn| Lsn(l.0 - l.segment_offset(seg));
     let Some(slot) = slot else {
         let sys = conn.identify_system().await?;
-        return Ok((sys.timeline, seg_start(sys.xlogpos)));
+        return Ok((sys.timeline, sys.xlogpos.segment_start(seg)));
     };
     if conn.read_replication_slot(slot).await?.is_some() {
         // Not `WAIT`: another process holding the slot must not hang pitr. Our own previous
@@ -407,7 +403,7 @@ pub async fn gap_resume(
     conn.create_physical_slot(slot).await?;
     let info = conn.read_replication_slot(slot).await?;
     match info.and_then(|i| Some((i.restart_lsn?, i.restart_tli?))) {
-        Some((l, t)) => Ok((t, seg_start(l))),
+        Some((l, t)) => Ok((t, l.segment_start(seg))),
         None => Err(StreamError::Refused(format!(
             "the replication slot {slot:?} reserves no WAL after it was created with RESERVE_WAL"
         ))),
@@ -418,7 +414,7 @@ pub async fn gap_resume(
 /// metrics, `/healthz`, and the scheduler is asked for a base backup now.
 pub async fn record_gap(
     r: &Repo,
-    metrics: &crate::server::Metrics,
+    metrics: &crate::metrics::Metrics,
     g: &GapRecord,
 ) -> Result<(), StreamError> {
     let key = repo::retry("record the gap", std::time::Duration::from_secs(30), || {
@@ -450,7 +446,7 @@ async fn read_open_gap(r: &Repo) -> Result<Option<GapRecord>, repo::RepoError> {
 /// Reads the open-gap state from the repo into `metrics` (logging a change); true while a
 /// gap is open. A gap found newly open asks the scheduler for a backup now. On a storage error
 /// the state is left as it was.
-pub async fn refresh_open_gap(r: &Repo, metrics: &crate::server::Metrics) -> bool {
+pub async fn refresh_open_gap(r: &Repo, metrics: &crate::metrics::Metrics) -> bool {
     match read_open_gap(r).await {
         Ok(open) => {
             let was = metrics.gap_open();
@@ -481,7 +477,7 @@ pub async fn refresh_open_gap(r: &Repo, metrics: &crate::server::Metrics) -> boo
 /// backup completed).
 pub async fn gap_watch(
     r: Repo,
-    metrics: std::sync::Arc<crate::server::Metrics>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
     every: std::time::Duration,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {

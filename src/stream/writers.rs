@@ -35,8 +35,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::metrics::Metrics;
 use crate::repo::Repo;
-use crate::server::Metrics;
 
 /// Where heartbeats live.
 pub const PREFIX: &str = "writers/";

@@ -10,12 +10,16 @@
 pub mod cmd;
 pub mod repo;
 
+/// `pitr restore --verify` checks the binaries before anything is written.
+use crate::pgproc::find_binaries;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::pgproc::{BinariesError, chown_tree, euid};
 use crate::replication::conn::PgConn;
 use crate::replication::conninfo::ConnParams;
 use crate::restore::{Plan, RestoreStats, Stop};
@@ -24,8 +28,8 @@ use crate::restore::{Plan, RestoreStats, Stop};
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
     /// PostgreSQL binaries unusable.
-    #[error("{0}")]
-    Binaries(String),
+    #[error(transparent)]
+    Binaries(#[from] BinariesError),
     /// The server did not come up or recover.
     #[error("{0}")]
     Server(String),
@@ -185,97 +189,12 @@ impl Report {
     }
 }
 
-/// Locates `postgres`/`pg_ctl` of the right major: `--pg-bin`, then PATH, then `pg_config`.
-pub fn find_binaries(pg_bin: Option<&Path>, major: u32) -> Result<PathBuf, VerifyError> {
-    let mut tried = Vec::new();
-    let mut candidates: Vec<PathBuf> = Vec::new();
-    if let Some(b) = pg_bin {
-        candidates.push(b.to_path_buf());
-    } else {
-        if let Some(path) = std::env::var_os("PATH") {
-            for d in std::env::split_paths(&path) {
-                if d.join("postgres").is_file() {
-                    candidates.push(d);
-                }
-            }
-        }
-        if let Ok(o) = Command::new("pg_config").arg("--bindir").output()
-            && o.status.success()
-        {
-            candidates.push(PathBuf::from(
-                String::from_utf8_lossy(&o.stdout).trim().to_string(),
-            ));
-        }
-    }
-    for d in candidates {
-        match postgres_version(&d) {
-            Some((found, _)) if found == major => return Ok(d),
-            Some((_, text)) => tried.push(format!("{} is {text}", d.display())),
-            None => tried.push(format!("{}: no usable postgres", d.display())),
-        }
-    }
-    Err(VerifyError::Binaries(format!(
-        "no PostgreSQL {major} binaries found ({}): pass --pg-bin with PostgreSQL {major}'s bin directory",
-        if tried.is_empty() {
-            "none on PATH or from pg_config".to_string()
-        } else {
-            tried.join("; ")
-        }
-    )))
-}
-
-/// `postgres --version` in `dir`: (major, the version line).
-pub(crate) fn postgres_version(dir: &Path) -> Option<(u32, String)> {
-    let o = Command::new(dir.join("postgres"))
-        .arg("--version")
-        .output()
-        .ok()
-        .filter(|o| o.status.success())?;
-    let text = String::from_utf8_lossy(&o.stdout).trim().to_string();
-    let major = text
-        .split_whitespace()
-        .last()
-        .and_then(|v| v.split('.').next())
-        .and_then(|m| m.parse().ok())
-        .unwrap_or(0);
-    Some((major, text))
-}
-
 fn free_port() -> Result<u16, VerifyError> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")
         .map_err(|e| VerifyError::Io("binding a loopback port".into(), e))?;
     l.local_addr()
         .map(|a| a.port())
         .map_err(|e| VerifyError::Io("loopback port".into(), e))
-}
-
-/// The effective uid, from /proc (0 = root).
-pub(crate) fn euid() -> Option<u32> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("Uid:"))?;
-    line.split_whitespace().nth(2)?.parse().ok()
-}
-
-/// uid and gid of a local user, from /etc/passwd.
-pub(crate) fn uid_gid_of(user: &str) -> Option<(u32, u32)> {
-    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    passwd.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(':').collect();
-        (f.first() == Some(&user))
-            .then(|| Some((f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?)))?
-    })
-}
-
-/// `chown -R` without following symlinks.
-pub(crate) fn chown_tree(p: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
-    std::os::unix::fs::lchown(p, Some(uid), Some(gid))?;
-    let md = std::fs::symlink_metadata(p)?;
-    if md.is_dir() {
-        for e in std::fs::read_dir(p)? {
-            chown_tree(&e?.path(), uid, gid)?;
-        }
-    }
-    Ok(())
 }
 
 struct Server {
@@ -354,6 +273,73 @@ pub async fn run_server_check(
         ));
     }
     let bin = find_binaries(opts.pg_bin.as_deref(), plan.backup.pg_major)?;
+    let mut failures = signal_file_failures(plan);
+    // Declared before the server: the directory is removed after the server stopped.
+    let ws = Workspace::create(plan)?;
+    let port = free_port()?;
+    let mut server = Server {
+        bin: bin.clone(),
+        dir: plan.dir.clone(),
+        log: ws.log.clone(),
+        run_as: ws.run_as,
+        started: false,
+    };
+    let began = start_server(&mut server, &ws, port, plan, opts)?;
+    let users = candidate_users(plan, opts);
+    let waited = wait_for_promotion(
+        &server,
+        &ws.sock,
+        port,
+        &users,
+        began,
+        opts.timeout,
+        failures.is_empty(),
+    )
+    .await?;
+    let recovery_seconds = began.elapsed().as_secs_f64();
+    if !waited.promoted && failures.is_empty() {
+        failures.push(format!(
+            "the server was still in recovery after --verify-timeout {:?}{}: it did not reach the target and promote ({})",
+            opts.timeout,
+            if waited.last_err.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", waited.last_err)
+            },
+            server.log_tail()
+        ));
+    }
+    let Some((mut c, user)) = waited.conn else {
+        server.stop();
+        return Ok(failed_report(plan, stats, recovery_seconds, &bin, failures));
+    };
+    let point = recovery_point(&mut c, plan, waited.promoted, &mut failures).await?;
+    c.close().await;
+    let checks = run_checks(&ws.sock, port, &user, opts).await;
+    server.stop();
+    let fmt = |us: Option<i64>| us.map(crate::restore::target::format_micros);
+    let ok = failures.is_empty()
+        && point.promoted
+        && point.target_matched
+        && checks.iter().all(|c| c.ok);
+    Ok(Report {
+        achieved_last: fmt(point.achieved_us),
+        replay_end_lsn: point.replay_end,
+        target_matched: point.target_matched,
+        promoted: point.promoted,
+        achieved_timeline: point.achieved_timeline,
+        recovery_seconds,
+        rto_seconds: stats.seconds + recovery_seconds,
+        wal_replayed_bytes: point.wal_replayed_bytes,
+        checks,
+        ok,
+        failures,
+        ..failed_report(plan, stats, recovery_seconds, &bin, Vec::new())
+    })
+}
+
+/// The signal files a promoting recovery needs (and must not have), as failures.
+fn signal_file_failures(plan: &Plan) -> Vec<String> {
     let mut failures = Vec::new();
     if plan.dir.join("standby.signal").exists() {
         failures.push(format!(
@@ -367,48 +353,75 @@ pub async fn run_server_check(
             plan.dir.display()
         ));
     }
-    let work = tempfile::Builder::new()
-        .prefix("pitr-verify-")
-        .tempdir()
-        .map_err(|e| VerifyError::Io("creating a temporary directory".into(), e))?;
-    let sock = work.path().to_path_buf();
-    let hba = sock.join("pg_hba.conf");
-    std::fs::write(&hba, "local all all trust\n")
-        .map_err(|e| VerifyError::Io(hba.display().to_string(), e))?;
-    let log = sock.join("postgres.log");
-    // As root, the server runs as the user the restore handed the directory to.
-    let run_as = if euid() == Some(0) {
-        use std::os::unix::fs::MetadataExt;
-        let owner = std::fs::metadata(&plan.dir)
-            .map_err(|e| VerifyError::Io(plan.dir.display().to_string(), e))?;
-        if owner.uid() == 0 {
-            return Err(VerifyError::Server(format!(
-                "running as root, and {} is owned by root: PostgreSQL cannot run as root; create a \"postgres\" user, or run pitr as the database's owner",
-                plan.dir.display()
-            )));
-        }
-        let (u, g) = (owner.uid(), owner.gid());
-        chown_tree(&sock, u, g).map_err(|e| VerifyError::Io(sock.display().to_string(), e))?;
-        Some((u, g))
-    } else {
-        None
-    };
-    let port = free_port()?;
-    let mut server = Server {
-        bin: bin.clone(),
-        dir: plan.dir.clone(),
-        log: log.clone(),
-        run_as,
-        started: false,
-    };
+    failures
+}
+
+/// The verification server's private directory: its socket directory, its own
+/// `pg_hba.conf` (trusting only that socket) and its log. Removed when dropped.
+struct Workspace {
+    _dir: tempfile::TempDir,
+    sock: PathBuf,
+    hba: PathBuf,
+    log: PathBuf,
+    /// As root: the user the server runs as (the restored directory's owner).
+    run_as: Option<(u32, u32)>,
+}
+
+impl Workspace {
+    fn create(plan: &Plan) -> Result<Workspace, VerifyError> {
+        let work = tempfile::Builder::new()
+            .prefix("pitr-verify-")
+            .tempdir()
+            .map_err(|e| VerifyError::Io("creating a temporary directory".into(), e))?;
+        let sock = work.path().to_path_buf();
+        let hba = sock.join("pg_hba.conf");
+        std::fs::write(&hba, "local all all trust\n")
+            .map_err(|e| VerifyError::Io(hba.display().to_string(), e))?;
+        let log = sock.join("postgres.log");
+        // As root, the server runs as the user the restore handed the directory to.
+        let run_as = if euid() == Some(0) {
+            use std::os::unix::fs::MetadataExt;
+            let owner = std::fs::metadata(&plan.dir)
+                .map_err(|e| VerifyError::Io(plan.dir.display().to_string(), e))?;
+            if owner.uid() == 0 {
+                return Err(VerifyError::Server(format!(
+                    "running as root, and {} is owned by root: PostgreSQL cannot run as root; create a \"postgres\" user, or run pitr as the database's owner",
+                    plan.dir.display()
+                )));
+            }
+            let (u, g) = (owner.uid(), owner.gid());
+            chown_tree(&sock, u, g).map_err(|e| VerifyError::Io(sock.display().to_string(), e))?;
+            Some((u, g))
+        } else {
+            None
+        };
+        Ok(Workspace {
+            _dir: work,
+            sock,
+            hba,
+            log,
+            run_as,
+        })
+    }
+}
+
+/// `pg_ctl start` on the restored directory (loopback port, private socket, archiving
+/// off). Returns when the server was started, the instant recovery began.
+fn start_server(
+    server: &mut Server,
+    ws: &Workspace,
+    port: u16,
+    plan: &Plan,
+    opts: &ServerCheckOptions,
+) -> Result<Instant, VerifyError> {
     let mut opts_str = format!(
         "-c listen_addresses='' -p {port} -c unix_socket_directories='{}' -c hba_file='{}' -c archive_mode=off -c hot_standby=on -c logging_collector=off -c ssl=off",
-        sock.display(),
-        hba.display()
+        ws.sock.display(),
+        ws.hba.display()
     );
     // Debian-style servers keep postgresql.conf outside the data directory.
     if !plan.dir.join("postgresql.conf").exists() {
-        let empty = sock.join("postgresql.conf");
+        let empty = ws.sock.join("postgresql.conf");
         std::fs::write(&empty, "").map_err(|e| VerifyError::Io(empty.display().to_string(), e))?;
         opts_str.push_str(&format!(" -c config_file='{}'", empty.display()));
     }
@@ -420,20 +433,25 @@ pub async fn run_server_check(
         .arg("-D")
         .arg(&plan.dir)
         .arg("-l")
-        .arg(&log)
+        .arg(&ws.log)
         .arg("-o")
         .arg(&opts_str)
         .output()
-        .map_err(|e| VerifyError::Io(bin.join("pg_ctl").display().to_string(), e))?;
+        .map_err(|e| VerifyError::Io(server.bin.join("pg_ctl").display().to_string(), e))?;
     if !out.status.success() {
         return Err(VerifyError::Server(format!(
             "PostgreSQL did not start on the restored directory: {} (log: {})",
             server.log_tail(),
-            keep_log(&log)
+            keep_log(&ws.log)
         )));
     }
     server.started = true;
-    let users: Vec<String> = match &opts.user {
+    Ok(began)
+}
+
+/// The roles tried, in order: `--user`, else `postgres`, the backup's source role, `$USER`.
+fn candidate_users(plan: &Plan, opts: &ServerCheckOptions) -> Vec<String> {
+    match &opts.user {
         Some(u) => vec![u.clone()],
         None => {
             let mut v = vec!["postgres".to_string()];
@@ -445,21 +463,43 @@ pub async fn run_server_check(
             }
             v
         }
-    };
-    // Wait until recovery ends (the server leaves recovery: it promoted).
+    }
+}
+
+/// What waiting for the end of recovery found.
+struct Waited {
+    /// A connection, and the role it is for.
+    conn: Option<(PgConn, String)>,
+    /// The last connection or query error.
+    last_err: String,
+    /// The server left recovery.
+    promoted: bool,
+}
+
+/// Waits until recovery ends (the server leaves recovery: it promoted), at most `timeout`
+/// from `began`; not at all unless `wait`. A server that stops meanwhile is an error.
+async fn wait_for_promotion(
+    server: &Server,
+    sock: &Path,
+    port: u16,
+    users: &[String],
+    began: Instant,
+    timeout: Duration,
+    wait: bool,
+) -> Result<Waited, VerifyError> {
     let mut conn = None;
     let mut last_err = String::new();
     let mut promoted = false;
-    while failures.is_empty() && began.elapsed() < opts.timeout {
+    while wait && began.elapsed() < timeout {
         if !server.running() {
             return Err(VerifyError::Server(format!(
                 "PostgreSQL stopped during recovery: {} (log: {})",
                 server.log_tail(),
-                keep_log(&log)
+                keep_log(&server.log)
             )));
         }
         if conn.is_none() {
-            for u in &users {
+            for u in users {
                 let ci = format!(
                     "host={} port={port} user={u} dbname=postgres",
                     sock.display()
@@ -491,23 +531,33 @@ pub async fn run_server_check(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let recovery_seconds = began.elapsed().as_secs_f64();
-    if !promoted && failures.is_empty() {
-        failures.push(format!(
-            "the server was still in recovery after --verify-timeout {:?}{}: it did not reach the target and promote ({})",
-            opts.timeout,
-            if last_err.is_empty() {
-                String::new()
-            } else {
-                format!(" ({last_err})")
-            },
-            server.log_tail()
-        ));
-    }
-    let Some((mut c, user)) = conn else {
-        server.stop();
-        return Ok(failed_report(plan, stats, recovery_seconds, &bin, failures));
-    };
+    Ok(Waited {
+        conn,
+        last_err,
+        promoted,
+    })
+}
+
+/// Where recovery stopped, against the plan's prediction.
+struct Point {
+    achieved_us: Option<i64>,
+    replay_end: Option<String>,
+    /// Promoted, and no longer in recovery when asked.
+    promoted: bool,
+    achieved_timeline: Option<u32>,
+    target_matched: bool,
+    wal_replayed_bytes: u64,
+}
+
+/// Asks the recovered server where replay stopped and on which timeline it is, and compares
+/// that with the plan (each mismatch is pushed to `failures`).
+async fn recovery_point(
+    c: &mut PgConn,
+    plan: &Plan,
+    promoted: bool,
+    failures: &mut Vec<String>,
+) -> Result<Point, VerifyError> {
+    let mut promoted = promoted;
     let r = c
         .simple_query(
             "SELECT to_char(pg_last_xact_replay_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), pg_last_wal_replay_lsn()::text, pg_is_in_recovery()::text, CASE WHEN pg_is_in_recovery() THEN NULL ELSE substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) END",
@@ -534,18 +584,7 @@ pub async fn run_server_check(
     let end_lsn = replay_end
         .as_deref()
         .and_then(|s| s.parse::<walfmt::Lsn>().ok());
-    let point_ok = match (plan.stop, end_lsn) {
-        // Replay must have stopped before the first excluded record...
-        (Stop::Before(l), Some(end)) => end <= l && end >= plan.backup.end(),
-        // ... or exactly after the included one.
-        // (PostgreSQL's EndRecPtr is MAXALIGNed.)
-        (Stop::After(_), Some(end)) => plan
-            .stop_record
-            .is_none_or(|r| end.0 == r.end.0.next_multiple_of(8)),
-        (Stop::EndOfWal, Some(end)) => end >= plan.backup.end() && end <= plan.wal_end,
-        (_, None) => false,
-    };
-    let target_matched = achieved_us == expected_us && point_ok;
+    let target_matched = achieved_us == expected_us && point_ok(plan, end_lsn);
     if !target_matched {
         failures.push(format!(
             "the achieved point is not the predicted one: last transaction {} (expected {}), replay ended at {} (stop {:?}{})",
@@ -558,73 +597,88 @@ pub async fn run_server_check(
                 .unwrap_or_default()
         ));
     }
-    let wal_replayed_bytes = end_lsn.map_or(0, |l| l.0.saturating_sub(plan.backup.start().0));
-    c.close().await;
-    // Checks, in the requested database.
+    let wal_replayed_bytes = end_lsn.map_or(0, |l| l.bytes_since(plan.backup.start()));
+    Ok(Point {
+        achieved_us,
+        replay_end,
+        promoted,
+        achieved_timeline,
+        target_matched,
+        wal_replayed_bytes,
+    })
+}
+
+/// Whether replay ended where the plan's stop says it must.
+fn point_ok(plan: &Plan, end_lsn: Option<walfmt::Lsn>) -> bool {
+    match (plan.stop, end_lsn) {
+        // Replay must have stopped before the first excluded record...
+        (Stop::Before(l), Some(end)) => end <= l && end >= plan.backup.end(),
+        // ... or exactly after the included one.
+        // (PostgreSQL's EndRecPtr is MAXALIGNed.)
+        (Stop::After(_), Some(end)) => plan
+            .stop_record
+            .is_none_or(|r| r.end.maxalign() == Some(end)),
+        (Stop::EndOfWal, Some(end)) => end >= plan.backup.end() && end <= plan.wal_end,
+        (_, None) => false,
+    }
+}
+
+/// Runs the `--check-sql` queries in the requested database, as `user`.
+async fn run_checks(
+    sock: &Path,
+    port: u16,
+    user: &str,
+    opts: &ServerCheckOptions,
+) -> Vec<CheckResult> {
     let mut checks = Vec::new();
-    if !opts.checks.is_empty() {
-        let ci = format!(
-            "host={} port={port} user={user} dbname={}",
-            sock.display(),
-            opts.dbname
-        );
-        let conn = match ConnParams::parse(&ci, false) {
-            Ok(p) => PgConn::connect(&p, false).await.map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        match conn {
-            Ok(mut c) => {
-                for ch in &opts.checks {
-                    let res = c.simple_query(&ch.sql).await;
-                    let (got, error) = match res {
-                        Ok(r) => (r.get(0, 0).map(str::to_string), None),
-                        Err(e) => (None, Some(e.to_string())),
-                    };
-                    let ok = error.is_none()
-                        && ch
-                            .expect
-                            .as_ref()
-                            .is_none_or(|e| got.as_deref() == Some(e.as_str()));
-                    checks.push(CheckResult {
-                        sql: ch.sql.clone(),
-                        expect: ch.expect.clone(),
-                        got,
-                        error,
-                        ok,
-                    });
-                }
-                c.close().await;
+    if opts.checks.is_empty() {
+        return checks;
+    }
+    let ci = format!(
+        "host={} port={port} user={user} dbname={}",
+        sock.display(),
+        opts.dbname
+    );
+    let conn = match ConnParams::parse(&ci, false) {
+        Ok(p) => PgConn::connect(&p, false).await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match conn {
+        Ok(mut c) => {
+            for ch in &opts.checks {
+                let res = c.simple_query(&ch.sql).await;
+                let (got, error) = match res {
+                    Ok(r) => (r.get(0, 0).map(str::to_string), None),
+                    Err(e) => (None, Some(e.to_string())),
+                };
+                let ok = error.is_none()
+                    && ch
+                        .expect
+                        .as_ref()
+                        .is_none_or(|e| got.as_deref() == Some(e.as_str()));
+                checks.push(CheckResult {
+                    sql: ch.sql.clone(),
+                    expect: ch.expect.clone(),
+                    got,
+                    error,
+                    ok,
+                });
             }
-            Err(e) => {
-                for ch in &opts.checks {
-                    checks.push(CheckResult {
-                        sql: ch.sql.clone(),
-                        expect: ch.expect.clone(),
-                        got: None,
-                        error: Some(format!("cannot connect to database {}: {e}", opts.dbname)),
-                        ok: false,
-                    });
-                }
+            c.close().await;
+        }
+        Err(e) => {
+            for ch in &opts.checks {
+                checks.push(CheckResult {
+                    sql: ch.sql.clone(),
+                    expect: ch.expect.clone(),
+                    got: None,
+                    error: Some(format!("cannot connect to database {}: {e}", opts.dbname)),
+                    ok: false,
+                });
             }
         }
     }
-    server.stop();
-    let fmt = |us: Option<i64>| us.map(crate::restore::target::format_micros);
-    let ok = failures.is_empty() && promoted && target_matched && checks.iter().all(|c| c.ok);
-    Ok(Report {
-        achieved_last: fmt(achieved_us),
-        replay_end_lsn: replay_end,
-        target_matched,
-        promoted,
-        achieved_timeline,
-        recovery_seconds,
-        rto_seconds: stats.seconds + recovery_seconds,
-        wal_replayed_bytes,
-        checks,
-        ok,
-        failures,
-        ..failed_report(plan, stats, recovery_seconds, &bin, Vec::new())
-    })
+    checks
 }
 
 /// A report for a verification that failed before it could query the server.

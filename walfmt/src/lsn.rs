@@ -49,6 +49,17 @@ impl Lsn {
     pub fn checked_add(self, n: u64) -> Option<Lsn> {
         self.0.checked_add(n).map(Lsn)
     }
+
+    /// The first byte of the segment holding this byte (where streaming of that segment
+    /// starts).
+    pub fn segment_start(self, seg: WalSegSize) -> Lsn {
+        Lsn(self.0 - self.segment_offset(seg))
+    }
+
+    /// Bytes of WAL from `earlier` up to this position; 0 when `earlier` is not earlier.
+    pub fn bytes_since(self, earlier: Lsn) -> u64 {
+        self.0.saturating_sub(earlier.0)
+    }
 }
 
 impl fmt::Display for Lsn {
@@ -100,6 +111,35 @@ impl SegNo {
     /// LSN of the first byte of this segment, or `None` on overflow.
     pub fn start_lsn(self, seg: WalSegSize) -> Option<Lsn> {
         (self.0 <= u64::MAX >> seg.shift()).then(|| Lsn(self.0 << seg.shift()))
+    }
+
+    /// LSN just past this segment's last byte (the next segment's start), or `None` past
+    /// the end of the LSN space.
+    pub fn end_lsn(self, seg: WalSegSize) -> Option<Lsn> {
+        self.0.checked_add(1).and_then(|n| SegNo(n).start_lsn(seg))
+    }
+
+    /// LSN of byte `offset` of this segment (PostgreSQL's `XLogSegNoOffsetToRecPtr`), or
+    /// `None` on overflow. An offset past the segment size is not refused: it lands in a
+    /// later segment.
+    pub fn lsn_at(self, offset: u64, seg: WalSegSize) -> Option<Lsn> {
+        self.start_lsn(seg)?.checked_add(offset)
+    }
+
+    /// How many bytes of WAL lie from this segment's start up to `end` (not capped at the
+    /// segment size); 0 when `end` is before the segment.
+    pub fn bytes_until(self, end: Lsn, seg: WalSegSize) -> u64 {
+        self.start_lsn(seg).map_or(0, |s| end.bytes_since(s))
+    }
+
+    /// The next segment (saturating at the last one).
+    pub fn next(self) -> SegNo {
+        SegNo(self.0.saturating_add(1))
+    }
+
+    /// The segment before, or `None` for segment 0.
+    pub fn prev(self) -> Option<SegNo> {
+        self.0.checked_sub(1).map(SegNo)
     }
 }
 

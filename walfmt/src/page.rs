@@ -16,7 +16,7 @@
 //!
 //! The long header is used on the first page of every segment and only there.
 
-use crate::lsn::{Lsn, TimeLineId};
+use crate::lsn::{Lsn, TimeLineId, WalSegSize};
 
 /// Size of the short page header.
 pub const SIZE_OF_SHORT_PHD: usize = 24;
@@ -86,6 +86,48 @@ impl PgVersion {
     pub fn from_major(major: u32) -> Option<PgVersion> {
         PgVersion::ALL.into_iter().find(|v| v.major() == major)
     }
+}
+
+/// The major version whose WAL carries this page magic (`XLOG_PAGE_MAGIC`), if supported.
+pub fn major_for_magic(magic: u16) -> Option<u32> {
+    PgVersion::from_magic(magic).map(PgVersion::major)
+}
+
+/// A page magic no supported version writes. Displays as a sentence naming the supported
+/// versions and their magics, from the table above.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct UnsupportedMagic(pub u16);
+
+impl std::fmt::Display for UnsupportedMagic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let all = PgVersion::ALL;
+        let (first, last) = (all[0].major(), all[all.len() - 1].major());
+        write!(
+            f,
+            "not a PostgreSQL {first}-{last} WAL segment: page magic 0x{:04X} (expected ",
+            self.0
+        )?;
+        for (i, v) in all.iter().enumerate() {
+            let sep = match i {
+                0 => "",
+                i if i + 1 == all.len() => " or ",
+                _ => ", ",
+            };
+            write!(f, "{sep}0x{:04X}", v.magic())?;
+        }
+        f.write_str(")")
+    }
+}
+
+/// Where the record after one ending at `end` starts, with `blcksz`-byte pages: `end`
+/// MAXALIGNed, then past the page header when that lands on a page start (the long header
+/// at a segment start). `None` on overflow.
+pub fn next_record_start(end: Lsn, seg: WalSegSize, blcksz: u32) -> Option<Lsn> {
+    let p = end.maxalign()?;
+    if p.page_offset(blcksz) != 0 {
+        return Some(p);
+    }
+    p.checked_add(header_size_at(p.segment_offset(seg)) as u64)
 }
 
 /// A decoded page header (short fields always; long fields when `XLP_LONG_HEADER`).

@@ -2,6 +2,7 @@
 //! - `units`: names, LSNs, history files, backup_label, timestamps;
 //! - `fixtures`: committed segments from PostgreSQL 15-18 against the stored pg_waldump output
 //!   (no PostgreSQL needed);
+//! - `segment_math`: the named LSN, segment and page arithmetic (what callers must not hand-write);
 //! - `robustness`: property tests over random and mutated WAL (no panic, no hang, right LSN);
 //! - `differential`: fresh WAL from real servers against each version's own pg_waldump.
 
@@ -11,4 +12,5 @@ mod common;
 mod differential;
 mod fixtures;
 mod robustness;
+mod segment_math;
 mod units;

@@ -68,6 +68,21 @@ pub enum RepoError {
         /// Why, and what to do.
         message: String,
     },
+    /// The store refused the repo when it was opened (credentials, permissions, missing
+    /// bucket); the backend's error is the source.
+    #[error("repo {repo}: {message}")]
+    Rejected {
+        /// Repo location.
+        repo: String,
+        /// Why, and what to do.
+        message: String,
+        /// The backend's error.
+        #[source]
+        source: Option<store::Cause>,
+    },
+    /// One of pitr's own tasks panicked: a bug, never the data's fault.
+    #[error(transparent)]
+    Internal(#[from] store::TaskFailed),
     /// The repo's identity or an object is unreadable or inconsistent.
     #[error("repo {repo}: {message}")]
     Corrupt {
@@ -256,9 +271,10 @@ impl Repo {
                     tracing::warn!(repo = %store.describe(), error = %e, "S3 is not reachable yet; will retry");
                 }
                 Err(e) => {
-                    return Err(RepoError::Unusable {
+                    return Err(RepoError::Rejected {
                         repo: store.describe(),
                         message: e.message,
+                        source: e.source,
                     });
                 }
             }

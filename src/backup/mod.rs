@@ -144,10 +144,7 @@ impl ArchiveWriter {
             } else {
                 tokio::task::spawn_blocking(move || repo::compress(&data))
                     .await
-                    .map_err(|e| RepoError::Corrupt {
-                        repo: String::new(),
-                        message: format!("compression task: {e}"),
-                    })?
+                    .map_err(RepoError::task("compression"))?
             };
             upload(&repo, &key, stored.clone()).await?;
             Ok(ChunkRecord {
@@ -170,9 +167,7 @@ impl ArchiveWriter {
         }
         let mut chunks = Vec::with_capacity(self.chunks.len());
         for handle in self.chunks {
-            let rec = handle
-                .await
-                .map_err(|e| BackupError::Protocol(format!("upload task: {e}")))??;
+            let rec = handle.await.map_err(RepoError::task("upload"))??;
             chunks.push(rec);
         }
         Ok(ArchiveRecord {

@@ -93,6 +93,14 @@ pub enum RepoError {
     },
 }
 
+impl RepoError {
+    /// For `map_err` on a joined task of pitr's own: a panic is a bug, reported as one
+    /// ("internal error: a {what} task panicked"), never as a corrupt object.
+    pub fn task(what: &'static str) -> impl FnOnce(tokio::task::JoinError) -> RepoError {
+        move |e| RepoError::Internal(store::TaskFailed::new(what, e))
+    }
+}
+
 /// `pitr.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {

@@ -542,7 +542,7 @@ async fn execute_inner(
     }
     let mut stats = RestoreStats::default();
     while let Some(r) = set.join_next().await {
-        let s = r.map_err(|e| RestoreError::Corrupt(format!("extraction task: {e}")))??;
+        let s = r.map_err(RepoError::task("extraction"))??;
         stats.backup_bytes += s.bytes;
         stats.files += s.files;
     }
@@ -569,12 +569,12 @@ async fn execute_inner(
                 let len = data.len() as u64;
                 tokio::task::spawn_blocking(move || write_file(&path, &data))
                     .await
-                    .map_err(|e| RestoreError::Corrupt(format!("write task: {e}")))??;
+                    .map_err(RepoError::task("write"))??;
                 Ok::<u64, RestoreError>(len)
             });
         }
         if let Some(r) = running.join_next().await {
-            let n = r.map_err(|e| RestoreError::Corrupt(format!("WAL task: {e}")))??;
+            let n = r.map_err(RepoError::task("WAL"))??;
             stats.wal_bytes += n;
             stats.files += 1;
             pb.inc(n);
@@ -769,7 +769,7 @@ pub(crate) async fn get_checked(repo: &Repo, c: &ChunkRecord) -> Result<Vec<u8>,
     let key = c.key.clone();
     tokio::task::spawn_blocking(move || crate::repo::decompress(&raw, &key))
         .await
-        .map_err(|e| RestoreError::Corrupt(format!("decompression task: {e}")))?
+        .map_err(RepoError::task("decompression"))?
         .map_err(RestoreError::Corrupt)
 }
 
@@ -878,7 +878,7 @@ where
                 break;
             }
             Err(e) => {
-                send_err = Some(RestoreError::Corrupt(format!("fetch task: {e}")));
+                send_err = Some(RepoError::task("fetch")(e).into());
                 break;
             }
         };
@@ -890,9 +890,7 @@ where
         h.abort();
     }
     drop(tx);
-    let res = consumer
-        .await
-        .map_err(|e| RestoreError::Corrupt(format!("archive task: {e}")))?;
+    let res = consumer.await.map_err(RepoError::task("archive"))?;
     if let Some(e) = send_err {
         return Err(e);
     }

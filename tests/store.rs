@@ -6,6 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use pitr::repo::local::LocalStore;
 use pitr::repo::memory::{FaultyStore, MemoryStore};
+use pitr::repo::retrying::{RetryPolicy, RetryingStore};
 use pitr::repo::store::{ObjectStore, PutOutcome, StoreErrorKind};
 
 fn rt() -> tokio::runtime::Runtime {
@@ -178,25 +179,24 @@ fn faulty_store_with_retries_conforms_and_recovers_lost_acks() {
         let f = FaultyStore::new(MemoryStore::new());
         conformance(Arc::new(f.clone()), true).await;
         // Transient failures are retried until they pass.
+        let retrying =
+            RetryingStore::new(f.clone(), RetryPolicy::forever(Duration::from_millis(5)));
         f.fail_next(3);
-        let r = pitr::repo::retry("put", Duration::from_millis(5), || {
-            f.put_if_absent("r/1", Bytes::from_static(b"v"))
-        })
-        .await;
+        let r = retrying
+            .put_if_absent("r/1", Bytes::from_static(b"v"))
+            .await;
         assert_eq!(r.unwrap(), PutOutcome::Created);
         // The write took effect but its acknowledgement was lost: the retry finds the same
         // bytes there and succeeds.
         f.lose_ack_next(1);
-        let r = pitr::repo::retry("put", Duration::from_millis(5), || {
-            f.put_if_absent("r/2", Bytes::from_static(b"w"))
-        })
-        .await;
+        let r = retrying
+            .put_if_absent("r/2", Bytes::from_static(b"w"))
+            .await;
         assert_eq!(r.unwrap(), PutOutcome::AlreadyIdentical);
         // Permanent errors are not retried.
-        let r = pitr::repo::retry("put", Duration::from_millis(5), || {
-            f.put_if_absent("r/1", Bytes::from_static(b"other"))
-        })
-        .await;
+        let r = retrying
+            .put_if_absent("r/1", Bytes::from_static(b"other"))
+            .await;
         assert_eq!(r.unwrap_err().kind, StoreErrorKind::Conflict);
     });
 }

@@ -182,15 +182,17 @@ impl ArchiveWriter {
 
 /// Uploads with retries on transient errors for up to 10 minutes.
 async fn upload(repo: &Repo, key: &str, data: Bytes) -> Result<(), RepoError> {
-    let put = repo::retry("upload backup chunk", Duration::from_secs(10), || {
-        repo.put(key, data.clone())
-    });
-    match tokio::time::timeout(Duration::from_secs(600), put).await {
-        Ok(r) => r.map(|_| ()).map_err(RepoError::from),
-        Err(_) => Err(RepoError::Unusable {
+    let policy = repo::retrying::RetryPolicy::forever(Duration::from_secs(10))
+        .label("upload backup chunk")
+        .give_up_after(Duration::from_secs(600));
+    match repo.with_retry(policy).put(key, data).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind == repo::store::StoreErrorKind::Exhausted => Err(RepoError::Rejected {
             repo: repo.location.clone(),
             message: format!("{key}: storage unavailable for 10 minutes; backup abandoned"),
+            source: Some(std::sync::Arc::new(e)),
         }),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -255,10 +257,10 @@ async fn take(
     if let Some(why) = conn.unsupported() {
         return Err(BackupError::Refused(why));
     }
-    repo::retry("claim the repo", Duration::from_secs(10), || {
-        opts.repo.claim(sys.system_id, seg, major)
-    })
-    .await?;
+    opts.repo
+        .retrying("claim the repo", Duration::from_secs(10))
+        .claim(sys.system_id, seg, major)
+        .await?;
     let start_time = now_micros();
     let mut id = backup_id(start_time);
     for n in 1.. {
@@ -512,10 +514,10 @@ async fn server_restorable_from(
 /// removed one, fails the backup instead of cataloguing a broken one).
 async fn check_objects(repo: &Repo, rec: &BackupRecord) -> Result<(), BackupError> {
     let prefix = format!("backups/{}/", rec.id);
-    let listed: std::collections::HashMap<String, u64> =
-        repo::retry("list the backup's objects", Duration::from_secs(10), || {
-            repo.store().list(&prefix)
-        })
+    let listed: std::collections::HashMap<String, u64> = repo
+        .retrying("list the backup's objects", Duration::from_secs(10))
+        .store()
+        .list(&prefix)
         .await
         .map_err(repo::RepoError::from)?
         .into_iter()

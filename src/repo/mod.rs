@@ -20,6 +20,7 @@ pub mod gaps;
 pub mod local;
 pub mod memory;
 pub mod prune;
+pub mod retrying;
 pub mod s3;
 pub mod store;
 
@@ -238,10 +239,13 @@ pub struct ArchivedTip {
     pub end: Lsn,
 }
 
-/// A repo: a store plus the layout.
+/// A repo: a store plus the layout. A repo's storage calls are retried only if it was made
+/// with [`Repo::with_retry`]; retries never nest (a retrying repo wraps the plain store).
 #[derive(Debug, Clone)]
 pub struct Repo {
     store: Arc<dyn ObjectStore>,
+    /// The store without retries.
+    plain: Arc<dyn ObjectStore>,
     /// Where it is (for messages).
     pub location: String,
 }
@@ -321,7 +325,26 @@ impl Repo {
     /// A repo over any store.
     pub fn with_store(store: Arc<dyn ObjectStore>) -> Repo {
         let location = store.describe();
-        Repo { store, location }
+        Repo {
+            plain: store.clone(),
+            store,
+            location,
+        }
+    }
+
+    /// The same repo, each storage call retried under `policy` ([`retrying`]).
+    pub fn with_retry(&self, policy: retrying::RetryPolicy) -> Repo {
+        Repo {
+            store: Arc::new(retrying::RetryingStore::new(self.plain.clone(), policy)),
+            plain: self.plain.clone(),
+            location: self.location.clone(),
+        }
+    }
+
+    /// The same repo, transient errors retried forever with backoff capped at `cap`, logged
+    /// as `what`.
+    pub fn retrying(&self, what: &'static str, cap: Duration) -> Repo {
+        self.with_retry(retrying::RetryPolicy::forever(cap).label(what))
     }
 
     /// The store.
@@ -539,69 +562,6 @@ impl Repo {
                 name.into(),
                 ".backup files are not archived".into(),
             )),
-        }
-    }
-}
-
-/// An error that says whether a retry can help.
-pub trait Retryable: std::fmt::Display {
-    /// A retry may succeed.
-    fn is_transient(&self) -> bool;
-}
-
-impl Retryable for StoreError {
-    fn is_transient(&self) -> bool {
-        StoreError::is_transient(self)
-    }
-}
-
-impl Retryable for RepoError {
-    fn is_transient(&self) -> bool {
-        matches!(self, RepoError::Store(e) if e.is_transient())
-    }
-}
-
-/// Retries a storage operation on transient errors with capped exponential backoff
-/// (100 ms doubling to `cap`), forever: WAL is never dropped. Permanent errors return.
-pub async fn retry<T, E, F, Fut>(what: &str, cap: Duration, op: F) -> Result<T, E>
-where
-    E: Retryable,
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, E>>,
-{
-    retry_observed(what, cap, |_| {}, op).await
-}
-
-/// [`retry`], calling `on_error` for every failed attempt (for metrics).
-pub async fn retry_observed<T, E, F, Fut>(
-    what: &str,
-    cap: Duration,
-    on_error: impl Fn(&E),
-    mut op: F,
-) -> Result<T, E>
-where
-    E: Retryable,
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, E>>,
-{
-    let mut delay = Duration::from_millis(100);
-    let mut attempt = 0u64;
-    loop {
-        match op().await {
-            Ok(v) => return Ok(v),
-            Err(e) if e.is_transient() => {
-                on_error(&e);
-                attempt += 1;
-                if attempt == 1 || attempt.is_multiple_of(10) {
-                    tracing::warn!(error = %e, attempt, "{what}: storage error, retrying");
-                }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(cap);
-            }
-            Err(e) => {
-                on_error(&e);
-                return Err(e);
-            }
         }
     }
 }

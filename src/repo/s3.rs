@@ -161,8 +161,8 @@ impl S3Store {
                     .operation_attempt_timeout(Duration::from_secs(120))
                     .build(),
             )
-            // A few quick retries inside the SDK; the callers' own loops (with backoff
-            // capped at 30 s) handle longer outages.
+            // A few quick retries inside the SDK; the retrying store (`repo::retrying`,
+            // backoff capped at 10-30 s) handles longer outages.
             .retry_config(RetryConfig::standard().with_max_attempts(3));
         if shared.region().is_none() || loc.region.is_some() {
             b = b.region(Region::new(

@@ -172,6 +172,31 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
     }
 }
 
+impl<T: ObjectStore + ?Sized> ObjectStore for Arc<T> {
+    fn put_if_absent<'a>(
+        &'a self,
+        key: &'a str,
+        data: Bytes,
+    ) -> BoxFut<'a, Result<PutOutcome, StoreError>> {
+        (**self).put_if_absent(key, data)
+    }
+    fn get<'a>(&'a self, key: &'a str) -> BoxFut<'a, Result<Option<Bytes>, StoreError>> {
+        (**self).get(key)
+    }
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxFut<'a, Result<Vec<ObjectMeta>, StoreError>> {
+        (**self).list(prefix)
+    }
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFut<'a, Result<(), StoreError>> {
+        (**self).delete(key)
+    }
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
+    fn clean_leftovers(&self) -> BoxFut<'_, Result<usize, StoreError>> {
+        (**self).clean_leftovers()
+    }
+}
+
 /// Checks a key: relative, `/`-separated, no `..`, no empty parts, printable ASCII.
 pub fn validate_key(key: &str) -> Result<(), StoreError> {
     let ok = !key.is_empty()

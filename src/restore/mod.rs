@@ -697,10 +697,10 @@ async fn fetch_planned(repo: &Repo, f: &WalFile, seg: WalSegSize) -> Result<Vec<
             )));
         }
     };
-    let planned = crate::repo::retry("fetch WAL", Duration::from_secs(10), || {
-        repo.read_wal_object(&f.key, segno, f.partial_end, seg)
-    })
-    .await?;
+    let planned = repo
+        .retrying("fetch WAL", Duration::from_secs(10))
+        .read_wal_object(&f.key, segno, f.partial_end, seg)
+        .await?;
     let Some(end) = f.partial_end else {
         return planned.ok_or_else(missing);
     };
@@ -774,17 +774,18 @@ pub(crate) async fn get_checked(repo: &Repo, c: &ChunkRecord) -> Result<Vec<u8>,
 }
 
 async fn fetch_raw(repo: &Repo, c: &ChunkRecord) -> Result<Bytes, RestoreError> {
-    let raw = crate::repo::retry("fetch backup object", Duration::from_secs(10), || {
-        repo.store().get(&c.key)
-    })
-    .await
-    .map_err(RepoError::from)?
-    .ok_or_else(|| {
-        RestoreError::Corrupt(format!(
-            "{}: missing from the repo (the backup is damaged)",
-            c.key
-        ))
-    })?;
+    let raw = repo
+        .retrying("fetch backup object", Duration::from_secs(10))
+        .store()
+        .get(&c.key)
+        .await
+        .map_err(RepoError::from)?
+        .ok_or_else(|| {
+            RestoreError::Corrupt(format!(
+                "{}: missing from the repo (the backup is damaged)",
+                c.key
+            ))
+        })?;
     if raw.len() as u64 != c.stored || crc32c::crc32c(&raw) != c.crc32c {
         return Err(RestoreError::Corrupt(format!(
             "{}: checksum mismatch ({} bytes, CRC-32C {:08x}; the catalog says {} bytes, {:08x}): the object is corrupt",

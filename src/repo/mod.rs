@@ -69,8 +69,9 @@ pub enum RepoError {
         /// Why, and what to do.
         message: String,
     },
-    /// The store refused the repo when it was opened (credentials, permissions, missing
-    /// bucket); the backend's error is the source.
+    /// The store refused the repo (credentials, permissions, a missing bucket when it is
+    /// opened) or stayed unavailable longer than the caller waits; the store's error is the
+    /// source.
     #[error("repo {repo}: {message}")]
     Rejected {
         /// Repo location.

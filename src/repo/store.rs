@@ -256,5 +256,16 @@ mod tests {
         // The chain goes down to tokio's join error.
         let cause = e.source().expect("the task error");
         assert!(cause.source().is_some(), "{cause}");
+        // Outside the store too (decompression, extraction): an internal error.
+        let join = rt
+            .block_on(async { tokio::task::spawn(async { panic!("boom") }).await })
+            .unwrap_err();
+        let e = crate::repo::RepoError::task("decompression")(join);
+        let text = e.to_string();
+        assert!(
+            text.starts_with("internal error: a decompression task panicked"),
+            "{text}"
+        );
+        assert!(e.source().is_some(), "keeps the join error");
     }
 }

@@ -152,10 +152,7 @@ impl ArchiveWriter {
             } else {
                 tokio::task::spawn_blocking(move || repo::compress(&data))
                     .await
-                    .map_err(|e| RepoError::Corrupt {
-                        repo: String::new(),
-                        message: format!("compression task: {e}"),
-                    })?
+                    .map_err(RepoError::task("compression"))?
             };
             upload(&repo, &key, stored.clone()).await?;
             Ok(ChunkRecord {
@@ -178,9 +175,7 @@ impl ArchiveWriter {
         }
         let mut chunks = Vec::with_capacity(self.chunks.len());
         for handle in self.chunks {
-            let rec = handle
-                .await
-                .map_err(|e| BackupError::Protocol(format!("upload task: {e}")))??;
+            let rec = handle.await.map_err(RepoError::task("upload"))??;
             chunks.push(rec);
         }
         Ok(ArchiveRecord {
@@ -195,15 +190,17 @@ impl ArchiveWriter {
 
 /// Uploads with retries on transient errors for up to 10 minutes.
 async fn upload(repo: &Repo, key: &str, data: Bytes) -> Result<(), RepoError> {
-    let put = repo::retry("upload backup chunk", Duration::from_secs(10), || {
-        repo.put(key, data.clone())
-    });
-    match tokio::time::timeout(Duration::from_secs(600), put).await {
-        Ok(r) => r.map(|_| ()).map_err(RepoError::from),
-        Err(_) => Err(RepoError::Unusable {
+    let policy = repo::retrying::RetryPolicy::forever(Duration::from_secs(10))
+        .label("upload backup chunk")
+        .give_up_after(Duration::from_secs(600));
+    match repo.with_retry(policy).put(key, data).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind == repo::store::StoreErrorKind::Exhausted => Err(RepoError::Rejected {
             repo: repo.location.clone(),
             message: format!("{key}: storage unavailable for 10 minutes; backup abandoned"),
+            source: Some(std::sync::Arc::new(e)),
         }),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -287,10 +284,10 @@ async fn take(
     if let Some(why) = conn.unsupported() {
         return Err(BackupError::Refused(why));
     }
-    repo::retry("claim the repo", Duration::from_secs(10), || {
-        opts.repo.claim(sys.system_id, seg, major)
-    })
-    .await?;
+    opts.repo
+        .retrying("claim the repo", Duration::from_secs(10))
+        .claim(sys.system_id, seg, major)
+        .await?;
     let start_time = now_micros();
     let id = fresh_id(&opts.repo, start_time).await?;
     let cmd = BaseBackupCommand {
@@ -517,10 +514,10 @@ async fn server_restorable_from(
 /// removed one, fails the backup instead of cataloguing a broken one).
 async fn check_objects(repo: &Repo, rec: &BackupRecord) -> Result<(), BackupError> {
     let prefix = format!("backups/{}/", rec.id);
-    let listed: std::collections::HashMap<String, u64> =
-        repo::retry("list the backup's objects", Duration::from_secs(10), || {
-            repo.store().list(&prefix)
-        })
+    let listed: std::collections::HashMap<String, u64> = repo
+        .retrying("list the backup's objects", Duration::from_secs(10))
+        .store()
+        .list(&prefix)
         .await
         .map_err(repo::RepoError::from)?
         .into_iter()

@@ -603,7 +603,7 @@ impl WalIndex {
                 .map_err(|e| format!("{key}: {e}"))
         })
         .await
-        .map_err(|e| corrupt(format!("decoding task: {e}")))?
+        .map_err(RepoError::task("decoding"))?
         .map(Some)
         .map_err(corrupt)
     }
@@ -898,10 +898,7 @@ pub async fn boundary_problems(repo: &Repo, idx: &WalIndex) -> Result<Vec<String
             });
         }
         while let Some(r) = set.join_next().await {
-            let (tli, s, k, b) = r.map_err(|e| RepoError::Corrupt {
-                repo: repo.location.clone(),
-                message: format!("summary task: {e}"),
-            })??;
+            let (tli, s, k, b) = r.map_err(RepoError::task("summary"))??;
             // An unreadable summary is `pitr verify`'s to report; its segment is not
             // checked here.
             if let Some(f) = b.and_then(|b| facts_from_summary(&b, &k).ok()) {

@@ -47,7 +47,7 @@ fn kind_of(e: &std::io::Error) -> StoreErrorKind {
 }
 
 fn io_err(op: &'static str, key: &str, e: std::io::Error) -> StoreError {
-    StoreError::new(kind_of(&e), op, key, e)
+    StoreError::new(kind_of(&e), op, key, &e).with_source(e)
 }
 
 /// A temporary file older than this belongs to no live write.
@@ -289,14 +289,9 @@ fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> BoxFut<'static, Result<T, StoreError>> {
     Box::pin(async move {
-        tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
-            Err(StoreError::new(
-                StoreErrorKind::Transient,
-                "io",
-                "",
-                format!("I/O task failed: {e}"),
-            ))
-        })
+        tokio::task::spawn_blocking(f)
+            .await
+            .unwrap_or_else(|e| Err(StoreError::task_failed("io", "", e)))
     })
 }
 

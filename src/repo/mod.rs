@@ -21,6 +21,7 @@ pub mod gaps;
 pub mod local;
 pub mod memory;
 pub mod prune;
+pub mod retrying;
 pub mod s3;
 pub mod store;
 
@@ -69,6 +70,22 @@ pub enum RepoError {
         /// Why, and what to do.
         message: String,
     },
+    /// The store refused the repo (credentials, permissions, a missing bucket when it is
+    /// opened) or stayed unavailable longer than the caller waits; the store's error is the
+    /// source.
+    #[error("repo {repo}: {message}")]
+    Rejected {
+        /// Repo location.
+        repo: String,
+        /// Why, and what to do.
+        message: String,
+        /// The backend's error.
+        #[source]
+        source: Option<store::Cause>,
+    },
+    /// One of pitr's own tasks panicked: a bug, never the data's fault.
+    #[error(transparent)]
+    Internal(#[from] store::TaskFailed),
     /// The repo's identity or an object is unreadable or inconsistent.
     #[error("repo {repo}: {message}")]
     Corrupt {
@@ -77,6 +94,14 @@ pub enum RepoError {
         /// What is wrong, naming the object.
         message: String,
     },
+}
+
+impl RepoError {
+    /// For `map_err` on a joined task of pitr's own: a panic is a bug, reported as one
+    /// ("internal error: a {what} task panicked"), never as a corrupt object.
+    pub fn task(what: &'static str) -> impl FnOnce(tokio::task::JoinError) -> RepoError {
+        move |e| RepoError::Internal(store::TaskFailed::new(what, e))
+    }
 }
 
 /// `pitr.json`.
@@ -180,10 +205,13 @@ pub struct ArchivedTip {
     pub end: Lsn,
 }
 
-/// A repo: a store plus the layout.
+/// A repo: a store plus the layout. A repo's storage calls are retried only if it was made
+/// with [`Repo::with_retry`]; retries never nest (a retrying repo wraps the plain store).
 #[derive(Debug, Clone)]
 pub struct Repo {
     store: Arc<dyn ObjectStore>,
+    /// The store without retries.
+    plain: Arc<dyn ObjectStore>,
     /// Where it is (for messages).
     pub location: String,
 }
@@ -221,9 +249,10 @@ impl Repo {
                     tracing::warn!(repo = %store.describe(), error = %e, "S3 is not reachable yet; will retry");
                 }
                 Err(e) => {
-                    return Err(RepoError::Unusable {
+                    return Err(RepoError::Rejected {
                         repo: store.describe(),
                         message: e.message,
+                        source: e.source,
                     });
                 }
             }
@@ -262,7 +291,26 @@ impl Repo {
     /// A repo over any store.
     pub fn with_store(store: Arc<dyn ObjectStore>) -> Repo {
         let location = store.describe();
-        Repo { store, location }
+        Repo {
+            plain: store.clone(),
+            store,
+            location,
+        }
+    }
+
+    /// The same repo, each storage call retried under `policy` ([`retrying`]).
+    pub fn with_retry(&self, policy: retrying::RetryPolicy) -> Repo {
+        Repo {
+            store: Arc::new(retrying::RetryingStore::new(self.plain.clone(), policy)),
+            plain: self.plain.clone(),
+            location: self.location.clone(),
+        }
+    }
+
+    /// The same repo, transient errors retried forever with backoff capped at `cap`, logged
+    /// as `what`.
+    pub fn retrying(&self, what: &'static str, cap: Duration) -> Repo {
+        self.with_retry(retrying::RetryPolicy::forever(cap).label(what))
     }
 
     /// The store.
@@ -478,69 +526,6 @@ impl Repo {
                 name.into(),
                 ".backup files are not archived".into(),
             )),
-        }
-    }
-}
-
-/// An error that says whether a retry can help.
-pub trait Retryable: std::fmt::Display {
-    /// A retry may succeed.
-    fn is_transient(&self) -> bool;
-}
-
-impl Retryable for StoreError {
-    fn is_transient(&self) -> bool {
-        StoreError::is_transient(self)
-    }
-}
-
-impl Retryable for RepoError {
-    fn is_transient(&self) -> bool {
-        matches!(self, RepoError::Store(e) if e.is_transient())
-    }
-}
-
-/// Retries a storage operation on transient errors with capped exponential backoff
-/// (100 ms doubling to `cap`), forever: WAL is never dropped. Permanent errors return.
-pub async fn retry<T, E, F, Fut>(what: &str, cap: Duration, op: F) -> Result<T, E>
-where
-    E: Retryable,
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, E>>,
-{
-    retry_observed(what, cap, |_| {}, op).await
-}
-
-/// [`retry`], calling `on_error` for every failed attempt (for metrics).
-pub async fn retry_observed<T, E, F, Fut>(
-    what: &str,
-    cap: Duration,
-    on_error: impl Fn(&E),
-    mut op: F,
-) -> Result<T, E>
-where
-    E: Retryable,
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, E>>,
-{
-    let mut delay = Duration::from_millis(100);
-    let mut attempt = 0u64;
-    loop {
-        match op().await {
-            Ok(v) => return Ok(v),
-            Err(e) if e.is_transient() => {
-                on_error(&e);
-                attempt += 1;
-                if attempt == 1 || attempt.is_multiple_of(10) {
-                    tracing::warn!(error = %e, attempt, "{what}: storage error, retrying");
-                }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(cap);
-            }
-            Err(e) => {
-                on_error(&e);
-                return Err(e);
-            }
         }
     }
 }

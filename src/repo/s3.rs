@@ -161,8 +161,8 @@ impl S3Store {
                     .operation_attempt_timeout(Duration::from_secs(120))
                     .build(),
             )
-            // A few quick retries inside the SDK; the callers' own loops (with backoff
-            // capped at 30 s) handle longer outages.
+            // A few quick retries inside the SDK; the retrying store (`repo::retrying`,
+            // backoff capped at 10-30 s) handles longer outages.
             .retry_config(RetryConfig::standard().with_max_attempts(3));
         if shared.region().is_none() || loc.region.is_some() {
             b = b.region(Region::new(
@@ -210,10 +210,10 @@ impl S3Store {
     fn error<E, R>(&self, op: &'static str, key: &str, e: SdkError<E, R>) -> StoreError
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-        R: std::fmt::Debug + HasStatus,
+        R: std::fmt::Debug + HasStatus + Send + Sync + 'static,
     {
         let (kind, message) = classify(&e, &self.loc.bucket);
-        StoreError::new(kind, op, &format!("{}{key}", self.loc.prefix), message)
+        StoreError::new(kind, op, &format!("{}{key}", self.loc.prefix), message).with_source(e)
     }
 
     async fn put(&self, key: &str, data: Bytes) -> Result<PutOutcome, StoreError> {
@@ -378,6 +378,7 @@ impl S3Store {
                 full,
                 format!("reading the body: {e}"),
             )
+            .with_source(e)
         })?;
         Ok(Some(body.into_bytes()))
     }

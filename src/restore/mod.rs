@@ -560,7 +560,7 @@ async fn extract_archives(
         ));
     }
     while let Some(r) = set.join_next().await {
-        let s = r.map_err(|e| RestoreError::Corrupt(format!("extraction task: {e}")))??;
+        let s = r.map_err(RepoError::task("extraction"))??;
         stats.backup_bytes += s.bytes;
         stats.files += s.files;
     }
@@ -591,12 +591,12 @@ async fn place_wal(
                 let len = data.len() as u64;
                 tokio::task::spawn_blocking(move || write_file(&path, &data))
                     .await
-                    .map_err(|e| RestoreError::Corrupt(format!("write task: {e}")))??;
+                    .map_err(RepoError::task("write"))??;
                 Ok::<u64, RestoreError>(len)
             });
         }
         if let Some(r) = running.join_next().await {
-            let n = r.map_err(|e| RestoreError::Corrupt(format!("WAL task: {e}")))??;
+            let n = r.map_err(RepoError::task("WAL"))??;
             stats.wal_bytes += n;
             stats.files += 1;
             pb.inc(n);
@@ -721,10 +721,10 @@ async fn fetch_planned(repo: &Repo, f: &WalFile, seg: WalSegSize) -> Result<Vec<
             )));
         }
     };
-    let planned = crate::repo::retry("fetch WAL", Duration::from_secs(10), || {
-        repo.read_wal_object(&f.key, segno, f.partial_end, seg)
-    })
-    .await?;
+    let planned = repo
+        .retrying("fetch WAL", Duration::from_secs(10))
+        .read_wal_object(&f.key, segno, f.partial_end, seg)
+        .await?;
     let Some(end) = f.partial_end else {
         return planned.ok_or_else(missing);
     };
@@ -790,22 +790,23 @@ pub(crate) async fn get_checked(repo: &Repo, c: &ChunkRecord) -> Result<Vec<u8>,
     let key = c.key.clone();
     tokio::task::spawn_blocking(move || crate::repo::decompress(&raw, &key))
         .await
-        .map_err(|e| RestoreError::Corrupt(format!("decompression task: {e}")))?
+        .map_err(RepoError::task("decompression"))?
         .map_err(RestoreError::Corrupt)
 }
 
 async fn fetch_raw(repo: &Repo, c: &ChunkRecord) -> Result<Bytes, RestoreError> {
-    let raw = crate::repo::retry("fetch backup object", Duration::from_secs(10), || {
-        repo.store().get(&c.key)
-    })
-    .await
-    .map_err(RepoError::from)?
-    .ok_or_else(|| {
-        RestoreError::Corrupt(format!(
-            "{}: missing from the repo (the backup is damaged)",
-            c.key
-        ))
-    })?;
+    let raw = repo
+        .retrying("fetch backup object", Duration::from_secs(10))
+        .store()
+        .get(&c.key)
+        .await
+        .map_err(RepoError::from)?
+        .ok_or_else(|| {
+            RestoreError::Corrupt(format!(
+                "{}: missing from the repo (the backup is damaged)",
+                c.key
+            ))
+        })?;
     if raw.len() as u64 != c.stored || crc32c::crc32c(&raw) != c.crc32c {
         return Err(RestoreError::Corrupt(format!(
             "{}: checksum mismatch ({} bytes, CRC-32C {:08x}; the catalog says {} bytes, {:08x}): the object is corrupt",
@@ -899,7 +900,7 @@ where
                 break;
             }
             Err(e) => {
-                send_err = Some(RestoreError::Corrupt(format!("fetch task: {e}")));
+                send_err = Some(RepoError::task("fetch")(e).into());
                 break;
             }
         };
@@ -911,9 +912,7 @@ where
         h.abort();
     }
     drop(tx);
-    let res = consumer
-        .await
-        .map_err(|e| RestoreError::Corrupt(format!("archive task: {e}")))?;
+    let res = consumer.await.map_err(RepoError::task("archive"))?;
     if let Some(e) = send_err {
         return Err(e);
     }

@@ -57,6 +57,19 @@ pub enum ArchMsg {
     Sync(oneshot::Sender<Lsn>),
 }
 
+/// Every storage call of the archiver: retried while transient, counted in the metrics
+/// (`pitr_upload_retries_total`, `pitr_upload_errors_total`) whatever the operation.
+fn retry_policy(cfg: &ArchiverConfig) -> repo::retrying::RetryPolicy {
+    use std::sync::atomic::Ordering::Relaxed;
+    let m = cfg.metrics.clone();
+    repo::retrying::RetryPolicy::forever(cfg.retry_cap).observe(move |e: &StoreError| {
+        m.errors.fetch_add(1, Relaxed);
+        if e.is_transient() {
+            m.retries.fetch_add(1, Relaxed);
+        }
+    })
+}
+
 /// Archiver settings.
 #[derive(Debug, Clone)]
 pub struct ArchiverConfig {
@@ -94,7 +107,7 @@ impl Archiver {
     /// A new archiver; `archived` starts at what the repo already holds.
     pub fn new(repo: Repo, cfg: ArchiverConfig, archived: watch::Sender<Durable>) -> Self {
         Archiver {
-            repo,
+            repo: repo.with_retry(retry_policy(&cfg)),
             cfg,
             tli: TimeLineId(1),
             segno: SegNo(0),
@@ -208,11 +221,11 @@ impl Archiver {
             let sum_key = repo::summary_key(tli, prev, seg);
             let seg_key = repo::segment_key(tli, prev, seg);
             // The small summary first: the segment is downloaded only when it lacks one.
-            let has_sum = self.retried("get", || store.get(&sum_key)).await?;
+            let has_sum = store.get(&sum_key).await?;
             if has_sum.is_some() {
                 break;
             }
-            let has_seg = self.retried("get", || store.get(&seg_key)).await?;
+            let has_seg = store.get(&seg_key).await?;
             let Some(body) = has_seg else { break };
             missing.push((prev, body));
         }
@@ -237,9 +250,7 @@ impl Archiver {
         tli: TimeLineId,
         segno: SegNo,
     ) -> Result<Vec<(String, Lsn)>, StreamError> {
-        Ok(self
-            .retried("list", || self.repo.partials(tli, segno, self.cfg.seg))
-            .await?)
+        Ok(self.repo.partials(tli, segno, self.cfg.seg).await?)
     }
 
     async fn append(&mut self, start: Lsn, mut data: Bytes) -> Result<(), StreamError> {
@@ -272,27 +283,8 @@ impl Archiver {
         Ok(())
     }
 
-    /// Every storage call of the archiver: retried while transient, counted in the metrics
-    /// (`pitr_upload_retries_total`, `pitr_upload_errors_total`) whatever the operation.
-    async fn retried<T, F, Fut>(&self, what: &str, op: F) -> Result<T, StoreError>
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<T, StoreError>>,
-    {
-        use std::sync::atomic::Ordering::Relaxed;
-        let m = &self.cfg.metrics;
-        let on_err = |e: &StoreError| {
-            m.errors.fetch_add(1, Relaxed);
-            if e.is_transient() {
-                m.retries.fetch_add(1, Relaxed);
-            }
-        };
-        repo::retry_observed(what, self.cfg.retry_cap, on_err, op).await
-    }
-
     async fn put(&self, key: &str, body: Bytes) -> Result<(), StreamError> {
-        self.retried("upload", || self.repo.put(key, body.clone()))
-            .await?;
+        self.repo.put(key, body).await?;
         self.cfg
             .metrics
             .uploads
@@ -306,8 +298,7 @@ impl Archiver {
             .partition(|(_, e)| *e <= upto);
         self.stale = keep;
         for (k, _) in gone {
-            self.retried("delete", || self.repo.store().delete(&k))
-                .await?;
+            self.repo.store().delete(&k).await?;
         }
         Ok(())
     }

@@ -285,10 +285,10 @@ async fn prepare(conn: &mut PgConn, opts: &StreamOptions) -> Result<Prepared, St
     }
     // Storage trouble is retried here (a repo that is down must not stop the sidecar);
     // another cluster's repo or a corrupt identity is returned at once.
-    repo::retry("claim the repo", Duration::from_secs(10), || {
-        opts.repo.claim(sys.system_id, seg, major)
-    })
-    .await?;
+    opts.repo
+        .retrying("claim the repo", Duration::from_secs(10))
+        .claim(sys.system_id, seg, major)
+        .await?;
     if let Some(slot) = &opts.slot
         && conn.read_replication_slot(slot).await?.is_none()
     {
@@ -672,13 +672,15 @@ impl Session<'_> {
         let (tli, start) = self.run;
         if let Some(content) = self.gate.history.take() {
             let key = repo::history_key(tli);
-            let store = self.opts.repo.store();
-            let have = repo::retry("get", Duration::from_secs(30), || store.get(&key)).await?;
+            let r = self
+                .opts
+                .repo
+                .with_retry(repo::retrying::RetryPolicy::forever(Duration::from_secs(
+                    30,
+                )));
+            let have = r.store().get(&key).await?;
             if have.is_none() {
-                repo::retry("upload", Duration::from_secs(30), || {
-                    self.opts.repo.put(&key, Bytes::from(content.clone()))
-                })
-                .await?;
+                r.put(&key, Bytes::from(content)).await?;
                 tracing::info!(timeline = tli.0, "archived timeline history");
             }
         }
@@ -1565,7 +1567,10 @@ async fn tip_retrying(
     repo: &Repo,
     seg: WalSegSize,
 ) -> Result<Option<repo::ArchivedTip>, StreamError> {
-    Ok(repo::retry("list the repo", Duration::from_secs(10), || repo.tip(seg)).await?)
+    Ok(repo
+        .retrying("list the repo", Duration::from_secs(10))
+        .tip(seg)
+        .await?)
 }
 
 /// Waits for the pipeline's tasks; returns the first real error (an "archiver stopped" from

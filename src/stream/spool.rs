@@ -243,7 +243,7 @@ pub async fn drain(
     let mut total = 0u64;
     for &(tli, segno, len) in &files {
         let key = repo::segment_key(tli, segno, seg);
-        let done = repo::retry("list", Duration::from_secs(30), || exists(repo, &key)).await?;
+        let done = exists(&repo.retrying("list", Duration::from_secs(30)), &key).await?;
         if done || len == 0 {
             continue;
         }

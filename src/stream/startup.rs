@@ -134,11 +134,11 @@ pub async fn repo_histories(
         .filter(|t| t.0 > 1);
     for t in tlis {
         let key = repo::history_key(t);
-        let store = r.store();
-        let got = repo::retry("get", std::time::Duration::from_secs(30), || {
-            store.get(&key)
-        })
-        .await?;
+        let got = r
+            .retrying("get", std::time::Duration::from_secs(30))
+            .store()
+            .get(&key)
+            .await?;
         if let Some(b) = got {
             let parsed = TimelineHistory::parse(t, &String::from_utf8_lossy(&b)).map_err(|e| {
                 repo::RepoError::Corrupt {
@@ -158,10 +158,9 @@ pub type Obj = repo::ArchivedTip;
 /// The repo's WAL objects (complete segments and partials), retrying while storage is down.
 pub async fn objects(r: &Repo, seg: WalSegSize) -> Result<Vec<Obj>, StreamError> {
     Ok(
-        repo::retry("list the repo", std::time::Duration::from_secs(10), || {
-            r.wal_objects(seg)
-        })
-        .await?,
+        r.retrying("list the repo", std::time::Duration::from_secs(10))
+            .wal_objects(seg)
+            .await?,
     )
 }
 
@@ -236,10 +235,10 @@ pub async fn newest_object(
     } else {
         (repo::partial_key(tli, segno, best.end, seg), Some(best.end))
     };
-    let got = repo::retry("get", std::time::Duration::from_secs(30), || {
-        r.read_wal_object(&key, segno, partial_end, seg)
-    })
-    .await?;
+    let got = r
+        .retrying("get", std::time::Duration::from_secs(30))
+        .read_wal_object(&key, segno, partial_end, seg)
+        .await?;
     let Some(mut data) = got else {
         return Ok(None);
     };
@@ -417,9 +416,10 @@ pub async fn record_gap(
     metrics: &crate::metrics::Metrics,
     g: &GapRecord,
 ) -> Result<(), StreamError> {
-    let key = repo::retry("record the gap", std::time::Duration::from_secs(30), || {
-        gaps::record(r, g)
-    })
+    let key = gaps::record(
+        &r.retrying("record the gap", std::time::Duration::from_secs(30)),
+        g,
+    )
     .await?;
     metrics.gap_recorded(g);
     tracing::error!(

@@ -708,7 +708,7 @@ fn storage_outage_holds_the_slot_and_catches_up_without_gap() {
     let dir = tmp.path().join("repo");
     let faulty = FaultyStore::new(LocalStore::open(&dir).unwrap());
     let repo = TestRepo::local(&dir);
-    let metrics = Arc::new(pitr::server::Metrics::default());
+    let metrics = Arc::new(pitr::metrics::Metrics::default());
     let (stop_tx, runner) = spawn_in_process(
         &c,
         Arc::new(faulty.clone()),
@@ -1219,7 +1219,7 @@ fn slot_retention_warning_before_invalidation() {
     let dir = tmp.path().join("repo");
     let faulty = FaultyStore::new(LocalStore::open(&dir).unwrap());
     let repo = TestRepo::local(&dir);
-    let metrics = Arc::new(pitr::server::Metrics::default());
+    let metrics = Arc::new(pitr::metrics::Metrics::default());
     let (stop_tx, runner) = spawn_in_process(
         &c,
         Arc::new(faulty.clone()),
@@ -1271,7 +1271,7 @@ type Runner = std::thread::JoinHandle<Result<(), pitr::stream::StreamError>>;
 fn spawn_in_process(
     c: &Cluster,
     store: std::sync::Arc<dyn pitr::repo::store::ObjectStore>,
-    metrics: std::sync::Arc<pitr::server::Metrics>,
+    metrics: std::sync::Arc<pitr::metrics::Metrics>,
     slot_check_every: Duration,
 ) -> (tokio::sync::watch::Sender<bool>, Runner) {
     let stream_opts = pitr::stream::StreamOptions {

@@ -9,10 +9,6 @@
 
 pub mod schedule;
 
-/// The sidecar's metrics live in [`crate::metrics`] (the stream records them, this module
-/// serves them).
-pub use crate::metrics;
-
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,7 +18,7 @@ use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
 use tokio::net::TcpListener;
 
-pub use metrics::Metrics;
+use crate::metrics::Metrics;
 
 use crate::shutdown::Shutdown;
 

@@ -14,9 +14,9 @@
 use std::time::Duration;
 
 use crate::backup::{self, BackupOptions};
+use crate::metrics::Metrics;
 use crate::repo::catalog;
 use crate::repo::prune::{self, Retention};
-use crate::server::Metrics;
 use crate::shutdown::Shutdown;
 
 /// When backups are due.

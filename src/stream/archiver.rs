@@ -464,7 +464,7 @@ mod tests {
     struct Rig {
         mem: MemoryStore,
         faulty: Arc<FaultyStore<MemoryStore>>,
-        metrics: Arc<crate::server::Metrics>,
+        metrics: Arc<crate::metrics::Metrics>,
         tx: mpsc::Sender<ArchMsg>,
         archived: watch::Receiver<Durable>,
         task: tokio::task::JoinHandle<Result<(), StreamError>>,
@@ -475,7 +475,7 @@ mod tests {
     async fn rig(mem: MemoryStore) -> Rig {
         let faulty = Arc::new(FaultyStore::new(mem.clone()));
         let repo = Repo::with_store(faulty.clone());
-        let metrics: Arc<crate::server::Metrics> = Default::default();
+        let metrics: Arc<crate::metrics::Metrics> = Default::default();
         let cfg = ArchiverConfig {
             seg: seg(),
             partial_every: Duration::from_secs(3600),

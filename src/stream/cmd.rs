@@ -12,11 +12,12 @@ use std::sync::Arc;
 
 use crate::backup::BackupOptions;
 use crate::config::{self, StreamSettings};
+use crate::metrics::Metrics;
+use crate::metrics::ReadyPolicy;
 use crate::replication::conninfo::{ConnInfoError, ConnParams};
 use crate::repo::{Repo, RepoError};
-use crate::server::metrics::ReadyPolicy;
+use crate::server;
 use crate::server::schedule::{self, ScheduleOptions};
-use crate::server::{self, Metrics};
 use crate::shutdown::Shutdown;
 use crate::stream::{self, StreamError, StreamOptions, spool};
 

@@ -16,6 +16,7 @@
 //! create-if-absent ([`store::ObjectStore::put_if_absent`]).
 
 pub mod catalog;
+pub mod fetch;
 pub mod gaps;
 pub mod local;
 pub mod memory;

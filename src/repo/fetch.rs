@@ -1,0 +1,86 @@
+//! Checked fetch of backup objects: an object comes back only if it is exactly what the
+//! catalog recorded.
+//!
+//! # Invariants
+//!
+//! - [`get_raw`] returns the stored bytes only when their length and CRC-32C match the
+//!   [`ChunkRecord`]; a missing object is an error naming it, never an empty body.
+//! - [`get_checked`] additionally decompresses a pitr lz4 chunk and verifies its content
+//!   checksum ([`super::decompress`]).
+//! - Transient storage errors are retried (capped backoff); permanent ones return as
+//!   [`FetchError::Repo`].
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::catalog::ChunkRecord;
+use super::{Repo, RepoError};
+
+/// Why a backup object could not be fetched.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// Storage failed.
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    /// The catalog names an object the repo does not hold.
+    #[error("{key}: missing from the repo (the backup is damaged)")]
+    Missing {
+        /// The object.
+        key: String,
+    },
+    /// The stored bytes are not the ones the catalog recorded.
+    #[error(
+        "{key}: checksum mismatch ({len} bytes, CRC-32C {crc:08x}; the catalog says {want_len} bytes, {want_crc:08x}): the object is corrupt"
+    )]
+    Checksum {
+        /// The object.
+        key: String,
+        /// Stored length found.
+        len: u64,
+        /// CRC-32C found.
+        crc: u32,
+        /// Length recorded.
+        want_len: u64,
+        /// CRC-32C recorded.
+        want_crc: u32,
+    },
+    /// The lz4 frame does not decode (the message names the object).
+    #[error("{0}")]
+    Decompress(String),
+    /// The decompression task panicked or was cancelled.
+    #[error("decompression task: {0}")]
+    Task(#[source] tokio::task::JoinError),
+}
+
+/// Fetches one backup object as stored and checks its size and CRC-32C.
+pub async fn get_raw(repo: &Repo, c: &ChunkRecord) -> Result<Bytes, FetchError> {
+    let raw = super::retry("fetch backup object", Duration::from_secs(10), || {
+        repo.store().get(&c.key)
+    })
+    .await
+    .map_err(RepoError::from)?
+    .ok_or_else(|| FetchError::Missing { key: c.key.clone() })?;
+    let crc = crc32c::crc32c(&raw);
+    if raw.len() as u64 != c.stored || crc != c.crc32c {
+        return Err(FetchError::Checksum {
+            key: c.key.clone(),
+            len: raw.len() as u64,
+            crc,
+            want_len: c.stored,
+            want_crc: c.crc32c,
+        });
+    }
+    Ok(raw)
+}
+
+/// Fetches one backup object, checks its CRC-32C and decompresses it (an lz4 chunk or the
+/// manifest).
+pub async fn get_checked(repo: &Repo, c: &ChunkRecord) -> Result<Vec<u8>, FetchError> {
+    let raw = get_raw(repo, c).await?;
+    let key = c.key.clone();
+    tokio::task::spawn_blocking(move || super::decompress(&raw, &key))
+        .await
+        .map_err(FetchError::Task)?
+        .map_err(FetchError::Decompress)
+}

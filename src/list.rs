@@ -85,7 +85,7 @@ pub async fn list(repo: &Repo) -> Result<Listing, RepoError> {
     let input = crate::restore::RepoInput { repo, idx: &idx };
     let mut from = std::collections::HashMap::new();
     for b in &backups {
-        let path = idx.path(walfmt::TimeLineId(b.end_tli));
+        let path = idx.path(b.end_tli);
         let (t, _) = crate::restore::plan::restorable_from(&input, &path, b, seg)
             .await
             .map_err(|e| match e {
@@ -154,7 +154,7 @@ pub async fn list(repo: &Repo) -> Result<Listing, RepoError> {
             timeline: tli.0,
             parent,
             earliest: oldest.and_then(|b| from.get(&b.id)).map(|t| show(*t)),
-            earliest_lsn: oldest.map(|b| b.end_lsn.clone()),
+            earliest_lsn: oldest.map(|b| b.end_lsn.to_string()),
             last_commit_time: last.map(|x| show(x.time)),
             last_commit_lsn: last.map(|x| x.lsn.to_string()),
             archived_to: cov.end.map(|l| l.to_string()),

@@ -470,10 +470,10 @@ async fn take(
         format: 1,
         id,
         label: opts.label.clone(),
-        start_lsn: start_lsn.to_string(),
-        start_tli: start_tli.0,
-        end_lsn: end_lsn.to_string(),
-        end_tli: end_tli.0,
+        start_lsn,
+        start_tli,
+        end_lsn,
+        end_tli,
         start_time: start_time.to_string(),
         end_time: now_micros().to_string(),
         pg_version: conn.server_version.clone(),
@@ -504,7 +504,7 @@ async fn server_restorable_from(
 ) -> Option<String> {
     let sysid: u64 = rec.system_id.parse().ok()?;
     let idx = WalIndex::load(repo, seg, sysid).await.ok()?;
-    let path = idx.path(TimeLineId(rec.end_tli));
+    let path = idx.path(rec.end_tli);
     let input = crate::restore::RepoInput { repo, idx: &idx };
     let (t, from_wal) = crate::restore::plan::restorable_from(&input, &path, rec, seg)
         .await
@@ -550,7 +550,7 @@ async fn wait_for_wal(
 ) -> Result<(), BackupError> {
     let began = Instant::now();
     let sysid: u64 = rec.system_id.parse().unwrap_or(0);
-    let tli = TimeLineId(rec.end_tli);
+    let tli = rec.end_tli;
     let mut logged = false;
     loop {
         let idx = WalIndex::load(&opts.repo, seg, sysid).await;
@@ -608,8 +608,8 @@ pub async fn mark(
     let tli = r.get(0, 1).and_then(|s| s.parse().ok()).unwrap_or(1);
     let rec = PointRecord {
         name: name.into(),
-        lsn: lsn.to_string(),
-        tli,
+        lsn,
+        tli: TimeLineId(tli),
         time: now_micros().to_string(),
     };
     let body = serde_json::to_vec_pretty(&rec).unwrap_or_default();

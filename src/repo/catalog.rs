@@ -22,10 +22,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use walfmt::history::TimelineHistory;
 use walfmt::{DecoderConfig, Lsn, SegNo, TimeLineId, WalSegSize};
 
+use super::objects::SummaryRecord;
+pub use super::objects::{ArchiveRecord, BackupRecord, ChunkRecord, PointRecord};
 use super::{Repo, RepoError, WalObject, parse_wal_key};
 
 /// Uncompressed tar bytes per backup chunk.
@@ -50,112 +52,6 @@ pub fn manifest_key(id: &str) -> String {
 /// Key of a named restore point.
 pub fn point_key(lsn: Lsn) -> String {
     format!("points/{:016X}.json", lsn.0)
-}
-
-/// One stored object of a backup.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChunkRecord {
-    /// Object key.
-    pub key: String,
-    /// Bytes it holds once decompressed (for `.srv` chunks: stored bytes).
-    pub bytes: u64,
-    /// Stored (compressed) size.
-    pub stored: u64,
-    /// CRC-32C of the stored bytes.
-    pub crc32c: u32,
-}
-
-/// One tar archive of a backup: the data directory, or a tablespace.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ArchiveRecord {
-    /// `base` or the tablespace OID.
-    pub name: String,
-    /// The tablespace's location on the source server (`None` for `base`).
-    pub location: Option<String>,
-    /// Uncompressed tar bytes.
-    pub bytes: u64,
-    /// Server-side compression of the stored stream (`lz4`), `None`: pitr's lz4 per chunk.
-    pub server_compression: Option<String>,
-    /// Chunks in order.
-    pub chunks: Vec<ChunkRecord>,
-}
-
-/// A backup's catalog entry (`backups/<id>/backup.json`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BackupRecord {
-    /// Catalog format.
-    pub format: u32,
-    /// Identifier (start time, `YYYYMMDDTHHMMSSZ`).
-    pub id: String,
-    /// `--label`.
-    pub label: String,
-    /// Redo pointer of the backup checkpoint (`START WAL LOCATION`).
-    pub start_lsn: String,
-    /// Start timeline.
-    pub start_tli: u32,
-    /// End LSN (end of the backup-end record): the backup is consistent from here.
-    pub end_lsn: String,
-    /// End timeline.
-    pub end_tli: u32,
-    /// When `BASE_BACKUP` was sent (RFC 3339, UTC).
-    pub start_time: String,
-    /// When it ended (RFC 3339, UTC): the earliest instant this backup can restore to.
-    pub end_time: String,
-    /// `server_version` of the source.
-    pub pg_version: String,
-    /// Its major version.
-    pub pg_major: u32,
-    /// System identifier (a string: 64 bits do not survive JSON numbers).
-    pub system_id: String,
-    /// `lz4` (pitr, per chunk) or `server-lz4`.
-    pub compression: String,
-    /// Archives: tablespaces first, `base` last (the server's order).
-    pub archives: Vec<ArchiveRecord>,
-    /// The backup manifest object.
-    pub manifest: Option<ChunkRecord>,
-    /// Uncompressed bytes in all archives.
-    pub bytes: u64,
-    /// Stored bytes.
-    pub stored_bytes: u64,
-    /// The pitr version that took it.
-    pub created_by: String,
-    /// The role the backup connected as (tried first by `restore --verify`).
-    #[serde(default)]
-    pub source_user: Option<String>,
-    /// The earliest instant this backup restores to, on the server's clock (the latest
-    /// commit or abort time in the WAL before its end; see `restore::plan::restorable_from`),
-    /// as computed when the backup completed. Informational: restore recomputes it from the
-    /// WAL. RFC 3339, UTC.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub restorable_from: Option<String>,
-}
-
-impl BackupRecord {
-    /// Start LSN.
-    pub fn start(&self) -> Lsn {
-        self.start_lsn.parse().unwrap_or(Lsn(0))
-    }
-    /// End LSN.
-    pub fn end(&self) -> Lsn {
-        self.end_lsn.parse().unwrap_or(Lsn(u64::MAX))
-    }
-    /// End time, Unix microseconds.
-    pub fn end_micros(&self) -> i64 {
-        parse_micros(&self.end_time).unwrap_or(i64::MAX)
-    }
-}
-
-/// A restore point made by `pitr mark`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PointRecord {
-    /// Its name.
-    pub name: String,
-    /// LSN returned by `pg_create_restore_point`.
-    pub lsn: String,
-    /// Timeline.
-    pub tli: u32,
-    /// When it was made (RFC 3339, UTC).
-    pub time: String,
 }
 
 /// Parses an RFC 3339 instant into Unix microseconds.
@@ -227,82 +123,44 @@ pub struct SegmentFacts {
     pub switch_lsn: Option<Lsn>,
 }
 
-#[derive(Deserialize)]
-struct SummaryXact {
-    lsn: String,
-    time: String,
-    xid: u32,
-    kind: String,
-}
-
-#[derive(Deserialize)]
-struct SummaryPoint {
-    lsn: String,
-    name: String,
-    time: String,
-}
-
-#[derive(Deserialize)]
-struct SummaryCheckpoint {
-    lsn: String,
-    redo: String,
-    time_unix: i64,
-}
-
-#[derive(Deserialize)]
-struct StoredSummary {
-    #[serde(default)]
-    xacts: Vec<SummaryXact>,
-    #[serde(default)]
-    restore_points: Vec<SummaryPoint>,
-    #[serde(default)]
-    checkpoints: Vec<SummaryCheckpoint>,
-    first_lsn: Option<String>,
-    first_prev: Option<String>,
-    last_lsn: Option<String>,
-    last_end: Option<String>,
-    switch_lsn: Option<String>,
-}
-
+/// The index's facts from a stored summary; an unreadable summary or a bad time is an error
+/// naming `key`.
 pub(crate) fn facts_from_summary(json: &[u8], key: &str) -> Result<SegmentFacts, String> {
-    let s: StoredSummary =
+    let s: SummaryRecord =
         serde_json::from_slice(json).map_err(|e| format!("{key}: unreadable summary: {e}"))?;
-    let bad = |what: &str| format!("{key}: bad {what} in summary");
-    let lsn = |v: &Option<String>, what: &str| -> Result<Option<Lsn>, String> {
-        v.as_deref()
-            .map(|l| l.parse::<Lsn>().map_err(|_| bad(what)))
-            .transpose()
-    };
+    let time = |t: &str| parse_micros(t).ok_or_else(|| format!("{key}: bad time in summary"));
     let mut f = SegmentFacts {
-        first_lsn: lsn(&s.first_lsn, "first_lsn")?,
-        first_prev: lsn(&s.first_prev, "first_prev")?,
-        last_lsn: lsn(&s.last_lsn, "last_lsn")?,
-        last_end: lsn(&s.last_end, "last_end")?,
-        switch_lsn: lsn(&s.switch_lsn, "switch_lsn")?,
+        first_lsn: s.first_lsn,
+        first_prev: s.first_prev,
+        last_lsn: s.last_lsn,
+        last_end: s.last_end,
+        switch_lsn: s.switch_lsn,
         ..Default::default()
     };
-    for x in s.xacts {
+    for x in &s.xacts {
         f.xacts.push(Xact {
-            lsn: x.lsn.parse().map_err(|_| bad("lsn"))?,
-            time: parse_micros(&x.time).ok_or_else(|| bad("time"))?,
+            lsn: x.lsn,
+            time: time(&x.time)?,
             xid: x.xid,
-            commit: x.kind.starts_with("COMMIT"),
+            commit: x.kind.is_commit(),
         });
     }
     for p in s.restore_points {
         f.restore_points.push(RestorePoint {
-            lsn: p.lsn.parse().map_err(|_| bad("lsn"))?,
+            time: time(&p.time)?,
+            lsn: p.lsn,
             name: p.name,
-            time: parse_micros(&p.time).ok_or_else(|| bad("time"))?,
         });
     }
-    for c in s.checkpoints {
-        f.checkpoints.push(CheckpointFact {
-            lsn: c.lsn.parse().map_err(|_| bad("checkpoint lsn"))?,
-            redo: c.redo.parse().map_err(|_| bad("checkpoint redo"))?,
+    f.checkpoints = s
+        .checkpoints
+        .iter()
+        .map(|c| CheckpointFact {
+            lsn: c.lsn,
+            redo: c.redo,
             time_unix: c.time_unix,
-        });
-    }
+        })
+        .collect();
     Ok(f)
 }
 
@@ -315,10 +173,7 @@ pub(crate) fn facts_from_segment(s: walfmt::SegmentSummary) -> SegmentFacts {
                 lsn: x.lsn,
                 time: x.time.unix_micros(),
                 xid: x.xid,
-                commit: matches!(
-                    x.kind,
-                    walfmt::XactKind::Commit | walfmt::XactKind::CommitPrepared
-                ),
+                commit: x.kind.is_commit(),
             })
             .collect(),
         restore_points: s
@@ -545,10 +400,13 @@ impl WalIndex {
                 let partial_mid = !complete;
                 if s.0 > p.0 + 1 || partial_mid {
                     let from = match (partial_mid, m.get(&p)) {
-                        (true, Some(SegFile::Partial { end, .. })) => *end,
-                        _ => SegNo(p.0 + 1).start_lsn(self.seg).unwrap_or(Lsn(0)),
+                        (true, Some(SegFile::Partial { end, .. })) => Some(*end),
+                        _ => SegNo(p.0 + 1).start_lsn(self.seg),
                     };
-                    out.push((from, s.start_lsn(self.seg).unwrap_or(Lsn(0))));
+                    // Segment numbers come from object names, so their starts exist.
+                    if let (Some(from), Some(to)) = (from, s.start_lsn(self.seg)) {
+                        out.push((from, to));
+                    }
                 }
             }
             prev = Some((*s, matches!(f, SegFile::Complete { .. })));
@@ -631,9 +489,9 @@ pub fn history_path(h: &TimelineHistory) -> Vec<PathStep> {
 }
 
 /// Whether `path` reaches `lsn` on timeline `tli` (a backup lies on a timeline's history).
-pub fn on_path(path: &[PathStep], tli: u32, lsn: Lsn) -> bool {
+pub fn on_path(path: &[PathStep], tli: TimeLineId, lsn: Lsn) -> bool {
     path.iter()
-        .any(|p| p.tli.0 == tli && p.from <= lsn && lsn < p.to)
+        .any(|p| p.tli == tli && p.from <= lsn && lsn < p.to)
 }
 
 /// The segment holding the last byte before `end` (the last segment of WAL ending there).
@@ -683,35 +541,6 @@ pub struct BackupScan {
     pub bad: Vec<BadEntry>,
     /// Backups without a catalog entry.
     pub incomplete: Vec<IncompleteBackup>,
-}
-
-impl BackupRecord {
-    /// Checks the fields other code relies on; an error names the field.
-    pub fn validate(&self) -> Result<(), String> {
-        let lsn = |v: &str, what: &str| {
-            v.parse::<Lsn>()
-                .map(|_| ())
-                .map_err(|_| format!("bad {what} {v:?}"))
-        };
-        lsn(&self.start_lsn, "start_lsn")?;
-        lsn(&self.end_lsn, "end_lsn")?;
-        if self.start() > self.end() {
-            return Err(format!(
-                "start_lsn {} is after end_lsn {}",
-                self.start_lsn, self.end_lsn
-            ));
-        }
-        if self.start_tli == 0 || self.end_tli == 0 {
-            return Err("timeline 0".into());
-        }
-        if parse_micros(&self.end_time).is_none() {
-            return Err(format!("bad end_time {:?}", self.end_time));
-        }
-        if self.archives.is_empty() || !self.archives.iter().any(|a| a.name == "base") {
-            return Err("no base archive".into());
-        }
-        Ok(())
-    }
 }
 
 /// The start time encoded in a backup id (`YYYYMMDDTHHMMSSZ[-N]`), Unix microseconds.

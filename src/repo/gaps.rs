@@ -230,10 +230,7 @@ pub fn open_gap_after<'a>(
     gaps: &'a [GapRecord],
     backups: &[super::catalog::BackupRecord],
 ) -> Option<&'a GapRecord> {
-    let starts: Vec<(Lsn, TimeLineId)> = backups
-        .iter()
-        .map(|b| (b.start(), TimeLineId(b.start_tli)))
-        .collect();
+    let starts: Vec<(Lsn, TimeLineId)> = backups.iter().map(|b| (b.start(), b.start_tli)).collect();
     open_gap(gaps, &starts)
 }
 

@@ -20,6 +20,7 @@ pub mod fetch;
 pub mod gaps;
 pub mod local;
 pub mod memory;
+pub mod objects;
 pub mod prune;
 pub mod s3;
 pub mod store;
@@ -29,10 +30,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 use walfmt::names::segment_file_name;
 use walfmt::{Lsn, SegNo, TimeLineId, WalFileName, WalSegSize};
 
+pub use objects::Identity;
 use store::{ObjectStore, PutOutcome, StoreError, StoreErrorKind};
 
 /// The repo format this code writes and reads.
@@ -77,21 +78,6 @@ pub enum RepoError {
         /// What is wrong, naming the object.
         message: String,
     },
-}
-
-/// `pitr.json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Identity {
-    /// Repo format version.
-    pub format: u32,
-    /// The cluster's system identifier (a string: JSON numbers lose 64-bit precision).
-    pub system_id: String,
-    /// `wal_segment_size` in bytes.
-    pub wal_segment_size: u32,
-    /// The PostgreSQL major version when the repo was made.
-    pub pg_major: u32,
-    /// The pitr version that made it.
-    pub created_by: String,
 }
 
 /// An object of the WAL area, parsed from its key.

@@ -185,7 +185,7 @@ pub async fn prune(repo: &Repo, r: Retention, dry_run: bool) -> Result<PruneRepo
         }
     }
     for p in catalog::points(repo).await? {
-        let lsn: walfmt::Lsn = p.lsn.parse().unwrap_or(walfmt::Lsn(u64::MAX));
+        let lsn = p.lsn;
         if lsn < oldest_kept.start() {
             report.deleted_points += 1;
             if !dry_run {

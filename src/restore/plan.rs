@@ -347,7 +347,7 @@ pub fn choose_timeline(
     let idx = &cat.index;
     let tli = match sel {
         TimelineSel::Id(t) => {
-            if !idx.files.contains_key(&t) && !cat.backups.iter().any(|b| b.end_tli == t.0) {
+            if !idx.files.contains_key(&t) && !cat.backups.iter().any(|b| b.end_tli == t) {
                 return Err(refused(format!(
                     "timeline {t} is not in the repo; it has timelines {}",
                     idx.timelines()
@@ -359,9 +359,13 @@ pub fn choose_timeline(
             }
             t
         }
-        TimelineSel::Latest => idx.latest_timeline().unwrap_or(TimeLineId(
-            cat.backups.iter().map(|b| b.end_tli).max().unwrap_or(1),
-        )),
+        TimelineSel::Latest => idx.latest_timeline().unwrap_or(
+            cat.backups
+                .iter()
+                .map(|b| b.end_tli)
+                .max()
+                .unwrap_or(TimeLineId(1)),
+        ),
     };
     Ok((tli, idx.path(tli)))
 }
@@ -1425,10 +1429,10 @@ mod tests {
             format: 1,
             id: id.into(),
             label: id.into(),
-            start_lsn: l(start).to_string(),
-            start_tli: tli,
-            end_lsn: l(end).to_string(),
-            end_tli: tli,
+            start_lsn: l(start),
+            start_tli: TimeLineId(tli),
+            end_lsn: l(end),
+            end_tli: TimeLineId(tli),
             start_time: "2026-01-01T00:00:00Z".into(),
             // pitr's own clock, deliberately wrong (an hour early): never used when the
             // WAL has timestamps.

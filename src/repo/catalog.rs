@@ -795,3 +795,223 @@ fn next_record_start(end: Lsn, seg: WalSegSize) -> Lsn {
     };
     Lsn(p + header as u64)
 }
+
+/// Hermetic tests of the WAL index: keys in an in-memory store, no PostgreSQL.
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::repo::memory::MemoryStore;
+    use crate::repo::{partial_key, segment_key, summary_key};
+
+    const MB16: u32 = 16 << 20;
+
+    fn seg() -> WalSegSize {
+        WalSegSize::new(MB16).unwrap()
+    }
+
+    fn start(s: u64) -> Lsn {
+        SegNo(s).start_lsn(seg()).unwrap()
+    }
+
+    fn run<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    /// An index of a repo holding these objects (bodies are never read, except histories).
+    fn index(objects: &[(String, &str)]) -> WalIndex {
+        run(async {
+            let repo = Repo::with_store(Arc::new(MemoryStore::new()));
+            for (k, body) in objects {
+                repo.put(k, Bytes::from(body.to_string())).await.unwrap();
+            }
+            WalIndex::load(&repo, seg(), 1).await.unwrap()
+        })
+    }
+
+    fn complete(tli: u32, s: u64) -> (String, &'static str) {
+        (segment_key(TimeLineId(tli), SegNo(s), seg()), "")
+    }
+
+    fn partial(tli: u32, s: u64, end: Lsn) -> (String, &'static str) {
+        (partial_key(TimeLineId(tli), SegNo(s), end, seg()), "")
+    }
+
+    fn history(tli: u32, text: &'static str) -> (String, &'static str) {
+        (crate::repo::history_key(TimeLineId(tli)), text)
+    }
+
+    #[test]
+    fn index_keeps_complete_over_partial_and_the_newest_partial() {
+        let idx = index(&[
+            complete(1, 2),
+            partial(1, 2, Lsn(start(2).0 + 100)),
+            partial(1, 3, Lsn(start(3).0 + 100)),
+            partial(1, 3, Lsn(start(3).0 + 900)),
+            (summary_key(TimeLineId(1), SegNo(2), seg()), ""),
+            ("wal/00000001/not-a-wal-key".into(), ""),
+        ]);
+        let m = &idx.files[&TimeLineId(1)];
+        assert_eq!(m.len(), 2);
+        assert!(
+            matches!(&m[&SegNo(2)], SegFile::Complete { summary: Some(s), .. } if s.ends_with(".summary.json"))
+        );
+        assert!(
+            matches!(&m[&SegNo(3)], SegFile::Partial { end, .. } if *end == Lsn(start(3).0 + 900))
+        );
+        assert_eq!(idx.timelines(), [TimeLineId(1)]);
+        assert_eq!(idx.latest_timeline(), Some(TimeLineId(1)));
+    }
+
+    #[test]
+    fn coverage_runs_to_the_partial_and_stops_at_a_gap() {
+        let idx = index(&[
+            complete(1, 2),
+            complete(1, 3),
+            partial(1, 4, Lsn(start(4).0 + 0x500)),
+        ]);
+        let path = idx.path(TimeLineId(1));
+        let cov = idx.coverage(&path, Lsn(start(2).0 + 0x28));
+        assert_eq!(cov.end, Some(Lsn(start(4).0 + 0x500)));
+        assert_eq!(cov.gap, None);
+        // From a segment not archived: nothing.
+        assert_eq!(idx.coverage(&path, start(1)).end, None);
+        // A missing segment 4 with 5 archived: coverage ends at 4's start, a gap there.
+        let idx = index(&[complete(1, 2), complete(1, 3), complete(1, 5)]);
+        let cov = idx.coverage(&idx.path(TimeLineId(1)), start(2));
+        assert_eq!(cov.end, Some(start(4)));
+        assert_eq!(cov.gap, Some(start(4)));
+        assert_eq!(idx.gaps(TimeLineId(1)), [(start(4), start(5))]);
+    }
+
+    #[test]
+    fn a_partial_between_segments_is_a_gap_from_its_end() {
+        let end = Lsn(start(3).0 + 0x1000);
+        let idx = index(&[complete(1, 2), partial(1, 3, end), complete(1, 4)]);
+        assert_eq!(idx.gaps(TimeLineId(1)), [(end, start(4))]);
+        assert!(idx.gaps(TimeLineId(7)).is_empty());
+    }
+
+    /// Timeline 2 branched from 1 at 0/3000100: recovery reads 1's segments up to the
+    /// switch segment, then 2's (which starts with a copy of it).
+    #[test]
+    fn the_path_follows_the_history_across_a_switch() {
+        let idx = index(&[
+            complete(1, 2),
+            complete(1, 3),
+            complete(1, 4),
+            complete(2, 3),
+            partial(2, 4, Lsn(start(4).0 + 0x200)),
+            history(2, "1\t0/3000100\tno recovery target specified\n"),
+        ]);
+        let path = idx.path(TimeLineId(2));
+        assert_eq!(
+            path,
+            [
+                PathStep {
+                    tli: TimeLineId(1),
+                    from: Lsn(0),
+                    to: Lsn(0x0300_0100)
+                },
+                PathStep {
+                    tli: TimeLineId(2),
+                    from: Lsn(0x0300_0100),
+                    to: Lsn(u64::MAX)
+                }
+            ]
+        );
+        assert_eq!(idx.tli_for_segment(&path, SegNo(2)), TimeLineId(1));
+        assert_eq!(idx.tli_for_segment(&path, SegNo(3)), TimeLineId(2));
+        assert_eq!(idx.file(&path, SegNo(4)).unwrap().0, TimeLineId(2));
+        // Along 2, the WAL runs from 1's segment 2 into 2's partial, not 1's segment 4.
+        let cov = idx.coverage(&path, start(2));
+        assert_eq!(cov.end, Some(Lsn(start(4).0 + 0x200)));
+        assert_eq!(cov.gap, None);
+        // Along 1, to its own end.
+        assert_eq!(
+            idx.coverage(&idx.path(TimeLineId(1)), start(2)).end,
+            Some(start(5))
+        );
+        // A backup on 1 before the switch lies on 2's path; one after it does not.
+        assert!(on_path(&path, TimeLineId(1), Lsn(0x0300_0028)));
+        assert!(!on_path(&path, TimeLineId(1), Lsn(0x0300_0100)));
+        assert!(on_path(&path, TimeLineId(2), Lsn(0x0400_0000)));
+        assert!(history_problems(&idx).is_empty());
+        assert_eq!(idx.latest_timeline(), Some(TimeLineId(2)));
+    }
+
+    #[test]
+    fn history_problems_name_contradictions_and_early_wal() {
+        let idx = index(&[
+            complete(1, 2),
+            // Timeline 3's history says it came from 2 at 0/5000000, but 2's own history
+            // says 2 came from 1 at 0/3000000 while 3 says 0/4000000.
+            history(2, "1\t0/3000000\tx\n"),
+            history(3, "1\t0/4000000\tx\n2\t0/5000000\tx\n"),
+            // WAL of timeline 3 before it began.
+            complete(3, 4),
+        ]);
+        let p = history_problems(&idx);
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(p[0].contains("timeline histories disagree"), "{p:?}");
+        assert!(p[1].contains("timeline 3 has WAL in segment"), "{p:?}");
+    }
+
+    #[test]
+    fn an_unreadable_history_is_an_error_naming_it() {
+        let err = run(async {
+            let repo = Repo::with_store(Arc::new(MemoryStore::new()));
+            let (k, _) = history(2, "");
+            repo.put(&k, Bytes::from_static(b"garbage\n"))
+                .await
+                .unwrap();
+            WalIndex::load(&repo, seg(), 1).await.unwrap_err()
+        });
+        assert!(err.to_string().contains("wal/00000002.history"), "{err}");
+    }
+
+    #[test]
+    fn last_segment_is_the_one_holding_the_byte_before() {
+        assert_eq!(last_segment(start(3), seg()), SegNo(2));
+        assert_eq!(last_segment(Lsn(start(3).0 + 1), seg()), SegNo(3));
+        assert_eq!(last_segment(Lsn(0), seg()), SegNo(0));
+    }
+
+    /// A stored summary reads into the index's facts; a corrupt field or time is an error
+    /// naming the object, never a default.
+    #[test]
+    fn summary_facts_are_typed() {
+        let key = "wal/00000001/000000010000000000000002.summary.json";
+        let json = r#"{"file":"k","first_lsn":"0/2000028","first_prev":"0/1FFFF60","last_lsn":"0/2FFFF00","last_end":"0/3000010","xacts":[{"lsn":"0/2000100","time":"2026-01-01T00:00:00.5Z","xid":740,"kind":"COMMIT"},{"lsn":"0/2000200","time":"2026-01-01T00:00:01Z","xid":741,"kind":"ABORT_PREPARED"}],"restore_points":[{"lsn":"0/2000300","name":"p","time":"2026-01-01T00:00:02Z"}],"checkpoints":[{"lsn":"0/2000400","redo":"0/2000028","timeline":1,"prev_timeline":1,"kind":"online","time_unix":7}]}"#;
+        let f = facts_from_summary(json.as_bytes(), key).unwrap();
+        assert_eq!(f.first_lsn, Some(Lsn(0x0200_0028)));
+        assert_eq!(f.first_prev, Some(Lsn(0x01FF_FF60)));
+        assert_eq!(f.last_end, Some(Lsn(0x0300_0010)));
+        assert_eq!(f.xacts.len(), 2);
+        assert!(f.xacts[0].commit && !f.xacts[1].commit);
+        assert_eq!(
+            f.xacts[0].time,
+            parse_micros("2026-01-01T00:00:00.5Z").unwrap()
+        );
+        assert_eq!(f.restore_points[0].name, "p");
+        assert_eq!(f.checkpoints[0].redo, Lsn(0x0200_0028));
+        for (from, to) in [
+            ("\"0/2000100\"", "\"zz\""),
+            ("\"2026-01-01T00:00:01Z\"", "\"yesterday\""),
+            ("\"ABORT_PREPARED\"", "\"MAYBE\""),
+        ] {
+            let bad = json.replace(from, to);
+            let e = facts_from_summary(bad.as_bytes(), key).unwrap_err();
+            assert!(e.starts_with(key), "{e}");
+        }
+    }
+}

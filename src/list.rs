@@ -4,7 +4,7 @@
 //! read only for the newest (partial) segment of a timeline, which has no summary yet.
 
 use serde::Serialize;
-use walfmt::{Lsn, SegNo};
+use walfmt::{Lsn, SegNo, TimeLineId};
 
 use crate::repo::catalog::{self, BackupRecord, PointRecord, WalIndex};
 use crate::repo::{Repo, RepoError};
@@ -13,21 +13,21 @@ use crate::repo::{Repo, RepoError};
 #[derive(Debug, Clone, Serialize)]
 pub struct TimelineWindow {
     /// Timeline.
-    pub timeline: u32,
+    pub timeline: TimeLineId,
     /// Its parent and where it branched, if any.
-    pub parent: Option<(u32, String)>,
+    pub parent: Option<(TimeLineId, Lsn)>,
     /// Earliest restorable point (the end of the oldest backup reaching it).
     pub earliest: Option<String>,
     /// Its LSN.
-    pub earliest_lsn: Option<String>,
+    pub earliest_lsn: Option<Lsn>,
     /// The last archived commit (time).
     pub last_commit_time: Option<String>,
     /// Its LSN.
-    pub last_commit_lsn: Option<String>,
+    pub last_commit_lsn: Option<Lsn>,
     /// End of the archived WAL.
-    pub archived_to: Option<String>,
+    pub archived_to: Option<Lsn>,
     /// Gaps: `[from, to)`.
-    pub gaps: Vec<(String, String)>,
+    pub gaps: Vec<(Lsn, Lsn)>,
 }
 
 /// A backup in the listing.
@@ -116,7 +116,7 @@ pub async fn list(repo: &Repo) -> Result<Listing, RepoError> {
             .histories
             .get(&tli)
             .and_then(|h| h.ancestors.last())
-            .map(|a| (a.tli.0, a.end.to_string()));
+            .map(|a| (a.tli, a.end));
         let reaching: Vec<&BackupRecord> = backups
             .iter()
             .filter(|b| catalog::on_path(&path, b.end_tli, b.end()))
@@ -151,18 +151,14 @@ pub async fn list(repo: &Repo) -> Result<Listing, RepoError> {
             }
         }
         timelines.push(TimelineWindow {
-            timeline: tli.0,
+            timeline: tli,
             parent,
             earliest: oldest.and_then(|b| from.get(&b.id)).map(|t| show(*t)),
-            earliest_lsn: oldest.map(|b| b.end_lsn.to_string()),
+            earliest_lsn: oldest.map(|b| b.end_lsn),
             last_commit_time: last.map(|x| show(x.time)),
-            last_commit_lsn: last.map(|x| x.lsn.to_string()),
-            archived_to: cov.end.map(|l| l.to_string()),
-            gaps: idx
-                .gaps(tli)
-                .into_iter()
-                .map(|(a, b)| (a.to_string(), b.to_string()))
-                .collect(),
+            last_commit_lsn: last.map(|x| x.lsn),
+            archived_to: cov.end,
+            gaps: idx.gaps(tli),
         });
     }
     Ok(Listing {
@@ -231,6 +227,7 @@ pub fn print(w: &mut impl std::io::Write, l: &Listing) -> std::io::Result<()> {
     }
     writeln!(w)?;
     writeln!(w, "recoverable window per timeline:")?;
+    let known = |l: Option<Lsn>| l.map_or_else(|| "?".to_string(), |l| l.to_string());
     for t in &l.timelines {
         let parent = t
             .parent
@@ -242,27 +239,27 @@ pub fn print(w: &mut impl std::io::Write, l: &Listing) -> std::io::Result<()> {
                 w,
                 "  timeline {}{parent}: {e} .. {c} (last commit at {}; WAL archived to {})",
                 t.timeline,
-                t.last_commit_lsn.as_deref().unwrap_or("?"),
-                t.archived_to.as_deref().unwrap_or("?")
+                known(t.last_commit_lsn),
+                known(t.archived_to)
             )?,
             (Some(e), None) => writeln!(
                 w,
                 "  timeline {}{parent}: from {e}; no commit archived yet (WAL archived to {})",
                 t.timeline,
-                t.archived_to.as_deref().unwrap_or("?")
+                known(t.archived_to)
             )?,
             (None, _) => writeln!(
                 w,
                 "  timeline {}{parent}: not restorable (no backup reaches it); WAL archived to {}",
                 t.timeline,
-                t.archived_to.as_deref().unwrap_or("?")
+                known(t.archived_to)
             )?,
         }
         for (a, b) in &t.gaps {
             let why = l
                 .recorded_gaps
                 .iter()
-                .find(|g| g.timeline == t.timeline && &g.to == b)
+                .find(|g| g.timeline == t.timeline.0 && g.to_lsn().is_ok_and(|to| to == *b))
                 .map(|g| format!(" (recorded {}: {})", g.detected_at, g.reason))
                 .unwrap_or_default();
             writeln!(w, "    GAP: WAL missing from {a} to {b}{why}")?;

@@ -177,31 +177,18 @@ pub enum Stop {
     EndOfWal,
     /// Stop before the first record at or after this LSN.
     #[serde(rename = "before_lsn")]
-    Before(#[serde(serialize_with = "ser_lsn")] Lsn),
+    Before(Lsn),
     /// Stop after the record at this LSN.
     #[serde(rename = "after_lsn")]
-    After(#[serde(serialize_with = "ser_lsn")] Lsn),
-}
-
-pub(crate) fn ser_lsn<S: serde::Serializer>(l: &Lsn, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&l.to_string())
-}
-
-fn ser_opt_lsn<S: serde::Serializer>(l: &Option<Lsn>, s: S) -> Result<S::Ok, S::Error> {
-    match l {
-        Some(l) => s.serialize_str(&l.to_string()),
-        None => s.serialize_none(),
-    }
+    After(Lsn),
 }
 
 /// A record span, for reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Span {
     /// Start.
-    #[serde(serialize_with = "ser_lsn")]
     pub start: Lsn,
     /// End (exclusive).
-    #[serde(serialize_with = "ser_lsn")]
     pub end: Lsn,
 }
 
@@ -215,10 +202,7 @@ pub struct WalFile {
     /// A partial segment (zero-padded).
     pub partial: bool,
     /// For a partial: the end of the WAL it holds (what the plan predicts from).
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        serialize_with = "ser_opt_lsn"
-    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub partial_end: Option<Lsn>,
 }
 
@@ -240,7 +224,6 @@ pub struct HistoryFile {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct XactInfo {
     /// Record start.
-    #[serde(serialize_with = "ser_lsn")]
     pub lsn: Lsn,
     /// Time (Unix microseconds).
     #[serde(skip)]
@@ -284,7 +267,6 @@ pub struct Plan {
     /// stop before an LSN, the last included one for a stop after it).
     pub stop_record: Option<Span>,
     /// WAL placed ends here (exclusive): at least the backup's end and the stop record's.
-    #[serde(serialize_with = "ser_lsn")]
     pub wal_end: Lsn,
     /// The last commit or abort recovery replays (the last one included).
     pub last_included: Option<XactInfo>,

@@ -17,6 +17,8 @@
 //!
 //! - Every object is written once, with create-if-absent; the catalog entry is the commit
 //!   point of a backup.
+//! - The stored JSON is typed once, in [`super::objects`] (re-exported here); a catalog
+//!   entry that does not read or validate is a [`BadEntry`] naming its key, never a default.
 //! - The index never reads WAL bodies except, when a segment has no summary (the newest,
 //!   partial one, or one whose summary was never written), that one segment.
 

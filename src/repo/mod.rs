@@ -4,10 +4,10 @@
 //!
 //! | key | content |
 //! |---|---|
-//! | `pitr.json` | identity: format version, system identifier, segment size. Written once; a repo never mixes clusters |
+//! | `pitr.json` | identity ([`Identity`]): format version, system identifier, segment size. Written once; a repo never mixes clusters |
 //! | `wal/TTTTTTTT/<segment>.lz4` | a complete WAL segment, lz4 frame with content size and checksum |
 //! | `wal/TTTTTTTT/<segment>.partial.<END>.lz4` | the segment's first bytes up to LSN `END` (16 hex digits), while it is being filled |
-//! | `wal/TTTTTTTT/<segment>.summary.json` | walfmt's summary of a complete segment (commits with LSN and time, restore points...) |
+//! | `wal/TTTTTTTT/<segment>.summary.json` | walfmt's summary of a complete segment (commits with LSN and time, restore points...), an [`objects::SummaryRecord`] |
 //! | `wal/TTTTTTTT.history` | a timeline history file, as the server sent it |
 //! | `gaps/TTTTTTTT-<FROM>-<TO>.json` | a WAL gap the repo will never fill ([`gaps`]) |
 //!

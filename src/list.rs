@@ -122,16 +122,16 @@ pub async fn list(repo: &Repo) -> Result<Listing, RepoError> {
             .filter(|b| catalog::on_path(&path, b.end_tli, b.end()))
             .collect();
         let oldest = reaching.first();
-        let start = oldest.map_or_else(
-            || {
-                idx.files
-                    .get(&tli)
-                    .and_then(|m| m.keys().next())
-                    .and_then(|s| s.start_lsn(seg))
-                    .unwrap_or(Lsn(0))
-            },
-            |b| b.start(),
-        );
+        // From the oldest backup reaching it, else from its first archived segment (every
+        // listed timeline has one).
+        let first_archived = idx
+            .files
+            .get(&tli)
+            .and_then(|m| m.keys().next())
+            .and_then(|s| s.start_lsn(seg));
+        let Some(start) = oldest.map(|b| b.start()).or(first_archived) else {
+            continue;
+        };
         let cov = idx.coverage(&path, start);
         let mut last = None;
         if let Some(end) = cov.end {

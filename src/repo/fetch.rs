@@ -84,3 +84,71 @@ pub async fn get_checked(repo: &Repo, c: &ChunkRecord) -> Result<Vec<u8>, FetchE
         .map_err(FetchError::Task)?
         .map_err(FetchError::Decompress)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::repo::memory::MemoryStore;
+
+    fn run<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    fn record(key: &str, stored: &[u8]) -> ChunkRecord {
+        ChunkRecord {
+            key: key.into(),
+            bytes: 0,
+            stored: stored.len() as u64,
+            crc32c: crc32c::crc32c(stored),
+        }
+    }
+
+    #[test]
+    fn only_the_recorded_bytes_come_back() {
+        run(async {
+            let repo = Repo::with_store(Arc::new(MemoryStore::new()));
+            let body = super::super::compress(b"tar bytes");
+            repo.put("backups/b/base.000000.lz4", body.clone())
+                .await
+                .unwrap();
+            let good = record("backups/b/base.000000.lz4", &body);
+            assert_eq!(get_checked(&repo, &good).await.unwrap(), b"tar bytes");
+            assert_eq!(get_raw(&repo, &good).await.unwrap(), body);
+            // Another CRC in the catalog: a mismatch naming the object.
+            let mut other = good.clone();
+            other.crc32c ^= 1;
+            let e = get_checked(&repo, &other).await.unwrap_err();
+            assert!(matches!(e, FetchError::Checksum { .. }), "{e}");
+            assert!(
+                e.to_string()
+                    .starts_with("backups/b/base.000000.lz4: checksum mismatch")
+            );
+            // Not in the repo.
+            let e = get_raw(&repo, &record("backups/b/base.000001.lz4", b""))
+                .await
+                .unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                "backups/b/base.000001.lz4: missing from the repo (the backup is damaged)"
+            );
+            // Intact as stored, but a truncated lz4 frame.
+            let cut = body.slice(..body.len() - 4);
+            repo.put("backups/b/x.lz4", cut.clone()).await.unwrap();
+            let e = get_checked(&repo, &record("backups/b/x.lz4", &cut))
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(e, FetchError::Decompress(ref m) if m.starts_with("backups/b/x.lz4")),
+                "{e}"
+            );
+        });
+    }
+}

@@ -468,6 +468,50 @@ mod tests {
         assert!(serde_json::from_value::<XactRecord>(x).is_err());
     }
 
+    /// The stored summary's fields, in format 1's order (readers of older pitr versions and
+    /// `pitr wal inspect --json` users see the same object).
+    #[test]
+    fn summary_fields_keep_their_order() {
+        let v = serde_json::to_string(&SummaryRecord::default()).unwrap();
+        let keys: Vec<&str> = v
+            .split('"')
+            .skip(1)
+            .step_by(2)
+            .filter(|k| !k.is_empty())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "file",
+                "segment",
+                "timeline",
+                "segno",
+                "start_lsn",
+                "pg_version",
+                "system_id",
+                "wal_segment_size",
+                "compressed",
+                "first_lsn",
+                "first_prev",
+                "last_lsn",
+                "last_end",
+                "records",
+                "commits",
+                "aborts",
+                "min_commit_time",
+                "max_commit_time",
+                "xacts",
+                "restore_points",
+                "checkpoints",
+                "timeline_switches",
+                "switch_lsn",
+                "end_of_wal",
+                "malformed_records",
+                "error"
+            ]
+        );
+    }
+
     /// A summary written before `first_prev` existed still reads (absent: `None`); every
     /// field reads back as written.
     #[test]

@@ -467,7 +467,7 @@ async fn take(
         "base backup data uploaded"
     );
     let rec = BackupRecord {
-        format: 1,
+        format: catalog::BACKUP_FORMAT,
         id,
         label: opts.label.clone(),
         start_lsn,

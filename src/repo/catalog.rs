@@ -29,7 +29,7 @@ use walfmt::history::TimelineHistory;
 use walfmt::{DecoderConfig, Lsn, SegNo, TimeLineId, WalSegSize};
 
 use super::objects::SummaryRecord;
-pub use super::objects::{ArchiveRecord, BackupRecord, ChunkRecord, PointRecord};
+pub use super::objects::{ArchiveRecord, BACKUP_FORMAT, BackupRecord, ChunkRecord, PointRecord};
 use super::{Repo, RepoError, WalObject, parse_wal_key};
 
 /// Uncompressed tar bytes per backup chunk.

@@ -27,6 +27,9 @@
 use serde::{Deserialize, Serialize};
 use walfmt::{EndOfWal, Lsn, SegNo, SegmentSummary, TimeLineId, WalSegSize, XactKind};
 
+/// The catalog-entry format this code writes and reads ([`BackupRecord::format`]).
+pub const BACKUP_FORMAT: u32 = 1;
+
 /// `pitr.json`: the repo marker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {
@@ -136,8 +139,15 @@ impl BackupRecord {
         super::catalog::parse_micros(&self.end_time).unwrap_or(i64::MAX)
     }
 
-    /// Checks what the types cannot: an error names the field.
+    /// Checks what the types cannot: an error names the field. An entry of another format
+    /// is unusable here (it is never read as if it were this one).
     pub fn validate(&self) -> Result<(), String> {
+        if self.format != BACKUP_FORMAT {
+            return Err(format!(
+                "catalog entry format {} is not supported by this pitr (format {BACKUP_FORMAT})",
+                self.format
+            ));
+        }
         if self.start_lsn > self.end_lsn {
             return Err(format!(
                 "start_lsn {} is after end_lsn {}",
@@ -447,6 +457,9 @@ mod tests {
         assert_eq!(r.end_tli, TimeLineId(2));
         assert_eq!(r.validate(), Ok(()));
         assert_eq!(serde_json::to_string(&r).unwrap(), text);
+        let mut future = r.clone();
+        future.format = 2;
+        assert!(future.validate().unwrap_err().contains("not supported"));
     }
 
     /// A corrupt LSN or timeline is an error, never a default.

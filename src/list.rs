@@ -6,7 +6,7 @@
 pub mod cmd;
 
 use serde::Serialize;
-use walfmt::{Lsn, SegNo};
+use walfmt::{Lsn, SegNo, TimeLineId};
 
 use crate::repo::catalog::{self, BackupRecord, PointRecord, WalIndex};
 use crate::repo::{Repo, RepoError};
@@ -15,21 +15,21 @@ use crate::repo::{Repo, RepoError};
 #[derive(Debug, Clone, Serialize)]
 pub struct TimelineWindow {
     /// Timeline.
-    pub timeline: u32,
+    pub timeline: TimeLineId,
     /// Its parent and where it branched, if any.
-    pub parent: Option<(u32, String)>,
+    pub parent: Option<(TimeLineId, Lsn)>,
     /// Earliest restorable point (the end of the oldest backup reaching it).
     pub earliest: Option<String>,
     /// Its LSN.
-    pub earliest_lsn: Option<String>,
+    pub earliest_lsn: Option<Lsn>,
     /// The last archived commit (time).
     pub last_commit_time: Option<String>,
     /// Its LSN.
-    pub last_commit_lsn: Option<String>,
+    pub last_commit_lsn: Option<Lsn>,
     /// End of the archived WAL.
-    pub archived_to: Option<String>,
+    pub archived_to: Option<Lsn>,
     /// Gaps: `[from, to)`.
-    pub gaps: Vec<(String, String)>,
+    pub gaps: Vec<(Lsn, Lsn)>,
 }
 
 /// A backup in the listing.
@@ -87,7 +87,7 @@ pub async fn list(repo: &Repo) -> Result<Listing, RepoError> {
     let input = crate::restore::RepoInput { repo, idx: &idx };
     let mut from = std::collections::HashMap::new();
     for b in &backups {
-        let path = idx.path(walfmt::TimeLineId(b.end_tli));
+        let path = idx.path(b.end_tli);
         let (t, _) = crate::restore::plan::restorable_from(&input, &path, b, seg)
             .await
             .map_err(|e| match e {
@@ -118,22 +118,22 @@ pub async fn list(repo: &Repo) -> Result<Listing, RepoError> {
             .histories
             .get(&tli)
             .and_then(|h| h.ancestors.last())
-            .map(|a| (a.tli.0, a.end.to_string()));
+            .map(|a| (a.tli, a.end));
         let reaching: Vec<&BackupRecord> = backups
             .iter()
             .filter(|b| catalog::on_path(&path, b.end_tli, b.end()))
             .collect();
         let oldest = reaching.first();
-        let start = oldest.map_or_else(
-            || {
-                idx.files
-                    .get(&tli)
-                    .and_then(|m| m.keys().next())
-                    .and_then(|s| s.start_lsn(seg))
-                    .unwrap_or(Lsn(0))
-            },
-            |b| b.start(),
-        );
+        // From the oldest backup reaching it, else from its first archived segment (every
+        // listed timeline has one).
+        let first_archived = idx
+            .files
+            .get(&tli)
+            .and_then(|m| m.keys().next())
+            .and_then(|s| s.start_lsn(seg));
+        let Some(start) = oldest.map(|b| b.start()).or(first_archived) else {
+            continue;
+        };
         let cov = idx.coverage(&path, start);
         let mut last = None;
         if let Some(end) = cov.end {
@@ -153,18 +153,14 @@ pub async fn list(repo: &Repo) -> Result<Listing, RepoError> {
             }
         }
         timelines.push(TimelineWindow {
-            timeline: tli.0,
+            timeline: tli,
             parent,
             earliest: oldest.and_then(|b| from.get(&b.id)).map(|t| show(*t)),
-            earliest_lsn: oldest.map(|b| b.end_lsn.clone()),
+            earliest_lsn: oldest.map(|b| b.end_lsn),
             last_commit_time: last.map(|x| show(x.time)),
-            last_commit_lsn: last.map(|x| x.lsn.to_string()),
-            archived_to: cov.end.map(|l| l.to_string()),
-            gaps: idx
-                .gaps(tli)
-                .into_iter()
-                .map(|(a, b)| (a.to_string(), b.to_string()))
-                .collect(),
+            last_commit_lsn: last.map(|x| x.lsn),
+            archived_to: cov.end,
+            gaps: idx.gaps(tli),
         });
     }
     Ok(Listing {
@@ -233,6 +229,7 @@ pub fn print(w: &mut impl std::io::Write, l: &Listing) -> std::io::Result<()> {
     }
     writeln!(w)?;
     writeln!(w, "recoverable window per timeline:")?;
+    let known = |l: Option<Lsn>| l.map_or_else(|| "?".to_string(), |l| l.to_string());
     for t in &l.timelines {
         let parent = t
             .parent
@@ -244,27 +241,27 @@ pub fn print(w: &mut impl std::io::Write, l: &Listing) -> std::io::Result<()> {
                 w,
                 "  timeline {}{parent}: {e} .. {c} (last commit at {}; WAL archived to {})",
                 t.timeline,
-                t.last_commit_lsn.as_deref().unwrap_or("?"),
-                t.archived_to.as_deref().unwrap_or("?")
+                known(t.last_commit_lsn),
+                known(t.archived_to)
             )?,
             (Some(e), None) => writeln!(
                 w,
                 "  timeline {}{parent}: from {e}; no commit archived yet (WAL archived to {})",
                 t.timeline,
-                t.archived_to.as_deref().unwrap_or("?")
+                known(t.archived_to)
             )?,
             (None, _) => writeln!(
                 w,
                 "  timeline {}{parent}: not restorable (no backup reaches it); WAL archived to {}",
                 t.timeline,
-                t.archived_to.as_deref().unwrap_or("?")
+                known(t.archived_to)
             )?,
         }
         for (a, b) in &t.gaps {
             let why = l
                 .recorded_gaps
                 .iter()
-                .find(|g| g.timeline == t.timeline && &g.to == b)
+                .find(|g| g.timeline == t.timeline.0 && g.to_lsn().is_ok_and(|to| to == *b))
                 .map(|g| format!(" (recorded {}: {})", g.detected_at, g.reason))
                 .unwrap_or_default();
             writeln!(w, "    GAP: WAL missing from {a} to {b}{why}")?;

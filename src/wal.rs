@@ -12,12 +12,10 @@ use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
 use walfmt::page::{PageHeader, SIZE_OF_LONG_PHD, UnsupportedMagic, major_for_magic};
-use walfmt::{
-    DecoderConfig, EndOfWal, Lsn, SegNo, SegmentSummary, Summarizer, TimeLineId, WalFileName,
-    WalSegSize,
-};
+use walfmt::{DecoderConfig, SegNo, Summarizer, TimeLineId, WalFileName, WalSegSize};
+
+use crate::repo::objects::{EndRecord, SummaryRecord};
 
 use crate::repo::codec::is_lz4_frame;
 
@@ -36,134 +34,12 @@ pub enum InspectError {
     },
 }
 
-/// One file's summary, as printed (`--json` prints a list of these).
-#[derive(Debug, Serialize)]
-pub struct FileSummary {
-    /// The path given.
-    pub file: String,
-    /// Canonical segment name (from the page header).
-    pub segment: Option<String>,
-    /// Timeline of the first page.
-    pub timeline: Option<u32>,
-    /// Segment number.
-    pub segno: Option<u64>,
-    /// LSN of the segment's first byte.
-    pub start_lsn: Option<String>,
-    /// PostgreSQL major version (from the page magic).
-    pub pg_version: Option<u32>,
-    /// System identifier (a string: it does not fit a JSON double).
-    pub system_id: Option<String>,
-    /// `wal_segment_size` in bytes.
-    pub wal_segment_size: Option<u32>,
-    /// lz4-compressed input?
-    pub compressed: bool,
-    /// First record starting in this segment.
-    pub first_lsn: Option<String>,
-    /// Its `xl_prev` (the start of the record before it): links this segment to the one
-    /// before, so a mix of two histories shows at the boundary.
-    pub first_prev: Option<String>,
-    /// Last record starting in this segment.
-    pub last_lsn: Option<String>,
-    /// End of that record.
-    pub last_end: Option<String>,
-    /// Records starting in this segment.
-    pub records: u64,
-    /// Commits (plain and prepared).
-    pub commits: u64,
-    /// Aborts (plain and prepared).
-    pub aborts: u64,
-    /// Earliest commit time (RFC 3339, UTC).
-    pub min_commit_time: Option<String>,
-    /// Latest commit time (RFC 3339, UTC).
-    pub max_commit_time: Option<String>,
-    /// Every commit and abort, in LSN order.
-    pub xacts: Vec<XactJson>,
-    /// Restore points.
-    pub restore_points: Vec<RestorePointJson>,
-    /// Checkpoints.
-    pub checkpoints: Vec<CheckpointJson>,
-    /// Timeline switches (end-of-recovery records).
-    pub timeline_switches: Vec<TimelineSwitchJson>,
-    /// LSN of an `XLOG_SWITCH` ending the segment.
-    pub switch_lsn: Option<String>,
-    /// Where valid WAL ended, if in this segment.
-    pub end_of_wal: Option<EndJson>,
-    /// Records with a valid checksum whose body could not be interpreted.
-    pub malformed_records: Vec<String>,
-    /// Why this file could not be decoded at all.
-    pub error: Option<String>,
-}
-
-/// A commit or abort.
-#[derive(Debug, Serialize)]
-pub struct XactJson {
-    /// Record start.
-    pub lsn: String,
-    /// `xact_time`, RFC 3339 UTC.
-    pub time: String,
-    /// Transaction id.
-    pub xid: u32,
-    /// `COMMIT`, `COMMIT_PREPARED`, `ABORT` or `ABORT_PREPARED`.
-    pub kind: &'static str,
-}
-
-/// A restore point.
-#[derive(Debug, Serialize)]
-pub struct RestorePointJson {
-    /// Record start.
-    pub lsn: String,
-    /// Name.
-    pub name: String,
-    /// Creation time, RFC 3339 UTC.
-    pub time: String,
-}
-
-/// A checkpoint.
-#[derive(Debug, Serialize)]
-pub struct CheckpointJson {
-    /// Record start.
-    pub lsn: String,
-    /// Redo pointer.
-    pub redo: String,
-    /// Timeline.
-    pub timeline: u32,
-    /// Previous timeline.
-    pub prev_timeline: u32,
-    /// `online` or `shutdown`.
-    pub kind: &'static str,
-    /// Checkpoint time (Unix seconds).
-    pub time_unix: i64,
-}
-
-/// A timeline switch.
-#[derive(Debug, Serialize)]
-pub struct TimelineSwitchJson {
-    /// Record start.
-    pub lsn: String,
-    /// New timeline.
-    pub timeline: u32,
-    /// Parent.
-    pub prev_timeline: u32,
-    /// When.
-    pub time: String,
-}
-
-/// Where WAL ended.
-#[derive(Debug, Serialize)]
-pub struct EndJson {
-    /// Position.
-    pub lsn: String,
-    /// Why, in words.
-    pub reason: String,
-    /// An ordinary tail (zeros, recycled page, record continued elsewhere) rather than invalid data.
-    pub clean: bool,
-}
-
 /// The result of `inspect`.
 #[derive(Debug)]
 pub struct InspectReport {
-    /// One per input file, in input order.
-    pub files: Vec<FileSummary>,
+    /// One per input file, in input order (`--json` prints this list): the repo's summary
+    /// record ([`SummaryRecord`]), with the path given as `file`.
+    pub files: Vec<SummaryRecord>,
 }
 
 impl InspectReport {
@@ -184,120 +60,6 @@ impl InspectReport {
                 .map(|m| format!("{}: {m}", f.file))
         })
     }
-}
-
-fn empty_summary(path: &Path) -> FileSummary {
-    FileSummary {
-        file: path.display().to_string(),
-        segment: None,
-        timeline: None,
-        segno: None,
-        start_lsn: None,
-        pg_version: None,
-        system_id: None,
-        wal_segment_size: None,
-        compressed: false,
-        first_lsn: None,
-        first_prev: None,
-        last_lsn: None,
-        last_end: None,
-        records: 0,
-        commits: 0,
-        aborts: 0,
-        min_commit_time: None,
-        max_commit_time: None,
-        xacts: Vec::new(),
-        restore_points: Vec::new(),
-        checkpoints: Vec::new(),
-        timeline_switches: Vec::new(),
-        switch_lsn: None,
-        end_of_wal: None,
-        malformed_records: Vec::new(),
-        error: None,
-    }
-}
-
-/// Fills the fields that identify the segment.
-fn set_identity(
-    f: &mut FileSummary,
-    tli: TimeLineId,
-    segno: SegNo,
-    seg: WalSegSize,
-    system_id: u64,
-    pg_version: Option<u32>,
-) {
-    f.segment = Some(walfmt::names::segment_file_name(tli, segno, seg));
-    f.timeline = Some(tli.0);
-    f.segno = Some(segno.0);
-    f.start_lsn = segno.start_lsn(seg).map(|l| l.to_string());
-    f.system_id = Some(system_id.to_string());
-    f.wal_segment_size = Some(seg.get());
-    f.pg_version = pg_version;
-}
-
-fn end_json(e: &EndOfWal) -> EndJson {
-    EndJson {
-        lsn: e.lsn.to_string(),
-        reason: e.to_string(),
-        clean: e.is_clean(),
-    }
-}
-
-fn fill(f: &mut FileSummary, s: SegmentSummary) {
-    let l = |x: Option<Lsn>| x.map(|v| v.to_string());
-    f.first_lsn = l(s.first_lsn);
-    f.first_prev = l(s.first_prev);
-    f.last_lsn = l(s.last_lsn);
-    f.last_end = l(s.last_end);
-    f.records = s.records;
-    f.commits = s.commits;
-    f.aborts = s.aborts;
-    f.min_commit_time = s.min_commit_time.map(|t| t.to_string());
-    f.max_commit_time = s.max_commit_time.map(|t| t.to_string());
-    f.xacts = s
-        .xacts
-        .iter()
-        .map(|x| XactJson {
-            lsn: x.lsn.to_string(),
-            time: x.time.to_string(),
-            xid: x.xid,
-            kind: x.kind.name(),
-        })
-        .collect();
-    f.restore_points = s
-        .restore_points
-        .iter()
-        .map(|r| RestorePointJson {
-            lsn: r.lsn.to_string(),
-            name: r.name.clone(),
-            time: r.time.to_string(),
-        })
-        .collect();
-    f.checkpoints = s
-        .checkpoints
-        .iter()
-        .map(|c| CheckpointJson {
-            lsn: c.lsn.to_string(),
-            redo: c.redo.to_string(),
-            timeline: c.tli.0,
-            prev_timeline: c.prev_tli.0,
-            kind: if c.shutdown { "shutdown" } else { "online" },
-            time_unix: c.time_unix,
-        })
-        .collect();
-    f.timeline_switches = s
-        .timeline_switches
-        .iter()
-        .map(|t| TimelineSwitchJson {
-            lsn: t.lsn.to_string(),
-            timeline: t.tli.0,
-            prev_timeline: t.prev_tli.0,
-            time: t.time.to_string(),
-        })
-        .collect();
-    f.switch_lsn = l(s.switch_lsn);
-    f.end_of_wal = s.end_of_wal.as_ref().map(end_json);
-    f.malformed_records = s.malformed.iter().map(|m| m.to_string()).collect();
 }
 
 /// Opens a file, transparently decompressing lz4 frames. Returns the reader and whether it
@@ -412,7 +174,7 @@ struct Stream {
     files: Vec<(usize, SegNo)>,
 }
 
-fn close(stream: Option<Stream>, out: &mut [FileSummary]) {
+fn close(stream: Option<Stream>, out: &mut [SummaryRecord]) {
     let Some(st) = stream else { return };
     let summaries = match st.sum.finish() {
         Ok(s) => s,
@@ -425,14 +187,17 @@ fn close(stream: Option<Stream>, out: &mut [FileSummary]) {
     };
     for s in summaries {
         if let Some((i, _)) = st.files.iter().find(|(_, n)| *n == s.segno) {
-            fill(&mut out[*i], s);
+            out[*i].fill(s);
         }
     }
 }
 
 /// Summarises the given files.
 pub fn inspect(paths: &[PathBuf]) -> Result<InspectReport, InspectError> {
-    let mut out: Vec<FileSummary> = paths.iter().map(|p| empty_summary(p)).collect();
+    let mut out: Vec<SummaryRecord> = paths
+        .iter()
+        .map(|p| SummaryRecord::empty(p.display().to_string()))
+        .collect();
     let mut stream: Option<Stream> = None;
     let mut buf = vec![0u8; CHUNK];
     for (i, path) in paths.iter().enumerate() {
@@ -451,10 +216,10 @@ pub fn inspect(paths: &[PathBuf]) -> Result<InspectReport, InspectError> {
             }
         };
         let f = &mut out[i];
-        set_identity(f, id.tli, id.segno, id.seg, id.sysid, id.pg_major);
+        f.set_identity(id.tli, id.segno, id.seg, id.sysid, id.pg_major);
         if let Some(old) = id.recycled_from {
-            f.end_of_wal = Some(EndJson {
-                lsn: f.start_lsn.clone().unwrap_or_default(),
+            f.end_of_wal = f.start_lsn.map(|lsn| EndRecord {
+                lsn,
                 reason: format!(
                     "recycled segment: its pages still hold old WAL of segment {}",
                     walfmt::names::segment_file_name(id.tli, old, id.seg)
@@ -554,8 +319,8 @@ pub fn print_text(w: &mut impl Write, report: &InspectReport, xacts: bool) -> io
             w,
             "  segment:       {} (timeline {}, starts at {}){}",
             f.segment.as_deref().unwrap_or("?"),
-            f.timeline.unwrap_or(0),
-            f.start_lsn.as_deref().unwrap_or("?"),
+            f.timeline.map_or(0, |t| t.0),
+            f.start_lsn.map_or_else(|| "?".into(), |l| l.to_string()),
             if f.compressed { ", lz4" } else { "" }
         )?;
         writeln!(
@@ -584,7 +349,10 @@ pub fn print_text(w: &mut impl Write, report: &InspectReport, xacts: bool) -> io
             writeln!(
                 w,
                 "  checkpoint:    {} at {} (redo {}, timeline {})",
-                c.kind, c.lsn, c.redo, c.timeline
+                c.kind.name(),
+                c.lsn,
+                c.redo,
+                c.timeline
             )?;
         }
         for t in &f.timeline_switches {
@@ -613,26 +381,13 @@ pub fn print_text(w: &mut impl Write, report: &InspectReport, xacts: bool) -> io
                 writeln!(
                     w,
                     "    {:<16} {:<15} xid {:<10} {}",
-                    x.lsn, x.kind, x.xid, x.time
+                    x.lsn.to_string(),
+                    x.kind.name(),
+                    x.xid,
+                    x.time
                 )?;
             }
         }
     }
     Ok(())
-}
-
-/// A segment summary as stored in the repo (`wal/TTTTTTTT/<segment>.summary.json`): the same
-/// JSON as `pitr wal inspect --json` prints for one file, with the object key as `file`.
-pub fn summary_json(
-    key: &str,
-    tli: TimeLineId,
-    seg: WalSegSize,
-    pg_version: Option<u32>,
-    system_id: u64,
-    s: SegmentSummary,
-) -> FileSummary {
-    let mut f = empty_summary(Path::new(key));
-    set_identity(&mut f, tli, s.segno, seg, system_id, pg_version);
-    fill(&mut f, s);
-    f
 }

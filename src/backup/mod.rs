@@ -465,13 +465,13 @@ fn record(
         .sum::<u64>()
         + manifest.as_ref().map_or(0, |m| m.stored);
     BackupRecord {
-        format: 1,
+        format: catalog::BACKUP_FORMAT,
         id,
         label: opts.label.clone(),
-        start_lsn: start_lsn.to_string(),
-        start_tli: start_tli.0,
-        end_lsn: end_lsn.to_string(),
-        end_tli: end_tli.0,
+        start_lsn,
+        start_tli,
+        end_lsn,
+        end_tli,
         start_time: start_time.to_string(),
         end_time: now_micros().to_string(),
         pg_version: conn.server_version.clone(),
@@ -501,7 +501,7 @@ async fn server_restorable_from(
 ) -> Option<String> {
     let sysid: u64 = rec.system_id.parse().ok()?;
     let idx = WalIndex::load(repo, seg, sysid).await.ok()?;
-    let path = idx.path(TimeLineId(rec.end_tli));
+    let path = idx.path(rec.end_tli);
     let input = crate::restore::RepoInput { repo, idx: &idx };
     let (t, from_wal) = crate::restore::plan::restorable_from(&input, &path, rec, seg)
         .await
@@ -547,7 +547,7 @@ async fn wait_for_wal(
 ) -> Result<(), BackupError> {
     let began = Instant::now();
     let sysid: u64 = rec.system_id.parse().unwrap_or(0);
-    let tli = TimeLineId(rec.end_tli);
+    let tli = rec.end_tli;
     let mut logged = false;
     loop {
         let idx = WalIndex::load(&opts.repo, seg, sysid).await;
@@ -605,8 +605,8 @@ pub async fn mark(
     let tli = r.get(0, 1).and_then(|s| s.parse().ok()).unwrap_or(1);
     let rec = PointRecord {
         name: name.into(),
-        lsn: lsn.to_string(),
-        tli,
+        lsn,
+        tli: TimeLineId(tli),
         time: now_micros().to_string(),
     };
     let body = serde_json::to_vec_pretty(&rec).unwrap_or_default();

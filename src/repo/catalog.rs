@@ -17,15 +17,19 @@
 //!
 //! - Every object is written once, with create-if-absent; the catalog entry is the commit
 //!   point of a backup.
+//! - The stored JSON is typed once, in [`super::objects`] (re-exported here); a catalog
+//!   entry that does not read or validate is a [`BadEntry`] naming its key, never a default.
 //! - The index never reads WAL bodies except, when a segment has no summary (the newest,
 //!   partial one, or one whose summary was never written), that one segment.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use walfmt::history::TimelineHistory;
 use walfmt::{DecoderConfig, Lsn, SegNo, TimeLineId, WalSegSize};
 
+use super::objects::SummaryRecord;
+pub use super::objects::{ArchiveRecord, BACKUP_FORMAT, BackupRecord, ChunkRecord, PointRecord};
 use super::{Repo, RepoError, WalObject, parse_wal_key};
 
 /// Uncompressed tar bytes per backup chunk.
@@ -50,112 +54,6 @@ pub fn manifest_key(id: &str) -> String {
 /// Key of a named restore point.
 pub fn point_key(lsn: Lsn) -> String {
     format!("points/{:016X}.json", lsn.0)
-}
-
-/// One stored object of a backup.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChunkRecord {
-    /// Object key.
-    pub key: String,
-    /// Bytes it holds once decompressed (for `.srv` chunks: stored bytes).
-    pub bytes: u64,
-    /// Stored (compressed) size.
-    pub stored: u64,
-    /// CRC-32C of the stored bytes.
-    pub crc32c: u32,
-}
-
-/// One tar archive of a backup: the data directory, or a tablespace.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ArchiveRecord {
-    /// `base` or the tablespace OID.
-    pub name: String,
-    /// The tablespace's location on the source server (`None` for `base`).
-    pub location: Option<String>,
-    /// Uncompressed tar bytes.
-    pub bytes: u64,
-    /// Server-side compression of the stored stream (`lz4`), `None`: pitr's lz4 per chunk.
-    pub server_compression: Option<String>,
-    /// Chunks in order.
-    pub chunks: Vec<ChunkRecord>,
-}
-
-/// A backup's catalog entry (`backups/<id>/backup.json`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BackupRecord {
-    /// Catalog format.
-    pub format: u32,
-    /// Identifier (start time, `YYYYMMDDTHHMMSSZ`).
-    pub id: String,
-    /// `--label`.
-    pub label: String,
-    /// Redo pointer of the backup checkpoint (`START WAL LOCATION`).
-    pub start_lsn: String,
-    /// Start timeline.
-    pub start_tli: u32,
-    /// End LSN (end of the backup-end record): the backup is consistent from here.
-    pub end_lsn: String,
-    /// End timeline.
-    pub end_tli: u32,
-    /// When `BASE_BACKUP` was sent (RFC 3339, UTC).
-    pub start_time: String,
-    /// When it ended (RFC 3339, UTC): the earliest instant this backup can restore to.
-    pub end_time: String,
-    /// `server_version` of the source.
-    pub pg_version: String,
-    /// Its major version.
-    pub pg_major: u32,
-    /// System identifier (a string: 64 bits do not survive JSON numbers).
-    pub system_id: String,
-    /// `lz4` (pitr, per chunk) or `server-lz4`.
-    pub compression: String,
-    /// Archives: tablespaces first, `base` last (the server's order).
-    pub archives: Vec<ArchiveRecord>,
-    /// The backup manifest object.
-    pub manifest: Option<ChunkRecord>,
-    /// Uncompressed bytes in all archives.
-    pub bytes: u64,
-    /// Stored bytes.
-    pub stored_bytes: u64,
-    /// The pitr version that took it.
-    pub created_by: String,
-    /// The role the backup connected as (tried first by `restore --verify`).
-    #[serde(default)]
-    pub source_user: Option<String>,
-    /// The earliest instant this backup restores to, on the server's clock (the latest
-    /// commit or abort time in the WAL before its end; see `restore::plan::restorable_from`),
-    /// as computed when the backup completed. Informational: restore recomputes it from the
-    /// WAL. RFC 3339, UTC.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub restorable_from: Option<String>,
-}
-
-impl BackupRecord {
-    /// Start LSN.
-    pub fn start(&self) -> Lsn {
-        self.start_lsn.parse().unwrap_or(Lsn(0))
-    }
-    /// End LSN.
-    pub fn end(&self) -> Lsn {
-        self.end_lsn.parse().unwrap_or(Lsn(u64::MAX))
-    }
-    /// End time, Unix microseconds.
-    pub fn end_micros(&self) -> i64 {
-        parse_micros(&self.end_time).unwrap_or(i64::MAX)
-    }
-}
-
-/// A restore point made by `pitr mark`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PointRecord {
-    /// Its name.
-    pub name: String,
-    /// LSN returned by `pg_create_restore_point`.
-    pub lsn: String,
-    /// Timeline.
-    pub tli: u32,
-    /// When it was made (RFC 3339, UTC).
-    pub time: String,
 }
 
 /// Parses an RFC 3339 instant into Unix microseconds.
@@ -227,82 +125,44 @@ pub struct SegmentFacts {
     pub switch_lsn: Option<Lsn>,
 }
 
-#[derive(Deserialize)]
-struct SummaryXact {
-    lsn: String,
-    time: String,
-    xid: u32,
-    kind: String,
-}
-
-#[derive(Deserialize)]
-struct SummaryPoint {
-    lsn: String,
-    name: String,
-    time: String,
-}
-
-#[derive(Deserialize)]
-struct SummaryCheckpoint {
-    lsn: String,
-    redo: String,
-    time_unix: i64,
-}
-
-#[derive(Deserialize)]
-struct StoredSummary {
-    #[serde(default)]
-    xacts: Vec<SummaryXact>,
-    #[serde(default)]
-    restore_points: Vec<SummaryPoint>,
-    #[serde(default)]
-    checkpoints: Vec<SummaryCheckpoint>,
-    first_lsn: Option<String>,
-    first_prev: Option<String>,
-    last_lsn: Option<String>,
-    last_end: Option<String>,
-    switch_lsn: Option<String>,
-}
-
+/// The index's facts from a stored summary; an unreadable summary or a bad time is an error
+/// naming `key`.
 pub(crate) fn facts_from_summary(json: &[u8], key: &str) -> Result<SegmentFacts, String> {
-    let s: StoredSummary =
+    let s: SummaryRecord =
         serde_json::from_slice(json).map_err(|e| format!("{key}: unreadable summary: {e}"))?;
-    let bad = |what: &str| format!("{key}: bad {what} in summary");
-    let lsn = |v: &Option<String>, what: &str| -> Result<Option<Lsn>, String> {
-        v.as_deref()
-            .map(|l| l.parse::<Lsn>().map_err(|_| bad(what)))
-            .transpose()
-    };
+    let time = |t: &str| parse_micros(t).ok_or_else(|| format!("{key}: bad time in summary"));
     let mut f = SegmentFacts {
-        first_lsn: lsn(&s.first_lsn, "first_lsn")?,
-        first_prev: lsn(&s.first_prev, "first_prev")?,
-        last_lsn: lsn(&s.last_lsn, "last_lsn")?,
-        last_end: lsn(&s.last_end, "last_end")?,
-        switch_lsn: lsn(&s.switch_lsn, "switch_lsn")?,
+        first_lsn: s.first_lsn,
+        first_prev: s.first_prev,
+        last_lsn: s.last_lsn,
+        last_end: s.last_end,
+        switch_lsn: s.switch_lsn,
         ..Default::default()
     };
-    for x in s.xacts {
+    for x in &s.xacts {
         f.xacts.push(Xact {
-            lsn: x.lsn.parse().map_err(|_| bad("lsn"))?,
-            time: parse_micros(&x.time).ok_or_else(|| bad("time"))?,
+            lsn: x.lsn,
+            time: time(&x.time)?,
             xid: x.xid,
-            commit: x.kind.starts_with("COMMIT"),
+            commit: x.kind.is_commit(),
         });
     }
     for p in s.restore_points {
         f.restore_points.push(RestorePoint {
-            lsn: p.lsn.parse().map_err(|_| bad("lsn"))?,
+            time: time(&p.time)?,
+            lsn: p.lsn,
             name: p.name,
-            time: parse_micros(&p.time).ok_or_else(|| bad("time"))?,
         });
     }
-    for c in s.checkpoints {
-        f.checkpoints.push(CheckpointFact {
-            lsn: c.lsn.parse().map_err(|_| bad("checkpoint lsn"))?,
-            redo: c.redo.parse().map_err(|_| bad("checkpoint redo"))?,
+    f.checkpoints = s
+        .checkpoints
+        .iter()
+        .map(|c| CheckpointFact {
+            lsn: c.lsn,
+            redo: c.redo,
             time_unix: c.time_unix,
-        });
-    }
+        })
+        .collect();
     Ok(f)
 }
 
@@ -315,10 +175,7 @@ pub(crate) fn facts_from_segment(s: walfmt::SegmentSummary) -> SegmentFacts {
                 lsn: x.lsn,
                 time: x.time.unix_micros(),
                 xid: x.xid,
-                commit: matches!(
-                    x.kind,
-                    walfmt::XactKind::Commit | walfmt::XactKind::CommitPrepared
-                ),
+                commit: x.kind.is_commit(),
             })
             .collect(),
         restore_points: s
@@ -545,10 +402,13 @@ impl WalIndex {
                 let partial_mid = !complete;
                 if s.0 > p.0 + 1 || partial_mid {
                     let from = match (partial_mid, m.get(&p)) {
-                        (true, Some(SegFile::Partial { end, .. })) => *end,
-                        _ => SegNo(p.0 + 1).start_lsn(self.seg).unwrap_or(Lsn(0)),
+                        (true, Some(SegFile::Partial { end, .. })) => Some(*end),
+                        _ => SegNo(p.0 + 1).start_lsn(self.seg),
                     };
-                    out.push((from, s.start_lsn(self.seg).unwrap_or(Lsn(0))));
+                    // Segment numbers come from object names, so their starts exist.
+                    if let (Some(from), Some(to)) = (from, s.start_lsn(self.seg)) {
+                        out.push((from, to));
+                    }
                 }
             }
             prev = Some((*s, matches!(f, SegFile::Complete { .. })));
@@ -631,9 +491,9 @@ pub fn history_path(h: &TimelineHistory) -> Vec<PathStep> {
 }
 
 /// Whether `path` reaches `lsn` on timeline `tli` (a backup lies on a timeline's history).
-pub fn on_path(path: &[PathStep], tli: u32, lsn: Lsn) -> bool {
+pub fn on_path(path: &[PathStep], tli: TimeLineId, lsn: Lsn) -> bool {
     path.iter()
-        .any(|p| p.tli.0 == tli && p.from <= lsn && lsn < p.to)
+        .any(|p| p.tli == tli && p.from <= lsn && lsn < p.to)
 }
 
 /// The segment holding the last byte before `end` (the last segment of WAL ending there).
@@ -683,35 +543,6 @@ pub struct BackupScan {
     pub bad: Vec<BadEntry>,
     /// Backups without a catalog entry.
     pub incomplete: Vec<IncompleteBackup>,
-}
-
-impl BackupRecord {
-    /// Checks the fields other code relies on; an error names the field.
-    pub fn validate(&self) -> Result<(), String> {
-        let lsn = |v: &str, what: &str| {
-            v.parse::<Lsn>()
-                .map(|_| ())
-                .map_err(|_| format!("bad {what} {v:?}"))
-        };
-        lsn(&self.start_lsn, "start_lsn")?;
-        lsn(&self.end_lsn, "end_lsn")?;
-        if self.start() > self.end() {
-            return Err(format!(
-                "start_lsn {} is after end_lsn {}",
-                self.start_lsn, self.end_lsn
-            ));
-        }
-        if self.start_tli == 0 || self.end_tli == 0 {
-            return Err("timeline 0".into());
-        }
-        if parse_micros(&self.end_time).is_none() {
-            return Err(format!("bad end_time {:?}", self.end_time));
-        }
-        if self.archives.is_empty() || !self.archives.iter().any(|a| a.name == "base") {
-            return Err("no base archive".into());
-        }
-        Ok(())
-    }
 }
 
 /// The start time encoded in a backup id (`YYYYMMDDTHHMMSSZ[-N]`), Unix microseconds.
@@ -962,4 +793,224 @@ fn next_record_start(end: Lsn, seg: WalSegSize) -> Lsn {
         walfmt::page::SIZE_OF_SHORT_PHD
     };
     Lsn(p + header as u64)
+}
+
+/// Hermetic tests of the WAL index: keys in an in-memory store, no PostgreSQL.
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::repo::memory::MemoryStore;
+    use crate::repo::{partial_key, segment_key, summary_key};
+
+    const MB16: u32 = 16 << 20;
+
+    fn seg() -> WalSegSize {
+        WalSegSize::new(MB16).unwrap()
+    }
+
+    fn start(s: u64) -> Lsn {
+        SegNo(s).start_lsn(seg()).unwrap()
+    }
+
+    fn run<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    /// An index of a repo holding these objects (bodies are never read, except histories).
+    fn index(objects: &[(String, &str)]) -> WalIndex {
+        run(async {
+            let repo = Repo::with_store(Arc::new(MemoryStore::new()));
+            for (k, body) in objects {
+                repo.put(k, Bytes::from(body.to_string())).await.unwrap();
+            }
+            WalIndex::load(&repo, seg(), 1).await.unwrap()
+        })
+    }
+
+    fn complete(tli: u32, s: u64) -> (String, &'static str) {
+        (segment_key(TimeLineId(tli), SegNo(s), seg()), "")
+    }
+
+    fn partial(tli: u32, s: u64, end: Lsn) -> (String, &'static str) {
+        (partial_key(TimeLineId(tli), SegNo(s), end, seg()), "")
+    }
+
+    fn history(tli: u32, text: &'static str) -> (String, &'static str) {
+        (crate::repo::history_key(TimeLineId(tli)), text)
+    }
+
+    #[test]
+    fn index_keeps_complete_over_partial_and_the_newest_partial() {
+        let idx = index(&[
+            complete(1, 2),
+            partial(1, 2, Lsn(start(2).0 + 100)),
+            partial(1, 3, Lsn(start(3).0 + 100)),
+            partial(1, 3, Lsn(start(3).0 + 900)),
+            (summary_key(TimeLineId(1), SegNo(2), seg()), ""),
+            ("wal/00000001/not-a-wal-key".into(), ""),
+        ]);
+        let m = &idx.files[&TimeLineId(1)];
+        assert_eq!(m.len(), 2);
+        assert!(
+            matches!(&m[&SegNo(2)], SegFile::Complete { summary: Some(s), .. } if s.ends_with(".summary.json"))
+        );
+        assert!(
+            matches!(&m[&SegNo(3)], SegFile::Partial { end, .. } if *end == Lsn(start(3).0 + 900))
+        );
+        assert_eq!(idx.timelines(), [TimeLineId(1)]);
+        assert_eq!(idx.latest_timeline(), Some(TimeLineId(1)));
+    }
+
+    #[test]
+    fn coverage_runs_to_the_partial_and_stops_at_a_gap() {
+        let idx = index(&[
+            complete(1, 2),
+            complete(1, 3),
+            partial(1, 4, Lsn(start(4).0 + 0x500)),
+        ]);
+        let path = idx.path(TimeLineId(1));
+        let cov = idx.coverage(&path, Lsn(start(2).0 + 0x28));
+        assert_eq!(cov.end, Some(Lsn(start(4).0 + 0x500)));
+        assert_eq!(cov.gap, None);
+        // From a segment not archived: nothing.
+        assert_eq!(idx.coverage(&path, start(1)).end, None);
+        // A missing segment 4 with 5 archived: coverage ends at 4's start, a gap there.
+        let idx = index(&[complete(1, 2), complete(1, 3), complete(1, 5)]);
+        let cov = idx.coverage(&idx.path(TimeLineId(1)), start(2));
+        assert_eq!(cov.end, Some(start(4)));
+        assert_eq!(cov.gap, Some(start(4)));
+        assert_eq!(idx.gaps(TimeLineId(1)), [(start(4), start(5))]);
+    }
+
+    #[test]
+    fn a_partial_between_segments_is_a_gap_from_its_end() {
+        let end = Lsn(start(3).0 + 0x1000);
+        let idx = index(&[complete(1, 2), partial(1, 3, end), complete(1, 4)]);
+        assert_eq!(idx.gaps(TimeLineId(1)), [(end, start(4))]);
+        assert!(idx.gaps(TimeLineId(7)).is_empty());
+    }
+
+    /// Timeline 2 branched from 1 at 0/3000100: recovery reads 1's segments up to the
+    /// switch segment, then 2's (which starts with a copy of it).
+    #[test]
+    fn the_path_follows_the_history_across_a_switch() {
+        let idx = index(&[
+            complete(1, 2),
+            complete(1, 3),
+            complete(1, 4),
+            complete(2, 3),
+            partial(2, 4, Lsn(start(4).0 + 0x200)),
+            history(2, "1\t0/3000100\tno recovery target specified\n"),
+        ]);
+        let path = idx.path(TimeLineId(2));
+        assert_eq!(
+            path,
+            [
+                PathStep {
+                    tli: TimeLineId(1),
+                    from: Lsn(0),
+                    to: Lsn(0x0300_0100)
+                },
+                PathStep {
+                    tli: TimeLineId(2),
+                    from: Lsn(0x0300_0100),
+                    to: Lsn(u64::MAX)
+                }
+            ]
+        );
+        assert_eq!(idx.tli_for_segment(&path, SegNo(2)), TimeLineId(1));
+        assert_eq!(idx.tli_for_segment(&path, SegNo(3)), TimeLineId(2));
+        assert_eq!(idx.file(&path, SegNo(4)).unwrap().0, TimeLineId(2));
+        // Along 2, the WAL runs from 1's segment 2 into 2's partial, not 1's segment 4.
+        let cov = idx.coverage(&path, start(2));
+        assert_eq!(cov.end, Some(Lsn(start(4).0 + 0x200)));
+        assert_eq!(cov.gap, None);
+        // Along 1, to its own end.
+        assert_eq!(
+            idx.coverage(&idx.path(TimeLineId(1)), start(2)).end,
+            Some(start(5))
+        );
+        // A backup on 1 before the switch lies on 2's path; one after it does not.
+        assert!(on_path(&path, TimeLineId(1), Lsn(0x0300_0028)));
+        assert!(!on_path(&path, TimeLineId(1), Lsn(0x0300_0100)));
+        assert!(on_path(&path, TimeLineId(2), Lsn(0x0400_0000)));
+        assert!(history_problems(&idx).is_empty());
+        assert_eq!(idx.latest_timeline(), Some(TimeLineId(2)));
+    }
+
+    #[test]
+    fn history_problems_name_contradictions_and_early_wal() {
+        let idx = index(&[
+            complete(1, 2),
+            // Timeline 3's history says it came from 2 at 0/5000000, but 2's own history
+            // says 2 came from 1 at 0/3000000 while 3 says 0/4000000.
+            history(2, "1\t0/3000000\tx\n"),
+            history(3, "1\t0/4000000\tx\n2\t0/5000000\tx\n"),
+            // WAL of timeline 3 before it began.
+            complete(3, 4),
+        ]);
+        let p = history_problems(&idx);
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(p[0].contains("timeline histories disagree"), "{p:?}");
+        assert!(p[1].contains("timeline 3 has WAL in segment"), "{p:?}");
+    }
+
+    #[test]
+    fn an_unreadable_history_is_an_error_naming_it() {
+        let err = run(async {
+            let repo = Repo::with_store(Arc::new(MemoryStore::new()));
+            let (k, _) = history(2, "");
+            repo.put(&k, Bytes::from_static(b"garbage\n"))
+                .await
+                .unwrap();
+            WalIndex::load(&repo, seg(), 1).await.unwrap_err()
+        });
+        assert!(err.to_string().contains("wal/00000002.history"), "{err}");
+    }
+
+    #[test]
+    fn last_segment_is_the_one_holding_the_byte_before() {
+        assert_eq!(last_segment(start(3), seg()), SegNo(2));
+        assert_eq!(last_segment(Lsn(start(3).0 + 1), seg()), SegNo(3));
+        assert_eq!(last_segment(Lsn(0), seg()), SegNo(0));
+    }
+
+    /// A stored summary reads into the index's facts; a corrupt field or time is an error
+    /// naming the object, never a default.
+    #[test]
+    fn summary_facts_are_typed() {
+        let key = "wal/00000001/000000010000000000000002.summary.json";
+        let json = r#"{"file":"k","first_lsn":"0/2000028","first_prev":"0/1FFFF60","last_lsn":"0/2FFFF00","last_end":"0/3000010","xacts":[{"lsn":"0/2000100","time":"2026-01-01T00:00:00.5Z","xid":740,"kind":"COMMIT"},{"lsn":"0/2000200","time":"2026-01-01T00:00:01Z","xid":741,"kind":"ABORT_PREPARED"}],"restore_points":[{"lsn":"0/2000300","name":"p","time":"2026-01-01T00:00:02Z"}],"checkpoints":[{"lsn":"0/2000400","redo":"0/2000028","timeline":1,"prev_timeline":1,"kind":"online","time_unix":7}]}"#;
+        let f = facts_from_summary(json.as_bytes(), key).unwrap();
+        assert_eq!(f.first_lsn, Some(Lsn(0x0200_0028)));
+        assert_eq!(f.first_prev, Some(Lsn(0x01FF_FF60)));
+        assert_eq!(f.last_end, Some(Lsn(0x0300_0010)));
+        assert_eq!(f.xacts.len(), 2);
+        assert!(f.xacts[0].commit && !f.xacts[1].commit);
+        assert_eq!(
+            f.xacts[0].time,
+            parse_micros("2026-01-01T00:00:00.5Z").unwrap()
+        );
+        assert_eq!(f.restore_points[0].name, "p");
+        assert_eq!(f.checkpoints[0].redo, Lsn(0x0200_0028));
+        for (from, to) in [
+            ("\"0/2000100\"", "\"zz\""),
+            ("\"2026-01-01T00:00:01Z\"", "\"yesterday\""),
+            ("\"ABORT_PREPARED\"", "\"MAYBE\""),
+        ] {
+            let bad = json.replace(from, to);
+            let e = facts_from_summary(bad.as_bytes(), key).unwrap_err();
+            assert!(e.starts_with(key), "{e}");
+        }
+    }
 }

@@ -203,10 +203,10 @@ pub async fn gaps(repo: &Repo) -> Result<Vec<GapRecord>, RepoError> {
         let g: GapRecord = serde_json::from_slice(&b)
             .map_err(|e| corrupt(format!("{}: unreadable gap record: {e}", o.key)))?;
         g.validate(&o.key).map_err(corrupt)?;
-        out.push(g);
+        out.push((g.to_lsn()?, g));
     }
-    out.sort_by_key(|g| (g.to_lsn().unwrap_or(Lsn(0)), g.timeline));
-    Ok(out)
+    out.sort_by_key(|(to, g)| (*to, g.timeline));
+    Ok(out.into_iter().map(|(_, g)| g).collect())
 }
 
 /// The gap that leaves the archive without a restorable future, if any: the newest gap (by
@@ -230,10 +230,7 @@ pub fn open_gap_after<'a>(
     gaps: &'a [GapRecord],
     backups: &[super::catalog::BackupRecord],
 ) -> Option<&'a GapRecord> {
-    let starts: Vec<(Lsn, TimeLineId)> = backups
-        .iter()
-        .map(|b| (b.start(), TimeLineId(b.start_tli)))
-        .collect();
+    let starts: Vec<(Lsn, TimeLineId)> = backups.iter().map(|b| (b.start(), b.start_tli)).collect();
     open_gap(gaps, &starts)
 }
 

@@ -4,10 +4,10 @@
 //!
 //! | key | content |
 //! |---|---|
-//! | `pitr.json` | identity: format version, system identifier, segment size. Written once; a repo never mixes clusters |
+//! | `pitr.json` | identity ([`Identity`]): format version, system identifier, segment size. Written once; a repo never mixes clusters |
 //! | `wal/TTTTTTTT/<segment>.lz4` | a complete WAL segment, lz4 frame with content size and checksum |
 //! | `wal/TTTTTTTT/<segment>.partial.<END>.lz4` | the segment's first bytes up to LSN `END` (16 hex digits), while it is being filled |
-//! | `wal/TTTTTTTT/<segment>.summary.json` | walfmt's summary of a complete segment (commits with LSN and time, restore points...) |
+//! | `wal/TTTTTTTT/<segment>.summary.json` | walfmt's summary of a complete segment (commits with LSN and time, restore points...), an [`objects::SummaryRecord`] |
 //! | `wal/TTTTTTTT.history` | a timeline history file, as the server sent it |
 //! | `gaps/TTTTTTTT-<FROM>-<TO>.json` | a WAL gap the repo will never fill ([`gaps`]) |
 //!
@@ -17,9 +17,11 @@
 
 pub mod catalog;
 pub mod codec;
+pub mod fetch;
 pub mod gaps;
 pub mod local;
 pub mod memory;
+pub mod objects;
 pub mod prune;
 pub mod retrying;
 pub mod s3;
@@ -29,11 +31,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 use walfmt::names::segment_file_name;
 use walfmt::{Lsn, SegNo, TimeLineId, WalFileName, WalSegSize};
 
 pub use codec::{compress, decompress};
+pub use objects::Identity;
 use store::{ObjectStore, PutOutcome, StoreError, StoreErrorKind};
 
 /// The repo format this code writes and reads.
@@ -102,21 +104,6 @@ impl RepoError {
     pub fn task(what: &'static str) -> impl FnOnce(tokio::task::JoinError) -> RepoError {
         move |e| RepoError::Internal(store::TaskFailed::new(what, e))
     }
-}
-
-/// `pitr.json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Identity {
-    /// Repo format version.
-    pub format: u32,
-    /// The cluster's system identifier (a string: JSON numbers lose 64-bit precision).
-    pub system_id: String,
-    /// `wal_segment_size` in bytes.
-    pub wal_segment_size: u32,
-    /// The PostgreSQL major version when the repo was made.
-    pub pg_major: u32,
-    /// The pitr version that made it.
-    pub created_by: String,
 }
 
 /// An object of the WAL area, parsed from its key.

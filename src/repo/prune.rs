@@ -187,7 +187,7 @@ pub async fn prune(repo: &Repo, r: Retention, dry_run: bool) -> Result<PruneRepo
         }
     }
     for p in catalog::points(repo).await? {
-        let lsn: walfmt::Lsn = p.lsn.parse().unwrap_or(walfmt::Lsn(u64::MAX));
+        let lsn = p.lsn;
         if lsn < oldest_kept.start() {
             report.deleted_points += 1;
             if !dry_run {
@@ -274,5 +274,243 @@ mod tests {
 
     fn parse(t: &str) -> i64 {
         catalog::parse_micros(t).unwrap()
+    }
+
+    // Hermetic tests of the rules: plain values, or a repo in the in-memory store.
+
+    fn backups3() -> Vec<BackupRecord> {
+        by_end_time(vec![
+            rec("b1", 1, "0/2000028", "0/2000120", "2026-01-01T00:00:00Z"),
+            rec("b2", 1, "0/5000028", "0/5000120", "2026-01-02T00:00:00Z"),
+            rec("b3", 1, "0/8000028", "0/8000120", "2026-01-03T00:00:00Z"),
+        ])
+    }
+
+    fn keep(keep_full: Option<usize>, keep_within_h: Option<u64>) -> Retention {
+        Retention {
+            keep_full,
+            keep_within: keep_within_h.map(|h| Duration::from_secs(h * 3600)),
+        }
+    }
+
+    #[test]
+    fn without_rules_everything_is_kept_and_the_newest_always() {
+        let b = backups3();
+        let now = parse("2026-02-01T00:00:00Z");
+        assert_eq!(keep_set(&b, keep(None, None), now), [true, true, true]);
+        assert_eq!(keep_set(&b, keep(Some(0), None), now), [false, false, true]);
+        // A window after every backup still keeps the newest (the one before the window).
+        assert_eq!(keep_set(&b, keep(None, Some(1)), now), [false, false, true]);
+        assert!(keep_set(&[], keep(Some(1), None), now).is_empty());
+    }
+
+    #[test]
+    fn keep_full_and_keep_within_each_keep_what_they_need() {
+        let b = backups3();
+        let now = parse("2026-01-03T12:00:00Z");
+        assert_eq!(keep_set(&b, keep(Some(2), None), now), [false, true, true]);
+        assert_eq!(keep_set(&b, keep(Some(9), None), now), [true, true, true]);
+        // 24 h back is 2026-01-02T12:00: b3 ends inside; b2 is the newest before it, needed
+        // to restore to the window's start.
+        assert_eq!(keep_set(&b, keep(None, Some(24)), now), [false, true, true]);
+        // A window ending exactly at b2's end keeps b2 as inside, b1 as the one before.
+        assert_eq!(keep_set(&b, keep(None, Some(36)), now), [true, true, true]);
+        // Either rule keeps: the union.
+        assert_eq!(
+            keep_set(&b, keep(Some(1), Some(24)), now),
+            [false, true, true]
+        );
+    }
+
+    fn run<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    fn seg() -> walfmt::WalSegSize {
+        walfmt::WalSegSize::new(16 << 20).unwrap()
+    }
+
+    /// A repo with `backups` (each with one chunk), WAL segments 1..=9 of timeline 1 with
+    /// summaries, a partial of segment 10, a history file, and restore points at 0/3000000
+    /// and 0/9000000.
+    async fn repo_with(backups: &[BackupRecord]) -> Repo {
+        use bytes::Bytes;
+        use walfmt::{Lsn, TimeLineId};
+        let repo = Repo::with_store(std::sync::Arc::new(crate::repo::memory::MemoryStore::new()));
+        repo.claim(1, seg(), 17).await.unwrap();
+        let put = |k: String, v: Vec<u8>| {
+            let repo = repo.clone();
+            async move { repo.put(&k, Bytes::from(v)).await.unwrap() }
+        };
+        for b in backups {
+            put(catalog::backup_key(&b.id), serde_json::to_vec(b).unwrap()).await;
+            put(catalog::chunk_key(&b.id, "base", 0, false), b"x".to_vec()).await;
+        }
+        let t = TimeLineId(1);
+        for s in 1..=9 {
+            put(crate::repo::segment_key(t, SegNo(s), seg()), vec![]).await;
+            put(crate::repo::summary_key(t, SegNo(s), seg()), vec![]).await;
+        }
+        let end = Lsn(SegNo(10).start_lsn(seg()).unwrap().0 + 0x100);
+        put(crate::repo::partial_key(t, SegNo(10), end, seg()), vec![]).await;
+        put(
+            crate::repo::history_key(TimeLineId(2)),
+            b"1\t0/A000000\tx\n".to_vec(),
+        )
+        .await;
+        for (i, lsn) in [Lsn(0x0300_0000), Lsn(0x0900_0000)].into_iter().enumerate() {
+            let p = catalog::PointRecord {
+                name: format!("p{i}"),
+                lsn,
+                tli: t,
+                time: "2026-01-01T00:00:00Z".into(),
+            };
+            put(catalog::point_key(lsn), serde_json::to_vec(&p).unwrap()).await;
+        }
+        repo
+    }
+
+    async fn keys(repo: &Repo, prefix: &str) -> Vec<String> {
+        let mut k: Vec<String> = repo
+            .store()
+            .list(prefix)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        k.sort();
+        k
+    }
+
+    #[test]
+    fn prune_deletes_old_backups_then_wal_and_points_below_the_oldest_kept_start() {
+        run(async {
+            let repo = repo_with(&backups3()).await;
+            let before = keys(&repo, "").await;
+            // --dry-run reports and deletes nothing.
+            let dry = prune(&repo, keep(Some(2), None), true).await.unwrap();
+            assert_eq!(keys(&repo, "").await, before);
+            let r = prune(&repo, keep(Some(2), None), false).await.unwrap();
+            for r in [&dry, &r] {
+                assert_eq!(r.kept, ["b2", "b3"]);
+                assert_eq!(r.deleted_backups, ["b1"]);
+                // Segments 1-4 and their summaries; b2 starts in segment 5.
+                assert_eq!(r.deleted_wal_objects, 8);
+                assert_eq!(r.deleted_points, 1);
+                assert_eq!(r.wal_kept_from.as_deref(), Some("0/5000028 (segment 5)"));
+                assert_eq!(r.wal_kept_because, None);
+            }
+            assert!(dry.dry_run && !r.dry_run);
+            assert!(keys(&repo, "backups/b1/").await.is_empty());
+            assert_eq!(keys(&repo, "backups/b2/").await.len(), 2);
+            let wal = keys(&repo, "wal/").await;
+            assert!(wal.contains(&"wal/00000002.history".to_string()), "{wal:?}");
+            assert!(
+                wal.iter()
+                    .filter(|k| k.starts_with("wal/00000001/"))
+                    .all(|k| k.as_str() >= "wal/00000001/000000010000000000000005"),
+                "{wal:?}"
+            );
+            assert_eq!(wal.len(), 1 + 2 * 5 + 1, "{wal:?}");
+            assert_eq!(
+                keys(&repo, "points/").await,
+                [catalog::point_key(walfmt::Lsn(0x0900_0000))]
+            );
+        });
+    }
+
+    /// The WAL floor is the lowest start of any kept backup, not the newest one's: here the
+    /// newest (timeline 2, after a restore) starts below an older backup of timeline 1.
+    #[test]
+    fn the_wal_floor_is_the_lowest_kept_start_across_timelines() {
+        run(async {
+            let b = by_end_time(vec![
+                rec("b1", 1, "0/2000028", "0/2000120", "2026-01-01T00:00:00Z"),
+                rec("b2", 1, "0/8000028", "0/8000120", "2026-01-02T00:00:00Z"),
+                rec("b3", 2, "0/6000028", "0/6000120", "2026-01-03T00:00:00Z"),
+            ]);
+            let repo = repo_with(&b).await;
+            let r = prune(&repo, keep(Some(2), None), false).await.unwrap();
+            assert_eq!(r.kept, ["b2", "b3"]);
+            assert_eq!(r.wal_kept_from.as_deref(), Some("0/6000028 (segment 6)"));
+            assert_eq!(r.deleted_wal_objects, 10);
+        });
+    }
+
+    /// An unusable catalog entry is skipped and left alone, and while it is there no WAL or
+    /// restore point is deleted (its backup may need them); the report names it.
+    #[test]
+    fn an_unusable_entry_stops_wal_deletion() {
+        run(async {
+            let repo = repo_with(&backups3()).await;
+            let mut bad = serde_json::to_value(rec(
+                "b0",
+                1,
+                "0/1000028",
+                "0/1000120",
+                "2025-12-31T00:00:00Z",
+            ))
+            .unwrap();
+            bad["start_lsn"] = "garbage".into();
+            let key = catalog::backup_key("b0");
+            repo.put(&key, serde_json::to_vec(&bad).unwrap().into())
+                .await
+                .unwrap();
+            let r = prune(&repo, keep(Some(1), None), false).await.unwrap();
+            assert_eq!(r.kept, ["b3"]);
+            assert_eq!(r.deleted_backups, ["b1", "b2"]);
+            assert_eq!(r.deleted_wal_objects, 0);
+            assert_eq!(r.deleted_points, 0);
+            let why = r.wal_kept_because.unwrap();
+            assert!(
+                why.contains(&key) && why.contains("delete backups/b0/"),
+                "{why}"
+            );
+            assert_eq!(keys(&repo, "backups/b0/").await, [key]);
+            assert_eq!(keys(&repo, "wal/").await.len(), 2 * 9 + 2);
+        });
+    }
+
+    /// Incomplete backups (no catalog entry) are deleted once they started over a day ago;
+    /// a recent one may still be running and is left alone.
+    #[test]
+    fn only_old_incomplete_backups_are_deleted() {
+        run(async {
+            let repo = repo_with(&backups3()).await;
+            let recent = jiff::Timestamp::now()
+                .strftime("%Y%m%dT%H%M%SZ")
+                .to_string();
+            for id in ["20200101T000000Z", recent.as_str()] {
+                repo.put(
+                    &catalog::chunk_key(id, "base", 0, false),
+                    bytes::Bytes::from_static(b"x"),
+                )
+                .await
+                .unwrap();
+            }
+            let r = prune(&repo, keep(None, None), false).await.unwrap();
+            assert_eq!(r.kept, ["b1", "b2", "b3"]);
+            assert_eq!(r.deleted_incomplete, ["20200101T000000Z"]);
+            assert!(keys(&repo, "backups/20200101T000000Z/").await.is_empty());
+            assert_eq!(keys(&repo, &format!("backups/{recent}/")).await.len(), 1);
+            // Everything kept: the floor is the oldest backup's start.
+            assert_eq!(r.deleted_wal_objects, 2);
+        });
+    }
+
+    #[test]
+    fn an_empty_repo_prunes_nothing() {
+        run(async {
+            let repo = repo_with(&[]).await;
+            let r = prune(&repo, keep(Some(1), None), false).await.unwrap();
+            assert!(r.kept.is_empty() && r.deleted_backups.is_empty());
+            assert_eq!(r.deleted_wal_objects, 0);
+            assert_eq!(keys(&repo, "wal/").await.len(), 2 * 9 + 2);
+        });
     }
 }

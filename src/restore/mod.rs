@@ -26,7 +26,6 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use serde::Serialize;
 use walfmt::{DecoderConfig, EndReason, Lsn, Poll, SegNo, StartAt, WalDecoder, WalSegSize};
 
@@ -35,7 +34,7 @@ pub use plan::{
 };
 
 use crate::repo::catalog::{
-    self, ArchiveRecord, BadEntry, ChunkRecord, PathStep, SegFile, SegmentFacts, WalIndex,
+    self, ArchiveRecord, BadEntry, PathStep, SegFile, SegmentFacts, WalIndex,
 };
 use crate::repo::{Repo, RepoError};
 
@@ -62,6 +61,18 @@ pub enum RestoreError {
     /// Extraction refused an entry.
     #[error(transparent)]
     Extract(#[from] extract::ExtractError),
+    /// A backup object could not be fetched intact.
+    #[error(transparent)]
+    Fetch(crate::repo::fetch::FetchError),
+}
+
+impl From<crate::repo::fetch::FetchError> for RestoreError {
+    fn from(e: crate::repo::fetch::FetchError) -> Self {
+        match e {
+            crate::repo::fetch::FetchError::Repo(r) => RestoreError::Repo(r),
+            other => RestoreError::Fetch(other),
+        }
+    }
 }
 
 /// What to restore to.
@@ -522,7 +533,7 @@ async fn execute_inner(
     extract_archives(repo, p, &pb, &mut stats).await?;
     // The manifest, for pg_verifybackup.
     if let Some(m) = &p.backup.manifest {
-        let data = get_checked(repo, m).await?;
+        let data = crate::repo::fetch::get_checked(repo, m).await?;
         let path = p.dir.join("backup_manifest");
         write_file(&path, &data)?;
     }
@@ -784,42 +795,6 @@ fn write_file(path: &Path, data: &[u8]) -> Result<(), RestoreError> {
     Ok(())
 }
 
-/// Fetches one backup object and checks its CRC-32C; decompresses lz4 chunks.
-pub(crate) async fn get_checked(repo: &Repo, c: &ChunkRecord) -> Result<Vec<u8>, RestoreError> {
-    let raw = fetch_raw(repo, c).await?;
-    let key = c.key.clone();
-    tokio::task::spawn_blocking(move || crate::repo::decompress(&raw, &key))
-        .await
-        .map_err(RepoError::task("decompression"))?
-        .map_err(RestoreError::Corrupt)
-}
-
-async fn fetch_raw(repo: &Repo, c: &ChunkRecord) -> Result<Bytes, RestoreError> {
-    let raw = repo
-        .retrying("fetch backup object", Duration::from_secs(10))
-        .store()
-        .get(&c.key)
-        .await
-        .map_err(RepoError::from)?
-        .ok_or_else(|| {
-            RestoreError::Corrupt(format!(
-                "{}: missing from the repo (the backup is damaged)",
-                c.key
-            ))
-        })?;
-    if raw.len() as u64 != c.stored || crc32c::crc32c(&raw) != c.crc32c {
-        return Err(RestoreError::Corrupt(format!(
-            "{}: checksum mismatch ({} bytes, CRC-32C {:08x}; the catalog says {} bytes, {:08x}): the object is corrupt",
-            c.key,
-            raw.len(),
-            crc32c::crc32c(&raw),
-            c.stored,
-            c.crc32c
-        )));
-    }
-    Ok(raw)
-}
-
 /// Reads the chunks a channel delivers, as one byte stream.
 struct ChunkReader {
     rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
@@ -886,9 +861,9 @@ where
             let c = c.clone();
             pending.push_back(tokio::spawn(async move {
                 if server_lz4 {
-                    Ok(fetch_raw(&repo, &c).await?.to_vec())
+                    Ok(crate::repo::fetch::get_raw(&repo, &c).await?.to_vec())
                 } else {
-                    get_checked(&repo, &c).await
+                    Ok(crate::repo::fetch::get_checked(&repo, &c).await?)
                 }
             }));
         }

@@ -63,7 +63,7 @@ use walfmt::names::{history_file_name, segment_file_name};
 use walfmt::{Lsn, SegNo, TimeLineId, WalSegSize};
 
 use crate::repo::catalog::{
-    self, BackupRecord, Coverage, PathStep, SegFile, SegmentFacts, WalIndex, Xact,
+    self, BackupRecord, Coverage, PathStep, RestorePoint, SegFile, SegmentFacts, WalIndex, Xact,
 };
 
 use super::target::{self, format_micros as fmt_time};
@@ -177,31 +177,18 @@ pub enum Stop {
     EndOfWal,
     /// Stop before the first record at or after this LSN.
     #[serde(rename = "before_lsn")]
-    Before(#[serde(serialize_with = "ser_lsn")] Lsn),
+    Before(Lsn),
     /// Stop after the record at this LSN.
     #[serde(rename = "after_lsn")]
-    After(#[serde(serialize_with = "ser_lsn")] Lsn),
-}
-
-pub(crate) fn ser_lsn<S: serde::Serializer>(l: &Lsn, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&l.to_string())
-}
-
-fn ser_opt_lsn<S: serde::Serializer>(l: &Option<Lsn>, s: S) -> Result<S::Ok, S::Error> {
-    match l {
-        Some(l) => s.serialize_str(&l.to_string()),
-        None => s.serialize_none(),
-    }
+    After(Lsn),
 }
 
 /// A record span, for reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Span {
     /// Start.
-    #[serde(serialize_with = "ser_lsn")]
     pub start: Lsn,
     /// End (exclusive).
-    #[serde(serialize_with = "ser_lsn")]
     pub end: Lsn,
 }
 
@@ -215,10 +202,7 @@ pub struct WalFile {
     /// A partial segment (zero-padded).
     pub partial: bool,
     /// For a partial: the end of the WAL it holds (what the plan predicts from).
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        serialize_with = "ser_opt_lsn"
-    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub partial_end: Option<Lsn>,
 }
 
@@ -240,7 +224,6 @@ pub struct HistoryFile {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct XactInfo {
     /// Record start.
-    #[serde(serialize_with = "ser_lsn")]
     pub lsn: Lsn,
     /// Time (Unix microseconds).
     #[serde(skip)]
@@ -284,7 +267,6 @@ pub struct Plan {
     /// stop before an LSN, the last included one for a stop after it).
     pub stop_record: Option<Span>,
     /// WAL placed ends here (exclusive): at least the backup's end and the stop record's.
-    #[serde(serialize_with = "ser_lsn")]
     pub wal_end: Lsn,
     /// The last commit or abort recovery replays (the last one included).
     pub last_included: Option<XactInfo>,
@@ -347,7 +329,7 @@ pub fn choose_timeline(
     let idx = &cat.index;
     let tli = match sel {
         TimelineSel::Id(t) => {
-            if !idx.files.contains_key(&t) && !cat.backups.iter().any(|b| b.end_tli == t.0) {
+            if !idx.files.contains_key(&t) && !cat.backups.iter().any(|b| b.end_tli == t) {
                 return Err(refused(format!(
                     "timeline {t} is not in the repo; it has timelines {}",
                     idx.timelines()
@@ -359,9 +341,13 @@ pub fn choose_timeline(
             }
             t
         }
-        TimelineSel::Latest => idx.latest_timeline().unwrap_or(TimeLineId(
-            cat.backups.iter().map(|b| b.end_tli).max().unwrap_or(1),
-        )),
+        TimelineSel::Latest => idx.latest_timeline().unwrap_or(
+            cat.backups
+                .iter()
+                .map(|b| b.end_tli)
+                .max()
+                .unwrap_or(TimeLineId(1)),
+        ),
     };
     Ok((tli, idx.path(tli)))
 }
@@ -562,333 +548,448 @@ async fn complete_record<I: PlanInput>(
     }
 }
 
-/// Step 2: the backup and the stop point for `target`.
+/// What every step of [`resolve`] reads: the input, the catalog, the timeline and its path,
+/// and `recovery_target_inclusive`.
+struct Ctx<'a, I> {
+    input: &'a I,
+    cat: &'a Catalog,
+    tli: TimeLineId,
+    path: &'a [PathStep],
+    inclusive: bool,
+}
+
+impl<I: PlanInput> Ctx<'_, I> {
+    fn seg(&self) -> WalSegSize {
+        self.cat.index.seg
+    }
+
+    /// The refusal when no backup reaches the timeline.
+    fn no_candidates(&self) -> RestoreError {
+        refused(format!(
+            "no backup in repo {} can reach timeline {} (none lies on its history with its WAL archived): take a backup with `pitr backup`",
+            self.cat.location, self.tli
+        ))
+    }
+}
+
+impl Resolved {
+    /// Candidate `c`, replaying all WAL placed, before any stop was resolved.
+    fn new(c: Candidate) -> Resolved {
+        Resolved {
+            candidate: c,
+            restorable_from: None,
+            stop: Stop::EndOfWal,
+            stop_record: None,
+            need_end: Lsn(0),
+            last: None,
+            next: None,
+            excluded: Vec::new(),
+            target_utc: None,
+            notes: Vec::new(),
+        }
+    }
+}
+
+/// "T (backup B, consistent at LSN L on timeline N)": the earliest restorable point, for
+/// refusals (`from`: its restorable-from instant when known, else its end time).
+fn earliest_msg(b: &BackupRecord, from: Option<i64>) -> String {
+    format!(
+        "{} (backup {}, consistent at LSN {} on timeline {})",
+        from.map_or_else(|| fmt_time(b.end_micros()), fmt_time),
+        b.id,
+        b.end_lsn,
+        b.end_tli
+    )
+}
+
+/// Step 2: the backup and the stop point for `target`. `cands` newest first (see
+/// [`candidates`]); each kind of target is one named step below.
 pub async fn resolve<I: PlanInput>(
     input: &I,
     cat: &Catalog,
     tli: TimeLineId,
     path: &[PathStep],
-    mut cands: Vec<Candidate>,
+    cands: Vec<Candidate>,
     target: &TargetSpec,
     inclusive: bool,
 ) -> Result<Resolved, RestoreError> {
-    let seg = cat.index.seg;
+    let cx = Ctx {
+        input,
+        cat,
+        tli,
+        path,
+        inclusive,
+    };
     if cands.is_empty() {
+        return Err(cx.no_candidates());
+    }
+    match target {
+        TargetSpec::Latest => resolve_latest(&cx, cands).await,
+        TargetSpec::Time(t) => resolve_time(&cx, cands, t.instant).await,
+        TargetSpec::Lsn(x) => resolve_lsn(&cx, cands, *x).await,
+        TargetSpec::Name(name) => resolve_name(&cx, cands, name).await,
+    }
+}
+
+/// `--to latest`: the newest candidate, replaying all its contiguous WAL; refused at a gap.
+async fn resolve_latest<I: PlanInput>(
+    cx: &Ctx<'_, I>,
+    mut cands: Vec<Candidate>,
+) -> Result<Resolved, RestoreError> {
+    let c = cands.swap_remove(0);
+    if let Some(gap) = c.cov.gap {
+        let upto = safe_end(cx.input, cx.path, gap).await?;
         return Err(refused(format!(
-            "no backup in repo {} can reach timeline {tli} (none lies on its history with its WAL archived): take a backup with `pitr backup`",
-            cat.location
+            "the archive of timeline {} has a gap at {gap}: WAL after it cannot be replayed; restore up to it with --to-lsn {upto}{}",
+            cx.tli,
+            cx.cat.gap_note(gap)
         )));
     }
-    let resolved = |c: Candidate| Resolved {
-        candidate: c,
-        restorable_from: None,
-        stop: Stop::EndOfWal,
-        stop_record: None,
-        need_end: Lsn(0),
-        last: None,
-        next: None,
-        excluded: Vec::new(),
-        target_utc: None,
-        notes: Vec::new(),
+    let end = c.wal_end();
+    let last = last_before(cx.input, cx.path, cx.seg(), c.backup.start(), end).await?;
+    Ok(Resolved {
+        need_end: end,
+        last,
+        ..Resolved::new(c)
+    })
+}
+
+/// A time target: the newest candidate restorable from at or before it, then a stop
+/// before the first transaction stamped after it.
+async fn resolve_time<I: PlanInput>(
+    cx: &Ctx<'_, I>,
+    cands: Vec<Candidate>,
+    instant: jiff::Timestamp,
+) -> Result<Resolved, RestoreError> {
+    let us = instant.as_microsecond();
+    let target_utc = target::format_utc(instant);
+    let (c, from) = choose_for_time(cx, cands, us, &target_utc).await?;
+    let b = c.backup.clone();
+    let wal_end = c.wal_end();
+    let inclusive = cx.inclusive;
+    let (last, found) = scan_until(
+        cx.input,
+        cx.path,
+        cx.seg(),
+        b.start(),
+        catalog::last_segment(wal_end, cx.seg()),
+        |x| if inclusive { x.time > us } else { x.time >= us },
+    )
+    .await?;
+    let r = Resolved {
+        restorable_from: Some(from),
+        target_utc: Some(target_utc.clone()),
+        ..Resolved::new(c)
     };
-    let earliest_msg = |b: &BackupRecord, from: Option<i64>| {
-        format!(
-            "{} (backup {}, consistent at LSN {} on timeline {})",
-            from.map_or_else(|| fmt_time(b.end_micros()), fmt_time),
+    match found {
+        Some(x) if x.lsn < b.end() => Err(RestoreError::Corrupt(format!(
+            "backup {} replays a transaction stamped {} (after the target) before it is consistent, yet the index called it restorable from {}: run `pitr verify`",
             b.id,
-            b.end_lsn,
-            b.end_tli
-        )
-    };
-    match target {
-        TargetSpec::Latest => {
-            let c = cands.swap_remove(0);
-            if let Some(gap) = c.cov.gap {
-                let upto = safe_end(input, path, gap).await?;
-                return Err(refused(format!(
-                    "the archive of timeline {tli} has a gap at {gap}: WAL after it cannot be replayed; restore up to it with --to-lsn {upto}{}",
-                    cat.gap_note(gap)
-                )));
-            }
-            let end = c.wal_end();
-            let b = &c.backup;
-            let last = last_before(input, path, seg, b.start(), end).await?;
-            Ok(Resolved {
-                need_end: end,
-                last,
-                ..resolved(c)
-            })
-        }
-        TargetSpec::Time(t) => {
-            let us = t.instant.as_microsecond();
-            let target_utc = target::format_utc(t.instant);
-            // Newest first: the first candidate restorable from at or before T.
-            let mut chosen = None;
-            let mut oldest_from = None;
-            // Exclusive: a transaction stamped exactly at T is excluded, so no backup may
-            // contain one.
-            let usable = |from: i64| if inclusive { from <= us } else { from < us };
-            for c in cands {
-                let (from, _) = restorable_from(input, path, &c.backup, seg).await?;
-                if usable(from) {
-                    chosen = Some((c, from));
-                    break;
-                }
-                oldest_from = Some((c.backup, from));
-            }
-            let Some((c, from)) = chosen else {
-                let e = oldest_from
-                    .map(|(b, f)| earliest_msg(&b, Some(f)))
-                    .unwrap_or_default();
-                return Err(refused(format!(
-                    "target {target_utc} is before the earliest restorable point {e}"
-                )));
-            };
-            let b = c.backup.clone();
-            let wal_end = c.wal_end();
-            let (last, found) = scan_until(
-                input,
-                path,
-                seg,
-                b.start(),
-                catalog::last_segment(wal_end, seg),
-                |x| if inclusive { x.time > us } else { x.time >= us },
-            )
-            .await?;
-            let mut r = Resolved {
-                restorable_from: Some(from),
-                target_utc: Some(target_utc.clone()),
-                ..resolved(c.clone())
-            };
-            match found {
-                Some(x) if x.lsn < b.end() => Err(RestoreError::Corrupt(format!(
-                    "backup {} replays a transaction stamped {} (after the target) before it is consistent, yet the index called it restorable from {}: run `pitr verify`",
-                    b.id,
-                    fmt_time(x.time),
-                    fmt_time(from)
-                ))),
-                Some(x) => {
-                    let rec = complete_record(input, path, x.lsn, wal_end).await?;
-                    // Transactions stamped at or before T, after the stop record.
-                    let mut excluded = Vec::new();
-                    let mut s = x.lsn.segment(seg);
-                    let through =
-                        SegNo(s.0 + INVERSION_SEGMENTS).min(catalog::last_segment(wal_end, seg));
-                    while s <= through {
-                        for y in input.facts(path, s).await?.unwrap_or_default().xacts {
-                            let before = if inclusive { y.time <= us } else { y.time < us };
-                            if y.lsn > x.lsn && before {
-                                excluded.push(y);
-                            }
-                        }
-                        s = SegNo(s.0 + 1);
-                    }
-                    if excluded.len() > MAX_NAMED_INVERSIONS {
-                        r.notes.push(format!(
-                            "{} transactions stamped at or before the target commit after the first excluded one; the first {MAX_NAMED_INVERSIONS} are listed",
-                            excluded.len()
-                        ));
-                        excluded.truncate(MAX_NAMED_INVERSIONS);
-                    }
-                    r.stop = Stop::Before(x.lsn);
-                    r.stop_record = Some(rec);
-                    r.need_end = rec.end.max(b.end());
-                    r.last = last;
-                    r.next = Some(x);
-                    r.excluded = excluded;
-                    Ok(r)
-                }
-                None => {
-                    if let Some(gap) = c.cov.gap {
-                        let upto = safe_end(input, path, gap).await?;
-                        return Err(refused(format!(
-                            "target {target_utc} falls in a gap of the WAL archive (timeline {tli}, from {gap}): the WAL needed to reach it is missing; the latest restorable point before the gap is {}{}",
-                            last.map(|x| fmt_time(x.time))
-                                .unwrap_or_else(|| format!("--to-lsn {upto}")),
-                            cat.gap_note(gap)
-                        )));
-                    }
-                    match last {
-                        // The target is the last archived transaction's exact time: stop
-                        // just after it (PostgreSQL would wait for a later record).
-                        Some(l) if l.time == us && inclusive => {
-                            let rec = complete_record(input, path, l.lsn, wal_end).await?;
-                            r.stop = Stop::After(l.lsn);
-                            r.stop_record = Some(rec);
-                            r.need_end = rec.end.max(b.end());
-                            r.last = Some(l);
-                            Ok(r)
-                        }
-                        Some(l) => Err(refused(format!(
-                            "target {target_utc} is after the last archived commit ({} of xid {} at {}, LSN {}, timeline {tli}): the latest restorable point is {}; use --to latest, or an earlier time",
-                            if l.commit { "commit" } else { "abort" },
-                            l.xid,
-                            fmt_time(l.time),
-                            l.lsn,
-                            fmt_time(l.time)
-                        ))),
-                        // No transaction ends after the backup's start: only the backup's
-                        // own consistent state is proven, and only if T is exactly when
-                        // it became restorable.
-                        None if from == us && inclusive => {
-                            let (stop, rec, need) =
-                                stop_at_lsn(input, path, b.end(), wal_end, false).await?;
-                            r.stop = stop;
-                            r.stop_record = rec;
-                            r.need_end = need.max(b.end());
-                            Ok(r)
-                        }
-                        None => Err(refused(format!(
-                            "target {target_utc} is after the last archived WAL, which holds no transaction since backup {}: use --to latest",
-                            b.id
-                        ))),
-                    }
-                }
-            }
-        }
-        TargetSpec::Lsn(x) => {
-            let Some(pos) = cands.iter().position(|c| c.backup.end() <= *x) else {
-                let oldest = cands.last().map(|c| c.backup.clone());
-                let e = oldest.map(|b| earliest_msg(&b, None)).unwrap_or_default();
-                return Err(refused(format!(
-                    "target LSN {x} is before the earliest restorable point {e}"
-                )));
-            };
-            let c = cands.swap_remove(pos);
-            let wal_end = c.wal_end();
-            if *x > wal_end {
-                let upto = safe_end(input, path, wal_end).await?;
-                return Err(refused(match c.cov.gap {
-                    Some(gap) => format!(
-                        "target LSN {x} falls in a gap of the WAL archive (timeline {tli}, from {gap}): the WAL needed is missing; the latest restorable point is --to-lsn {upto}{}",
-                        cat.gap_note(gap)
-                    ),
-                    None => format!(
-                        "target LSN {x} is after the last archived WAL ({wal_end} on timeline {tli}): the latest restorable point is --to-lsn {upto}, or --to latest"
-                    ),
-                }));
-            }
-            let b = c.backup.clone();
-            let (stop, rec, need) = stop_at_lsn(input, path, *x, wal_end, inclusive).await?;
-            // The included transactions: those whose record starts before the stop (or is
-            // the included stop record).
-            let first_out = match stop {
-                Stop::After(l) => Lsn(l.0 + 1),
-                Stop::Before(l) => l,
-                Stop::EndOfWal => Lsn(u64::MAX),
-            };
-            let (last, next) = scan_until(
-                input,
-                path,
-                seg,
-                b.start(),
-                catalog::last_segment(need.max(b.end()), seg),
-                |xa| xa.lsn >= first_out,
-            )
-            .await?;
-            Ok(Resolved {
-                stop,
-                stop_record: rec,
-                need_end: need.max(b.end()),
-                last,
-                next,
-                ..resolved(c)
-            })
-        }
-        TargetSpec::Name(name) => {
-            // The FIRST restore point with this name after the oldest candidate's end.
-            let oldest = cands.last().map(|c| c.backup.end()).unwrap_or(Lsn(0));
-            let oldest_start = cands.last().map(|c| c.backup.start()).unwrap_or(Lsn(0));
-            let wal_end = cands.iter().map(Candidate::wal_end).max().unwrap_or(oldest);
-            // Points inside the oldest backup's own window (before it is consistent): named
-            // in the refusal, not silently "missing".
-            let mut too_early = None;
-            let mut s = oldest_start.segment(seg);
-            let last_seg = catalog::last_segment(wal_end, seg);
-            let mut found = Vec::new();
-            let mut names = BTreeSet::new();
-            while s <= last_seg {
-                for p in input
-                    .facts(path, s)
-                    .await?
-                    .unwrap_or_default()
-                    .restore_points
-                {
-                    if p.lsn >= oldest {
-                        names.insert(p.name.clone());
-                        if &p.name == name {
-                            found.push(p);
-                        }
-                    } else if p.lsn >= oldest_start && &p.name == name {
-                        too_early.get_or_insert(p.lsn);
-                    }
-                }
-                s = SegNo(s.0 + 1);
-            }
-            let Some(rp) = found.first().cloned() else {
-                if let Some(l) = too_early {
-                    return Err(refused(format!(
-                        "restore point {name:?} ({l}) is before the earliest restorable point: it was made while the oldest backup ({}) was being taken, before that backup is consistent at {oldest}",
-                        cands.last().map_or("?", |c| c.backup.id.as_str())
-                    )));
-                }
-                return Err(refused(format!(
-                    "no restore point named {name:?} in the archived WAL of timeline {tli} after a backup{}",
-                    if names.is_empty() {
-                        String::new()
-                    } else {
-                        format!(
-                            "; it has {}",
-                            names.into_iter().collect::<Vec<_>>().join(", ")
-                        )
-                    }
-                )));
-            };
-            let mut notes = Vec::new();
-            if found.len() > 1 {
-                notes.push(format!(
-                    "restore point name {name:?} is not unique: {} points ({}); restoring to the first, at {} ({}), as PostgreSQL's recovery_target_name would",
-                    found.len(),
-                    found
-                        .iter()
-                        .map(|p| format!("{} at {}", p.lsn, fmt_time(p.time)))
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    rp.lsn,
-                    fmt_time(rp.time)
-                ));
-            }
-            let Some(pos) = cands.iter().position(|c| c.backup.end() <= rp.lsn) else {
-                return Err(refused(format!(
-                    "restore point {name:?} ({}) is before the earliest restorable point",
-                    rp.lsn
-                )));
-            };
-            let c = cands.swap_remove(pos);
-            let b = c.backup.clone();
-            let wal_end = c.wal_end();
-            let rec = complete_record(input, path, rp.lsn, wal_end).await?;
-            let (last, next) = scan_until(
-                input,
-                path,
-                seg,
-                b.start(),
-                catalog::last_segment(rec.end, seg),
-                |xa| xa.lsn > rp.lsn,
-            )
-            .await?;
-            Ok(Resolved {
-                stop: Stop::After(rp.lsn),
-                stop_record: Some(rec),
-                need_end: rec.end.max(b.end()),
-                last,
-                next,
-                target_utc: Some(fmt_time(rp.time)),
-                notes,
-                ..resolved(c)
-            })
-        }
+            fmt_time(x.time),
+            fmt_time(from)
+        ))),
+        Some(x) => stop_before_xact(cx, r, x, last, us, wal_end).await,
+        None => time_after_last(cx, r, last, from, us, &target_utc, wal_end).await,
     }
+}
+
+/// The newest candidate restorable from at or before `us` (before it, when exclusive: no
+/// backup may then contain a transaction stamped exactly at the target), with that instant.
+async fn choose_for_time<I: PlanInput>(
+    cx: &Ctx<'_, I>,
+    cands: Vec<Candidate>,
+    us: i64,
+    target_utc: &str,
+) -> Result<(Candidate, i64), RestoreError> {
+    let usable = |from: i64| if cx.inclusive { from <= us } else { from < us };
+    let mut oldest_from = None;
+    for c in cands {
+        let (from, _) = restorable_from(cx.input, cx.path, &c.backup, cx.seg()).await?;
+        if usable(from) {
+            return Ok((c, from));
+        }
+        oldest_from = Some((c.backup, from));
+    }
+    let e = oldest_from
+        .map(|(b, f)| earliest_msg(&b, Some(f)))
+        .unwrap_or_default();
+    Err(refused(format!(
+        "target {target_utc} is before the earliest restorable point {e}"
+    )))
+}
+
+/// A time target's stop before `x`, the first transaction stamped after it; names the
+/// transactions stamped at or before the target whose records come after `x`.
+async fn stop_before_xact<I: PlanInput>(
+    cx: &Ctx<'_, I>,
+    mut r: Resolved,
+    x: Xact,
+    last: Option<Xact>,
+    us: i64,
+    wal_end: Lsn,
+) -> Result<Resolved, RestoreError> {
+    let seg = cx.seg();
+    let rec = complete_record(cx.input, cx.path, x.lsn, wal_end).await?;
+    let mut excluded = Vec::new();
+    let mut s = x.lsn.segment(seg);
+    let through = SegNo(s.0 + INVERSION_SEGMENTS).min(catalog::last_segment(wal_end, seg));
+    while s <= through {
+        for y in cx.input.facts(cx.path, s).await?.unwrap_or_default().xacts {
+            let before = if cx.inclusive {
+                y.time <= us
+            } else {
+                y.time < us
+            };
+            if y.lsn > x.lsn && before {
+                excluded.push(y);
+            }
+        }
+        s = SegNo(s.0 + 1);
+    }
+    if excluded.len() > MAX_NAMED_INVERSIONS {
+        r.notes.push(format!(
+            "{} transactions stamped at or before the target commit after the first excluded one; the first {MAX_NAMED_INVERSIONS} are listed",
+            excluded.len()
+        ));
+        excluded.truncate(MAX_NAMED_INVERSIONS);
+    }
+    r.stop = Stop::Before(x.lsn);
+    r.stop_record = Some(rec);
+    r.need_end = rec.end.max(r.candidate.backup.end());
+    r.last = last;
+    r.next = Some(x);
+    r.excluded = excluded;
+    Ok(r)
+}
+
+/// A time target no archived transaction is stamped after: refused at a gap, or past the
+/// last transaction, except on its exact time (or, with none since the backup, on the
+/// instant the backup became restorable).
+async fn time_after_last<I: PlanInput>(
+    cx: &Ctx<'_, I>,
+    mut r: Resolved,
+    last: Option<Xact>,
+    from: i64,
+    us: i64,
+    target_utc: &str,
+    wal_end: Lsn,
+) -> Result<Resolved, RestoreError> {
+    let tli = cx.tli;
+    if let Some(gap) = r.candidate.cov.gap {
+        let upto = safe_end(cx.input, cx.path, gap).await?;
+        return Err(refused(format!(
+            "target {target_utc} falls in a gap of the WAL archive (timeline {tli}, from {gap}): the WAL needed to reach it is missing; the latest restorable point before the gap is {}{}",
+            last.map(|x| fmt_time(x.time))
+                .unwrap_or_else(|| format!("--to-lsn {upto}")),
+            cx.cat.gap_note(gap)
+        )));
+    }
+    let b_end = r.candidate.backup.end();
+    match last {
+        // The target is the last archived transaction's exact time: stop just after it
+        // (PostgreSQL would wait for a later record).
+        Some(l) if l.time == us && cx.inclusive => {
+            let rec = complete_record(cx.input, cx.path, l.lsn, wal_end).await?;
+            r.stop = Stop::After(l.lsn);
+            r.stop_record = Some(rec);
+            r.need_end = rec.end.max(b_end);
+            r.last = Some(l);
+            Ok(r)
+        }
+        Some(l) => Err(refused(format!(
+            "target {target_utc} is after the last archived commit ({} of xid {} at {}, LSN {}, timeline {tli}): the latest restorable point is {}; use --to latest, or an earlier time",
+            if l.commit { "commit" } else { "abort" },
+            l.xid,
+            fmt_time(l.time),
+            l.lsn,
+            fmt_time(l.time)
+        ))),
+        // No transaction ends after the backup's start: only the backup's own consistent
+        // state is proven, and only if T is exactly when it became restorable.
+        None if from == us && cx.inclusive => {
+            let (stop, rec, need) = stop_at_lsn(cx.input, cx.path, b_end, wal_end, false).await?;
+            r.stop = stop;
+            r.stop_record = rec;
+            r.need_end = need.max(b_end);
+            Ok(r)
+        }
+        None => Err(refused(format!(
+            "target {target_utc} is after the last archived WAL, which holds no transaction since backup {}: use --to latest",
+            r.candidate.backup.id
+        ))),
+    }
+}
+
+/// `--to-lsn X`: the newest candidate consistent at or before `X`, stopping at the first
+/// record at or after it.
+async fn resolve_lsn<I: PlanInput>(
+    cx: &Ctx<'_, I>,
+    mut cands: Vec<Candidate>,
+    x: Lsn,
+) -> Result<Resolved, RestoreError> {
+    let tli = cx.tli;
+    let Some(pos) = cands.iter().position(|c| c.backup.end() <= x) else {
+        let oldest = cands.last().map(|c| c.backup.clone());
+        let e = oldest.map(|b| earliest_msg(&b, None)).unwrap_or_default();
+        return Err(refused(format!(
+            "target LSN {x} is before the earliest restorable point {e}"
+        )));
+    };
+    let c = cands.swap_remove(pos);
+    let wal_end = c.wal_end();
+    if x > wal_end {
+        let upto = safe_end(cx.input, cx.path, wal_end).await?;
+        return Err(refused(match c.cov.gap {
+            Some(gap) => format!(
+                "target LSN {x} falls in a gap of the WAL archive (timeline {tli}, from {gap}): the WAL needed is missing; the latest restorable point is --to-lsn {upto}{}",
+                cx.cat.gap_note(gap)
+            ),
+            None => format!(
+                "target LSN {x} is after the last archived WAL ({wal_end} on timeline {tli}): the latest restorable point is --to-lsn {upto}, or --to latest"
+            ),
+        }));
+    }
+    let b = c.backup.clone();
+    let (stop, rec, need) = stop_at_lsn(cx.input, cx.path, x, wal_end, cx.inclusive).await?;
+    // The included transactions: those whose record starts before the stop (or is the
+    // included stop record).
+    let first_out = match stop {
+        Stop::After(l) => Lsn(l.0 + 1),
+        Stop::Before(l) => l,
+        Stop::EndOfWal => Lsn(u64::MAX),
+    };
+    let (last, next) = scan_until(
+        cx.input,
+        cx.path,
+        cx.seg(),
+        b.start(),
+        catalog::last_segment(need.max(b.end()), cx.seg()),
+        |xa| xa.lsn >= first_out,
+    )
+    .await?;
+    Ok(Resolved {
+        stop,
+        stop_record: rec,
+        need_end: need.max(b.end()),
+        last,
+        next,
+        ..Resolved::new(c)
+    })
+}
+
+/// `--to-name N`: stop after the first restore point named `N` after the oldest candidate's
+/// end, from the newest candidate consistent before it.
+async fn resolve_name<I: PlanInput>(
+    cx: &Ctx<'_, I>,
+    mut cands: Vec<Candidate>,
+    name: &str,
+) -> Result<Resolved, RestoreError> {
+    let (rp, found) = points_named(cx, &cands, name).await?;
+    let mut notes = Vec::new();
+    if found.len() > 1 {
+        notes.push(format!(
+            "restore point name {name:?} is not unique: {} points ({}); restoring to the first, at {} ({}), as PostgreSQL's recovery_target_name would",
+            found.len(),
+            found
+                .iter()
+                .map(|p| format!("{} at {}", p.lsn, fmt_time(p.time)))
+                .collect::<Vec<_>>()
+                .join(", "),
+            rp.lsn,
+            fmt_time(rp.time)
+        ));
+    }
+    let Some(pos) = cands.iter().position(|c| c.backup.end() <= rp.lsn) else {
+        return Err(refused(format!(
+            "restore point {name:?} ({}) is before the earliest restorable point",
+            rp.lsn
+        )));
+    };
+    let c = cands.swap_remove(pos);
+    let b = c.backup.clone();
+    let wal_end = c.wal_end();
+    let rec = complete_record(cx.input, cx.path, rp.lsn, wal_end).await?;
+    let (last, next) = scan_until(
+        cx.input,
+        cx.path,
+        cx.seg(),
+        b.start(),
+        catalog::last_segment(rec.end, cx.seg()),
+        |xa| xa.lsn > rp.lsn,
+    )
+    .await?;
+    Ok(Resolved {
+        stop: Stop::After(rp.lsn),
+        stop_record: Some(rec),
+        need_end: rec.end.max(b.end()),
+        last,
+        next,
+        target_utc: Some(fmt_time(rp.time)),
+        notes,
+        ..Resolved::new(c)
+    })
+}
+
+/// The first restore point named `name` after the oldest candidate's end, and all of them
+/// in WAL order; refused, naming what exists, when there is none. A point inside the oldest
+/// backup's own window (before it is consistent) is named in the refusal, not silently
+/// "missing".
+async fn points_named<I: PlanInput>(
+    cx: &Ctx<'_, I>,
+    cands: &[Candidate],
+    name: &str,
+) -> Result<(RestorePoint, Vec<RestorePoint>), RestoreError> {
+    let Some(oldest_c) = cands.last() else {
+        return Err(cx.no_candidates());
+    };
+    let oldest = oldest_c.backup.end();
+    let oldest_start = oldest_c.backup.start();
+    let wal_end = cands.iter().map(Candidate::wal_end).max().unwrap_or(oldest);
+    let mut too_early = None;
+    let mut s = oldest_start.segment(cx.seg());
+    let last_seg = catalog::last_segment(wal_end, cx.seg());
+    let mut found = Vec::new();
+    let mut names = BTreeSet::new();
+    while s <= last_seg {
+        for p in cx
+            .input
+            .facts(cx.path, s)
+            .await?
+            .unwrap_or_default()
+            .restore_points
+        {
+            if p.lsn >= oldest {
+                names.insert(p.name.clone());
+                if p.name == name {
+                    found.push(p);
+                }
+            } else if p.lsn >= oldest_start && p.name == name {
+                too_early.get_or_insert(p.lsn);
+            }
+        }
+        s = SegNo(s.0 + 1);
+    }
+    if let Some(first) = found.first().cloned() {
+        return Ok((first, found));
+    }
+    if let Some(l) = too_early {
+        return Err(refused(format!(
+            "restore point {name:?} ({l}) is before the earliest restorable point: it was made while the oldest backup ({}) was being taken, before that backup is consistent at {oldest}",
+            oldest_c.backup.id
+        )));
+    }
+    Err(refused(format!(
+        "no restore point named {name:?} in the archived WAL of timeline {} after a backup{}",
+        cx.tli,
+        if names.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; it has {}",
+                names.into_iter().collect::<Vec<_>>().join(", ")
+            )
+        }
+    )))
 }
 
 /// An LSN target `x`: stop after the first record at or after it (inclusive, PostgreSQL's
@@ -1425,10 +1526,10 @@ mod tests {
             format: 1,
             id: id.into(),
             label: id.into(),
-            start_lsn: l(start).to_string(),
-            start_tli: tli,
-            end_lsn: l(end).to_string(),
-            end_tli: tli,
+            start_lsn: l(start),
+            start_tli: TimeLineId(tli),
+            end_lsn: l(end),
+            end_tli: TimeLineId(tli),
             start_time: "2026-01-01T00:00:00Z".into(),
             // pitr's own clock, deliberately wrong (an hour early): never used when the
             // WAL has timestamps.

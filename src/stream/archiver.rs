@@ -328,7 +328,7 @@ impl Archiver {
         let version = s.version().map(|v| v.major());
         for summary in s.take_complete() {
             let key = repo::summary_key(self.tli, summary.segno, self.cfg.seg);
-            let json = crate::wal::summary_json(
+            let json = crate::repo::objects::SummaryRecord::of_segment(
                 &key,
                 self.tli,
                 self.cfg.seg,

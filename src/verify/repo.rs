@@ -163,7 +163,7 @@ async fn check_backup(repo: &Repo, b: &BackupRecord, report: &mut RepoReport) {
         None => report
             .problems
             .push(format!("backup {}: no manifest recorded", b.id)),
-        Some(m) => match restore::get_checked(repo, m).await {
+        Some(m) => match crate::repo::fetch::get_checked(repo, m).await {
             Err(e) => report.problems.push(e.to_string()),
             Ok(text) => {
                 report.backup_objects += 1;

@@ -17,6 +17,9 @@
 //!   where valid WAL ends), the basis of pitr's commit-time index;
 //! - [`history`] and [`backup_label`]: the two text formats recovery reads.
 //!
+//! With the optional `serde` feature, [`Lsn`] (as its `X/X` text), [`TimeLineId`] (a number)
+//! and [`XactKind`] (its `pg_waldump` name) are `Serialize` and `Deserialize`.
+//!
 //! Only little-endian WAL from 64-bit servers (x86-64, aarch64) is supported; a big-endian
 //! segment is reported as an unsupported magic.
 

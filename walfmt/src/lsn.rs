@@ -5,6 +5,9 @@
 //!   from 1–8 hex digits on each side, either case, so the zero-padded `%X/%08X` of
 //!   `pg_waldump` and 19devel is accepted too;
 //! - timeline ids are decimal in history files and `backup_label`, hex in file names.
+//!
+//! With the `serde` feature, an [`Lsn`] serializes as its `X/X` text and deserializes from
+//! it (any other value is an error, never a default), and a [`TimeLineId`] as its number.
 
 use std::fmt;
 use std::str::FromStr;
@@ -100,6 +103,45 @@ pub struct TimeLineId(pub u32);
 impl fmt::Display for TimeLineId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)
+    }
+}
+
+#[cfg(feature = "serde")]
+impl serde::Serialize for Lsn {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+#[cfg(feature = "serde")]
+impl<'de> serde::Deserialize<'de> for Lsn {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl serde::de::Visitor<'_> for Visit {
+            type Value = Lsn;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an LSN like 0/16B3748")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Lsn, E> {
+                v.parse()
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Str(v), &self))
+            }
+        }
+        d.deserialize_str(Visit)
+    }
+}
+
+#[cfg(feature = "serde")]
+impl serde::Serialize for TimeLineId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u32(self.0)
+    }
+}
+
+#[cfg(feature = "serde")]
+impl<'de> serde::Deserialize<'de> for TimeLineId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <u32 as serde::Deserialize>::deserialize(d).map(TimeLineId)
     }
 }
 

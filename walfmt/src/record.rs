@@ -657,6 +657,32 @@ impl XactKind {
     }
 }
 
+/// With the `serde` feature: the [`XactKind::name`] text (`COMMIT`, `COMMIT_PREPARED`,
+/// `ABORT`, `ABORT_PREPARED`); any other text is an error.
+#[cfg(feature = "serde")]
+impl serde::Serialize for XactKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+#[cfg(feature = "serde")]
+impl<'de> serde::Deserialize<'de> for XactKind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        const NAMES: &[&str] = &["COMMIT", "COMMIT_PREPARED", "ABORT", "ABORT_PREPARED"];
+        let s = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(d)?;
+        [
+            XactKind::Commit,
+            XactKind::CommitPrepared,
+            XactKind::Abort,
+            XactKind::AbortPrepared,
+        ]
+        .into_iter()
+        .find(|k| k.name() == s)
+        .ok_or_else(|| serde::de::Error::unknown_variant(&s, NAMES))
+    }
+}
+
 /// A commit or abort record.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct XactEnd {

@@ -207,3 +207,38 @@ fn timestamps() {
     let _ = PgTimestamp(i64::MIN).to_string();
     let _ = PgTimestamp(i64::MAX).to_string();
 }
+
+/// With the `serde` feature an LSN is its `X/X` text and a timeline its number; a value that
+/// is not an LSN is an error.
+#[cfg(feature = "serde")]
+#[test]
+fn serde_forms() {
+    assert_eq!(
+        serde_json::to_string(&Lsn(0x1_6B37_4D48)).unwrap(),
+        "\"1/6B374D48\""
+    );
+    assert_eq!(
+        serde_json::from_str::<Lsn>("\"0/016b3748\"").unwrap(),
+        Lsn(0x16B3748)
+    );
+    for bad in ["\"\"", "\"nonsense\"", "12", "null"] {
+        assert!(serde_json::from_str::<Lsn>(bad).is_err(), "{bad}");
+    }
+    assert_eq!(serde_json::to_string(&TimeLineId(3)).unwrap(), "3");
+    assert_eq!(
+        serde_json::from_str::<TimeLineId>("3").unwrap(),
+        TimeLineId(3)
+    );
+    assert!(serde_json::from_str::<TimeLineId>("\"3\"").is_err());
+    for k in [
+        walfmt::XactKind::Commit,
+        walfmt::XactKind::CommitPrepared,
+        walfmt::XactKind::Abort,
+        walfmt::XactKind::AbortPrepared,
+    ] {
+        let text = serde_json::to_string(&k).unwrap();
+        assert_eq!(text, format!("\"{}\"", k.name()));
+        assert_eq!(serde_json::from_str::<walfmt::XactKind>(&text).unwrap(), k);
+    }
+    assert!(serde_json::from_str::<walfmt::XactKind>("\"COMMITTED\"").is_err());
+}

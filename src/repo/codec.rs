@@ -61,6 +61,11 @@ pub fn compress(data: &[u8]) -> Bytes {
 /// Decompresses and verifies an object written by [`compress`]; `key` names it in the
 /// error.
 pub fn decompress(data: &[u8], key: &str) -> Result<Vec<u8>, String> {
+    // An empty or foreign body is never one of pitr's objects (every one starts with a frame
+    // header); the frame decoder would read an empty input as an empty stream.
+    if !is_lz4_frame(data) {
+        return Err(format!("{key}: corrupt object: not an lz4 frame"));
+    }
     // Sized from the frame's content size when present, so the buffer is allocated once
     // instead of doubling.
     let cap = frame_content_size(data)
@@ -95,6 +100,14 @@ mod tests {
         assert_eq!(frame_content_size(&z), None);
         assert_eq!(decompress(&z, "k").unwrap(), b"hello");
         assert_eq!(frame_content_size(&z[..3]), None);
+    }
+
+    #[test]
+    fn an_empty_or_foreign_body_is_corrupt_not_empty() {
+        for body in [&b""[..], b"garbage bytes", &[0x04, 0x22]] {
+            let e = decompress(body, "wal/x.lz4").unwrap_err();
+            assert_eq!(e, "wal/x.lz4: corrupt object: not an lz4 frame");
+        }
     }
 
     #[test]

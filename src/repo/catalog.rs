@@ -366,16 +366,16 @@ impl WalIndex {
         loop {
             match self.file(path, segno) {
                 Some((_, SegFile::Complete { .. })) => {
-                    end = SegNo(segno.0 + 1).start_lsn(self.seg);
+                    end = segno.next().start_lsn(self.seg);
                 }
                 Some((_, SegFile::Partial { end: e, .. })) => {
                     end = Some(*e);
-                    segno = SegNo(segno.0 + 1);
+                    segno = segno.next();
                     break;
                 }
                 None => break,
             }
-            segno = SegNo(segno.0 + 1);
+            segno = segno.next();
         }
         // Anything archived beyond the contiguous stretch means a gap.
         let last = path.last().map(|p| p.tli);
@@ -403,7 +403,7 @@ impl WalIndex {
                 if s.0 > p.0 + 1 || partial_mid {
                     let from = match (partial_mid, m.get(&p)) {
                         (true, Some(SegFile::Partial { end, .. })) => Some(*end),
-                        _ => SegNo(p.0 + 1).start_lsn(self.seg),
+                        _ => p.next().start_lsn(self.seg),
                     };
                     // Segment numbers come from object names, so their starts exist.
                     if let (Some(from), Some(to)) = (from, s.start_lsn(self.seg)) {
@@ -818,13 +818,7 @@ mod tests {
         SegNo(s).start_lsn(seg()).unwrap()
     }
 
-    fn run<T>(f: impl std::future::Future<Output = T>) -> T {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(f)
-    }
+    use crate::test_util::block_on as run;
 
     /// An index of a repo holding these objects (bodies are never read, except histories).
     fn index(objects: &[(String, &str)]) -> WalIndex {

@@ -92,13 +92,7 @@ mod tests {
     use super::*;
     use crate::repo::memory::MemoryStore;
 
-    fn run<T>(f: impl std::future::Future<Output = T>) -> T {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(f)
-    }
+    use crate::test_util::block_on as run;
 
     fn record(key: &str, stored: &[u8]) -> ChunkRecord {
         ChunkRecord {

@@ -322,13 +322,7 @@ mod tests {
         );
     }
 
-    fn run<T>(f: impl std::future::Future<Output = T>) -> T {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(f)
-    }
+    use crate::test_util::block_on as run;
 
     fn seg() -> walfmt::WalSegSize {
         walfmt::WalSegSize::new(16 << 20).unwrap()

@@ -240,13 +240,7 @@ mod tests {
     use crate::repo::Repo;
     use crate::repo::memory::{FaultyStore, MemoryStore};
 
-    fn block_on<F: Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap()
-            .block_on(f)
-    }
+    use crate::test_util::block_on;
 
     /// A fast policy and a counter of what its observer saw.
     fn fast() -> (RetryPolicy, Arc<AtomicU64>) {

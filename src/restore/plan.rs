@@ -503,7 +503,7 @@ async fn scan_until<I: PlanInput>(
             }
             last = Some(x);
         }
-        s = SegNo(s.0 + 1);
+        s = s.next();
     }
     Ok((last, None))
 }
@@ -744,7 +744,7 @@ async fn stop_before_xact<I: PlanInput>(
                 excluded.push(y);
             }
         }
-        s = SegNo(s.0 + 1);
+        s = s.next();
     }
     if excluded.len() > MAX_NAMED_INVERSIONS {
         r.notes.push(format!(
@@ -967,7 +967,7 @@ async fn points_named<I: PlanInput>(
                 too_early.get_or_insert(p.lsn);
             }
         }
-        s = SegNo(s.0 + 1);
+        s = s.next();
     }
     if let Some(first) = found.first().cloned() {
         return Ok((first, found));
@@ -1071,7 +1071,7 @@ pub fn wal_files(
             partial: partial_end.is_some(),
             partial_end,
         });
-        s = SegNo(s.0 + 1);
+        s = s.next();
     }
     Ok(out)
 }
@@ -1628,12 +1628,7 @@ mod tests {
         })
     }
 
-    fn run<T>(f: impl Future<Output = T>) -> T {
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap()
-            .block_on(f)
-    }
+    use crate::test_util::block_on as run;
 
     /// The base scenario: timeline 1, segments 0..4 complete, a backup from 0x100028 to
     /// 0x100400 (segment 1); commits at 1_000, 2_000, 3_000 us in segment 2; a big commit at

@@ -470,7 +470,7 @@ async fn check_wal_path(
                 return;
             }
         }
-        s = SegNo(s.0 + 1);
+        s = s.next();
     }
     if ended.is_none() {
         dec.finish();

@@ -370,7 +370,7 @@ pub struct DemoArgs {
 
 /// Parses a size: `4GB`, `512MB`, `64kB`, or bytes (units are powers of 1024, as in
 /// postgresql.conf).
-pub fn parse_bytes(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_bytes(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (n, unit) = t.split_at(split);
@@ -391,7 +391,7 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
 }
 
 /// Parses `500ms`, `1s`, `2m`, `1h` or a number of seconds.
-pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let s = s.trim();
     let split = s
         .find(|c: char| !c.is_ascii_digit() && c != '.')

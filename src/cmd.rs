@@ -20,7 +20,7 @@ pub enum OutputError {
 }
 
 /// Prints `v` to stdout as pretty JSON, or with `text`.
-pub fn emit<T: serde::Serialize>(
+pub(crate) fn emit<T: serde::Serialize>(
     json: bool,
     v: &T,
     text: impl FnOnce(&mut std::io::StdoutLock<'static>, &T) -> std::io::Result<()>,

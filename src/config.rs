@@ -26,18 +26,18 @@ use crate::repo::prune::Retention;
 use crate::server::schedule::{Schedule, parse_at};
 
 /// Longest wait between reconnection attempts of `pitr stream`.
-pub const RECONNECT_CAP: Duration = Duration::from_secs(30);
+pub(crate) const RECONNECT_CAP: Duration = Duration::from_secs(30);
 /// How often `pitr stream` checks its slot's retention and the repo's gap state.
-pub const SLOT_CHECK_EVERY: Duration = Duration::from_secs(5);
+pub(crate) const SLOT_CHECK_EVERY: Duration = Duration::from_secs(5);
 /// How long a scheduled backup waits for the stream to archive its WAL.
-pub const SCHEDULED_BACKUP_WAL_TIMEOUT: Duration = Duration::from_secs(600);
+pub(crate) const SCHEDULED_BACKUP_WAL_TIMEOUT: Duration = Duration::from_secs(600);
 /// The label of scheduled backups.
-pub const SCHEDULED_BACKUP_LABEL: &str = "scheduled";
+pub(crate) const SCHEDULED_BACKUP_LABEL: &str = "scheduled";
 
 /// The file's keys (all optional).
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct StreamFile {
+pub(crate) struct StreamFile {
     /// `--source`.
     pub source: Option<String>,
     /// `--repo`.
@@ -99,7 +99,7 @@ pub enum MetricsListen {
 
 impl MetricsListen {
     /// Parses `HOST:PORT` or `off` (an empty value is off too).
-    pub fn parse(s: &str) -> Result<MetricsListen, ConfigError> {
+    pub(crate) fn parse(s: &str) -> Result<MetricsListen, ConfigError> {
         match s {
             "off" | "" => Ok(MetricsListen::Off),
             s => s.parse().map(MetricsListen::On).map_err(|_| {
@@ -111,7 +111,7 @@ impl MetricsListen {
     }
 
     /// The address, when served.
-    pub fn addr(self) -> Option<SocketAddr> {
+    pub(crate) fn addr(self) -> Option<SocketAddr> {
         match self {
             MetricsListen::Off => None,
             MetricsListen::On(a) => Some(a),
@@ -229,7 +229,7 @@ pub struct StreamSettings {
 
 impl StreamSettings {
     /// The backup schedule, if any (`--backup-every` wins over `--backup-at`).
-    pub fn schedule(&self) -> Option<Schedule> {
+    pub(crate) fn schedule(&self) -> Option<Schedule> {
         match (self.backup_every, self.backup_at) {
             (Some(d), _) => Some(Schedule::Every(d)),
             (None, Some(at)) => Some(Schedule::At(at.hour, at.minute)),
@@ -238,7 +238,7 @@ impl StreamSettings {
     }
 
     /// Retention after each scheduled backup, if any.
-    pub fn retention(&self) -> Option<Retention> {
+    pub(crate) fn retention(&self) -> Option<Retention> {
         (self.keep_full.is_some() || self.keep_within.is_some()).then_some(Retention {
             keep_full: self.keep_full,
             keep_within: self.keep_within,
@@ -246,7 +246,7 @@ impl StreamSettings {
     }
 
     /// The spool directory, with `--ack spool`.
-    pub fn spool(&self) -> Option<std::path::PathBuf> {
+    pub(crate) fn spool(&self) -> Option<std::path::PathBuf> {
         match (self.ack, &self.spool_dir) {
             (Ack::Spool, Some(d)) => Some(std::path::PathBuf::from(d)),
             _ => None,
@@ -631,7 +631,7 @@ pub fn render(s: &StreamSettings) -> String {
 }
 
 /// Masks `password=...` in a key/value string and the password of a URI.
-pub fn mask_password(conninfo: &str) -> String {
+pub(crate) fn mask_password(conninfo: &str) -> String {
     if let Some(rest) = conninfo
         .strip_prefix("postgresql://")
         .or_else(|| conninfo.strip_prefix("postgres://"))

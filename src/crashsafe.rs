@@ -32,20 +32,20 @@ pub(crate) fn dir_syncs() -> u64 {
 }
 
 /// fsyncs a directory: its entries (files created, renamed or removed in it) are durable.
-pub fn fsync_dir(dir: &Path) -> io::Result<()> {
+pub(crate) fn fsync_dir(dir: &Path) -> io::Result<()> {
     #[cfg(test)]
     DIR_SYNCS.with(|c| c.set(c.get() + 1));
     File::open(dir)?.sync_all()
 }
 
 /// fsyncs a file by path (data and metadata).
-pub fn fsync_file(path: &Path) -> io::Result<()> {
+pub(crate) fn fsync_file(path: &Path) -> io::Result<()> {
     File::open(path)?.sync_all()
 }
 
 /// `create_dir_all`, fsyncing each created directory's parent. An existing directory is
 /// left as it is (nothing is fsync'd).
-pub fn create_dirs(dir: &Path) -> io::Result<()> {
+pub(crate) fn create_dirs(dir: &Path) -> io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
@@ -65,7 +65,7 @@ pub fn create_dirs(dir: &Path) -> io::Result<()> {
 
 /// A failed [`publish`]: which step, on which path.
 #[derive(Debug, thiserror::Error)]
-pub enum PublishError {
+pub(crate) enum PublishError {
     /// Writing, fsyncing or renaming the temporary file failed: the final name is untouched.
     #[error("writing {}: {source}", path.display())]
     Write {
@@ -90,7 +90,7 @@ pub enum PublishError {
 /// Atomically and durably replaces `path` with `data`, through the temporary file `tmp`
 /// (which must be in the same directory): write `tmp`, fsync it, rename it to `path`,
 /// fsync the directory.
-pub fn publish(tmp: &Path, path: &Path, data: &[u8]) -> Result<(), PublishError> {
+pub(crate) fn publish(tmp: &Path, path: &Path, data: &[u8]) -> Result<(), PublishError> {
     write_synced(tmp, data)
         .and_then(|()| std::fs::rename(tmp, path))
         .map_err(|source| PublishError::Write {
@@ -110,7 +110,7 @@ pub fn publish(tmp: &Path, path: &Path, data: &[u8]) -> Result<(), PublishError>
 /// directory. Returns whether this call created `path`; `false` leaves the existing file
 /// untouched (compare it: it may hold other bytes). On error `tmp` is removed (best
 /// effort).
-pub fn publish_new(tmp: &Path, path: &Path, data: &[u8]) -> io::Result<bool> {
+pub(crate) fn publish_new(tmp: &Path, path: &Path, data: &[u8]) -> io::Result<bool> {
     let res = (|| -> io::Result<bool> {
         let mut f = std::fs::OpenOptions::new()
             .write(true)

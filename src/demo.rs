@@ -74,7 +74,7 @@ async fn sql(params: &ConnParams, q: &str) -> anyhow::Result<Option<String>> {
 }
 
 /// Runs the tour.
-pub async fn run_demo(pg_bin: Option<PathBuf>, keep: bool) -> anyhow::Result<()> {
+pub(crate) async fn run_demo(pg_bin: Option<PathBuf>, keep: bool) -> anyhow::Result<()> {
     let (bin, major) = find_any_postgres(pg_bin.as_deref())?;
     let work = tempfile::Builder::new().prefix("pitr-demo-").tempdir()?;
     let root = work.path().to_path_buf();

@@ -17,18 +17,18 @@
 
 pub mod backup;
 pub mod cli;
-pub mod cmd;
+pub(crate) mod cmd;
 pub mod config;
-pub mod crashsafe;
+pub(crate) mod crashsafe;
 pub mod demo;
 pub mod list;
 pub mod metrics;
-pub mod pgproc;
+pub(crate) mod pgproc;
 pub(crate) mod progress;
 pub mod replication;
 pub mod repo;
 pub mod restore;
-pub mod server;
+pub(crate) mod server;
 pub mod shutdown;
 pub mod stream;
 pub mod verify;

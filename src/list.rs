@@ -13,7 +13,7 @@ use crate::repo::{Repo, RepoError};
 
 /// One timeline's window.
 #[derive(Debug, Clone, Serialize)]
-pub struct TimelineWindow {
+pub(crate) struct TimelineWindow {
     /// Timeline.
     pub timeline: TimeLineId,
     /// Its parent and where it branched, if any.
@@ -34,7 +34,7 @@ pub struct TimelineWindow {
 
 /// A backup in the listing.
 #[derive(Debug, Clone, Serialize)]
-pub struct ListedBackup {
+pub(crate) struct ListedBackup {
     /// Its catalog entry.
     #[serde(flatten)]
     pub record: BackupRecord,
@@ -44,7 +44,7 @@ pub struct ListedBackup {
 
 /// The whole listing.
 #[derive(Debug, Clone, Serialize)]
-pub struct Listing {
+pub(crate) struct Listing {
     /// Repo location.
     pub repo: String,
     /// System identifier.
@@ -77,7 +77,7 @@ fn show_rfc(s: &str) -> String {
 }
 
 /// Builds the listing.
-pub async fn list(repo: &Repo) -> Result<Listing, RepoError> {
+pub(crate) async fn list(repo: &Repo) -> Result<Listing, RepoError> {
     let (id, seg, sysid) = catalog::identity(repo).await?;
     let scan = catalog::scan_backups(repo).await?;
     catalog::warn_bad(&scan.bad);
@@ -184,7 +184,7 @@ pub async fn list(repo: &Repo) -> Result<Listing, RepoError> {
 }
 
 /// Prints the listing for humans.
-pub fn print(w: &mut impl std::io::Write, l: &Listing) -> std::io::Result<()> {
+pub(crate) fn print(w: &mut impl std::io::Write, l: &Listing) -> std::io::Result<()> {
     writeln!(
         w,
         "repo {} (system {}, PostgreSQL {})",

@@ -33,16 +33,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 
 /// Default of `--ready-max-lag`: readiness fails when the archive trails the server by more.
-pub const READY_MAX_LAG_BYTES: u64 = 256 << 20;
+pub(crate) const READY_MAX_LAG_BYTES: u64 = 256 << 20;
 /// Default of `--ready-max-lag-time`: readiness fails when the server was where the archive
 /// is now longer ago than this.
-pub const READY_MAX_LAG_TIME: Duration = Duration::from_secs(60);
+pub(crate) const READY_MAX_LAG_TIME: Duration = Duration::from_secs(60);
 /// A reading of the server's position older than this is stale: the position is unknown.
 /// Readings come every few seconds (the monitor polls every 5 s; the stream asks the server
 /// for a keepalive at least every 5 s), so this tolerates two missed readings.
-pub const SERVER_POSITION_MAX_AGE: Duration = Duration::from_secs(15);
+pub(crate) const SERVER_POSITION_MAX_AGE: Duration = Duration::from_secs(15);
 /// Most readings kept for the time lag.
-pub const MAX_SAMPLES: usize = 512;
+pub(crate) const MAX_SAMPLES: usize = 512;
 
 /// The readiness thresholds (`--ready-max-lag`, `--ready-max-lag-time`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +64,7 @@ impl Default for ReadyPolicy {
 
 /// Readings of the server's WAL position over time (unix microseconds, byte position).
 #[derive(Debug, Default, Clone)]
-pub struct ServerTrack {
+pub(crate) struct ServerTrack {
     /// Oldest first; positions never decrease; consecutive readings at one position are
     /// merged into the latest time the server was still there.
     samples: VecDeque<(i64, u64)>,
@@ -75,7 +75,7 @@ pub struct ServerTrack {
 impl ServerTrack {
     /// Records that the server was at `lsn` at `now`. `spacing`: readings closer than this
     /// are merged, so every two kept readings span at least `spacing`.
-    pub fn observe(&mut self, now: i64, lsn: u64, spacing: Duration) {
+    pub(crate) fn observe(&mut self, now: i64, lsn: u64, spacing: Duration) {
         let spacing = spacing.as_micros() as i64;
         // Positions only move forward: a reading below the newest one is older news (the two
         // sources race, and a message can wait in a socket buffer) and must not make the
@@ -105,7 +105,7 @@ impl ServerTrack {
     /// A (re)connection found the server at `lsn`. Below the newest reading (a failover to a
     /// server that had not received everything): the readings so far describe another
     /// server's history and are dropped.
-    pub fn connected(&mut self, now: i64, lsn: u64) {
+    pub(crate) fn connected(&mut self, now: i64, lsn: u64) {
         if self.samples.back().is_some_and(|&(_, last)| lsn < last) {
             self.samples.clear();
         }
@@ -113,19 +113,19 @@ impl ServerTrack {
     }
 
     /// Readings before `now` no longer count (the connection they came over was lost).
-    pub fn invalidate(&mut self, now: i64) {
+    pub(crate) fn invalidate(&mut self, now: i64) {
         self.invalid_before = now;
     }
 
     /// The newest reading, if it still counts: (time, position).
-    pub fn current(&self, now: i64) -> Option<(i64, u64)> {
+    pub(crate) fn current(&self, now: i64) -> Option<(i64, u64)> {
         let &(t, lsn) = self.samples.back()?;
         let fresh = now - t <= SERVER_POSITION_MAX_AGE.as_micros() as i64;
         (t >= self.invalid_before && fresh).then_some((t, lsn))
     }
 
     /// Age of the newest reading, valid or not.
-    pub fn age(&self, now: i64) -> Option<Duration> {
+    pub(crate) fn age(&self, now: i64) -> Option<Duration> {
         self.samples
             .back()
             .map(|&(t, _)| Duration::from_micros((now - t).max(0) as u64))
@@ -134,7 +134,7 @@ impl ServerTrack {
     /// How long ago the server was where the archive is (`archived`): zero when the archive
     /// holds everything the server had at its newest reading; at least the age of the oldest
     /// reading when none is that old.
-    pub fn time_lag(&self, now: i64, archived: u64) -> Duration {
+    pub(crate) fn time_lag(&self, now: i64, archived: u64) -> Duration {
         let Some(&(_, newest)) = self.samples.back() else {
             return Duration::ZERO;
         };
@@ -155,7 +155,7 @@ impl ServerTrack {
 
 /// What readiness is decided from.
 #[derive(Debug, Clone, Copy)]
-pub struct ReadySnapshot {
+pub(crate) struct ReadySnapshot {
     /// The archiver failed for good.
     pub failed: bool,
     /// Streaming now.
@@ -173,7 +173,7 @@ pub struct ReadySnapshot {
 }
 
 /// Readiness: `Ok` when the archive is current, else why not (one line).
-pub fn readiness(s: &ReadySnapshot, p: &ReadyPolicy) -> Result<(), String> {
+pub(crate) fn readiness(s: &ReadySnapshot, p: &ReadyPolicy) -> Result<(), String> {
     if s.failed {
         return Err("archiving has failed; see the log".into());
     }
@@ -274,7 +274,7 @@ fn now_us() -> i64 {
 
 impl Metrics {
     /// Metrics with these readiness thresholds.
-    pub fn new(ready: ReadyPolicy) -> Metrics {
+    pub(crate) fn new(ready: ReadyPolicy) -> Metrics {
         Metrics {
             ready,
             ..Metrics::default()
@@ -286,7 +286,7 @@ impl Metrics {
     }
 
     /// Records a reading of the server's WAL position (from SQL or the replication stream).
-    pub fn observe_server(&self, lsn: u64) {
+    pub(crate) fn observe_server(&self, lsn: u64) {
         // Every two readings span at least `spacing`: MAX_SAMPLES of them cover at least
         // twice the time threshold.
         let spacing =
@@ -295,21 +295,16 @@ impl Metrics {
     }
 
     /// A replication connection found the server at `lsn` (IDENTIFY_SYSTEM).
-    pub fn server_connected(&self, lsn: u64) {
+    pub(crate) fn server_connected(&self, lsn: u64) {
         self.track().connected(now_us(), lsn);
     }
 
     /// Streaming starts or stops. On a stop, readings taken so far no longer count.
-    pub fn set_streaming(&self, on: bool) {
+    pub(crate) fn set_streaming(&self, on: bool) {
         if !on {
             self.track().invalidate(now_us());
         }
         self.streaming.store(on, Ordering::Relaxed);
-    }
-
-    /// The server's position, if currently known.
-    pub fn server_lsn(&self) -> Option<u64> {
-        self.track().current(now_us()).map(|(_, l)| l)
     }
 
     fn snapshot(&self) -> ReadySnapshot {
@@ -329,14 +324,14 @@ impl Metrics {
     }
 
     /// Archive lag in bytes.
-    pub fn lag(&self) -> u64 {
+    pub(crate) fn lag(&self) -> u64 {
         self.received_lsn
             .load(Ordering::Relaxed)
             .saturating_sub(self.archived_lsn.load(Ordering::Relaxed))
     }
 
     /// Liveness.
-    pub fn health(&self) -> Result<(), String> {
+    pub(crate) fn health(&self) -> Result<(), String> {
         // The refusal says more than "failed"; an open gap says less.
         if let Some(d) = self.divergence.lock().ok().and_then(|d| d.clone()) {
             return Err(d);
@@ -349,7 +344,7 @@ impl Metrics {
 
     /// The repo's integrity as seen by the stream: a divergence (nothing is archived), or an
     /// open WAL gap (nothing after it can be restored until a base backup starts after it).
-    pub fn integrity(&self) -> Result<(), String> {
+    pub(crate) fn integrity(&self) -> Result<(), String> {
         if let Some(d) = self.divergence.lock().ok().and_then(|d| d.clone()) {
             return Err(d);
         }
@@ -362,7 +357,7 @@ impl Metrics {
     }
 
     /// Records the refusal of a server whose history is not the repo's.
-    pub fn set_divergence(&self, line: &str) {
+    pub(crate) fn set_divergence(&self, line: &str) {
         if let Ok(mut d) = self.divergence.lock() {
             *d = Some(line.to_owned());
         }
@@ -370,7 +365,7 @@ impl Metrics {
     }
 
     /// A gap was recorded by this process: counted, open, and a backup is due now.
-    pub fn gap_recorded(&self, g: &crate::repo::gaps::GapRecord) {
+    pub(crate) fn gap_recorded(&self, g: &crate::repo::gaps::GapRecord) {
         self.wal_gaps.fetch_add(1, Ordering::Relaxed);
         self.set_open_gap(Some(g.describe()));
         self.backup_now.notify_one();
@@ -378,26 +373,26 @@ impl Metrics {
     }
 
     /// Sets or clears the open gap.
-    pub fn set_open_gap(&self, g: Option<String>) {
+    pub(crate) fn set_open_gap(&self, g: Option<String>) {
         if let Ok(mut cur) = self.open_gap.lock() {
             *cur = g;
         }
     }
 
     /// A gap is open.
-    pub fn gap_open(&self) -> bool {
+    pub(crate) fn gap_open(&self) -> bool {
         self.open_gap.lock().is_ok_and(|g| g.is_some())
     }
 
     /// Readiness: the repo's integrity first (a divergence or an open gap), then see
     /// [`readiness`].
-    pub fn readiness(&self) -> Result<(), String> {
+    pub(crate) fn readiness(&self) -> Result<(), String> {
         self.integrity()?;
         readiness(&self.snapshot(), &self.ready)
     }
 
     /// Prometheus text exposition.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut s = String::new();
         self.render_positions(&mut s);
         self.render_activity(&mut s);

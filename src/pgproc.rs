@@ -47,7 +47,7 @@ pub(crate) fn pg_config_bindir() -> Option<PathBuf> {
 }
 
 /// Locates `postgres`/`pg_ctl` of the right major: `--pg-bin`, then PATH, then `pg_config`.
-pub fn find_binaries(pg_bin: Option<&Path>, major: u32) -> Result<PathBuf, BinariesError> {
+pub(crate) fn find_binaries(pg_bin: Option<&Path>, major: u32) -> Result<PathBuf, BinariesError> {
     let mut tried = Vec::new();
     let mut candidates: Vec<PathBuf> = Vec::new();
     if let Some(b) = pg_bin {

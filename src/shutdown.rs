@@ -23,18 +23,18 @@ pub struct Shutdown {
 
 /// The side that requests the shutdown.
 #[derive(Debug)]
-pub struct Trigger(watch::Sender<bool>);
+pub(crate) struct Trigger(watch::Sender<bool>);
 
 impl Trigger {
     /// Requests the shutdown (idempotent).
-    pub fn fire(&self) {
+    pub(crate) fn fire(&self) {
         let _ = self.0.send(true);
     }
 }
 
 impl Shutdown {
     /// A handle requested by [`Trigger::fire`] (or by dropping the trigger).
-    pub fn new() -> (Trigger, Shutdown) {
+    pub(crate) fn new() -> (Trigger, Shutdown) {
         let (tx, rx) = watch::channel(false);
         (Trigger(tx), Shutdown { rx })
     }
@@ -59,18 +59,19 @@ impl Shutdown {
         Ok(shutdown)
     }
 
+    #[cfg(test)]
     /// Whether the shutdown was requested.
-    pub fn is_requested(&self) -> bool {
+    pub(crate) fn is_requested(&self) -> bool {
         *self.rx.borrow() || self.rx.has_changed().is_err()
     }
 
     /// Waits until the shutdown is requested (at once if it already was). Cancel-safe.
-    pub async fn recv(&mut self) {
+    pub(crate) async fn recv(&mut self) {
         let _ = self.rx.wait_for(|s| *s).await;
     }
 
     /// The underlying receiver, for the modules that select on `watch::Receiver<bool>`.
-    pub fn watch(&self) -> watch::Receiver<bool> {
+    pub(crate) fn watch(&self) -> watch::Receiver<bool> {
         self.rx.clone()
     }
 }

@@ -36,7 +36,7 @@ pub enum InspectError {
 
 /// The result of `inspect`.
 #[derive(Debug)]
-pub struct InspectReport {
+pub(crate) struct InspectReport {
     /// One per input file, in input order (`--json` prints this list): the repo's summary
     /// record ([`SummaryRecord`]), with the path given as `file`.
     pub files: Vec<SummaryRecord>,
@@ -44,7 +44,7 @@ pub struct InspectReport {
 
 impl InspectReport {
     /// The first file with invalid WAL, as one line naming file and LSN.
-    pub fn first_problem(&self) -> Option<String> {
+    pub(crate) fn first_problem(&self) -> Option<String> {
         self.files.iter().find_map(|f| {
             if let Some(e) = &f.error {
                 return Some(format!("{}: {e}", f.file));
@@ -193,7 +193,7 @@ fn close(stream: Option<Stream>, out: &mut [SummaryRecord]) {
 }
 
 /// Summarises the given files.
-pub fn inspect(paths: &[PathBuf]) -> Result<InspectReport, InspectError> {
+pub(crate) fn inspect(paths: &[PathBuf]) -> Result<InspectReport, InspectError> {
     let mut out: Vec<SummaryRecord> = paths
         .iter()
         .map(|p| SummaryRecord::empty(p.display().to_string()))
@@ -303,7 +303,11 @@ pub fn inspect(paths: &[PathBuf]) -> Result<InspectReport, InspectError> {
 }
 
 /// Human-readable report.
-pub fn print_text(w: &mut impl Write, report: &InspectReport, xacts: bool) -> io::Result<()> {
+pub(crate) fn print_text(
+    w: &mut impl Write,
+    report: &InspectReport,
+    xacts: bool,
+) -> io::Result<()> {
     for (i, f) in report.files.iter().enumerate() {
         if i > 0 {
             writeln!(w)?;

@@ -43,7 +43,7 @@ use crate::repo::catalog::{
 use crate::repo::{self, Repo, RepoError};
 
 /// Chunks compressed or uploading at once (memory: about twice this many chunk sizes).
-pub const IN_FLIGHT: usize = 4;
+pub(crate) const IN_FLIGHT: usize = 4;
 
 /// Backup errors.
 #[derive(Debug, thiserror::Error)]
@@ -83,7 +83,7 @@ pub enum BackupError {
 
 /// `pitr backup` settings.
 #[derive(Debug, Clone)]
-pub struct BackupOptions {
+pub(crate) struct BackupOptions {
     /// The server (replication connection).
     pub source: ConnParams,
     /// The repo.
@@ -215,7 +215,7 @@ fn backup_id(now: jiff::Timestamp) -> String {
 }
 
 /// Takes a base backup into the repo; returns its catalog entry once complete.
-pub async fn run(opts: &BackupOptions) -> Result<BackupRecord, BackupError> {
+pub(crate) async fn run(opts: &BackupOptions) -> Result<BackupRecord, BackupError> {
     let mut conn = PgConn::connect(&opts.source, true)
         .await
         .map_err(|e| explain(e, &opts.source.user))?;
@@ -577,7 +577,7 @@ async fn wait_for_wal(
 }
 
 /// `pitr mark NAME`: creates a named restore point on the server and records it.
-pub async fn mark(
+pub(crate) async fn mark(
     source: &ConnParams,
     repo: &Repo,
     name: &str,
@@ -615,7 +615,7 @@ pub async fn mark(
 }
 
 /// Prints a one-line summary of a finished backup.
-pub fn print_summary(w: &mut impl Write, rec: &BackupRecord) -> std::io::Result<()> {
+pub(crate) fn print_summary(w: &mut impl Write, rec: &BackupRecord) -> std::io::Result<()> {
     writeln!(
         w,
         "backup {} ({}) complete: {} MiB ({} MiB stored), WAL {} to {} on timeline {}, restorable from {}",

@@ -51,7 +51,7 @@ use super::conn::{ConnError, PgConn};
 /// The `BASE_BACKUP` command pitr sends: a labelled backup with progress, a fast checkpoint,
 /// no wait for WAL archiving, and a manifest with CRC-32C checksums.
 #[derive(Debug, Clone, Copy)]
-pub struct BaseBackupCommand<'a> {
+pub(crate) struct BaseBackupCommand<'a> {
     /// `LABEL`.
     pub label: &'a str,
     /// `COMPRESSION 'lz4'`: the server compresses each archive.
@@ -60,7 +60,7 @@ pub struct BaseBackupCommand<'a> {
 
 impl BaseBackupCommand<'_> {
     /// The command's text.
-    pub fn sql(&self) -> String {
+    pub(crate) fn sql(&self) -> String {
         let compression = if self.server_lz4 {
             ", COMPRESSION 'lz4'"
         } else {
@@ -75,7 +75,7 @@ impl BaseBackupCommand<'_> {
 
 /// One row of the tablespace result set.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Tablespace {
+pub(crate) struct Tablespace {
     /// The tablespace's OID (`None`: the main data directory).
     pub oid: Option<u32>,
     /// Its location on the server (`None`: the main data directory).
@@ -86,7 +86,7 @@ pub struct Tablespace {
 
 /// What the server said, in protocol order (see the module docs).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BackupEvent {
+pub(crate) enum BackupEvent {
     /// The backup started: its start LSN (the checkpoint's redo point) and timeline.
     Started {
         /// Start LSN.
@@ -210,7 +210,7 @@ enum Part {
 /// The sans-IO decoder: [`Decoder::feed`] each backend message after sending the command,
 /// take the events with [`Decoder::poll`].
 #[derive(Debug)]
-pub struct Decoder {
+pub(crate) struct Decoder {
     state: State,
     tablespaces: Vec<Tablespace>,
     error: Option<Box<ServerNotice>>,
@@ -337,7 +337,7 @@ impl State {
 
 impl Decoder {
     /// A decoder for the response to a `BASE_BACKUP` just sent.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Decoder {
             state: State::Start,
             tablespaces: Vec::new(),
@@ -347,17 +347,17 @@ impl Decoder {
     }
 
     /// The next event, if one is ready.
-    pub fn poll(&mut self) -> Option<BackupEvent> {
+    pub(crate) fn poll(&mut self) -> Option<BackupEvent> {
         self.events.pop_front()
     }
 
     /// Whether the response is over (`Done` yielded, or an error returned).
-    pub fn is_finished(&self) -> bool {
+    pub(crate) fn is_finished(&self) -> bool {
         self.state == State::Finished
     }
 
     /// Takes one backend message. An error ends the decoder: later messages are refused.
-    pub fn feed(&mut self, msg: Backend) -> Result<(), BaseBackupError> {
+    pub(crate) fn feed(&mut self, msg: Backend) -> Result<(), BaseBackupError> {
         let r = self.step(msg);
         if r.is_err() {
             self.state = State::Finished;
@@ -502,14 +502,14 @@ impl Decoder {
 /// A `BASE_BACKUP` in progress on a connection: [`BaseBackupStream::next`] until
 /// [`BackupEvent::Done`] or an error.
 #[derive(Debug)]
-pub struct BaseBackupStream<'c> {
+pub(crate) struct BaseBackupStream<'c> {
     conn: &'c mut PgConn,
     decoder: Decoder,
 }
 
 impl PgConn {
     /// Sends `BASE_BACKUP`; read its response with [`BaseBackupStream::next`].
-    pub async fn base_backup(
+    pub(crate) async fn base_backup(
         &mut self,
         cmd: &BaseBackupCommand<'_>,
     ) -> Result<BaseBackupStream<'_>, ConnError> {
@@ -527,7 +527,7 @@ impl PgConn {
 impl BaseBackupStream<'_> {
     /// The next event, reading as needed. After [`BackupEvent::Done`] or an error, the
     /// response is over and this fails without reading.
-    pub async fn next(&mut self) -> Result<BackupEvent, BaseBackupError> {
+    pub(crate) async fn next(&mut self) -> Result<BackupEvent, BaseBackupError> {
         loop {
             if let Some(ev) = self.decoder.poll() {
                 return Ok(ev);

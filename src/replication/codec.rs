@@ -16,7 +16,7 @@ use walfmt::Lsn;
 
 /// Frames larger than this are refused (PostgreSQL's own limit for most messages is 1 GiB;
 /// XLogData is at most 128 KiB of WAL).
-pub const MAX_FRAME: usize = 1 << 30;
+pub(crate) const MAX_FRAME: usize = 1 << 30;
 
 /// A malformed or unexpected server message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -54,7 +54,8 @@ impl std::fmt::Display for ServerNotice {
 
 /// A message from the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Backend {
+#[allow(clippy::enum_variant_names)] // `BackendKeyData` is the protocol's own name
+pub(crate) enum Backend {
     /// `'R'`: authentication request (code, rest of the body).
     Auth(i32, Bytes),
     /// `'S'`.
@@ -123,7 +124,7 @@ fn notice(mut b: Bytes) -> Result<ServerNotice, ProtocolError> {
 }
 
 /// Takes one complete message off the front of `buf`, if it holds one.
-pub fn decode_backend(buf: &mut BytesMut) -> Result<Option<Backend>, ProtocolError> {
+pub(crate) fn decode_backend(buf: &mut BytesMut) -> Result<Option<Backend>, ProtocolError> {
     if buf.len() < 5 {
         return Ok(None);
     }
@@ -209,7 +210,7 @@ pub fn decode_backend(buf: &mut BytesMut) -> Result<Option<Backend>, ProtocolErr
 
 /// A replication sub-message from the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReplMessage {
+pub(crate) enum ReplMessage {
     /// `'w'`: WAL bytes starting at `start`.
     XLogData {
         /// LSN of the first byte.
@@ -233,7 +234,7 @@ pub enum ReplMessage {
 }
 
 /// Parses a CopyData payload of a physical replication stream.
-pub fn decode_repl(mut p: Bytes) -> Result<ReplMessage, ProtocolError> {
+pub(crate) fn decode_repl(mut p: Bytes) -> Result<ReplMessage, ProtocolError> {
     if p.is_empty() {
         return Err(perr("empty CopyData"));
     }
@@ -270,7 +271,7 @@ pub fn decode_repl(mut p: Bytes) -> Result<ReplMessage, ProtocolError> {
 }
 
 /// Microseconds since 2000-01-01 UTC, now.
-pub fn pg_now() -> i64 {
+pub(crate) fn pg_now() -> i64 {
     let us = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as i64);
@@ -278,7 +279,7 @@ pub fn pg_now() -> i64 {
 }
 
 /// Appends a CopyData frame carrying a standby status update (`'r'`).
-pub fn encode_status(
+pub(crate) fn encode_status(
     buf: &mut BytesMut,
     write: Lsn,
     flush: Lsn,
@@ -296,12 +297,12 @@ pub fn encode_status(
 }
 
 /// Appends a CopyDone.
-pub fn encode_copy_done(buf: &mut BytesMut) {
+pub(crate) fn encode_copy_done(buf: &mut BytesMut) {
     postgres_protocol::message::frontend::copy_done(buf);
 }
 
 /// Parses `SHOW wal_segment_size` output (`16MB`, `1GB`, `1048576`...) into bytes.
-pub fn parse_size(s: &str) -> Option<u64> {
+pub(crate) fn parse_size(s: &str) -> Option<u64> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (n, unit) = s.split_at(split);
@@ -321,7 +322,7 @@ pub fn parse_size(s: &str) -> Option<u64> {
 /// number is in milliseconds, the unit of `wal_sender_timeout`). PostgreSQL prints times with
 /// the largest unit that divides them (guc.c, `convert_int_from_base_unit`): `us`, `ms`, `s`,
 /// `min`, `h`, `d`.
-pub fn parse_time_ms(s: &str) -> Option<u64> {
+pub(crate) fn parse_time_ms(s: &str) -> Option<u64> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (n, unit) = s.split_at(split);

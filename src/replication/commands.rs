@@ -32,12 +32,12 @@ fn bad(what: &str) -> ConnError {
 }
 
 /// Quotes a slot name as an identifier.
-pub fn quote_ident(s: &str) -> String {
+pub(crate) fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
 /// Quotes an SQL string literal (standard_conforming_strings on).
-pub fn sql_literal(s: &str) -> String {
+pub(crate) fn sql_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
@@ -66,7 +66,7 @@ impl PgConn {
     }
 
     /// `SHOW name`.
-    pub async fn show(&mut self, name: &str) -> Result<String, ConnError> {
+    pub(crate) async fn show(&mut self, name: &str) -> Result<String, ConnError> {
         let r = self.simple_query(&format!("SHOW {name}")).await?;
         r.get(0, 0).map(str::to_owned).ok_or_else(|| bad("SHOW"))
     }
@@ -83,7 +83,7 @@ impl PgConn {
     }
 
     /// `TIMELINE_HISTORY tli`: the history file's name and raw content.
-    pub async fn timeline_history(
+    pub(crate) async fn timeline_history(
         &mut self,
         tli: TimeLineId,
     ) -> Result<(String, Vec<u8>), ConnError> {
@@ -206,7 +206,7 @@ impl PgConn {
     }
 
     /// A buffered stream event, if one is complete. Cancel-safe companion of [`PgConn::fill`].
-    pub fn try_event(&mut self) -> Result<Option<StreamEvent>, ConnError> {
+    pub(crate) fn try_event(&mut self) -> Result<Option<StreamEvent>, ConnError> {
         while let Some(m) = self.try_next()? {
             match m {
                 Backend::CopyData(p) => {
@@ -256,7 +256,7 @@ impl PgConn {
 
     /// After the server's CopyDone at the end of a timeline: answer CopyDone and read where
     /// the next timeline starts (§1.8 b). Later XLogData is discarded.
-    pub async fn finish_timeline(&mut self) -> Result<Option<(TimeLineId, Lsn)>, ConnError> {
+    pub(crate) async fn finish_timeline(&mut self) -> Result<Option<(TimeLineId, Lsn)>, ConnError> {
         let mut b = BytesMut::new();
         codec::encode_copy_done(&mut b);
         self.send(&b).await?;

@@ -141,7 +141,7 @@ impl ConnError {
 
 /// The byte stream under a connection.
 #[derive(Debug)]
-pub enum Stream {
+pub(crate) enum Stream {
     /// Plain TCP.
     Tcp(TcpStream),
     /// Unix socket.
@@ -205,7 +205,7 @@ pub struct QueryResult {
 
 impl QueryResult {
     /// The value at `(row, col)`, if present and not NULL.
-    pub fn get(&self, row: usize, col: usize) -> Option<&str> {
+    pub(crate) fn get(&self, row: usize, col: usize) -> Option<&str> {
         self.rows.get(row)?.get(col)?.as_deref()
     }
 }
@@ -473,7 +473,7 @@ impl PgConn {
     }
 
     /// The server's major version (`server_version`'s first number; 0 if unreadable).
-    pub fn server_major(&self) -> u32 {
+    pub(crate) fn server_major(&self) -> u32 {
         self.server_version
             .split(|c: char| !c.is_ascii_digit())
             .next()
@@ -482,7 +482,7 @@ impl PgConn {
     }
 
     /// Why pitr cannot work with this server, if it cannot (PostgreSQL before 15).
-    pub fn unsupported(&self) -> Option<String> {
+    pub(crate) fn unsupported(&self) -> Option<String> {
         (self.server_major() < 15).then(|| {
             format!(
                 "PostgreSQL {} is not supported: pitr needs 15 or later",
@@ -493,7 +493,7 @@ impl PgConn {
 
     /// Bounds every later wait for a reply ([`PgConn::next`]) and every write; `None`:
     /// unbounded (the default).
-    pub fn set_io_timeout(&mut self, t: Option<Duration>) {
+    pub(crate) fn set_io_timeout(&mut self, t: Option<Duration>) {
         self.io_timeout = t;
     }
 
@@ -522,7 +522,7 @@ impl PgConn {
     }
 
     /// Sends what is buffered (within the I/O timeout, if one is set).
-    pub async fn flush(&mut self) -> Result<(), ConnError> {
+    pub(crate) async fn flush(&mut self) -> Result<(), ConnError> {
         if !self.wbuf.is_empty() {
             let b = self.wbuf.split();
             let io = &mut self.io;
@@ -542,23 +542,23 @@ impl PgConn {
     }
 
     /// Queues raw, already-framed bytes and sends them.
-    pub async fn send(&mut self, framed: &[u8]) -> Result<(), ConnError> {
+    pub(crate) async fn send(&mut self, framed: &[u8]) -> Result<(), ConnError> {
         self.wbuf.extend_from_slice(framed);
         self.flush().await
     }
 
     /// Reads more bytes into the buffer. Cancel-safe. Returns the number read (0: EOF).
-    pub async fn fill(&mut self) -> Result<usize, ConnError> {
+    pub(crate) async fn fill(&mut self) -> Result<usize, ConnError> {
         Ok(self.io.read_buf(&mut self.rbuf).await?)
     }
 
     /// A complete message already buffered, if any.
-    pub fn try_next(&mut self) -> Result<Option<Backend>, ConnError> {
+    pub(crate) fn try_next(&mut self) -> Result<Option<Backend>, ConnError> {
         Ok(decode_backend(&mut self.rbuf)?)
     }
 
     /// The next message, reading as needed; each read waits at most the I/O timeout.
-    pub async fn next(&mut self) -> Result<Backend, ConnError> {
+    pub(crate) async fn next(&mut self) -> Result<Backend, ConnError> {
         loop {
             if let Some(m) = self.try_next()? {
                 return Ok(m);

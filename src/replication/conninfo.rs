@@ -29,10 +29,6 @@ use std::time::Duration;
 pub struct Password(String);
 
 impl Password {
-    /// Wraps a password.
-    pub fn new(s: impl Into<String>) -> Self {
-        Password(s.into())
-    }
     /// The secret itself, for the authentication exchange only.
     pub fn expose(&self) -> &str {
         &self.0
@@ -84,7 +80,7 @@ impl SslMode {
     }
 
     /// The libpq spelling.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             SslMode::Disable => "disable",
             SslMode::Prefer => "prefer",
@@ -106,7 +102,7 @@ pub enum Host {
 
 impl Host {
     /// `host:port` or the socket path, for messages.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             Host::Tcp(h, p) if h.contains(':') => format!("[{h}]:{p}"),
             Host::Tcp(h, p) => format!("{h}:{p}"),
@@ -433,7 +429,7 @@ pub trait Env {
 
 /// The process environment.
 #[derive(Debug, Clone, Copy)]
-pub struct ProcessEnv;
+pub(crate) struct ProcessEnv;
 
 impl Env for ProcessEnv {
     fn var(&self, name: &str) -> Option<String> {
@@ -618,7 +614,7 @@ fn pgpass_fields(line: &str) -> Vec<String> {
 
 /// Looks up a password as libpq's `passwordFromFile` does. Unix-socket hosts match
 /// `localhost`. Files readable by group or others are ignored, with a warning.
-pub fn password_from_file(path: &Path, host: &Host, db: &str, user: &str) -> Option<String> {
+pub(crate) fn password_from_file(path: &Path, host: &Host, db: &str, user: &str) -> Option<String> {
     use std::os::unix::fs::PermissionsExt;
     let meta = std::fs::metadata(path).ok()?;
     if !meta.is_file() {

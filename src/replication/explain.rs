@@ -14,7 +14,7 @@ use super::conn::ConnError;
 
 /// A connection failure, explained.
 #[derive(Debug)]
-pub enum Explained {
+pub(crate) enum Explained {
     /// The server refused for a reason a setting fixes: the one-line reason with the fix.
     Refused(String),
     /// Any other failure, unchanged.
@@ -23,7 +23,7 @@ pub enum Explained {
 
 /// Turns a refusal at connect time into a one-line reason with the fix (`user`: the role we
 /// connected as).
-pub fn explain(e: ConnError, user: &str) -> Explained {
+pub(crate) fn explain(e: ConnError, user: &str) -> Explained {
     if let Some(code) = e.sqlstate() {
         let msg = e.to_string();
         if code == "53300" && msg.contains("max_wal_senders") {

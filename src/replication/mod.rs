@@ -3,12 +3,12 @@
 //! ([`commands`]), the `BASE_BACKUP` protocol ([`base_backup`]), and the explanation of
 //! refused connections ([`explain`](explain())).
 
-pub mod base_backup;
-pub mod codec;
+pub(crate) mod base_backup;
+pub(crate) mod codec;
 pub mod commands;
 pub mod conn;
 pub mod conninfo;
 mod explain;
-pub mod tls;
+pub(crate) mod tls;
 
-pub use explain::{Explained, explain};
+pub(crate) use explain::{Explained, explain};

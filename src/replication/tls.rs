@@ -174,7 +174,7 @@ fn config(params: &ConnParams) -> Result<rustls::ClientConfig, String> {
 
 /// Sends SSLRequest and, if the server agrees, runs the handshake. Returns the stream and
 /// whether it is encrypted.
-pub async fn negotiate(
+pub(crate) async fn negotiate(
     mut tcp: TcpStream,
     host: &str,
     params: &ConnParams,
@@ -211,7 +211,7 @@ pub async fn negotiate(
 /// The `tls-server-end-point` channel-binding value (RFC 5929): a hash of the server's
 /// certificate with its signature's hash algorithm (SHA-256 for MD5 and SHA-1). `None` when
 /// the algorithm has no defined binding (e.g. Ed25519): SCRAM then runs without binding.
-pub fn server_end_point(s: &tokio_rustls::client::TlsStream<TcpStream>) -> Option<Vec<u8>> {
+pub(crate) fn server_end_point(s: &tokio_rustls::client::TlsStream<TcpStream>) -> Option<Vec<u8>> {
     let (_, conn) = s.get_ref();
     let cert = conn.peer_certificates()?.first()?;
     let alg = match signature_oid(cert.as_ref())? {

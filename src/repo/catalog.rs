@@ -29,41 +29,43 @@ use walfmt::history::TimelineHistory;
 use walfmt::{DecoderConfig, Lsn, SegNo, TimeLineId, WalSegSize};
 
 use super::objects::SummaryRecord;
-pub use super::objects::{ArchiveRecord, BACKUP_FORMAT, BackupRecord, ChunkRecord, PointRecord};
+pub(crate) use super::objects::{
+    ArchiveRecord, BACKUP_FORMAT, BackupRecord, ChunkRecord, PointRecord,
+};
 use super::{Repo, RepoError, WalObject, parse_wal_key};
 
 /// Uncompressed tar bytes per backup chunk.
-pub const CHUNK_BYTES: usize = 8 << 20;
+pub(crate) const CHUNK_BYTES: usize = 8 << 20;
 
 /// Key of a backup's catalog entry.
-pub fn backup_key(id: &str) -> String {
+pub(crate) fn backup_key(id: &str) -> String {
     format!("backups/{id}/backup.json")
 }
 
 /// Key of one chunk of a backup archive.
-pub fn chunk_key(id: &str, archive: &str, n: usize, server_compressed: bool) -> String {
+pub(crate) fn chunk_key(id: &str, archive: &str, n: usize, server_compressed: bool) -> String {
     let ext = if server_compressed { "srv" } else { "lz4" };
     format!("backups/{id}/{archive}.{n:06}.{ext}")
 }
 
 /// Key of a backup's manifest.
-pub fn manifest_key(id: &str) -> String {
+pub(crate) fn manifest_key(id: &str) -> String {
     format!("backups/{id}/backup_manifest.lz4")
 }
 
 /// Key of a named restore point.
-pub fn point_key(lsn: Lsn) -> String {
+pub(crate) fn point_key(lsn: Lsn) -> String {
     format!("points/{:016X}.json", lsn.0)
 }
 
 /// Parses an RFC 3339 instant into Unix microseconds.
-pub fn parse_micros(s: &str) -> Option<i64> {
+pub(crate) fn parse_micros(s: &str) -> Option<i64> {
     let ts: jiff::Timestamp = s.parse().ok()?;
     Some(ts.as_microsecond())
 }
 
 /// Formats Unix microseconds as RFC 3339 UTC (`2025-11-22T14:30:05.123456Z`).
-pub fn micros_rfc3339(us: i64) -> String {
+pub(crate) fn micros_rfc3339(us: i64) -> String {
     jiff::Timestamp::from_microsecond(us)
         .map(|t| t.to_string())
         .unwrap_or_else(|_| format!("@{us}us"))
@@ -71,7 +73,7 @@ pub fn micros_rfc3339(us: i64) -> String {
 
 /// A commit or abort from the index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Xact {
+pub(crate) struct Xact {
     /// Record start.
     pub lsn: Lsn,
     /// Commit/abort time, Unix microseconds.
@@ -84,7 +86,7 @@ pub struct Xact {
 
 /// A restore point from the index.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RestorePoint {
+pub(crate) struct RestorePoint {
     /// Record start.
     pub lsn: Lsn,
     /// Name.
@@ -95,7 +97,7 @@ pub struct RestorePoint {
 
 /// A checkpoint record from the index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CheckpointFact {
+pub(crate) struct CheckpointFact {
     /// Record start.
     pub lsn: Lsn,
     /// Its redo pointer (a backup's start LSN is one).
@@ -106,7 +108,7 @@ pub struct CheckpointFact {
 
 /// What the index knows about one segment (from its summary, or from decoding it).
 #[derive(Debug, Clone, Default)]
-pub struct SegmentFacts {
+pub(crate) struct SegmentFacts {
     /// Commits and aborts starting in it, in LSN order.
     pub xacts: Vec<Xact>,
     /// Restore points.
@@ -206,7 +208,7 @@ pub(crate) fn facts_from_segment(s: walfmt::SegmentSummary) -> SegmentFacts {
 
 /// One archived file of a timeline's segment.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SegFile {
+pub(crate) enum SegFile {
     /// Complete segment.
     Complete {
         /// Object key.
@@ -225,7 +227,7 @@ pub enum SegFile {
 
 /// A stretch of one timeline followed by a target timeline: `[from, to)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PathStep {
+pub(crate) struct PathStep {
     /// Timeline.
     pub tli: TimeLineId,
     /// First LSN on it.
@@ -236,7 +238,7 @@ pub struct PathStep {
 
 /// An index of the WAL area, from one listing.
 #[derive(Debug, Clone)]
-pub struct WalIndex {
+pub(crate) struct WalIndex {
     /// Segment size.
     pub seg: WalSegSize,
     /// System identifier (for decoding).
@@ -251,7 +253,11 @@ pub struct WalIndex {
 
 impl WalIndex {
     /// Lists the WAL area and builds the index.
-    pub async fn load(repo: &Repo, seg: WalSegSize, system_id: u64) -> Result<WalIndex, RepoError> {
+    pub(crate) async fn load(
+        repo: &Repo,
+        seg: WalSegSize,
+        system_id: u64,
+    ) -> Result<WalIndex, RepoError> {
         let listing = repo.store().list("wal/").await?;
         let mut files: BTreeMap<TimeLineId, BTreeMap<SegNo, SegFile>> = BTreeMap::new();
         let mut summaries = BTreeSet::new();
@@ -321,17 +327,17 @@ impl WalIndex {
     }
 
     /// Timelines with WAL, oldest first.
-    pub fn timelines(&self) -> Vec<TimeLineId> {
+    pub(crate) fn timelines(&self) -> Vec<TimeLineId> {
         self.files.keys().copied().collect()
     }
 
     /// The newest timeline with WAL.
-    pub fn latest_timeline(&self) -> Option<TimeLineId> {
+    pub(crate) fn latest_timeline(&self) -> Option<TimeLineId> {
         self.files.keys().next_back().copied()
     }
 
     /// The stretches of WAL that recovery following `tli` reads, oldest first.
-    pub fn path(&self, tli: TimeLineId) -> Vec<PathStep> {
+    pub(crate) fn path(&self, tli: TimeLineId) -> Vec<PathStep> {
         match self.histories.get(&tli) {
             Some(h) => history_path(h),
             None => history_path(&TimelineHistory {
@@ -343,7 +349,7 @@ impl WalIndex {
 
     /// The timeline whose file recovery reads for `segno` when following `path`: the newest
     /// one that begins at or before that segment (as PostgreSQL's `XLogFileReadAnyTLI`).
-    pub fn tli_for_segment(&self, path: &[PathStep], segno: SegNo) -> TimeLineId {
+    pub(crate) fn tli_for_segment(&self, path: &[PathStep], segno: SegNo) -> TimeLineId {
         path.iter()
             .rev()
             .find(|p| p.from.segment(self.seg) <= segno)
@@ -352,7 +358,7 @@ impl WalIndex {
     }
 
     /// The file for `segno` when following `path`, if archived.
-    pub fn file(&self, path: &[PathStep], segno: SegNo) -> Option<(TimeLineId, &SegFile)> {
+    pub(crate) fn file(&self, path: &[PathStep], segno: SegNo) -> Option<(TimeLineId, &SegFile)> {
         let tli = self.tli_for_segment(path, segno);
         self.files.get(&tli)?.get(&segno).map(|f| (tli, f))
     }
@@ -360,7 +366,7 @@ impl WalIndex {
     /// The contiguous WAL following `path` from the segment holding `start`: the end of the
     /// archived WAL (exclusive), and where the first gap begins if the WAL stops before the
     /// newest archived segment of the path.
-    pub fn coverage(&self, path: &[PathStep], start: Lsn) -> Coverage {
+    pub(crate) fn coverage(&self, path: &[PathStep], start: Lsn) -> Coverage {
         let mut segno = start.segment(self.seg);
         let mut end = None;
         loop {
@@ -391,7 +397,7 @@ impl WalIndex {
 
     /// Gaps on the timeline `tli` itself (missing segments between its first and newest
     /// archived segment): `[from, to)` LSN ranges.
-    pub fn gaps(&self, tli: TimeLineId) -> Vec<(Lsn, Lsn)> {
+    pub(crate) fn gaps(&self, tli: TimeLineId) -> Vec<(Lsn, Lsn)> {
         let Some(m) = self.files.get(&tli) else {
             return Vec::new();
         };
@@ -418,7 +424,7 @@ impl WalIndex {
 
     /// What one segment of `path` holds: from its summary when there is one, else by
     /// fetching and decoding it.
-    pub async fn facts(
+    pub(crate) async fn facts(
         &self,
         repo: &Repo,
         path: &[PathStep],
@@ -471,7 +477,7 @@ impl WalIndex {
 
 /// The stretches of WAL that recovery following history `h` reads, oldest first: each
 /// ancestor up to its switch point, then `h`'s own timeline, open-ended.
-pub fn history_path(h: &TimelineHistory) -> Vec<PathStep> {
+pub(crate) fn history_path(h: &TimelineHistory) -> Vec<PathStep> {
     let mut out = Vec::new();
     let mut from = Lsn(0);
     for a in &h.ancestors {
@@ -491,19 +497,19 @@ pub fn history_path(h: &TimelineHistory) -> Vec<PathStep> {
 }
 
 /// Whether `path` reaches `lsn` on timeline `tli` (a backup lies on a timeline's history).
-pub fn on_path(path: &[PathStep], tli: TimeLineId, lsn: Lsn) -> bool {
+pub(crate) fn on_path(path: &[PathStep], tli: TimeLineId, lsn: Lsn) -> bool {
     path.iter()
         .any(|p| p.tli == tli && p.from <= lsn && lsn < p.to)
 }
 
 /// The segment holding the last byte before `end` (the last segment of WAL ending there).
-pub fn last_segment(end: Lsn, seg: WalSegSize) -> SegNo {
+pub(crate) fn last_segment(end: Lsn, seg: WalSegSize) -> SegNo {
     Lsn(end.0.saturating_sub(1)).segment(seg)
 }
 
 /// The result of [`WalIndex::coverage`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Coverage {
+pub(crate) struct Coverage {
     /// End of the contiguous WAL (`None`: not even the first segment is archived).
     pub end: Option<Lsn>,
     /// Where the contiguous WAL stops although later WAL exists (a gap).
@@ -512,7 +518,7 @@ pub struct Coverage {
 
 /// A catalog entry that cannot be used: unreadable, or with a field that does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct BadEntry {
+pub(crate) struct BadEntry {
     /// The object.
     pub key: String,
     /// What is wrong with it.
@@ -522,7 +528,7 @@ pub struct BadEntry {
 /// A backup whose objects exist but which has no catalog entry: it was interrupted (or is
 /// still running).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct IncompleteBackup {
+pub(crate) struct IncompleteBackup {
     /// Its id (the start time, `YYYYMMDDTHHMMSSZ`, maybe with a `-N` suffix).
     pub id: String,
     /// Objects it left.
@@ -536,7 +542,7 @@ pub struct IncompleteBackup {
 
 /// What `backups/` holds.
 #[derive(Debug, Clone, Default)]
-pub struct BackupScan {
+pub(crate) struct BackupScan {
     /// Complete, readable backups, oldest first.
     pub good: Vec<BackupRecord>,
     /// Catalog entries that cannot be used (each named).
@@ -546,7 +552,7 @@ pub struct BackupScan {
 }
 
 /// The start time encoded in a backup id (`YYYYMMDDTHHMMSSZ[-N]`), Unix microseconds.
-pub fn id_time(id: &str) -> Option<i64> {
+pub(crate) fn id_time(id: &str) -> Option<i64> {
     let core = id.get(..16)?;
     let t = jiff::civil::DateTime::strptime("%Y%m%dT%H%M%SZ", core).ok()?;
     t.to_zoned(jiff::tz::TimeZone::UTC)
@@ -556,7 +562,7 @@ pub fn id_time(id: &str) -> Option<i64> {
 
 /// Reads `backups/`: every catalog entry (good or not) and every backup without one. One bad
 /// entry never hides the others.
-pub async fn scan_backups(repo: &Repo) -> Result<BackupScan, RepoError> {
+pub(crate) async fn scan_backups(repo: &Repo) -> Result<BackupScan, RepoError> {
     let mut scan = BackupScan::default();
     let listing = repo.store().list("backups/").await?;
     let mut per_id: BTreeMap<String, (usize, u64, bool)> = BTreeMap::new();
@@ -604,21 +610,21 @@ pub async fn scan_backups(repo: &Repo) -> Result<BackupScan, RepoError> {
 
 /// Every complete, readable backup in the repo, oldest first. Unusable catalog entries are
 /// skipped with a warning naming them (`pitr verify` fails on them).
-pub async fn backups(repo: &Repo) -> Result<Vec<BackupRecord>, RepoError> {
+pub(crate) async fn backups(repo: &Repo) -> Result<Vec<BackupRecord>, RepoError> {
     let scan = scan_backups(repo).await?;
     warn_bad(&scan.bad);
     Ok(scan.good)
 }
 
 /// Logs one warning per unusable catalog entry.
-pub fn warn_bad(bad: &[BadEntry]) {
+pub(crate) fn warn_bad(bad: &[BadEntry]) {
     for b in bad {
         tracing::warn!(object = %b.key, error = %b.error, "skipping an unusable backup catalog entry (run `pitr verify`)");
     }
 }
 
 /// Restore points recorded by `pitr mark`, oldest first.
-pub async fn points(repo: &Repo) -> Result<Vec<PointRecord>, RepoError> {
+pub(crate) async fn points(repo: &Repo) -> Result<Vec<PointRecord>, RepoError> {
     let mut out = Vec::new();
     for o in repo.store().list("points/").await? {
         let Some(b) = repo.store().get(&o.key).await? else {
@@ -634,7 +640,7 @@ pub async fn points(repo: &Repo) -> Result<Vec<PointRecord>, RepoError> {
 }
 
 /// The repo's identity, or an error saying it is not a pitr repo.
-pub async fn identity(repo: &Repo) -> Result<(super::Identity, WalSegSize, u64), RepoError> {
+pub(crate) async fn identity(repo: &Repo) -> Result<(super::Identity, WalSegSize, u64), RepoError> {
     let corrupt = |message: String| RepoError::Corrupt {
         repo: repo.location.clone(),
         message,
@@ -655,7 +661,7 @@ pub async fn identity(repo: &Repo) -> Result<(super::Identity, WalSegSize, u64),
 /// Timeline histories that contradict each other, or WAL of a timeline from before it began:
 /// signs that two different histories were archived under one timeline ID. Pure: reads only
 /// the index.
-pub fn history_problems(idx: &WalIndex) -> Vec<String> {
+pub(crate) fn history_problems(idx: &WalIndex) -> Vec<String> {
     let mut out = Vec::new();
     for (t, h) in &idx.histories {
         for (k, a) in h.ancestors.iter().enumerate() {
@@ -706,7 +712,10 @@ fn describe_ancestry(a: &[(u32, Lsn)]) -> String {
 /// histories side by side. Reads the summaries (concurrently); segments without one, or
 /// with a summary written before pitr recorded `first_prev`, are not checked here (`pitr
 /// verify` decodes everything).
-pub async fn boundary_problems(repo: &Repo, idx: &WalIndex) -> Result<Vec<String>, RepoError> {
+pub(crate) async fn boundary_problems(
+    repo: &Repo,
+    idx: &WalIndex,
+) -> Result<Vec<String>, RepoError> {
     let mut keys = Vec::new();
     for (tli, m) in &idx.files {
         for (s, f) in m {

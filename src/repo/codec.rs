@@ -16,16 +16,16 @@ use std::io::{Read, Write};
 use bytes::Bytes;
 
 /// The first four bytes of an lz4 frame (`0x184D2204`, little-endian).
-pub const LZ4_FRAME_MAGIC: [u8; 4] = [0x04, 0x22, 0x4D, 0x18];
+pub(crate) const LZ4_FRAME_MAGIC: [u8; 4] = [0x04, 0x22, 0x4D, 0x18];
 
 /// The largest output buffer allocated up front from a frame's declared content size.
-pub const PREALLOC_MAX: u64 = 64 << 20;
+pub(crate) const PREALLOC_MAX: u64 = 64 << 20;
 
 /// `FLG` bit: the frame descriptor carries the content size.
 const FLG_CONTENT_SIZE: u8 = 0x08;
 
 /// Whether `data` starts with an lz4 frame's magic number.
-pub fn is_lz4_frame(data: &[u8]) -> bool {
+pub(crate) fn is_lz4_frame(data: &[u8]) -> bool {
     data.starts_with(&LZ4_FRAME_MAGIC)
 }
 
@@ -33,7 +33,7 @@ pub fn is_lz4_frame(data: &[u8]) -> bool {
 ///
 /// Frame header: magic (4 bytes), `FLG` (1), `BD` (1), then, when `FLG` has the
 /// content-size bit (0x08), the content size as 8 bytes little-endian (offsets 6..14).
-pub fn frame_content_size(frame: &[u8]) -> Option<u64> {
+pub(crate) fn frame_content_size(frame: &[u8]) -> Option<u64> {
     let flg = *frame.get(4)?;
     if flg & FLG_CONTENT_SIZE == 0 {
         return None;
@@ -44,7 +44,7 @@ pub fn frame_content_size(frame: &[u8]) -> Option<u64> {
 
 /// lz4-frame compresses with content size and content checksum (xxHash32), so a reader
 /// detects any corruption of the uncompressed bytes.
-pub fn compress(data: &[u8]) -> Bytes {
+pub(crate) fn compress(data: &[u8]) -> Bytes {
     let mut info = lz4_flex::frame::FrameInfo::new();
     info.content_checksum = true;
     info.content_size = Some(data.len() as u64);
@@ -60,7 +60,7 @@ pub fn compress(data: &[u8]) -> Bytes {
 
 /// Decompresses and verifies an object written by [`compress`]; `key` names it in the
 /// error.
-pub fn decompress(data: &[u8], key: &str) -> Result<Vec<u8>, String> {
+pub(crate) fn decompress(data: &[u8], key: &str) -> Result<Vec<u8>, String> {
     // An empty or foreign body is never one of pitr's objects (every one starts with a frame
     // header); the frame decoder would read an empty input as an empty stream.
     if !is_lz4_frame(data) {

@@ -51,7 +51,7 @@ pub enum FetchError {
 }
 
 /// Fetches one backup object as stored and checks its size and CRC-32C.
-pub async fn get_raw(repo: &Repo, c: &ChunkRecord) -> Result<Bytes, FetchError> {
+pub(crate) async fn get_raw(repo: &Repo, c: &ChunkRecord) -> Result<Bytes, FetchError> {
     let raw = repo
         .retrying("fetch backup object", Duration::from_secs(10))
         .store()
@@ -74,7 +74,7 @@ pub async fn get_raw(repo: &Repo, c: &ChunkRecord) -> Result<Bytes, FetchError> 
 
 /// Fetches one backup object, checks its CRC-32C and decompresses it (an lz4 chunk or the
 /// manifest).
-pub async fn get_checked(repo: &Repo, c: &ChunkRecord) -> Result<Vec<u8>, FetchError> {
+pub(crate) async fn get_checked(repo: &Repo, c: &ChunkRecord) -> Result<Vec<u8>, FetchError> {
     let raw = get_raw(repo, c).await?;
     let key = c.key.clone();
     tokio::task::spawn_blocking(move || super::decompress(&raw, &key))

@@ -32,14 +32,14 @@ use walfmt::{Lsn, TimeLineId};
 use super::{Repo, RepoError};
 
 /// The format of gap records this code writes and reads.
-pub const GAP_FORMAT: u32 = 1;
+pub(crate) const GAP_FORMAT: u32 = 1;
 
 /// Where gap records live.
-pub const PREFIX: &str = "gaps/";
+pub(crate) const PREFIX: &str = "gaps/";
 
 /// A recorded gap (`gaps/<TTTTTTTT>-<FROM>-<TO>.json`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GapRecord {
+pub(crate) struct GapRecord {
     /// Record format, [`GAP_FORMAT`].
     pub format: u32,
     /// The timeline archiving resumed on, at `to`.
@@ -59,13 +59,13 @@ pub struct GapRecord {
 }
 
 /// Key of a gap record.
-pub fn key(tli: TimeLineId, from: Lsn, to: Lsn) -> String {
+pub(crate) fn key(tli: TimeLineId, from: Lsn, to: Lsn) -> String {
     format!("{PREFIX}{:08X}-{:016X}-{:016X}.json", tli.0, from.0, to.0)
 }
 
 impl GapRecord {
     /// A new record (format [`GAP_FORMAT`], detected now).
-    pub fn new(
+    pub(crate) fn new(
         tli: TimeLineId,
         from_tli: TimeLineId,
         from: Lsn,
@@ -97,17 +97,18 @@ impl GapRecord {
     }
 
     /// The first missing byte.
-    pub fn from_lsn(&self) -> Result<Lsn, RepoError> {
+    #[allow(clippy::wrong_self_convention)] // the record's `from` field, typed
+    pub(crate) fn from_lsn(&self) -> Result<Lsn, RepoError> {
         self.field("from", self.from.parse().ok())
     }
 
     /// The first byte archived after the gap.
-    pub fn to_lsn(&self) -> Result<Lsn, RepoError> {
+    pub(crate) fn to_lsn(&self) -> Result<Lsn, RepoError> {
         self.field("to", self.to.parse().ok())
     }
 
     /// The timeline archiving resumed on.
-    pub fn tli(&self) -> Result<TimeLineId, RepoError> {
+    pub(crate) fn tli(&self) -> Result<TimeLineId, RepoError> {
         self.field(
             "timeline",
             (self.timeline > 0).then_some(TimeLineId(self.timeline)),
@@ -115,7 +116,8 @@ impl GapRecord {
     }
 
     /// The timeline of the WAL before the gap.
-    pub fn from_tli(&self) -> Result<TimeLineId, RepoError> {
+    #[allow(clippy::wrong_self_convention)] // the record's `from` field, typed
+    pub(crate) fn from_tli(&self) -> Result<TimeLineId, RepoError> {
         self.field(
             "from_timeline",
             (self.from_timeline > 0).then_some(TimeLineId(self.from_timeline)),
@@ -123,7 +125,7 @@ impl GapRecord {
     }
 
     /// Checks every field and that `key` is this record's key.
-    pub fn validate(&self, key_found: &str) -> Result<(), String> {
+    pub(crate) fn validate(&self, key_found: &str) -> Result<(), String> {
         if self.format != GAP_FORMAT {
             return Err(format!(
                 "{key_found}: gap record format {} is not supported (format {GAP_FORMAT})",
@@ -155,12 +157,12 @@ impl GapRecord {
 
     /// Whether the WAL missing at `at` (a segment's start, as a listing shows a gap) is
     /// this gap: from the segment holding `from` to `to`.
-    pub fn covers(&self, at: Lsn, seg: walfmt::WalSegSize) -> bool {
+    pub(crate) fn covers(&self, at: Lsn, seg: walfmt::WalSegSize) -> bool {
         matches!((self.from_lsn(), self.to_lsn()), (Ok(f), Ok(t)) if f.segment(seg) <= at.segment(seg) && at < t)
     }
 
     /// What an open gap means, for `list` and `verify`.
-    pub fn unrestorable(&self) -> String {
+    pub(crate) fn unrestorable(&self) -> String {
         format!(
             "{}: no complete backup starts after it, so nothing after {} can be restored; take a base backup (pitr backup)",
             self.describe(),
@@ -169,7 +171,7 @@ impl GapRecord {
     }
 
     /// The one-line description used in logs and `/healthz`.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         format!(
             "WAL gap: the repo lacks WAL from {} (timeline {}) to {} (timeline {})",
             self.from, self.from_timeline, self.to, self.timeline
@@ -178,7 +180,7 @@ impl GapRecord {
 }
 
 /// Records a gap (create-if-absent: recording the same gap again is harmless).
-pub async fn record(repo: &Repo, g: &GapRecord) -> Result<String, RepoError> {
+pub(crate) async fn record(repo: &Repo, g: &GapRecord) -> Result<String, RepoError> {
     let k = key(g.tli()?, g.from_lsn()?, g.to_lsn()?);
     let body = serde_json::to_vec_pretty(g).unwrap_or_default();
     repo.put(&k, Bytes::from(body)).await?;
@@ -187,7 +189,7 @@ pub async fn record(repo: &Repo, g: &GapRecord) -> Result<String, RepoError> {
 
 /// Every recorded gap, ordered by where archiving resumed. A record that does not parse or
 /// does not match its key is an error naming it.
-pub async fn gaps(repo: &Repo) -> Result<Vec<GapRecord>, RepoError> {
+pub(crate) async fn gaps(repo: &Repo) -> Result<Vec<GapRecord>, RepoError> {
     let corrupt = |message: String| RepoError::Corrupt {
         repo: repo.location.clone(),
         message,
@@ -213,7 +215,10 @@ pub async fn gaps(repo: &Repo) -> Result<Vec<GapRecord>, RepoError> {
 /// `to`) when no complete backup starts at or after its end on its timeline or a later one.
 /// `backups` are (start LSN, start timeline) of complete backups. Older gaps are closed by
 /// any backup after the newest one.
-pub fn open_gap<'a>(gaps: &'a [GapRecord], backups: &[(Lsn, TimeLineId)]) -> Option<&'a GapRecord> {
+pub(crate) fn open_gap<'a>(
+    gaps: &'a [GapRecord],
+    backups: &[(Lsn, TimeLineId)],
+) -> Option<&'a GapRecord> {
     let newest = gaps
         .iter()
         .filter_map(|g| Some((g.to_lsn().ok()?, g.tli().ok()?, g)))
@@ -226,7 +231,7 @@ pub fn open_gap<'a>(gaps: &'a [GapRecord], backups: &[(Lsn, TimeLineId)]) -> Opt
 }
 
 /// [`open_gap`] given the complete backups.
-pub fn open_gap_after<'a>(
+pub(crate) fn open_gap_after<'a>(
     gaps: &'a [GapRecord],
     backups: &[super::catalog::BackupRecord],
 ) -> Option<&'a GapRecord> {

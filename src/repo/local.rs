@@ -51,7 +51,7 @@ fn io_err(op: &'static str, key: &str, e: std::io::Error) -> StoreError {
 }
 
 /// A temporary file older than this belongs to no live write.
-pub const TEMP_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+pub(crate) const TEMP_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// FNV-1a, 64 bits: a stable hash for the owner tag.
 fn fnv1a(bytes: &[u8]) -> u64 {
@@ -63,7 +63,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 /// This process's boot and PID namespace, as 16 hex digits: two processes with the same tag
 /// see the same PIDs. `0000000000000000` when they cannot be read (then no temporary file is
 /// judged by its PID).
-pub fn owner_tag() -> String {
+pub(crate) fn owner_tag() -> String {
     static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     TAG.get_or_init(|| {
         let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id");
@@ -96,7 +96,7 @@ fn temp_owner(file: &str) -> Option<(&str, u32)> {
 }
 
 /// Whether a leftover temporary file can go (pure): no live writer can own it.
-pub fn temp_is_orphan(
+pub(crate) fn temp_is_orphan(
     file: &str,
     age: std::time::Duration,
     our_tag: &str,
@@ -115,7 +115,7 @@ pub fn temp_is_orphan(
 }
 
 /// Whether process `pid` of this PID namespace exists (a zombie counts as alive).
-pub fn pid_alive(pid: u32) -> bool {
+pub(crate) fn pid_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 

@@ -15,13 +15,13 @@
 //! its end LSN), so no object is ever rewritten with different bytes: every publish is a
 //! create-if-absent ([`store::ObjectStore::put_if_absent`]).
 
-pub mod catalog;
-pub mod codec;
-pub mod fetch;
-pub mod gaps;
+pub(crate) mod catalog;
+pub(crate) mod codec;
+pub(crate) mod fetch;
+pub(crate) mod gaps;
 pub mod local;
 pub mod memory;
-pub mod objects;
+pub(crate) mod objects;
 pub mod prune;
 pub mod retrying;
 pub mod s3;
@@ -34,14 +34,14 @@ use bytes::Bytes;
 use walfmt::names::segment_file_name;
 use walfmt::{Lsn, SegNo, TimeLineId, WalFileName, WalSegSize};
 
-pub use codec::{compress, decompress};
-pub use objects::Identity;
+pub(crate) use codec::{compress, decompress};
+pub(crate) use objects::Identity;
 use store::{ObjectStore, PutOutcome, StoreError, StoreErrorKind};
 
 /// The repo format this code writes and reads.
-pub const FORMAT: u32 = 1;
+pub(crate) const FORMAT: u32 = 1;
 /// The identity object.
-pub const IDENTITY_KEY: &str = "pitr.json";
+pub(crate) const IDENTITY_KEY: &str = "pitr.json";
 
 /// Repo-level errors.
 #[derive(Debug, thiserror::Error)]
@@ -101,7 +101,7 @@ pub enum RepoError {
 impl RepoError {
     /// For `map_err` on a joined task of pitr's own: a panic is a bug, reported as one
     /// ("internal error: a {what} task panicked"), never as a corrupt object.
-    pub fn task(what: &'static str) -> impl FnOnce(tokio::task::JoinError) -> RepoError {
+    pub(crate) fn task(what: &'static str) -> impl FnOnce(tokio::task::JoinError) -> RepoError {
         move |e| RepoError::Internal(store::TaskFailed::new(what, e))
     }
 }
@@ -120,7 +120,7 @@ pub enum WalObject {
 }
 
 /// Key of a complete segment.
-pub fn segment_key(tli: TimeLineId, segno: SegNo, seg: WalSegSize) -> String {
+pub(crate) fn segment_key(tli: TimeLineId, segno: SegNo, seg: WalSegSize) -> String {
     format!(
         "wal/{:08X}/{}.lz4",
         tli.0,
@@ -129,7 +129,7 @@ pub fn segment_key(tli: TimeLineId, segno: SegNo, seg: WalSegSize) -> String {
 }
 
 /// Key of a partial segment ending at `end`.
-pub fn partial_key(tli: TimeLineId, segno: SegNo, end: Lsn, seg: WalSegSize) -> String {
+pub(crate) fn partial_key(tli: TimeLineId, segno: SegNo, end: Lsn, seg: WalSegSize) -> String {
     format!(
         "wal/{:08X}/{}.partial.{:016X}.lz4",
         tli.0,
@@ -139,7 +139,7 @@ pub fn partial_key(tli: TimeLineId, segno: SegNo, end: Lsn, seg: WalSegSize) -> 
 }
 
 /// Key of a segment summary.
-pub fn summary_key(tli: TimeLineId, segno: SegNo, seg: WalSegSize) -> String {
+pub(crate) fn summary_key(tli: TimeLineId, segno: SegNo, seg: WalSegSize) -> String {
     format!(
         "wal/{:08X}/{}.summary.json",
         tli.0,
@@ -148,7 +148,7 @@ pub fn summary_key(tli: TimeLineId, segno: SegNo, seg: WalSegSize) -> String {
 }
 
 /// Key of a history file.
-pub fn history_key(tli: TimeLineId) -> String {
+pub(crate) fn history_key(tli: TimeLineId) -> String {
     format!("wal/{:08X}.history", tli.0)
 }
 
@@ -181,7 +181,7 @@ pub fn parse_wal_key(key: &str, seg: WalSegSize) -> Option<WalObject> {
 
 /// Where archiving should resume: the newest WAL the repo holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ArchivedTip {
+pub(crate) struct ArchivedTip {
     /// Timeline.
     pub tli: TimeLineId,
     /// Segment.
@@ -208,7 +208,7 @@ impl Repo {
     /// [`s3`]). An S3 repo is checked with one request: permanent problems (credentials,
     /// missing bucket) fail here, before anything else starts; a server that is down only
     /// logs a warning, since the callers retry.
-    pub async fn open(spec: &str) -> Result<Repo, RepoError> {
+    pub(crate) async fn open(spec: &str) -> Result<Repo, RepoError> {
         Self::open_mode(spec, true).await
     }
 
@@ -286,7 +286,7 @@ impl Repo {
     }
 
     /// The same repo, each storage call retried under `policy` ([`retrying`]).
-    pub fn with_retry(&self, policy: retrying::RetryPolicy) -> Repo {
+    pub(crate) fn with_retry(&self, policy: retrying::RetryPolicy) -> Repo {
         Repo {
             store: Arc::new(retrying::RetryingStore::new(self.plain.clone(), policy)),
             plain: self.plain.clone(),
@@ -296,17 +296,17 @@ impl Repo {
 
     /// The same repo, transient errors retried forever with backoff capped at `cap`, logged
     /// as `what`.
-    pub fn retrying(&self, what: &'static str, cap: Duration) -> Repo {
+    pub(crate) fn retrying(&self, what: &'static str, cap: Duration) -> Repo {
         self.with_retry(retrying::RetryPolicy::forever(cap).label(what))
     }
 
     /// The store.
-    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+    pub(crate) fn store(&self) -> &Arc<dyn ObjectStore> {
         &self.store
     }
 
     /// Reads `pitr.json`.
-    pub async fn identity(&self) -> Result<Option<Identity>, RepoError> {
+    pub(crate) async fn identity(&self) -> Result<Option<Identity>, RepoError> {
         let Some(b) = self.store.get(IDENTITY_KEY).await? else {
             return Ok(None);
         };
@@ -327,7 +327,7 @@ impl Repo {
     }
 
     /// Makes the repo this cluster's, or checks that it is.
-    pub async fn claim(
+    pub(crate) async fn claim(
         &self,
         system_id: u64,
         seg: WalSegSize,
@@ -385,13 +385,13 @@ impl Repo {
     }
 
     /// Publishes an object (create-if-absent; identical re-upload is fine).
-    pub async fn put(&self, key: &str, data: Bytes) -> Result<PutOutcome, StoreError> {
+    pub(crate) async fn put(&self, key: &str, data: Bytes) -> Result<PutOutcome, StoreError> {
         self.store.put_if_absent(key, data).await
     }
 
     /// Every complete segment and partial in the WAL area, from one listing (each as the
     /// tip it would be).
-    pub async fn wal_objects(&self, seg: WalSegSize) -> Result<Vec<ArchivedTip>, RepoError> {
+    pub(crate) async fn wal_objects(&self, seg: WalSegSize) -> Result<Vec<ArchivedTip>, RepoError> {
         Ok(self
             .store
             .list("wal/")
@@ -416,7 +416,7 @@ impl Repo {
     }
 
     /// The newest archived WAL: highest segment, then highest timeline, complete before partial.
-    pub async fn tip(&self, seg: WalSegSize) -> Result<Option<ArchivedTip>, RepoError> {
+    pub(crate) async fn tip(&self, seg: WalSegSize) -> Result<Option<ArchivedTip>, RepoError> {
         Ok(self
             .wal_objects(seg)
             .await?
@@ -425,7 +425,7 @@ impl Repo {
     }
 
     /// The partial objects of one segment: (key, end LSN).
-    pub async fn partials(
+    pub(crate) async fn partials(
         &self,
         tli: TimeLineId,
         segno: SegNo,
@@ -451,7 +451,7 @@ impl Repo {
     /// Reads one WAL object by key, decompressed and checked: a complete segment must hold
     /// exactly a segment; a partial ending at `partial_end` exactly the bytes from the
     /// segment's start to that LSN. Partials come back zero-padded to the segment size.
-    pub async fn read_wal_object(
+    pub(crate) async fn read_wal_object(
         &self,
         key: &str,
         segno: SegNo,
@@ -483,7 +483,7 @@ impl Repo {
     /// Fetches a WAL file by its PostgreSQL name (segment, `.partial` or `.history`),
     /// decompressed and verified. Partial segments come back zero-padded to the segment size.
     /// A plain segment name is served only from a complete segment, never from a partial.
-    pub async fn fetch_wal(
+    pub(crate) async fn fetch_wal(
         &self,
         name: &str,
         seg: WalSegSize,

@@ -28,11 +28,11 @@ use serde::{Deserialize, Serialize};
 use walfmt::{EndOfWal, Lsn, SegNo, SegmentSummary, TimeLineId, WalSegSize, XactKind};
 
 /// The catalog-entry format this code writes and reads ([`BackupRecord::format`]).
-pub const BACKUP_FORMAT: u32 = 1;
+pub(crate) const BACKUP_FORMAT: u32 = 1;
 
 /// `pitr.json`: the repo marker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Identity {
+pub(crate) struct Identity {
     /// Repo format version.
     pub format: u32,
     /// The cluster's system identifier (a string: JSON numbers lose 64-bit precision).
@@ -125,23 +125,23 @@ pub struct BackupRecord {
 
 impl BackupRecord {
     /// Start LSN.
-    pub fn start(&self) -> Lsn {
+    pub(crate) fn start(&self) -> Lsn {
         self.start_lsn
     }
 
     /// End LSN.
-    pub fn end(&self) -> Lsn {
+    pub(crate) fn end(&self) -> Lsn {
         self.end_lsn
     }
 
     /// End time, Unix microseconds (a validated entry always has one).
-    pub fn end_micros(&self) -> i64 {
+    pub(crate) fn end_micros(&self) -> i64 {
         super::catalog::parse_micros(&self.end_time).unwrap_or(i64::MAX)
     }
 
     /// Checks what the types cannot: an error names the field. An entry of another format
     /// is unusable here (it is never read as if it were this one).
-    pub fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), String> {
         if self.format != BACKUP_FORMAT {
             return Err(format!(
                 "catalog entry format {} is not supported by this pitr (format {BACKUP_FORMAT})",
@@ -169,7 +169,7 @@ impl BackupRecord {
 
 /// A restore point made by `pitr mark` (`points/<LSN>.json`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PointRecord {
+pub(crate) struct PointRecord {
     /// Its name.
     pub name: String,
     /// LSN returned by `pg_create_restore_point`.
@@ -185,7 +185,7 @@ pub struct PointRecord {
 /// Absent fields read as empty: summaries only ever gained fields.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
-pub struct SummaryRecord {
+pub(crate) struct SummaryRecord {
     /// The path given, or the object key.
     pub file: String,
     /// Canonical segment name (from the page header).
@@ -243,7 +243,7 @@ pub struct SummaryRecord {
 
 /// A commit or abort, as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct XactRecord {
+pub(crate) struct XactRecord {
     /// Record start.
     pub lsn: Lsn,
     /// `xact_time`, RFC 3339 UTC (as walfmt prints a PostgreSQL timestamp).
@@ -256,7 +256,7 @@ pub struct XactRecord {
 
 /// A restore point record in the WAL.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RestorePointRecord {
+pub(crate) struct RestorePointRecord {
     /// Record start.
     pub lsn: Lsn,
     /// Name.
@@ -268,7 +268,7 @@ pub struct RestorePointRecord {
 /// `online` or `shutdown`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum CheckpointKind {
+pub(crate) enum CheckpointKind {
     /// An online checkpoint.
     Online,
     /// A shutdown checkpoint.
@@ -277,7 +277,7 @@ pub enum CheckpointKind {
 
 impl CheckpointKind {
     /// The stored text.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             CheckpointKind::Online => "online",
             CheckpointKind::Shutdown => "shutdown",
@@ -287,7 +287,7 @@ impl CheckpointKind {
 
 /// A checkpoint record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CheckpointRecord {
+pub(crate) struct CheckpointRecord {
     /// Record start.
     pub lsn: Lsn,
     /// Redo pointer.
@@ -304,7 +304,7 @@ pub struct CheckpointRecord {
 
 /// A timeline switch (end-of-recovery record).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TimelineSwitchRecord {
+pub(crate) struct TimelineSwitchRecord {
     /// Record start.
     pub lsn: Lsn,
     /// New timeline.
@@ -317,7 +317,7 @@ pub struct TimelineSwitchRecord {
 
 /// Where WAL ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EndRecord {
+pub(crate) struct EndRecord {
     /// Position.
     pub lsn: Lsn,
     /// Why, in words.
@@ -338,7 +338,7 @@ impl From<&EndOfWal> for EndRecord {
 
 impl SummaryRecord {
     /// An empty summary of `file`.
-    pub fn empty(file: String) -> SummaryRecord {
+    pub(crate) fn empty(file: String) -> SummaryRecord {
         SummaryRecord {
             file,
             ..Default::default()
@@ -346,7 +346,7 @@ impl SummaryRecord {
     }
 
     /// Fills the fields that identify the segment.
-    pub fn set_identity(
+    pub(crate) fn set_identity(
         &mut self,
         tli: TimeLineId,
         segno: SegNo,
@@ -364,7 +364,7 @@ impl SummaryRecord {
     }
 
     /// Fills what walfmt found in the segment.
-    pub fn fill(&mut self, s: SegmentSummary) {
+    pub(crate) fn fill(&mut self, s: SegmentSummary) {
         self.first_lsn = s.first_lsn;
         self.first_prev = s.first_prev;
         self.last_lsn = s.last_lsn;
@@ -425,7 +425,7 @@ impl SummaryRecord {
     }
 
     /// The summary the archiver stores for a complete segment under `key`.
-    pub fn of_segment(
+    pub(crate) fn of_segment(
         key: &str,
         tli: TimeLineId,
         seg: WalSegSize,

@@ -30,7 +30,7 @@ use super::{Repo, RepoError, WalObject, parse_wal_key};
 
 /// `prune` settings.
 #[derive(Debug, Clone, Copy)]
-pub struct Retention {
+pub(crate) struct Retention {
     /// Keep the newest N backups.
     pub keep_full: Option<usize>,
     /// Keep what is needed to restore anywhere within this window.
@@ -39,7 +39,7 @@ pub struct Retention {
 
 /// What prune did (or would do with `--dry-run`).
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct PruneReport {
+pub(crate) struct PruneReport {
     /// Backups kept.
     pub kept: Vec<String>,
     /// Backups deleted.
@@ -60,14 +60,14 @@ pub struct PruneReport {
 }
 
 /// Backups in the order retention counts them: by end time (then id), oldest first.
-pub fn by_end_time(mut backups: Vec<BackupRecord>) -> Vec<BackupRecord> {
+pub(crate) fn by_end_time(mut backups: Vec<BackupRecord>) -> Vec<BackupRecord> {
     backups.sort_by(|a, b| (a.end_micros(), &a.id).cmp(&(b.end_micros(), &b.id)));
     backups
 }
 
 /// Which backups the rules keep (indexes into `backups`, oldest first by end time; see
 /// [`by_end_time`]).
-pub fn keep_set(backups: &[BackupRecord], r: Retention, now_us: i64) -> Vec<bool> {
+pub(crate) fn keep_set(backups: &[BackupRecord], r: Retention, now_us: i64) -> Vec<bool> {
     let n = backups.len();
     let mut keep = vec![false; n];
     if n == 0 {
@@ -100,10 +100,14 @@ pub fn keep_set(backups: &[BackupRecord], r: Retention, now_us: i64) -> Vec<bool
 }
 
 /// An incomplete backup older than this is an interrupted one (microseconds: a day).
-pub const INCOMPLETE_AGE_US: i64 = 86_400_000_000;
+pub(crate) const INCOMPLETE_AGE_US: i64 = 86_400_000_000;
 
 /// Applies retention.
-pub async fn prune(repo: &Repo, r: Retention, dry_run: bool) -> Result<PruneReport, RepoError> {
+pub(crate) async fn prune(
+    repo: &Repo,
+    r: Retention,
+    dry_run: bool,
+) -> Result<PruneReport, RepoError> {
     let (_, seg, _) = catalog::identity(repo).await?;
     let scan = catalog::scan_backups(repo).await?;
     // An unusable catalog entry is skipped (and its objects left alone: pitr cannot tell
@@ -199,7 +203,7 @@ pub async fn prune(repo: &Repo, r: Retention, dry_run: bool) -> Result<PruneRepo
 }
 
 /// Prints the report.
-pub fn print(w: &mut impl std::io::Write, r: &PruneReport) -> std::io::Result<()> {
+pub(crate) fn print(w: &mut impl std::io::Write, r: &PruneReport) -> std::io::Result<()> {
     let verb = if r.dry_run { "would delete" } else { "deleted" };
     writeln!(w, "kept backups: {}", r.kept.join(", "))?;
     writeln!(

@@ -31,7 +31,7 @@ use bytes::Bytes;
 use super::store::{BoxFut, ObjectMeta, ObjectStore, PutOutcome, StoreError, StoreErrorKind};
 
 /// Sees each failed attempt (for metrics).
-pub type Observer = Arc<dyn Fn(&StoreError) + Send + Sync>;
+pub(crate) type Observer = Arc<dyn Fn(&StoreError) + Send + Sync>;
 
 /// How storage calls are retried.
 #[derive(Clone)]
@@ -77,27 +77,27 @@ impl RetryPolicy {
 
     /// Names the calls in the log lines.
     #[must_use]
-    pub fn label(mut self, what: &'static str) -> Self {
+    pub(crate) fn label(mut self, what: &'static str) -> Self {
         self.label = Some(what);
         self
     }
 
     /// Gives up once `limit` has passed ([`StoreErrorKind::Exhausted`]).
     #[must_use]
-    pub fn give_up_after(mut self, limit: Duration) -> Self {
+    pub(crate) fn give_up_after(mut self, limit: Duration) -> Self {
         self.max_elapsed = Some(limit);
         self
     }
 
     /// Reports every failed attempt to `f`.
     #[must_use]
-    pub fn observe(mut self, f: impl Fn(&StoreError) + Send + Sync + 'static) -> Self {
+    pub(crate) fn observe(mut self, f: impl Fn(&StoreError) + Send + Sync + 'static) -> Self {
         self.observer = Some(Arc::new(f));
         self
     }
 
     /// The wait after the `n`th failure (1-based): `base` doubled `n - 1` times, at most `cap`.
-    pub fn delay(&self, n: u32) -> Duration {
+    pub(crate) fn delay(&self, n: u32) -> Duration {
         let doublings = n.saturating_sub(1).min(31);
         self.base
             .checked_mul(1 << doublings)
@@ -106,7 +106,7 @@ impl RetryPolicy {
 
     /// Runs `call` (operation `op` on `key`, logged as `default_label` unless the policy names
     /// it) under this policy.
-    pub async fn run<T, F, Fut>(
+    pub(crate) async fn run<T, F, Fut>(
         &self,
         default_label: &'static str,
         op: &'static str,
@@ -185,11 +185,6 @@ impl<S: ObjectStore> RetryingStore<S> {
     /// Wraps `inner`.
     pub fn new(inner: S, policy: RetryPolicy) -> Self {
         RetryingStore { inner, policy }
-    }
-
-    /// The policy.
-    pub fn policy(&self) -> &RetryPolicy {
-        &self.policy
     }
 }
 

@@ -41,7 +41,7 @@ use super::store::{
 };
 
 /// Part size of multipart uploads; smaller objects are one `PutObject`.
-pub const MULTIPART_PART: usize = 8 << 20;
+pub(crate) const MULTIPART_PART: usize = 8 << 20;
 
 /// Where an S3 repo is, parsed from `s3://bucket/prefix?options`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,7 +130,7 @@ pub struct S3Store {
 impl S3Store {
     /// Builds a client from the AWS environment plus the URL's options. Does not contact
     /// the server; see [`S3Store::check`].
-    pub async fn open(loc: S3Location) -> S3Store {
+    pub(crate) async fn open(loc: S3Location) -> S3Store {
         S3Store::open_with(loc, None).await
     }
 
@@ -464,7 +464,7 @@ impl ObjectStore for S3Store {
 }
 
 /// The HTTP status of a raw response, whatever its type.
-pub trait HasStatus {
+pub(crate) trait HasStatus {
     /// The status code.
     fn status_code(&self) -> u16;
 }

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 /// A boxed future, so backends can be chosen at run time.
-pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub(crate) type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// What `put_if_absent` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,7 +62,7 @@ pub enum StoreErrorKind {
 }
 
 /// The underlying error of a [`StoreError`], shared so the error stays cheap to clone.
-pub type Cause = Arc<dyn Error + Send + Sync + 'static>;
+pub(crate) type Cause = Arc<dyn Error + Send + Sync + 'static>;
 
 /// A storage error, naming the object. Its text is `{op} {key}: {message}`; the backend's
 /// own error, when there is one, is the source (the message may already quote it: pitr
@@ -85,12 +85,12 @@ pub struct StoreError {
 
 impl StoreError {
     /// A retry may succeed.
-    pub fn is_transient(&self) -> bool {
+    pub(crate) fn is_transient(&self) -> bool {
         self.kind == StoreErrorKind::Transient
     }
 
     /// Builds an error.
-    pub fn new(
+    pub(crate) fn new(
         kind: StoreErrorKind,
         op: &'static str,
         key: &str,
@@ -107,14 +107,14 @@ impl StoreError {
 
     /// The same error, caused by `source`.
     #[must_use]
-    pub fn with_source(mut self, source: impl Error + Send + Sync + 'static) -> Self {
+    pub(crate) fn with_source(mut self, source: impl Error + Send + Sync + 'static) -> Self {
         self.source = Some(Arc::new(source));
         self
     }
 
     /// A storage task that did not finish: a panic is a bug ([`StoreErrorKind::Internal`]);
     /// a task cancelled because the runtime is shutting down is transient, as before.
-    pub fn task_failed(op: &'static str, key: &str, e: tokio::task::JoinError) -> Self {
+    pub(crate) fn task_failed(op: &'static str, key: &str, e: tokio::task::JoinError) -> Self {
         let failed = TaskFailed::new("storage", e);
         if failed.panicked() {
             StoreError::new(StoreErrorKind::Internal, op, key, &failed).with_source(failed)
@@ -139,12 +139,12 @@ pub struct TaskFailed {
 
 impl TaskFailed {
     /// Wraps a join error.
-    pub fn new(what: &'static str, source: tokio::task::JoinError) -> Self {
+    pub(crate) fn new(what: &'static str, source: tokio::task::JoinError) -> Self {
         TaskFailed { what, source }
     }
 
     /// The task panicked (rather than being cancelled).
-    pub fn panicked(&self) -> bool {
+    pub(crate) fn panicked(&self) -> bool {
         self.source.is_panic()
     }
 }
@@ -198,7 +198,7 @@ impl<T: ObjectStore + ?Sized> ObjectStore for Arc<T> {
 }
 
 /// Checks a key: relative, `/`-separated, no `..`, no empty parts, printable ASCII.
-pub fn validate_key(key: &str) -> Result<(), StoreError> {
+pub(crate) fn validate_key(key: &str) -> Result<(), StoreError> {
     let ok = !key.is_empty()
         && !key.starts_with('/')
         && key

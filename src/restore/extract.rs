@@ -97,14 +97,14 @@ pub enum ExtractError {
 
 /// How to extract.
 #[derive(Debug, Clone, Default)]
-pub struct ExtractOptions {
+pub(crate) struct ExtractOptions {
     /// Tablespace OID (as in `pg_tblspc/<oid>`) -> the directory where that tablespace is restored. A `pg_tblspc/<oid>` symlink entry becomes a symlink to this path instead of the path recorded in the tar.
     pub tablespaces: HashMap<String, PathBuf>,
 }
 
 /// What was extracted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ExtractStats {
+pub(crate) struct ExtractStats {
     /// Regular files written.
     pub files: u64,
     /// Directory entries processed (the archive root is not counted).
@@ -123,7 +123,7 @@ pub struct ExtractStats {
 /// The first unsafe or unsupported entry, existing target, malformed or truncated archive
 /// (errors reading `r` count as [`ExtractError::Corrupt`] too), or I/O failure on `dest`
 /// stops the extraction; what was written until then stays in `dest`.
-pub fn extract<R: Read>(
+pub(crate) fn extract<R: Read>(
     r: R,
     archive: &str,
     dest: &Path,

@@ -16,8 +16,8 @@
 //!   `--standby`).
 
 pub mod cmd;
-pub mod extract;
-pub mod plan;
+pub(crate) mod extract;
+pub(crate) mod plan;
 pub mod target;
 
 use std::collections::{HashMap, VecDeque};
@@ -29,9 +29,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use walfmt::{DecoderConfig, EndReason, Lsn, Poll, SegNo, StartAt, WalDecoder, WalSegSize};
 
-pub use plan::{
-    Catalog, HistoryFile, Mode, Plan, RecordAt, Request, Span, Stop, WalFile, XactInfo,
-};
+pub(crate) use plan::{Catalog, RecordAt, Request};
+pub use plan::{HistoryFile, Mode, Plan, Span, Stop, WalFile, XactInfo};
 
 use crate::repo::catalog::{
     self, ArchiveRecord, BadEntry, PathStep, SegFile, SegmentFacts, WalIndex,
@@ -129,7 +128,7 @@ use target::format_micros as fmt_time;
 /// The repo as the planner's input: segment facts from summaries (or by decoding segments
 /// that lack one), and record boundaries by decoding the archived WAL.
 #[derive(Debug, Clone)]
-pub struct RepoInput<'a> {
+pub(crate) struct RepoInput<'a> {
     /// The repo.
     pub repo: &'a Repo,
     /// Its WAL index.
@@ -230,7 +229,7 @@ fn end_rec_ptr(r: &walfmt::Record<'_>, seg: WalSegSize) -> Lsn {
 
 /// Loads what the planner needs from the repo. Unusable catalog entries are skipped with a
 /// warning (returned, for reports).
-pub async fn load_catalog(repo: &Repo) -> Result<(Catalog, Vec<BadEntry>), RestoreError> {
+pub(crate) async fn load_catalog(repo: &Repo) -> Result<(Catalog, Vec<BadEntry>), RestoreError> {
     let (_, seg, sysid) = catalog::identity(repo).await?;
     let scan = catalog::scan_backups(repo).await?;
     catalog::warn_bad(&scan.bad);
@@ -282,7 +281,7 @@ pub async fn plan(opts: &RestoreOptions) -> Result<Plan, RestoreError> {
 }
 
 /// Prints the plan for humans.
-pub fn print_plan(w: &mut impl Write, p: &Plan) -> std::io::Result<()> {
+pub(crate) fn print_plan(w: &mut impl Write, p: &Plan) -> std::io::Result<()> {
     writeln!(w, "target:         {}", p.target)?;
     if let Some(u) = &p.target_utc
         && !p.target.contains(u.as_str())
@@ -437,7 +436,7 @@ fn check_empty(dir: &Path, what: &str) -> Result<bool, RestoreError> {
 
 /// Checks the destination, before anything is written or downloaded. Returns which
 /// directories pitr will create (and so remove on failure).
-pub fn check_destination(p: &Plan) -> Result<Vec<(PathBuf, bool)>, RestoreError> {
+pub(crate) fn check_destination(p: &Plan) -> Result<Vec<(PathBuf, bool)>, RestoreError> {
     let mut out = vec![(p.dir.clone(), check_empty(&p.dir, "directory")?)];
     for (oid, d) in &p.tablespaces {
         out.push((

@@ -71,7 +71,7 @@ use super::{RestoreError, TargetSpec, TimelineSel};
 
 /// The first record at or after an LSN, as far as the archive holds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RecordAt {
+pub(crate) enum RecordAt {
     /// A complete record `[start, end)`.
     Complete {
         /// Its start.
@@ -89,7 +89,7 @@ pub enum RecordAt {
 
 /// What the planner reads besides the catalog and the index: per-segment facts and record
 /// boundaries, on demand.
-pub trait PlanInput: Sync {
+pub(crate) trait PlanInput: Sync {
     /// What segment `segno` of `path` holds (`None`: not archived).
     fn facts(
         &self,
@@ -108,7 +108,7 @@ pub trait PlanInput: Sync {
 
 /// The catalog and index, as values.
 #[derive(Debug, Clone)]
-pub struct Catalog {
+pub(crate) struct Catalog {
     /// Where the repo is (for messages).
     pub location: String,
     /// Complete, readable backups, oldest first.
@@ -149,7 +149,7 @@ pub enum Mode {
 
 /// A restore request.
 #[derive(Debug, Clone)]
-pub struct Request {
+pub(crate) struct Request {
     /// Target.
     pub target: TargetSpec,
     /// Timeline to follow.
@@ -308,7 +308,7 @@ fn refused(msg: impl Into<String>) -> RestoreError {
 
 /// A backup that can reach the target timeline, with the WAL coverage from its start.
 #[derive(Debug, Clone)]
-pub struct Candidate {
+pub(crate) struct Candidate {
     /// The backup.
     pub backup: BackupRecord,
     /// Contiguous WAL from its start.
@@ -322,7 +322,7 @@ impl Candidate {
 }
 
 /// Step 1a: the timeline to recover along, and its path through the history files.
-pub fn choose_timeline(
+pub(crate) fn choose_timeline(
     cat: &Catalog,
     sel: TimelineSel,
 ) -> Result<(TimeLineId, Vec<PathStep>), RestoreError> {
@@ -354,7 +354,7 @@ pub fn choose_timeline(
 
 /// Step 1b: backups on `path` whose WAL is archived from their start through their end,
 /// newest first.
-pub fn candidates(cat: &Catalog, path: &[PathStep], only: Option<&str>) -> Vec<Candidate> {
+pub(crate) fn candidates(cat: &Catalog, path: &[PathStep], only: Option<&str>) -> Vec<Candidate> {
     let mut out: Vec<Candidate> = cat
         .backups
         .iter()
@@ -391,7 +391,7 @@ pub fn candidates(cat: &Catalog, path: &[PathStep], only: Option<&str>) -> Vec<C
 ///
 /// The checkpoint's stamp counts only when no commit or abort is seen at all; failing
 /// that too, the end time pitr recorded (its own clock).
-pub async fn restorable_from<I: PlanInput>(
+pub(crate) async fn restorable_from<I: PlanInput>(
     input: &I,
     path: &[PathStep],
     b: &BackupRecord,
@@ -447,11 +447,11 @@ pub async fn restorable_from<I: PlanInput>(
 
 /// How many segments before a backup's start [`restorable_from`] reads for commits stamped
 /// in its checkpoint's second.
-pub const LOOKBACK_SEGMENTS: u64 = 16;
+pub(crate) const LOOKBACK_SEGMENTS: u64 = 16;
 
 /// Step 2's result.
 #[derive(Debug, Clone)]
-pub struct Resolved {
+pub(crate) struct Resolved {
     /// The backup.
     pub candidate: Candidate,
     /// Its restorable-from instant, when computed (time targets and reports).
@@ -604,7 +604,7 @@ fn earliest_msg(b: &BackupRecord, from: Option<i64>) -> String {
 
 /// Step 2: the backup and the stop point for `target`. `cands` newest first (see
 /// [`candidates`]); each kind of target is one named step below.
-pub async fn resolve<I: PlanInput>(
+pub(crate) async fn resolve<I: PlanInput>(
     input: &I,
     cat: &Catalog,
     tli: TimeLineId,
@@ -1035,7 +1035,7 @@ async fn safe_end<I: PlanInput>(
 
 /// Step 3a: the WAL files from the backup's start through the segment holding the byte
 /// before `need_end`.
-pub fn wal_files(
+pub(crate) fn wal_files(
     idx: &WalIndex,
     path: &[PathStep],
     backup: &BackupRecord,
@@ -1080,7 +1080,7 @@ pub fn wal_files(
 /// ID when it promotes), and that ID: the first one above `tli` with no history file placed
 /// (PostgreSQL's `findNewestTimeLine` probes upwards from the recovery target timeline
 /// while history files exist, then adds one).
-pub fn history_files(
+pub(crate) fn history_files(
     idx: &WalIndex,
     path: &[PathStep],
     tli: TimeLineId,
@@ -1116,7 +1116,7 @@ pub fn history_files(
 
 /// The content of a placeholder history file (a comment only: PostgreSQL never follows a
 /// timeline pitr does not target, it only sees that the ID is taken).
-pub fn placeholder_history(tli: u32) -> String {
+pub(crate) fn placeholder_history(tli: u32) -> String {
     format!(
         "# pitr: placeholder for timeline {tli}, whose WAL is in the repo without a history file; it reserves the ID so a restored server does not reuse it\n"
     )
@@ -1124,7 +1124,7 @@ pub fn placeholder_history(tli: u32) -> String {
 
 /// Recovery and standby settings a restore resets (they are written explicitly, so earlier
 /// values anywhere in the configuration cannot take effect).
-pub const RESET_SETTINGS: &[&str] = &[
+pub(crate) const RESET_SETTINGS: &[&str] = &[
     "recovery_target",
     "recovery_target_name",
     "recovery_target_time",
@@ -1146,7 +1146,7 @@ pub const RESET_SETTINGS: &[&str] = &[
 const OBSOLETE_SETTINGS: &[&str] = &["standby_mode", "promote_trigger_file", "trigger_file"];
 
 /// Step 4: the settings written last in `postgresql.auto.conf`.
-pub fn recovery_settings(
+pub(crate) fn recovery_settings(
     target_text: &str,
     stop: Stop,
     tli: TimeLineId,
@@ -1220,7 +1220,7 @@ fn setting_name(line: &str) -> Option<String> {
 /// Rewrites a restored `postgresql.auto.conf`: every line that sets a recovery or standby
 /// setting ([`RESET_SETTINGS`], and obsolete recovery.conf names) is commented out, visibly;
 /// everything else is kept as is. Returns the new text and the settings neutralised.
-pub fn neutralise_auto_conf(text: &str) -> (String, Vec<String>) {
+pub(crate) fn neutralise_auto_conf(text: &str) -> (String, Vec<String>) {
     let mut out = String::with_capacity(text.len() + 256);
     let mut gone = Vec::new();
     for line in text.lines() {
@@ -1250,7 +1250,7 @@ pub fn neutralise_auto_conf(text: &str) -> (String, Vec<String>) {
 /// before pitr's settings, and a recovery target left there makes the server refuse to
 /// start ("multiple recovery targets specified"). The restore therefore also writes its
 /// value under that spelling ([`respell`]).
-pub fn case_variants(text: &str) -> Vec<String> {
+pub(crate) fn case_variants(text: &str) -> Vec<String> {
     text.lines()
         .filter_map(|l| {
             let t = l.trim_start();
@@ -1263,7 +1263,7 @@ pub fn case_variants(text: &str) -> Vec<String> {
 
 /// `settings` (pitr's recovery settings) with, before each line, the same assignment under
 /// every other spelling of its name in `variants`.
-pub fn respell(settings: &[String], variants: &[String]) -> Vec<String> {
+pub(crate) fn respell(settings: &[String], variants: &[String]) -> Vec<String> {
     let mut out = Vec::with_capacity(settings.len() + variants.len());
     for line in settings {
         if let Some(n) = setting_name(line) {
@@ -1283,7 +1283,7 @@ pub fn respell(settings: &[String], variants: &[String]) -> Vec<String> {
 
 /// The files a configuration file includes (`include`, `include_if_exists`,
 /// `include_dir`), as written: (directive, path).
-pub fn includes_in(text: &str) -> Vec<(String, String)> {
+pub(crate) fn includes_in(text: &str) -> Vec<(String, String)> {
     text.lines()
         .filter_map(|l| {
             let t = l.trim_start();
@@ -1321,7 +1321,7 @@ pub fn includes_in(text: &str) -> Vec<(String, String)> {
 
 /// The recovery and standby settings a configuration file sets (for reporting what the
 /// restore's settings override in `postgresql.conf`).
-pub fn recovery_settings_in(text: &str) -> Vec<String> {
+pub(crate) fn recovery_settings_in(text: &str) -> Vec<String> {
     text.lines()
         .filter_map(setting_name)
         .filter(|n| RESET_SETTINGS.contains(&n.as_str()))
@@ -1343,7 +1343,7 @@ fn target_text(t: &TargetSpec) -> String {
 
 /// Tablespace destinations (step 1's remap): `-T OLD=NEW` by location or OID, else the
 /// original location, which must be absolute.
-pub fn tablespaces(
+pub(crate) fn tablespaces(
     backup: &BackupRecord,
     map: &HashMap<String, PathBuf>,
 ) -> Result<Vec<(String, PathBuf)>, RestoreError> {
@@ -1370,7 +1370,7 @@ pub fn tablespaces(
 }
 
 /// Plans a restore: the four steps above. Writes nothing.
-pub async fn plan<I: PlanInput>(
+pub(crate) async fn plan<I: PlanInput>(
     input: &I,
     cat: &Catalog,
     req: &Request,

@@ -278,23 +278,24 @@ pub fn parse_time(
 ///
 /// Sub-microsecond nanoseconds (which [`parse_time`] never produces) are truncated.
 #[must_use]
-pub fn format_utc(ts: Timestamp) -> String {
+pub(crate) fn format_utc(ts: Timestamp) -> String {
     fmt_at(ts, Offset::UTC)
 }
 
 /// [`format_utc`] of Unix microseconds (PostgreSQL's precision); out-of-range values show
 /// as `@<n>us`.
 #[must_use]
-pub fn format_micros(us: i64) -> String {
+pub(crate) fn format_micros(us: i64) -> String {
     Timestamp::from_microsecond(us).map_or_else(|_| format!("@{us}us"), format_utc)
 }
 
+#[cfg(test)]
 /// Same instant shown in a zone (for messages): "2025-11-22 15:30:05+01:00 (Europe/Paris)".
 ///
 /// Zones without an IANA name show their fixed offset or POSIX TZ string in
 /// the parentheses, or `local` if they have no printable name at all.
 #[must_use]
-pub fn format_in(ts: Timestamp, tz: &TimeZone) -> String {
+pub(crate) fn format_in(ts: Timestamp, tz: &TimeZone) -> String {
     let offset = tz.to_offset(ts);
     format!(
         "{} ({})",

@@ -7,7 +7,7 @@
 //! | `/healthz` | 200 while the process is running and its archiver works; 503 once it has failed (liveness: restart me) |
 //! | `/readyz` | 200 while streaming and the archive lag is within bounds: WAL is being archived now; 503 otherwise (readiness) |
 
-pub mod schedule;
+pub(crate) mod schedule;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -66,7 +66,7 @@ async fn handle(
 }
 
 /// Binds `addr` and serves until `shutdown`. Returns the bound address.
-pub async fn serve(
+pub(crate) async fn serve(
     addr: SocketAddr,
     m: Arc<Metrics>,
     mut shutdown: Shutdown,

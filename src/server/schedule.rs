@@ -21,7 +21,7 @@ use crate::shutdown::Shutdown;
 
 /// When backups are due.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Schedule {
+pub(crate) enum Schedule {
     /// A fixed period after the last backup.
     Every(Duration),
     /// Daily at this local time (hour, minute).
@@ -29,7 +29,7 @@ pub enum Schedule {
 }
 
 /// Parses `HH:MM`.
-pub fn parse_at(s: &str) -> Result<(i8, i8), String> {
+pub(crate) fn parse_at(s: &str) -> Result<(i8, i8), String> {
     let bad = || format!("invalid --backup-at {s:?}: use HH:MM, like 02:00");
     let (h, m) = s.trim().split_once(':').ok_or_else(bad)?;
     let h: i8 = h.parse().map_err(|_| bad())?;
@@ -50,7 +50,7 @@ fn zone() -> jiff::tz::TimeZone {
 }
 
 /// When the next backup is due, given the end of the newest complete one.
-pub fn next_due(
+pub(crate) fn next_due(
     s: Schedule,
     last_end: Option<jiff::Timestamp>,
     now: jiff::Timestamp,
@@ -83,16 +83,16 @@ pub fn next_due(
 
 /// Wait after start-up before the first decision: the stream connects first (a backup waits
 /// for its WAL).
-pub const START_DELAY: Duration = Duration::from_secs(2);
+pub(crate) const START_DELAY: Duration = Duration::from_secs(2);
 /// Retry after the catalog could not be read.
-pub const CATALOG_RETRY: Duration = Duration::from_secs(60);
+pub(crate) const CATALOG_RETRY: Duration = Duration::from_secs(60);
 /// Retry after a failed backup (or the `--backup-every` period, if shorter).
-pub const FAILURE_RETRY: Duration = Duration::from_secs(300);
+pub(crate) const FAILURE_RETRY: Duration = Duration::from_secs(300);
 
 /// When the next backup is due (pure): the schedule's next time after the newest complete
 /// backup (now when the repo has none), now while the repo's newest WAL gap is open, and
 /// never before a pending retry (`retry_at`, after a failure).
-pub fn decide(
+pub(crate) fn decide(
     s: Schedule,
     last_end: Option<jiff::Timestamp>,
     gap_open: bool,
@@ -113,7 +113,7 @@ pub fn decide(
 
 /// How long after a failed backup the next attempt is due: [`FAILURE_RETRY`], or the
 /// `--backup-every` period when shorter.
-pub fn retry_period(s: Schedule) -> Duration {
+pub(crate) fn retry_period(s: Schedule) -> Duration {
     match s {
         Schedule::Every(d) => d.min(FAILURE_RETRY),
         Schedule::At(..) => FAILURE_RETRY,
@@ -128,7 +128,7 @@ fn after(at: jiff::Timestamp, d: Duration) -> jiff::Timestamp {
 
 /// Settings.
 #[derive(Debug, Clone)]
-pub struct ScheduleOptions {
+pub(crate) struct ScheduleOptions {
     /// When.
     pub schedule: Schedule,
     /// How (the stream's source and repo).
@@ -138,7 +138,11 @@ pub struct ScheduleOptions {
 }
 
 /// Runs until `stop`.
-pub async fn run(opts: ScheduleOptions, metrics: std::sync::Arc<Metrics>, mut stop: Shutdown) {
+pub(crate) async fn run(
+    opts: ScheduleOptions,
+    metrics: std::sync::Arc<Metrics>,
+    mut stop: Shutdown,
+) {
     use std::sync::atomic::Ordering;
     let tz = zone();
     // Let the stream connect first: the backup waits for its WAL.

@@ -33,11 +33,11 @@ use super::StreamError;
 
 /// A durable position: WAL of this timeline up to this LSN is safe (in the repo, or in the
 /// spool for `--ack spool`).
-pub type Durable = (TimeLineId, Lsn);
+pub(crate) type Durable = (TimeLineId, Lsn);
 
 /// Messages from the receiver.
 #[derive(Debug)]
-pub enum ArchMsg {
+pub(crate) enum ArchMsg {
     /// WAL bytes at `start` (contiguous with what came before since the last `Begin`).
     Wal {
         /// LSN of the first byte.
@@ -72,7 +72,7 @@ fn retry_policy(cfg: &ArchiverConfig) -> repo::retrying::RetryPolicy {
 
 /// Archiver settings.
 #[derive(Debug, Clone)]
-pub struct ArchiverConfig {
+pub(crate) struct ArchiverConfig {
     /// Segment size.
     pub seg: WalSegSize,
     /// Partial publish interval.
@@ -87,7 +87,7 @@ pub struct ArchiverConfig {
 
 /// The archiver's state.
 #[derive(Debug)]
-pub struct Archiver {
+pub(crate) struct Archiver {
     repo: Repo,
     cfg: ArchiverConfig,
     tli: TimeLineId,
@@ -105,7 +105,7 @@ pub struct Archiver {
 
 impl Archiver {
     /// A new archiver; `archived` starts at what the repo already holds.
-    pub fn new(repo: Repo, cfg: ArchiverConfig, archived: watch::Sender<Durable>) -> Self {
+    pub(crate) fn new(repo: Repo, cfg: ArchiverConfig, archived: watch::Sender<Durable>) -> Self {
         Archiver {
             repo: repo.with_retry(retry_policy(&cfg)),
             cfg,
@@ -142,7 +142,7 @@ impl Archiver {
     }
 
     /// Runs until the channel closes (publishing what is buffered) or an error.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<ArchMsg>) -> Result<(), StreamError> {
+    pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<ArchMsg>) -> Result<(), StreamError> {
         let mut tick = tokio::time::interval(self.cfg.partial_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -33,7 +33,7 @@ use walfmt::{DecoderConfig, Lsn, Poll, StartAt, WalDecoder};
 
 /// Where the server's WAL stops being the repo's WAL, and how we know.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Divergence {
+pub(crate) struct Divergence {
     /// The first LSN at which the server's WAL is not the repo's.
     pub at: Lsn,
     /// What differs (the repo object and the decoder's finding).
@@ -42,7 +42,7 @@ pub struct Divergence {
 
 /// What the check says so far.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Not decided: more of the server's WAL is needed.
     Pending,
     /// The server's WAL continues the repo's.
@@ -66,7 +66,7 @@ enum Expect {
 
 /// The check of one run. See the module docs.
 #[derive(Debug)]
-pub struct Checker {
+pub(crate) struct Checker {
     expect: Expect,
     /// Which repo object the server's WAL is checked against (for messages).
     what: String,
@@ -75,7 +75,7 @@ pub struct Checker {
 
 impl Checker {
     /// Nothing in the repo to check against: proven at once.
-    pub fn nothing() -> Checker {
+    pub(crate) fn nothing() -> Checker {
         Checker {
             expect: Expect::Nothing,
             what: String::new(),
@@ -84,7 +84,7 @@ impl Checker {
     }
 
     /// The server's bytes from `from` must equal `bytes` (`what` names their origin).
-    pub fn bytes(from: Lsn, bytes: Bytes, what: impl Into<String>) -> Checker {
+    pub(crate) fn bytes(from: Lsn, bytes: Bytes, what: impl Into<String>) -> Checker {
         let verdict = if bytes.is_empty() {
             Verdict::Proven
         } else {
@@ -100,7 +100,7 @@ impl Checker {
     /// The server's WAL from `from` must continue `segment`, the repo's complete segment that
     /// ends at `from`. `Err` when the repo's segment itself is not valid WAL of this cluster
     /// (then nothing can be proven from it).
-    pub fn link(
+    pub(crate) fn link(
         cfg: DecoderConfig,
         segment: &[u8],
         from: Lsn,
@@ -138,39 +138,18 @@ impl Checker {
         })
     }
 
-    /// The verdict so far.
-    pub fn verdict(&self) -> &Verdict {
-        &self.verdict
-    }
-
     /// True once proven.
-    pub fn is_proven(&self) -> bool {
+    pub(crate) fn is_proven(&self) -> bool {
         self.verdict == Verdict::Proven
     }
 
     /// The repo object checked against.
-    pub fn what(&self) -> &str {
+    pub(crate) fn what(&self) -> &str {
         &self.what
     }
 
-    /// Where the compared stretch ends (bytes checks), or `None`.
-    pub fn compared_end(&self) -> Option<Lsn> {
-        match &self.expect {
-            Expect::Bytes { from, bytes } => Some(Lsn(from.0 + bytes.len() as u64)),
-            _ => None,
-        }
-    }
-
-    /// The expected bytes (bytes checks): equal to the server's once proven.
-    pub fn expected(&self) -> Option<(Lsn, Bytes)> {
-        match &self.expect {
-            Expect::Bytes { from, bytes } => Some((*from, bytes.clone())),
-            _ => None,
-        }
-    }
-
     /// Feeds the server's WAL at `at` (contiguous with what was fed before).
-    pub fn feed(&mut self, at: Lsn, data: &[u8]) -> &Verdict {
+    pub(crate) fn feed(&mut self, at: Lsn, data: &[u8]) -> &Verdict {
         if self.verdict != Verdict::Pending {
             return &self.verdict;
         }

@@ -48,13 +48,13 @@
 //!   server still guarantees; `/healthz` and `pitr_wal_gap_open` show it until a base backup
 //!   starts after it, and the scheduler takes one at once.
 
-pub mod archiver;
+pub(crate) mod archiver;
 pub mod cmd;
-pub mod continuity;
-pub mod monitor;
-pub mod spool;
-pub mod startup;
-pub mod writers;
+pub(crate) mod continuity;
+pub(crate) mod monitor;
+pub(crate) mod spool;
+pub(crate) mod startup;
+pub(crate) mod writers;
 
 use std::time::Duration;
 
@@ -143,7 +143,7 @@ pub enum StreamError {
 
 impl StreamError {
     /// A reconnect may help.
-    pub fn is_transient(&self) -> bool {
+    pub(crate) fn is_transient(&self) -> bool {
         match self {
             StreamError::Conn(e) => e.is_transient(),
             StreamError::Store(e) => e.is_transient(),
@@ -158,21 +158,21 @@ impl StreamError {
 
 /// Longest wait for a connection when the conninfo sets no `connect_timeout` (libpq would wait
 /// forever; a sidecar must not).
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Receive timeout when the server's `wal_sender_timeout` is 0 (disabled), and the bound on
 /// commands before it is known.
-pub const DEFAULT_RECEIVE_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_RECEIVE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The most time between two reply requests (the server's answer is also a reading of its
 /// position, see [`crate::metrics::SERVER_POSITION_MAX_AGE`]).
-pub const PING_MAX: Duration = Duration::from_secs(5);
+pub(crate) const PING_MAX: Duration = Duration::from_secs(5);
 /// First reconnection delay, and the delay after a session that streamed.
-pub const INITIAL_BACKOFF: Duration = Duration::from_millis(500);
+pub(crate) const INITIAL_BACKOFF: Duration = Duration::from_millis(500);
 /// A session that lasted this long streamed successfully, even without WAL.
-pub const STREAMED_AFTER: Duration = Duration::from_secs(5);
+pub(crate) const STREAMED_AFTER: Duration = Duration::from_secs(5);
 /// Longest wait between attempts while the slot is active in another walsender.
-pub const SLOT_BUSY_RETRY: Duration = Duration::from_secs(2);
+pub(crate) const SLOT_BUSY_RETRY: Duration = Duration::from_secs(2);
 /// Longest wait between the archiver's retries of a storage call.
-pub const ARCHIVER_RETRY_CAP: Duration = Duration::from_secs(30);
+pub(crate) const ARCHIVER_RETRY_CAP: Duration = Duration::from_secs(30);
 /// How often a session checks for silence and due status updates.
 const SESSION_TICK: Duration = Duration::from_millis(500);
 /// Past the shutdown deadline, how long a session may still take before it is abandoned.
@@ -182,7 +182,7 @@ const HEARTBEAT_EXIT_WAIT: Duration = Duration::from_secs(2);
 
 /// The receive timeout for a server's `SHOW wal_sender_timeout`: that value (at least 1 s),
 /// or [`DEFAULT_RECEIVE_TIMEOUT`] when it is 0 or unreadable.
-pub fn receive_timeout(show: &str) -> Duration {
+pub(crate) fn receive_timeout(show: &str) -> Duration {
     match crate::replication::codec::parse_time_ms(show) {
         Some(0) | None => DEFAULT_RECEIVE_TIMEOUT,
         Some(ms) => Duration::from_millis(ms).max(Duration::from_secs(1)),
@@ -191,13 +191,13 @@ pub fn receive_timeout(show: &str) -> Duration {
 
 /// How often a status update asks the server for a reply: often enough that a live server
 /// answers three times per receive timeout, and at least every [`PING_MAX`].
-pub fn ping_interval(status_interval: Duration, receive_timeout: Duration) -> Duration {
+pub(crate) fn ping_interval(status_interval: Duration, receive_timeout: Duration) -> Duration {
     status_interval.min(receive_timeout / 3).min(PING_MAX)
 }
 
 /// How a connection attempt or session ended, for the backoff.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Attempt {
+pub(crate) enum Attempt {
     /// It failed (could not connect, prepare, or stream).
     Failed,
     /// The slot is active in another walsender.
@@ -209,7 +209,7 @@ pub enum Attempt {
 /// The wait before the next attempt and the backoff after it: doubling up to `cap` while
 /// attempts fail, back to [`INITIAL_BACKOFF`] after one that streamed, and at most
 /// [`SLOT_BUSY_RETRY`] while the slot is busy.
-pub fn next_backoff(current: Duration, a: Attempt, cap: Duration) -> (Duration, Duration) {
+pub(crate) fn next_backoff(current: Duration, a: Attempt, cap: Duration) -> (Duration, Duration) {
     let current = match a {
         Attempt::Streamed => INITIAL_BACKOFF,
         _ => current,
@@ -1535,7 +1535,7 @@ async fn failed_wait(
 /// A session that fails right after it starts for any other reason (a gap, a protocol or
 /// server error) keeps the backoff growing, so a persistent problem is not retried in a
 /// tight loop.
-pub fn session_streamed(
+pub(crate) fn session_streamed(
     streaming_for: Option<Duration>,
     received_wal: bool,
     end: Option<&StreamError>,

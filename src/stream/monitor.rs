@@ -32,10 +32,10 @@ use crate::replication::conn::PgConn;
 use crate::replication::conninfo::ConnParams;
 
 /// Fraction of `max_slot_wal_keep_size` left below which pitr warns.
-pub const WARN_FRACTION: f64 = 0.2;
+pub(crate) const WARN_FRACTION: f64 = 0.2;
 
 /// Longest wait for a connection or an answer.
-pub const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The poll's query: the server's position first, then (with a slot) the slot's retention.
 fn query(slot: Option<&str>) -> String {
@@ -51,7 +51,7 @@ fn query(slot: Option<&str>) -> String {
 }
 
 /// Runs until shutdown.
-pub async fn run(
+pub(crate) async fn run(
     params: ConnParams,
     slot: Option<String>,
     metrics: Arc<Metrics>,

@@ -44,7 +44,7 @@ use crate::crashsafe;
 use crate::repo::{self, Repo};
 
 /// Bytes per message from the reader to the archiver.
-pub const CHUNK: usize = 256 << 10;
+pub(crate) const CHUNK: usize = 256 << 10;
 
 /// Spool settings.
 #[derive(Debug, Clone)]
@@ -66,7 +66,7 @@ struct Run {
 
 /// State shared by the writer and the reader.
 #[derive(Debug, Default)]
-pub struct Shared {
+pub(crate) struct Shared {
     runs: Mutex<Vec<Run>>,
     writer_done: AtomicBool,
     /// Wakes the reader (new data). The writer polls for freed space.
@@ -78,7 +78,7 @@ pub struct Shared {
 impl Shared {
     /// Where streaming should resume after a reconnect: the last run's timeline and the
     /// segment holding its spooled end. `None` before anything was spooled.
-    pub fn resume_point(&self, seg: WalSegSize) -> Option<(TimeLineId, Lsn)> {
+    pub(crate) fn resume_point(&self, seg: WalSegSize) -> Option<(TimeLineId, Lsn)> {
         let runs = self.runs.lock().ok()?;
         let r = runs.last()?;
         Some((r.tli, r.end.segment_start(seg)))
@@ -94,7 +94,10 @@ fn spool_path(dir: &Path, tli: TimeLineId, segno: SegNo, seg: WalSegSize) -> Pat
 }
 
 /// The spool's files: (timeline, segment, length), sorted by timeline then segment.
-pub fn scan(dir: &Path, seg: WalSegSize) -> Result<Vec<(TimeLineId, SegNo, u64)>, StreamError> {
+pub(crate) fn scan(
+    dir: &Path,
+    seg: WalSegSize,
+) -> Result<Vec<(TimeLineId, SegNo, u64)>, StreamError> {
     let mut out = Vec::new();
     let rd = std::fs::read_dir(dir).map_err(|e| io_err("reading spool", dir, e))?;
     for e in rd {
@@ -118,7 +121,7 @@ pub fn scan(dir: &Path, seg: WalSegSize) -> Result<Vec<(TimeLineId, SegNo, u64)>
 /// Creates the spool directory, checks it is writable and locks it (before connecting). Keep
 /// the returned file open for as long as the spool is used: two processes sharing a spool
 /// would delete each other's WAL.
-pub fn prepare_dir(dir: &Path) -> Result<File, StreamError> {
+pub(crate) fn prepare_dir(dir: &Path) -> Result<File, StreamError> {
     std::fs::create_dir_all(dir).map_err(|e| io_err("creating spool", dir, e))?;
     if let Some(parent) = dir.parent() {
         let _ = crashsafe::fsync_dir(parent);
@@ -142,7 +145,11 @@ pub fn prepare_dir(dir: &Path) -> Result<File, StreamError> {
 
 /// Records which cluster the spool belongs to (`spool.json`), or checks it: a spool left by
 /// another cluster must never be uploaded into this repo.
-pub fn check_identity(dir: &Path, system_id: u64, seg: WalSegSize) -> Result<(), StreamError> {
+pub(crate) fn check_identity(
+    dir: &Path,
+    system_id: u64,
+    seg: WalSegSize,
+) -> Result<(), StreamError> {
     let path = dir.join("spool.json");
     let want = format!(
         "{{\"system_id\":\"{system_id}\",\"wal_segment_size\":{}}}\n",
@@ -172,7 +179,7 @@ pub fn check_identity(dir: &Path, system_id: u64, seg: WalSegSize) -> Result<(),
 
 /// The bytes the spool holds of a segment (from its start), if it has a file for it: what was
 /// acknowledged of it. A run restarting there must receive the same bytes again.
-pub fn read_prefix(
+pub(crate) fn read_prefix(
     dir: &Path,
     tli: TimeLineId,
     segno: SegNo,
@@ -228,7 +235,7 @@ async fn send(tx: &mpsc::Sender<ArchMsg>, m: ArchMsg) -> Result<(), StreamError>
 
 /// Uploads what the spool holds (left by an earlier run, possibly killed) through the
 /// archiver, waits until it is durable in the repo, then empties the spool.
-pub async fn drain(
+pub(crate) async fn drain(
     dir: &Path,
     seg: WalSegSize,
     repo: &Repo,
@@ -286,7 +293,7 @@ pub async fn drain(
 
 /// The writer: a blocking thread that appends WAL to spool files and fsyncs.
 #[derive(Debug)]
-pub struct SpoolWriter {
+pub(crate) struct SpoolWriter {
     cfg: SpoolConfig,
     seg: WalSegSize,
     shared: Arc<Shared>,
@@ -305,7 +312,7 @@ pub struct SpoolWriter {
 
 impl SpoolWriter {
     /// A writer over `cfg.dir`.
-    pub fn new(
+    pub(crate) fn new(
         cfg: SpoolConfig,
         seg: WalSegSize,
         shared: Arc<Shared>,
@@ -328,7 +335,10 @@ impl SpoolWriter {
     }
 
     /// Runs until the channel closes. Call from a blocking thread.
-    pub fn run_blocking(mut self, mut rx: mpsc::Receiver<ArchMsg>) -> Result<(), StreamError> {
+    pub(crate) fn run_blocking(
+        mut self,
+        mut rx: mpsc::Receiver<ArchMsg>,
+    ) -> Result<(), StreamError> {
         let r = self.run_inner(&mut rx);
         if r.is_ok() {
             // A last flush of what was written; never after an error.
@@ -500,7 +510,7 @@ impl SpoolWriter {
 /// The reader: forwards spooled WAL to the archiver in order, and deletes spool files once
 /// the repo holds them.
 #[derive(Debug)]
-pub struct SpoolReader {
+pub(crate) struct SpoolReader {
     cfg: SpoolConfig,
     seg: WalSegSize,
     shared: Arc<Shared>,
@@ -512,7 +522,7 @@ pub struct SpoolReader {
 
 impl SpoolReader {
     /// A reader; `archived` is the archiver's durable position.
-    pub fn new(
+    pub(crate) fn new(
         cfg: SpoolConfig,
         seg: WalSegSize,
         shared: Arc<Shared>,
@@ -564,7 +574,7 @@ impl SpoolReader {
 
     /// Runs until the writer is done and everything spooled was forwarded; dropping `tx`
     /// then lets the archiver publish the last partial and stop.
-    pub async fn run(mut self, tx: mpsc::Sender<ArchMsg>) -> Result<(), StreamError> {
+    pub(crate) async fn run(mut self, tx: mpsc::Sender<ArchMsg>) -> Result<(), StreamError> {
         let seg = self.seg;
         let mut idx = 0usize;
         let mut pos: Option<Lsn> = None;
@@ -640,7 +650,7 @@ impl SpoolReader {
 }
 
 /// After a clean stop: removes spool files whose segment is complete in the repo.
-pub async fn cleanup(dir: &Path, seg: WalSegSize, repo: &Repo) -> Result<u64, StreamError> {
+pub(crate) async fn cleanup(dir: &Path, seg: WalSegSize, repo: &Repo) -> Result<u64, StreamError> {
     let mut left = 0;
     for (tli, segno, len) in scan(dir, seg)? {
         let key = repo::segment_key(tli, segno, seg);

@@ -29,16 +29,16 @@ use crate::repo::gaps::{self, GapRecord};
 use crate::repo::{self, Repo};
 
 /// One step of a timeline path: `tli` holds the WAL in `[from, to)`.
-pub type Step = crate::repo::catalog::PathStep;
+pub(crate) type Step = crate::repo::catalog::PathStep;
 
 /// The steps of a history, oldest first; the last is the history's own timeline, open-ended.
-pub fn path_of(h: &TimelineHistory) -> Vec<Step> {
+pub(crate) fn path_of(h: &TimelineHistory) -> Vec<Step> {
     crate::repo::catalog::history_path(h)
 }
 
 /// The server's history of `tli` (`TIMELINE_HISTORY`; timeline 1 has none): parsed, and its
 /// raw content to archive.
-pub async fn server_history(
+pub(crate) async fn server_history(
     conn: &mut PgConn,
     tli: TimeLineId,
 ) -> Result<(TimelineHistory, Option<Vec<u8>>), StreamError> {
@@ -78,7 +78,7 @@ fn describe(entries: &[(u32, Lsn)]) -> String {
 
 /// Compares the server's history `h` with the repo's history files of `h.tli` and of every
 /// ancestor they share. `Err(message)` on the first disagreement (a divergence).
-pub fn compare_histories(
+pub(crate) fn compare_histories(
     h: &TimelineHistory,
     repo_histories: &[(TimeLineId, TimelineHistory)],
 ) -> Result<(), String> {
@@ -121,7 +121,7 @@ pub fn compare_histories(
 }
 
 /// The repo's history files of `h.tli` and its ancestors (those it has).
-pub async fn repo_histories(
+pub(crate) async fn repo_histories(
     r: &Repo,
     h: &TimelineHistory,
 ) -> Result<Vec<(TimeLineId, TimelineHistory)>, StreamError> {
@@ -153,10 +153,10 @@ pub async fn repo_histories(
 }
 
 /// A WAL object of the repo, from its name (a complete segment, or a partial up to `end`).
-pub type Obj = repo::ArchivedTip;
+pub(crate) type Obj = repo::ArchivedTip;
 
 /// The repo's WAL objects (complete segments and partials), retrying while storage is down.
-pub async fn objects(r: &Repo, seg: WalSegSize) -> Result<Vec<Obj>, StreamError> {
+pub(crate) async fn objects(r: &Repo, seg: WalSegSize) -> Result<Vec<Obj>, StreamError> {
     Ok(
         r.retrying("list the repo", std::time::Duration::from_secs(10))
             .wal_objects(seg)
@@ -171,7 +171,7 @@ pub async fn objects(r: &Repo, seg: WalSegSize) -> Result<Vec<Obj>, StreamError>
 /// it reaches the step's switch point, streaming resumes on the next step at the segment of
 /// the switch point; otherwise on this timeline at the object's segment (a partial, streamed
 /// again) or the next one (a complete segment).
-pub fn resume_along(
+pub(crate) fn resume_along(
     path: &[Step],
     objs: &[Obj],
     seg: WalSegSize,
@@ -208,7 +208,7 @@ pub fn resume_along(
 /// What the repo (or the spool) holds of one segment, from its start: the server's bytes
 /// there are compared with it.
 #[derive(Debug)]
-pub struct Source {
+pub(crate) struct Source {
     /// Its bytes, from the segment start.
     pub bytes: Bytes,
     /// What it is, for messages.
@@ -216,7 +216,7 @@ pub struct Source {
 }
 
 /// The newest object of (`tli`, `segno`): a complete segment or the longest partial.
-pub async fn newest_object(
+pub(crate) async fn newest_object(
     r: &Repo,
     objs: &[Obj],
     tli: TimeLineId,
@@ -254,7 +254,7 @@ pub async fn newest_object(
 
 /// How a run is checked and streamed.
 #[derive(Debug)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// Where START_REPLICATION begins (the run's start, or the segment before it when that
     /// segment is compared byte for byte).
     pub stream_from: Lsn,
@@ -268,7 +268,7 @@ pub struct Plan {
 
 impl Plan {
     /// Nothing to check: stream from `start`.
-    pub fn nothing(start: Lsn) -> Plan {
+    pub(crate) fn nothing(start: Lsn) -> Plan {
         Plan {
             stream_from: start,
             checker: Checker::nothing(),
@@ -278,7 +278,7 @@ impl Plan {
     }
 
     /// The server's bytes from `start` must equal `src` (cut at `limit`).
-    pub fn overlap(start: Lsn, src: Source, limit: Lsn) -> Plan {
+    pub(crate) fn overlap(start: Lsn, src: Source, limit: Lsn) -> Plan {
         let n = (src.bytes.len() as u64).min(limit.bytes_since(start)) as usize;
         let bytes = src.bytes.slice(..n);
         Plan {
@@ -292,7 +292,7 @@ impl Plan {
 
 /// What a server error means for the archive.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ServerSays {
+pub(crate) enum ServerSays {
     /// The WAL at the requested point is gone (removed segment, invalidated slot).
     WalRemoved {
         /// The segment the server named, if it did.
@@ -313,7 +313,7 @@ pub enum ServerSays {
 /// no longer access replication slot", DETAIL "This replication slot has been invalidated
 /// due to ..."; reading removed WAL: "requested WAL segment %s has already been removed",
 /// xlogreader's `WALReadRaiseError`, SQLSTATE 58P01).
-pub fn classify(n: &ServerNotice) -> ServerSays {
+pub(crate) fn classify(n: &ServerNotice) -> ServerSays {
     let m = &n.message;
     if m.contains("has already been removed") {
         let segment = m
@@ -340,7 +340,7 @@ pub fn classify(n: &ServerNotice) -> ServerSays {
 /// A server error of START_REPLICATION or of the stream that follows it (the walsender
 /// answers CopyBoth before it checks the start point), as the run's error: the WAL is gone,
 /// or the server is behind, or anything else as it came.
-pub fn server_error(tli: TimeLineId, start: Lsn, e: ConnError) -> StreamError {
+pub(crate) fn server_error(tli: TimeLineId, start: Lsn, e: ConnError) -> StreamError {
     if let ConnError::Server(n) = &e {
         match classify(n) {
             ServerSays::WalRemoved { segment } => {
@@ -372,7 +372,7 @@ pub fn server_error(tli: TimeLineId, start: Lsn, e: ConnError) -> StreamError {
 /// slot holds it from then on. An invalidated physical slot cannot be trusted even where
 /// PostgreSQL lets it stream: an invalidated slot retains nothing. Without a slot: the
 /// server's current segment.
-pub async fn gap_resume(
+pub(crate) async fn gap_resume(
     conn: &mut PgConn,
     slot: Option<&str>,
     seg: WalSegSize,
@@ -411,7 +411,7 @@ pub async fn gap_resume(
 
 /// Records a gap before anything past it is archived, and makes it loud: one error line, the
 /// metrics, `/healthz`, and the scheduler is asked for a base backup now.
-pub async fn record_gap(
+pub(crate) async fn record_gap(
     r: &Repo,
     metrics: &crate::metrics::Metrics,
     g: &GapRecord,
@@ -446,7 +446,7 @@ async fn read_open_gap(r: &Repo) -> Result<Option<GapRecord>, repo::RepoError> {
 /// Reads the open-gap state from the repo into `metrics` (logging a change); true while a
 /// gap is open. A gap found newly open asks the scheduler for a backup now. On a storage error
 /// the state is left as it was.
-pub async fn refresh_open_gap(r: &Repo, metrics: &crate::metrics::Metrics) -> bool {
+pub(crate) async fn refresh_open_gap(r: &Repo, metrics: &crate::metrics::Metrics) -> bool {
     match read_open_gap(r).await {
         Ok(open) => {
             let was = metrics.gap_open();
@@ -475,7 +475,7 @@ pub async fn refresh_open_gap(r: &Repo, metrics: &crate::metrics::Metrics) -> bo
 /// Keeps the open-gap state (`/healthz`, `pitr_wal_gap_open`) true to the repo: read at
 /// start-up, again every `every` while a gap is open, and when asked (a gap was recorded, a
 /// backup completed).
-pub async fn gap_watch(
+pub(crate) async fn gap_watch(
     r: Repo,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
     every: std::time::Duration,

@@ -39,15 +39,15 @@ use crate::metrics::Metrics;
 use crate::repo::Repo;
 
 /// Where heartbeats live.
-pub const PREFIX: &str = "writers/";
+pub(crate) const PREFIX: &str = "writers/";
 /// A heartbeat is live for this many of its writer's intervals.
-pub const LIVE_INTERVALS: u64 = 3;
+pub(crate) const LIVE_INTERVALS: u64 = 3;
 /// An expired heartbeat older than this is deleted (its process is gone).
-pub const FORGET_AFTER: Duration = Duration::from_secs(3600);
+pub(crate) const FORGET_AFTER: Duration = Duration::from_secs(3600);
 
 /// Who writes: the body of a heartbeat object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Heartbeat {
+pub(crate) struct Heartbeat {
     /// Host name.
     pub host: String,
     /// Process id (on that host).
@@ -84,7 +84,7 @@ fn hostname() -> String {
 
 impl Heartbeat {
     /// This process's heartbeat.
-    pub fn of_this_process(slot: Option<String>, every: Duration) -> Heartbeat {
+    pub(crate) fn of_this_process(slot: Option<String>, every: Duration) -> Heartbeat {
         Heartbeat {
             host: hostname(),
             pid: std::process::id(),
@@ -98,7 +98,7 @@ impl Heartbeat {
     }
 
     /// The writer's name in keys.
-    pub fn writer(&self) -> String {
+    pub(crate) fn writer(&self) -> String {
         let clean = |s: &str| -> String {
             s.chars()
                 .take(64)
@@ -122,7 +122,7 @@ impl Heartbeat {
 }
 
 /// The owner tag and PID in a writer's name.
-pub fn parse_writer(writer: &str) -> Option<(&str, u32)> {
+pub(crate) fn parse_writer(writer: &str) -> Option<(&str, u32)> {
     let mut it = writer.rsplitn(4, '-');
     let _start = it.next()?;
     let pid = it.next()?.parse().ok()?;
@@ -146,12 +146,12 @@ fn known_gone(writer: &str, me: &Heartbeat) -> bool {
 }
 
 /// The key of a heartbeat.
-pub fn key(at: u64, every_secs: u64, writer: &str) -> String {
+pub(crate) fn key(at: u64, every_secs: u64, writer: &str) -> String {
     format!("{PREFIX}{at:010}-{every_secs}-{writer}.json")
 }
 
 /// Parses a heartbeat key: (at, every, writer).
-pub fn parse_key(key: &str) -> Option<(u64, u64, &str)> {
+pub(crate) fn parse_key(key: &str) -> Option<(u64, u64, &str)> {
     let rest = key.strip_prefix(PREFIX)?.strip_suffix(".json")?;
     let (at, rest) = rest.split_once('-')?;
     let (every, writer) = rest.split_once('-')?;
@@ -163,7 +163,7 @@ pub fn parse_key(key: &str) -> Option<(u64, u64, &str)> {
 
 /// What a listing says about other writers.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Census {
+pub(crate) struct Census {
     /// Other writers with a live heartbeat: writer name and its newest key.
     pub live: BTreeMap<String, String>,
     /// Heartbeats to delete: expired long ago.
@@ -172,7 +172,7 @@ pub struct Census {
 
 /// Sorts a listing of `writers/` (pure): who else is live at `now`, what can go. `gone`: the
 /// writer's process is known to have ended.
-pub fn census<'a>(
+pub(crate) fn census<'a>(
     keys: impl IntoIterator<Item = &'a str>,
     me: &str,
     now: u64,
@@ -204,7 +204,7 @@ pub fn census<'a>(
 /// Keeps this process's heartbeat until `stop` turns true (then deletes it), and reports
 /// other live writers (`pitr_repo_other_writers`, and a warning naming each one when it is
 /// first seen).
-pub async fn run(
+pub(crate) async fn run(
     repo: Repo,
     me: Heartbeat,
     metrics: Arc<Metrics>,

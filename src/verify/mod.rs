@@ -8,7 +8,7 @@
 //! - [`repo`] (`pitr verify`): re-reads every object the kept backups need.
 
 pub mod cmd;
-pub mod repo;
+pub(crate) mod repo;
 
 /// `pitr restore --verify` checks the binaries before anything is written.
 use crate::pgproc::find_binaries;
@@ -138,7 +138,7 @@ pub struct Report {
 
 impl Report {
     /// Prints the report for humans.
-    pub fn print(&self, w: &mut impl std::io::Write) -> std::io::Result<()> {
+    pub(crate) fn print(&self, w: &mut impl std::io::Write) -> std::io::Result<()> {
         let mark = |ok: bool| if ok { "ok  " } else { "FAIL" };
         writeln!(w, "verify: {}", if self.ok { "PASSED" } else { "FAILED" })?;
         writeln!(

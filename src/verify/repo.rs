@@ -28,7 +28,7 @@ use crate::restore::{self, RestoreError};
 
 /// What `pitr verify` found.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct RepoReport {
+pub(crate) struct RepoReport {
     /// Backups checked.
     pub backups: usize,
     /// Backup objects read.
@@ -237,7 +237,7 @@ async fn check_backup(repo: &Repo, b: &BackupRecord, report: &mut RepoReport) {
 }
 
 /// Prints the report for humans.
-pub fn print(out: &mut impl std::io::Write, r: &RepoReport) -> std::io::Result<()> {
+pub(crate) fn print(out: &mut impl std::io::Write, r: &RepoReport) -> std::io::Result<()> {
     writeln!(
         out,
         "checked {} backup(s): {} backup object(s), {} file(s) against manifests, {} WAL object(s), {} MiB",
@@ -265,7 +265,7 @@ pub fn print(out: &mut impl std::io::Write, r: &RepoReport) -> std::io::Result<(
 }
 
 /// Verifies the whole repo.
-pub async fn verify_repo(repo: &Repo) -> Result<RepoReport, RepoError> {
+pub(crate) async fn verify_repo(repo: &Repo) -> Result<RepoReport, RepoError> {
     let (_, seg, sysid) = catalog::identity(repo).await?;
     let scan = catalog::scan_backups(repo).await?;
     let backups = scan.good;

@@ -260,14 +260,14 @@ async fn tour_steps(
     let mut out = std::io::stdout();
     crate::restore::print_plan(&mut out, &plan)?;
     let stats = crate::restore::execute(repo, &plan, false).await?;
-    let report = crate::verify::run_server_check(
+    let report = crate::restore::verify::run_server_check(
         &plan,
         &stats,
-        &crate::verify::ServerCheckOptions {
+        &crate::restore::verify::ServerCheckOptions {
             pg_bin: Some(bin.to_path_buf()),
             checks: vec![
-                crate::verify::Check::parse("SELECT count(*) FROM orders => 5"),
-                crate::verify::Check::parse(
+                crate::restore::verify::Check::parse("SELECT count(*) FROM orders => 5"),
+                crate::restore::verify::Check::parse(
                     "SELECT string_agg(id || ' ' || item, ', ' ORDER BY id) FROM orders",
                 ),
             ],

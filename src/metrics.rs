@@ -595,6 +595,35 @@ fn metric(s: &mut String, name: &str, kind: &str, help: &str, v: String) {
     let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
 }
 
+/// Reads the open-gap state from the repo into `metrics` (logging a change); true while a
+/// gap is open. A gap found newly open asks the scheduler for a backup now. On a storage error
+/// the state is left as it was.
+pub(crate) async fn refresh_open_gap(r: &crate::repo::Repo, metrics: &Metrics) -> bool {
+    match crate::repo::gaps::read_open_gap(r).await {
+        Ok(open) => {
+            let was = metrics.gap_open();
+            match &open {
+                Some(g) if !was => {
+                    tracing::error!(
+                        "{}: no complete base backup starts after it; take one (pitr backup)",
+                        g.describe()
+                    );
+                    metrics.backup_now.notify_one();
+                }
+                None if was => {
+                    tracing::info!(
+                        "a complete base backup starts after the newest WAL gap: the archive is restorable past it again"
+                    );
+                }
+                _ => {}
+            }
+            metrics.set_open_gap(open.map(|g| g.describe()));
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read the repo's gap records and backups"),
+    }
+    metrics.gap_open()
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -285,9 +285,11 @@ fn verify_fails_every_false_pass_and_duplicate_names_stop_at_the_first() {
             ))
             .unwrap();
         let target = pitr::restore::target::parse_time(&between_2_3, None, None).unwrap();
-        let vopts = pitr::verify::ServerCheckOptions {
+        let vopts = pitr::restore::verify::ServerCheckOptions {
             pg_bin: Some(install.bin.clone()),
-            checks: vec![pitr::verify::Check::parse(&format!("{ROWS_SQL} => 1,2"))],
+            checks: vec![pitr::restore::verify::Check::parse(&format!(
+                "{ROWS_SQL} => 1,2"
+            ))],
             dbname: "postgres".into(),
             user: Some("postgres".into()),
             timeout: Duration::from_secs(8),
@@ -348,7 +350,9 @@ fn verify_fails_every_false_pass_and_duplicate_names_stop_at_the_first() {
                 .unwrap();
             tamper(&dir);
             let r = rt
-                .block_on(pitr::verify::run_server_check(&plan, &stats, &vopts))
+                .block_on(pitr::restore::verify::run_server_check(
+                    &plan, &stats, &vopts,
+                ))
                 .unwrap();
             let shown = serde_json::to_string_pretty(&r).unwrap();
             if want.is_empty() {

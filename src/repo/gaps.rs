@@ -239,6 +239,16 @@ pub(crate) fn open_gap_after<'a>(
     open_gap(gaps, &starts)
 }
 
+/// The newest gap while no complete backup starts after it.
+pub(crate) async fn read_open_gap(r: &Repo) -> Result<Option<GapRecord>, RepoError> {
+    let all = gaps(r).await?;
+    if all.is_empty() {
+        return Ok(None);
+    }
+    let backups = super::catalog::backups(r).await?;
+    Ok(open_gap_after(&all, &backups).cloned())
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

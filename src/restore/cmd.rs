@@ -16,8 +16,8 @@ use std::process::ExitCode;
 use crate::cli::RestoreArgs;
 use crate::repo::{Repo, RepoError};
 use crate::restore::target::TimeTargetError;
+use crate::restore::verify::{self, VerifyError};
 use crate::restore::{self, Mode, Plan, RestoreError, RestoreOptions, TargetSpec, TimelineSel};
-use crate::verify::{self, VerifyError};
 
 /// Why `pitr restore` failed.
 #[derive(Debug, thiserror::Error)]

@@ -19,6 +19,7 @@ pub mod cmd;
 pub(crate) mod extract;
 pub(crate) mod plan;
 pub mod target;
+pub mod verify;
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};

@@ -168,7 +168,7 @@ pub(crate) async fn run(
                 .store(l.as_microsecond(), Ordering::Relaxed);
         }
         let gap_open = metrics.gap_open()
-            && crate::stream::startup::refresh_open_gap(&opts.backup.repo, &metrics).await;
+            && crate::metrics::refresh_open_gap(&opts.backup.repo, &metrics).await;
         let now = jiff::Timestamp::now();
         let due = decide(opts.schedule, last, gap_open, retry_at, now, &tz);
         let wait = due.duration_since(now).try_into().unwrap_or(Duration::ZERO);

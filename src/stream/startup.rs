@@ -433,45 +433,6 @@ pub(crate) async fn record_gap(
     Ok(())
 }
 
-/// The newest gap while no complete backup starts after it.
-async fn read_open_gap(r: &Repo) -> Result<Option<GapRecord>, repo::RepoError> {
-    let all = gaps::gaps(r).await?;
-    if all.is_empty() {
-        return Ok(None);
-    }
-    let backups = crate::repo::catalog::backups(r).await?;
-    Ok(gaps::open_gap_after(&all, &backups).cloned())
-}
-
-/// Reads the open-gap state from the repo into `metrics` (logging a change); true while a
-/// gap is open. A gap found newly open asks the scheduler for a backup now. On a storage error
-/// the state is left as it was.
-pub(crate) async fn refresh_open_gap(r: &Repo, metrics: &crate::metrics::Metrics) -> bool {
-    match read_open_gap(r).await {
-        Ok(open) => {
-            let was = metrics.gap_open();
-            match &open {
-                Some(g) if !was => {
-                    tracing::error!(
-                        "{}: no complete base backup starts after it; take one (pitr backup)",
-                        g.describe()
-                    );
-                    metrics.backup_now.notify_one();
-                }
-                None if was => {
-                    tracing::info!(
-                        "a complete base backup starts after the newest WAL gap: the archive is restorable past it again"
-                    );
-                }
-                _ => {}
-            }
-            metrics.set_open_gap(open.map(|g| g.describe()));
-        }
-        Err(e) => tracing::warn!(error = %e, "cannot read the repo's gap records and backups"),
-    }
-    metrics.gap_open()
-}
-
 /// Keeps the open-gap state (`/healthz`, `pitr_wal_gap_open`) true to the repo: read at
 /// start-up, again every `every` while a gap is open, and when asked (a gap was recorded, a
 /// backup completed).
@@ -483,7 +444,7 @@ pub(crate) async fn gap_watch(
 ) {
     let every = every.max(std::time::Duration::from_millis(200));
     loop {
-        let wait = if refresh_open_gap(&r, &metrics).await {
+        let wait = if crate::metrics::refresh_open_gap(&r, &metrics).await {
             every
         } else {
             std::time::Duration::from_secs(3600)

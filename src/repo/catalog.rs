@@ -630,13 +630,34 @@ pub(crate) async fn points(repo: &Repo) -> Result<Vec<PointRecord>, RepoError> {
         let Some(b) = repo.store().get(&o.key).await? else {
             continue;
         };
-        let rec: PointRecord = serde_json::from_slice(&b).map_err(|e| RepoError::Corrupt {
-            repo: repo.location.clone(),
-            message: format!("{}: unreadable restore point: {e}", o.key),
-        })?;
+        let rec: PointRecord = match serde_json::from_slice(&b) {
+            Ok(rec) => rec,
+            // The shape it always had, with a field the types refuse (an LSN that does not
+            // parse): named and skipped, so `list` and `prune` go on and prune keeps it.
+            Err(e) if serde_json::from_slice::<StoredPoint>(&b).is_ok() => {
+                tracing::warn!(object = %o.key, error = %e, "skipping an unusable restore point");
+                continue;
+            }
+            Err(e) => {
+                return Err(RepoError::Corrupt {
+                    repo: repo.location.clone(),
+                    message: format!("{}: unreadable restore point: {e}", o.key),
+                });
+            }
+        };
         out.push(rec);
     }
     Ok(out)
+}
+
+/// A restore point as its fields were always written, before their values are checked.
+#[derive(serde::Deserialize)]
+#[allow(dead_code)]
+struct StoredPoint {
+    name: String,
+    lsn: String,
+    tli: u32,
+    time: String,
 }
 
 /// The repo's identity, or an error saying it is not a pitr repo.

@@ -474,6 +474,28 @@ mod tests {
         });
     }
 
+    /// A restore point whose LSN field is corrupt does not stop prune halfway (backups
+    /// already deleted, WAL left, no report): it is skipped, kept, and the rest is pruned, as
+    /// before the typed repo objects (ba25846 kept it: its LSN read as the highest).
+    #[test]
+    fn a_point_with_a_corrupt_lsn_is_kept_and_prune_completes() {
+        run(async {
+            let repo = repo_with(&backups3()).await;
+            let key = "points/0000000F00000000.json";
+            let bad = serde_json::json!({
+                "name": "bad", "lsn": "garbage", "tli": 1, "time": "2026-01-01T00:00:00Z"
+            });
+            repo.put(key, serde_json::to_vec(&bad).unwrap().into())
+                .await
+                .unwrap();
+            let r = prune(&repo, keep(Some(2), None), false).await.unwrap();
+            assert_eq!(r.deleted_backups, ["b1"]);
+            assert_eq!(r.deleted_wal_objects, 8);
+            assert_eq!(r.deleted_points, 1);
+            assert!(keys(&repo, "points/").await.contains(&key.to_string()));
+        });
+    }
+
     /// Incomplete backups (no catalog entry) are deleted once they started over a day ago;
     /// a recent one may still be running and is left alone.
     #[test]

@@ -1441,7 +1441,7 @@ impl Sessions<'_> {
         };
         tokio::select! {
             _ = publish => {}
-            _ = self.shutdown.changed() => return Retry::Stop(Ok(())),
+            _ = self.shutdown.wait_for(|s| *s) => return Retry::Stop(Ok(())),
             _ = tokio::time::sleep(cap) => {}
         }
         if backoff_wait(&mut self.shutdown, wait).await {
@@ -1596,13 +1596,33 @@ async fn first_error(
 async fn backoff_wait(shutdown: &mut watch::Receiver<bool>, d: Duration) -> bool {
     tokio::select! {
         _ = tokio::time::sleep(d) => false,
-        _ = shutdown.changed() => true,
+        // The current value, not only a change: the session may have seen the request.
+        _ = shutdown.wait_for(|s| *s) => true,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A shutdown the session already saw (its `changed()` consumed it) still cuts every later
+    /// wait short: `Shutdown::on_signals` keeps its trigger alive, so `changed()` would never
+    /// fire again and a session that ended in a transient error after SIGTERM would reconnect
+    /// (before the refactor the signal task dropped its sender: `changed()` failed at once).
+    #[tokio::test]
+    async fn a_shutdown_already_seen_still_ends_the_backoff() {
+        let (trigger, s) = crate::shutdown::Shutdown::new();
+        let mut rx = s.watch();
+        trigger.fire();
+        rx.changed().await.unwrap();
+        let waited = tokio::time::timeout(
+            Duration::from_secs(2),
+            backoff_wait(&mut rx, Duration::from_secs(30)),
+        )
+        .await;
+        assert_eq!(waited, Ok(true));
+        drop(trigger);
+    }
 
     #[test]
     fn backoff_resets_after_a_session_that_streamed() {

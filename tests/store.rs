@@ -567,7 +567,6 @@ fn s3_repo_urls() {
 /// A refused S3 repo is the same one line as before the causes were kept: the SDK's bare
 /// "service error" label is not appended to a message that already says everything.
 #[test]
-#[ignore = "review finding, not fixed: S3Store::error now attaches the SdkError as the source, and main's one-line chain appends its bare label (': service error'; a timeout would append 'timeout error')"]
 fn a_missing_bucket_is_one_line_without_the_sdk_label() {
     let s3 = S3Server::s3s_fs();
     let url = s3.repo_url("x").replace("pitr-test", "no-such-bucket");

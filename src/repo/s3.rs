@@ -213,7 +213,8 @@ impl S3Store {
         R: std::fmt::Debug + HasStatus + Send + Sync + 'static,
     {
         let (kind, message) = classify(&e, &self.loc.bucket);
-        StoreError::new(kind, op, &format!("{}{key}", self.loc.prefix), message).with_source(e)
+        StoreError::new(kind, op, &format!("{}{key}", self.loc.prefix), message)
+            .with_source(SdkCause(Box::new(e)))
     }
 
     async fn put(&self, key: &str, data: Bytes) -> Result<PutOutcome, StoreError> {
@@ -483,6 +484,26 @@ fn status_of<E, R: HasStatus>(e: &SdkError<E, R>) -> Option<u16> {
 fn exists_status<E, R: HasStatus>(e: &SdkError<E, R>) -> bool {
     matches!(status_of(e), Some(412 | 304))
 }
+
+/// The SDK's error behind a [`StoreError`] of this backend, kept as its source (it shows in
+/// the error's `Debug` form, with every detail the SDK has). It prints as nothing and ends
+/// the printed chain:
+/// [`classify`] has already rendered it into the message (its code and text, or the SDK's
+/// whole context), and its own text is a bare category ("service error", "timeout error")
+/// that would only be appended to a one-line error that already says everything.
+#[derive(Debug)]
+pub(crate) struct SdkCause(
+    #[allow(dead_code)] // read by the derived Debug only, which is its purpose
+    Box<dyn std::error::Error + Send + Sync>,
+);
+
+impl std::fmt::Display for SdkCause {
+    fn fmt(&self, _: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        Ok(())
+    }
+}
+
+impl std::error::Error for SdkCause {}
 
 fn classify<E, R>(e: &SdkError<E, R>, bucket: &str) -> (StoreErrorKind, String)
 where

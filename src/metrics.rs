@@ -587,6 +587,20 @@ impl Metrics {
             "1 while no complete base backup starts after the repo's newest WAL gap.",
             flag(self.gap_open()),
         );
+        g(
+            "pitr_slot_retention_warning",
+            "gauge",
+            "1 while the slot is close to (or past) max_slot_wal_keep_size: the server may soon drop WAL the repo lacks.",
+            flag(self.slot_warning.load(Ordering::Relaxed)),
+        );
+        if self.slot_safe_known.load(Ordering::Relaxed) {
+            g(
+                "pitr_slot_safe_wal_size_bytes",
+                "gauge",
+                "WAL the server can still write before the slot is invalidated (pg_replication_slots.safe_wal_size; exported once read, when max_slot_wal_keep_size is set).",
+                l(&self.slot_safe_wal_size),
+            );
+        }
     }
 }
 
@@ -731,6 +745,25 @@ mod tests {
             t.observe(i * 10, i as u64, Duration::from_secs(1));
         }
         assert!(t.samples.len() <= 2, "{}", t.samples.len());
+    }
+
+    /// Both slot metrics the README lists are exported (they were collected but not rendered
+    /// before): the warning always, the safe size once it has been read.
+    #[test]
+    fn slot_retention_is_exported() {
+        let m = Metrics::default();
+        let body = m.render();
+        assert!(body.contains("pitr_slot_retention_warning 0\n"), "{body}");
+        assert!(!body.contains("pitr_slot_safe_wal_size_bytes"), "{body}");
+        m.slot_safe_wal_size.store(5 << 20, Ordering::Relaxed);
+        m.slot_safe_known.store(true, Ordering::Relaxed);
+        m.slot_warning.store(true, Ordering::Relaxed);
+        let body = m.render();
+        assert!(body.contains("pitr_slot_retention_warning 1\n"), "{body}");
+        assert!(
+            body.contains(&format!("pitr_slot_safe_wal_size_bytes {}\n", 5 << 20)),
+            "{body}"
+        );
     }
 
     #[test]

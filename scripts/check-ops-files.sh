@@ -2,7 +2,7 @@
 # Checks the operator-facing files that no Rust test reads, in a few seconds and offline:
 #   - docs/prometheus-alerts.yml: `promtool check rules`, then the unit tests
 #     tests/alerts/pitr-alerts.test.yml (`promtool test rules`: every alert fires and stays
-#     silent where it should);
+#     silent where it should; each alert needs one case of each);
 #   - docs/kubernetes-sidecar.yaml: `kubernetes-validate --strict` against the Kubernetes
 #     schemas of the versions below (the package ships them: no network needed).
 # The tools come from scripts/install-test-deps.sh (promtool from Debian's prometheus package
@@ -35,6 +35,18 @@ KV=$(find_tool kubernetes-validate "$CACHE/venv/bin/kubernetes-validate")
 if [ -n "$PROMTOOL" ]; then
     "$PROMTOOL" check rules docs/prometheus-alerts.yml
     "$PROMTOOL" test rules tests/alerts/pitr-alerts.test.yml
+    # promtool does not require a test per alert: every alert needs a firing and a silent case.
+    awk '
+        FNR == NR { if ($1 == "-" && $2 == "alert:") alerts[$3] = 1; next }
+        $1 == "alertname:" { name = $2 }
+        $1 == "exp_alerts:" { if ($2 == "[]") silent[name] = 1; else firing[name] = 1 }
+        END {
+            for (a in alerts) {
+                if (!(a in firing)) { print "[check-ops-files] FAILED: no firing case for " a > "/dev/stderr"; bad = 1 }
+                if (!(a in silent)) { print "[check-ops-files] FAILED: no silent case for " a > "/dev/stderr"; bad = 1 }
+            }
+            exit bad
+        }' docs/prometheus-alerts.yml tests/alerts/pitr-alerts.test.yml
     log "ok: docs/prometheus-alerts.yml ($("$PROMTOOL" --version 2>&1 | head -1))"
 else
     missing promtool "alert rules not checked"

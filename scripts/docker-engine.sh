@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# docker-engine.sh start|stop|env|status: a private Docker engine for pitr's container tests.
+# docker-engine.sh install|start|stop|env|status: a private Docker engine for pitr's container tests.
 #
 # start  installs docker.io and debootstrap with apt if missing, then starts its OWN dockerd in
 #        the background (own --data-root, --exec-root, unix socket, pid file and log file under
@@ -9,6 +9,7 @@
 #        and waits for it to exit. Exits 0 when none is running.
 # env    prints DOCKER_HOST=unix://... (use: export "$(scripts/docker-engine.sh env)").
 # status exits 0 when our daemon answers.
+# install only installs the packages (as start does; scripts/install-test-deps.sh calls it).
 #
 # Network rule: all container traffic stays on loopback. The daemon has no default bridge and
 # never writes iptables rules (--bridge=none --iptables=false --ip6tables=false); every
@@ -132,9 +133,10 @@ stop() {
 }
 
 case ${1:-} in
+  install) install_missing ;;
   start) start ;;
   stop) stop ;;
   env) echo "DOCKER_HOST=$host" ;;
   status) our_pid >/dev/null && answers ;;
-  *) echo "usage: $0 start|stop|env|status" >&2; exit 2 ;;
+  *) echo "usage: $0 install|start|stop|env|status" >&2; exit 2 ;;
 esac

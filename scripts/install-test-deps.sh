@@ -5,7 +5,9 @@
 #   - moto (S3-compatible server) in a virtualenv under .cache/venv;
 #   - for scripts/check-ops-files.sh: promtool (from Debian's prometheus package, unpacked under
 #     .cache/prometheus: installing the package would start a Prometheus server) and
-#     kubernetes-validate (PyPI) in the same virtualenv.
+#     kubernetes-validate (PyPI) in the same virtualenv;
+#   - for tests/container.sh: docker.io and debootstrap from Debian (scripts/docker-engine.sh
+#     install: their services are kept from starting; the test starts its own dockerd).
 # Safe to re-run: each step is skipped when its result is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -110,4 +112,7 @@ if [ ! -x "$CACHE/venv/bin/kubernetes-validate" ]; then
     "$CACHE/venv/bin/pip" install --quiet 'kubernetes-validate==1.37.0'
 fi
 
-log "ok: PostgreSQL $(ls "$CACHE/pg" | tr '\n' ' ')moto, promtool and kubernetes-validate are ready"
+# --- Docker engine and debootstrap (tests/container.sh) ------------------------------------
+./scripts/docker-engine.sh install
+
+log "ok: PostgreSQL $(ls "$CACHE/pg" | tr '\n' ' ')moto, promtool, kubernetes-validate, docker.io and debootstrap are ready"

@@ -135,7 +135,7 @@ pub(crate) fn publish_new(tmp: &Path, path: &Path, data: &[u8]) -> io::Result<bo
 }
 
 /// Creates (or truncates) `path`, writes `data` and fsyncs it.
-fn write_synced(path: &Path, data: &[u8]) -> io::Result<()> {
+pub(crate) fn write_synced(path: &Path, data: &[u8]) -> io::Result<()> {
     let mut f = File::create(path)?;
     f.write_all(data)?;
     f.sync_all()

@@ -53,12 +53,10 @@ pub async fn fetch(a: FetchArgs) -> Result<ExitCode, CmdError> {
         return Ok(ExitCode::from(1));
     };
     let tmp = a.dest.with_extension("pitr-tmp");
-    let res = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&data)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &a.dest)
-    })();
+    // PostgreSQL reads the file as soon as restore_command returns: the rename need not be
+    // durable, so no directory fsync (crashsafe::publish would add one).
+    let res =
+        crate::crashsafe::write_synced(&tmp, &data).and_then(|()| std::fs::rename(&tmp, &a.dest));
     if let Err(source) = res {
         let _ = std::fs::remove_file(&tmp);
         return Err(CmdError::Write {

@@ -5,6 +5,7 @@
 
 mod correctness;
 mod differential;
+mod docker;
 mod faults;
 mod harness;
 mod inspect;

@@ -308,6 +308,19 @@ pub struct RestoreArgs {
     /// PostgreSQL's bin directory for --verify (default: PATH, then pg_config).
     #[arg(long, value_name = "DIR", env = "PITR_PG_BIN")]
     pub pg_bin: Option<std::path::PathBuf>,
+    /// Run --verify's throwaway server in a container of IMAGE (e.g. postgres:17) instead
+    /// of local binaries: the restored directory is bind-mounted at its own path, the server
+    /// runs as its owner with no network (a private socket only), and the container is
+    /// removed afterwards. Uses the docker CLI (PITR_CONTAINER_CLI=podman for Podman); the
+    /// image must run the backup's major, which is checked before anything is written.
+    #[arg(
+        long,
+        value_name = "IMAGE",
+        env = "PITR_VERIFY_IMAGE",
+        requires = "verify",
+        conflicts_with = "pg_bin"
+    )]
+    pub verify_image: Option<String>,
     /// A query --verify runs; with `SQL => VALUE`, its first value must equal VALUE. Repeatable.
     #[arg(long, value_name = "SQL")]
     pub check_sql: Vec<String>,

@@ -265,6 +265,7 @@ async fn tour_steps(
         &stats,
         &crate::restore::verify::ServerCheckOptions {
             pg_bin: Some(bin.to_path_buf()),
+            image: None,
             checks: vec![
                 crate::restore::verify::Check::parse("SELECT count(*) FROM orders => 5"),
                 crate::restore::verify::Check::parse(
@@ -275,6 +276,7 @@ async fn tour_steps(
             user: Some("postgres".into()),
             timeout: Duration::from_secs(120),
         },
+        &crate::restore::verify::Runtime::Local(bin.to_path_buf()),
     )
     .await?;
     report.print(&mut out)?;

@@ -84,11 +84,17 @@ pub(crate) fn postgres_version(dir: &Path) -> Option<(u32, String)> {
     Some((major_of_version_line(&text), text))
 }
 
-/// The major of a `postgres --version` line (`postgres (PostgreSQL) 17.2` is 17); 0 when it
-/// names none.
-fn major_of_version_line(text: &str) -> u32 {
-    text.split_whitespace()
-        .last()
+/// The major of a `postgres --version` line (`postgres (PostgreSQL) 17.2` is 17, and so is
+/// `postgres (PostgreSQL) 17.2 (Debian 17.2-1.pgdg120+1)`): the word after `(PostgreSQL)`,
+/// else the last word; 0 when it names none.
+pub(crate) fn major_of_version_line(text: &str) -> u32 {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let version = words
+        .iter()
+        .position(|w| *w == "(PostgreSQL)")
+        .and_then(|i| words.get(i + 1))
+        .or(words.last());
+    version
         .and_then(|v| v.split('.').next())
         .and_then(|m| m.parse().ok())
         .unwrap_or(0)
@@ -148,6 +154,11 @@ mod tests {
         assert_eq!(
             major_of_version_line("postgres (PostgreSQL) 15.10 (Debian 15.10-1)"),
             15
+        );
+        assert_eq!(
+            major_of_version_line("postgres (PostgreSQL) 17.2 (Debian 17.2-1.pgdg120+1)"),
+            17,
+            "the official image's line: the word after (PostgreSQL)"
         );
         assert_eq!(major_of_version_line(""), 0);
     }

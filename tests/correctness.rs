@@ -287,6 +287,7 @@ fn verify_fails_every_false_pass_and_duplicate_names_stop_at_the_first() {
         let target = pitr::restore::target::parse_time(&between_2_3, None, None).unwrap();
         let vopts = pitr::restore::verify::ServerCheckOptions {
             pg_bin: Some(install.bin.clone()),
+            image: None,
             checks: vec![pitr::restore::verify::Check::parse(&format!(
                 "{ROWS_SQL} => 1,2"
             ))],
@@ -351,7 +352,10 @@ fn verify_fails_every_false_pass_and_duplicate_names_stop_at_the_first() {
             tamper(&dir);
             let r = rt
                 .block_on(pitr::restore::verify::run_server_check(
-                    &plan, &stats, &vopts,
+                    &plan,
+                    &stats,
+                    &vopts,
+                    &pitr::restore::verify::Runtime::Local(install.bin.clone()),
                 ))
                 .unwrap();
             let shown = serde_json::to_string_pretty(&r).unwrap();

@@ -31,9 +31,13 @@ pub(crate) const MOTO_IMAGE: &str = "pitr-test/moto:latest";
 
 fn skip_or_fail(what: &str) -> Option<Engine> {
     if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{what} (CI=true: the container tests must run; scripts/test.sh starts the engine and builds the images)");
+        panic!(
+            "{what} (CI=true: the container tests must run; scripts/test.sh starts the engine and builds the images)"
+        );
     }
-    eprintln!("******** SKIPPED: {what} (run scripts/test.sh, which starts the engine and builds the images) ********");
+    eprintln!(
+        "******** SKIPPED: {what} (run scripts/test.sh, which starts the engine and builds the images) ********"
+    );
     None
 }
 
@@ -43,7 +47,10 @@ pub(crate) fn engine(images: &[String]) -> Option<Engine> {
         return skip_or_fail("DOCKER_HOST is not set");
     };
     let e = Engine { host };
-    match e.docker(&["version", "--format", "{{.Server.Version}}"]).output() {
+    match e
+        .docker(&["version", "--format", "{{.Server.Version}}"])
+        .output()
+    {
         Ok(o) if o.status.success() => {}
         Ok(o) => {
             return skip_or_fail(&format!(

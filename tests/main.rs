@@ -15,3 +15,4 @@ mod replication;
 mod restore;
 mod store;
 mod stream;
+mod verify_image;

@@ -4,8 +4,11 @@
 //! Invariants:
 //! - Every argument is checked before the repo is opened, and the plan is printed before
 //!   anything is written; `--dry-run` stops there.
-//! - With `--verify`, the PostgreSQL binaries are found (and matched to the backup) before
-//!   anything is written.
+//! - With `--verify`, the PostgreSQL binaries, or with `--verify-image` the container CLI,
+//!   the engine and the image, are found and matched to the backup's major before anything
+//!   is written.
+//! - SIGINT or SIGTERM during `--verify` stops the verification server (and removes its
+//!   container) before pitr exits with status 130.
 //! - With `--json`, stdout holds one JSON document and nothing else.
 
 use std::collections::HashMap;
@@ -43,6 +46,11 @@ pub enum CmdError {
     /// `--verify` has no PostgreSQL binaries of the backup's major.
     #[error(transparent)]
     Binaries(#[from] crate::pgproc::BinariesError),
+    /// A signal stopped `--verify`; the server was stopped first.
+    #[error(
+        "{0} received during --verify: the verification server was stopped; the restored directory is left as it was"
+    )]
+    Interrupted(&'static str),
     /// Writing stdout.
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -70,10 +78,13 @@ pub async fn run(a: RestoreArgs) -> Result<ExitCode, CmdError> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    if a.verify {
-        // Before writing anything: the binaries must exist and match the backup.
-        crate::pgproc::find_binaries(a.pg_bin.as_deref(), plan.backup.pg_major)?;
-    }
+    let check = check_options(&a);
+    // Before writing anything: the binaries (or the image) must exist and match the backup.
+    let runtime = if a.verify {
+        Some(verify::Runtime::find(&check, plan.backup.pg_major)?)
+    } else {
+        None
+    };
     if !a.json {
         restore::print_plan(&mut out, &plan)?;
         out.flush()?;
@@ -83,8 +94,15 @@ pub async fn run(a: RestoreArgs) -> Result<ExitCode, CmdError> {
         print_stats(&mut out, &plan, &stats)?;
     }
     let mut report = None;
-    if a.verify {
-        let r = verify::run_server_check(&plan, &stats, &check_options(&a)).await?;
+    if let Some(runtime) = &runtime {
+        let r = match until_signal(verify::run_server_check(&plan, &stats, &check, runtime)).await {
+            Ok(r) => r?,
+            Err(e @ CmdError::Interrupted(_)) => {
+                eprintln!("pitr: error: {e}");
+                return Ok(ExitCode::from(130));
+            }
+            Err(e) => return Err(e),
+        };
         if !a.json {
             r.print(&mut out)?;
         }
@@ -177,10 +195,24 @@ fn target(a: &RestoreArgs) -> Result<TargetSpec, CmdError> {
     })
 }
 
+/// Runs `f` unless SIGINT or SIGTERM comes first; then `f` is dropped (which stops the
+/// verification server and removes its container) and the error says so.
+async fn until_signal<T>(f: impl std::future::Future<Output = T>) -> Result<T, CmdError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        r = f => Ok(r),
+        _ = term.recv() => Err(CmdError::Interrupted("SIGTERM")),
+        _ = int.recv() => Err(CmdError::Interrupted("SIGINT")),
+    }
+}
+
 /// `--verify`'s options.
 fn check_options(a: &RestoreArgs) -> verify::ServerCheckOptions {
     verify::ServerCheckOptions {
         pg_bin: a.pg_bin.clone(),
+        image: a.verify_image.clone(),
         checks: a
             .check_sql
             .iter()

@@ -16,6 +16,7 @@
 //!   `--standby`).
 
 pub mod cmd;
+pub(crate) mod container;
 pub(crate) mod extract;
 pub(crate) mod plan;
 pub mod target;

@@ -6,7 +6,6 @@
 //!   last replayed transaction is the one the index predicted, runs the `--check-sql`
 //!   queries, and stops the server, leaving the directory ready.
 
-/// `pitr restore --verify` checks the binaries before anything is written.
 use crate::pgproc::find_binaries;
 
 use std::path::{Path, PathBuf};
@@ -18,6 +17,7 @@ use serde::Serialize;
 use crate::pgproc::{BinariesError, chown_tree, euid};
 use crate::replication::conn::PgConn;
 use crate::replication::conninfo::ConnParams;
+use crate::restore::container::{self, CheckedImage, Container, ContainerError, RunSpec};
 use crate::restore::{Plan, RestoreStats, Stop};
 
 /// Verification errors (setup problems; a failed check is a report with `ok = false`).
@@ -26,6 +26,9 @@ pub enum VerifyError {
     /// PostgreSQL binaries unusable.
     #[error(transparent)]
     Binaries(#[from] BinariesError),
+    /// `--verify-image` cannot run.
+    #[error(transparent)]
+    Container(#[from] ContainerError),
     /// The server did not come up or recover.
     #[error("{0}")]
     Server(String),
@@ -79,6 +82,8 @@ pub struct CheckResult {
 pub struct ServerCheckOptions {
     /// `--pg-bin`.
     pub pg_bin: Option<PathBuf>,
+    /// `--verify-image`: run the server in a container of this image instead.
+    pub image: Option<String>,
     /// Checks.
     pub checks: Vec<Check>,
     /// Database the checks run in.
@@ -128,7 +133,7 @@ pub struct Report {
     pub checks: Vec<CheckResult>,
     /// Everything passed.
     pub ok: bool,
-    /// PostgreSQL's binaries used.
+    /// PostgreSQL's binaries used: their directory, or `image NAME (postgres --version)`.
     pub postgres: String,
 }
 
@@ -193,17 +198,45 @@ fn free_port() -> Result<u16, VerifyError> {
         .map_err(|e| VerifyError::Io("loopback port".into(), e))
 }
 
+/// Where the verification server's programs come from.
+#[derive(Debug, Clone)]
+pub enum Runtime {
+    /// Local binaries (`--pg-bin`, PATH, `pg_config`): `pg_ctl` starts the server.
+    Local(PathBuf),
+    /// `--verify-image`: the server runs in a container of this image.
+    Image(CheckedImage),
+}
+
+impl Runtime {
+    /// Finds and checks the programs for PostgreSQL `major`, before anything is written.
+    pub fn find(opts: &ServerCheckOptions, major: u32) -> Result<Runtime, VerifyError> {
+        Ok(match &opts.image {
+            Some(image) => Runtime::Image(container::check_image(image, major)?),
+            None => Runtime::Local(find_binaries(opts.pg_bin.as_deref(), major)?),
+        })
+    }
+
+    /// For the report.
+    fn describe(&self) -> String {
+        match self {
+            Runtime::Local(bin) => bin.display().to_string(),
+            Runtime::Image(i) => i.describe(),
+        }
+    }
+}
+
 struct Server {
-    bin: PathBuf,
+    runtime: Runtime,
     dir: PathBuf,
     log: PathBuf,
     run_as: Option<(u32, u32)>,
     started: bool,
+    container: Option<Container>,
 }
 
 impl Server {
-    fn pg_ctl(&self) -> Command {
-        let mut c = Command::new(self.bin.join("pg_ctl"));
+    fn pg_ctl(&self, bin: &Path) -> Command {
+        let mut c = Command::new(bin.join("pg_ctl"));
         c.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -215,16 +248,25 @@ impl Server {
     }
 
     fn running(&self) -> bool {
-        self.pg_ctl()
-            .arg("status")
-            .arg("-D")
-            .arg(&self.dir)
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
+        match (&self.runtime, &self.container) {
+            (Runtime::Local(bin), _) => self
+                .pg_ctl(bin)
+                .arg("status")
+                .arg("-D")
+                .arg(&self.dir)
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false),
+            (Runtime::Image(_), Some(c)) => c.running(),
+            (Runtime::Image(_), None) => false,
+        }
     }
 
     fn log_tail(&self) -> String {
+        if let Some(c) = &self.container {
+            // The container's output is the server's log: keep it where keep_log looks.
+            let _ = std::fs::write(&self.log, c.logs());
+        }
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         text.lines()
             .rfind(|l| l.contains("FATAL") || l.contains("PANIC") || l.contains("ERROR"))
@@ -242,11 +284,20 @@ impl Server {
             return;
         }
         self.started = false;
-        let _ = self
-            .pg_ctl()
-            .args(["stop", "-m", "fast", "-w", "-t", "120", "-D"])
-            .arg(&self.dir)
-            .status();
+        match &self.runtime {
+            Runtime::Local(bin) => {
+                let _ = self
+                    .pg_ctl(bin)
+                    .args(["stop", "-m", "fast", "-w", "-t", "120", "-D"])
+                    .arg(&self.dir)
+                    .status();
+            }
+            Runtime::Image(_) => {
+                if let Some(mut c) = self.container.take() {
+                    c.remove();
+                }
+            }
+        }
     }
 }
 
@@ -258,27 +309,29 @@ impl Drop for Server {
 
 /// Starts PostgreSQL on the restored directory, checks the achieved point and the queries,
 /// and stops it.
+/// `runtime` is what [`Runtime::find`] returned before the restore wrote anything.
 pub async fn run_server_check(
     plan: &Plan,
     stats: &RestoreStats,
     opts: &ServerCheckOptions,
+    runtime: &Runtime,
 ) -> Result<Report, VerifyError> {
     if plan.standby {
         return Err(VerifyError::Server(
             "--verify proves a restore that recovers and promotes; a --standby restore never promotes".into(),
         ));
     }
-    let bin = find_binaries(opts.pg_bin.as_deref(), plan.backup.pg_major)?;
     let mut failures = signal_file_failures(plan);
     // Declared before the server: the directory is removed after the server stopped.
     let ws = Workspace::create(plan)?;
     let port = free_port()?;
     let mut server = Server {
-        bin: bin.clone(),
+        runtime: runtime.clone(),
         dir: plan.dir.clone(),
         log: ws.log.clone(),
         run_as: ws.run_as,
         started: false,
+        container: None,
     };
     let began = start_server(&mut server, &ws, port, plan, opts)?;
     let users = candidate_users(plan, opts);
@@ -307,7 +360,13 @@ pub async fn run_server_check(
     }
     let Some((mut c, user)) = waited.conn else {
         server.stop();
-        return Ok(failed_report(plan, stats, recovery_seconds, &bin, failures));
+        return Ok(failed_report(
+            plan,
+            stats,
+            recovery_seconds,
+            runtime,
+            failures,
+        ));
     };
     let point = recovery_point(&mut c, plan, waited.promoted, &mut failures).await?;
     c.close().await;
@@ -330,7 +389,7 @@ pub async fn run_server_check(
         checks,
         ok,
         failures,
-        ..failed_report(plan, stats, recovery_seconds, &bin, Vec::new())
+        ..failed_report(plan, stats, recovery_seconds, runtime, Vec::new())
     })
 }
 
@@ -410,20 +469,53 @@ fn start_server(
     plan: &Plan,
     opts: &ServerCheckOptions,
 ) -> Result<Instant, VerifyError> {
-    let mut opts_str = format!(
-        "-c listen_addresses='' -p {port} -c unix_socket_directories='{}' -c hba_file='{}' -c archive_mode=off -c hot_standby=on -c logging_collector=off -c ssl=off",
-        ws.sock.display(),
-        ws.hba.display()
-    );
+    let mut settings = vec![
+        ("listen_addresses", String::new()),
+        ("port", port.to_string()),
+        ("unix_socket_directories", ws.sock.display().to_string()),
+        ("hba_file", ws.hba.display().to_string()),
+        ("archive_mode", "off".into()),
+        ("hot_standby", "on".into()),
+        ("logging_collector", "off".into()),
+        ("ssl", "off".into()),
+    ];
     // Debian-style servers keep postgresql.conf outside the data directory.
     if !plan.dir.join("postgresql.conf").exists() {
         let empty = ws.sock.join("postgresql.conf");
         std::fs::write(&empty, "").map_err(|e| VerifyError::Io(empty.display().to_string(), e))?;
-        opts_str.push_str(&format!(" -c config_file='{}'", empty.display()));
+        settings.push(("config_file", empty.display().to_string()));
     }
     let began = Instant::now();
+    let started = match server.runtime.clone() {
+        Runtime::Local(bin) => start_local(server, &bin, ws, plan, opts, &settings)?,
+        Runtime::Image(image) => start_container(server, &image, ws, plan, opts, &settings)?,
+    };
+    if !started {
+        return Err(VerifyError::Server(format!(
+            "PostgreSQL did not start on the restored directory: {} (log: {})",
+            server.log_tail(),
+            keep_log(&ws.log)
+        )));
+    }
+    Ok(began)
+}
+
+/// `pg_ctl start -w` with the settings; whether the server started.
+fn start_local(
+    server: &mut Server,
+    bin: &Path,
+    ws: &Workspace,
+    plan: &Plan,
+    opts: &ServerCheckOptions,
+    settings: &[(&str, String)],
+) -> Result<bool, VerifyError> {
+    let opts_str = settings
+        .iter()
+        .map(|(k, v)| format!("-c {k}='{v}'"))
+        .collect::<Vec<_>>()
+        .join(" ");
     let out = server
-        .pg_ctl()
+        .pg_ctl(bin)
         .args(["start", "-w", "-t"])
         .arg(opts.timeout.as_secs().max(1).to_string())
         .arg("-D")
@@ -433,16 +525,55 @@ fn start_server(
         .arg("-o")
         .arg(&opts_str)
         .output()
-        .map_err(|e| VerifyError::Io(server.bin.join("pg_ctl").display().to_string(), e))?;
-    if !out.status.success() {
-        return Err(VerifyError::Server(format!(
-            "PostgreSQL did not start on the restored directory: {} (log: {})",
-            server.log_tail(),
-            keep_log(&ws.log)
-        )));
-    }
+        .map_err(|e| VerifyError::Io(bin.join("pg_ctl").display().to_string(), e))?;
+    server.started = out.status.success();
+    Ok(server.started)
+}
+
+/// `postgres` in a container of the image, as the directory's owner; waits (like
+/// `pg_ctl start -w`) until its socket exists. Whether the server started.
+fn start_container(
+    server: &mut Server,
+    image: &CheckedImage,
+    ws: &Workspace,
+    plan: &Plan,
+    opts: &ServerCheckOptions,
+    settings: &[(&str, String)],
+) -> Result<bool, VerifyError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(&plan.dir)
+        .map_err(|e| VerifyError::Io(plan.dir.display().to_string(), e))?;
+    let args = settings
+        .iter()
+        .flat_map(|(k, v)| ["-c".to_string(), format!("{k}={v}")])
+        .collect();
+    let spec = RunSpec {
+        data_dir: &plan.dir,
+        private_dir: &ws.sock,
+        user: (meta.uid(), meta.gid()),
+        args,
+    };
+    let c = Container::start(image, &spec)?;
+    tracing::info!(container = c.name(), image = %image.image, "verification server started in a container");
+    server.container = Some(c);
     server.started = true;
-    Ok(began)
+    let port = settings
+        .iter()
+        .find(|(k, _)| *k == "port")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    let socket = ws.sock.join(format!(".s.PGSQL.{port}"));
+    let deadline = Instant::now() + opts.timeout;
+    while Instant::now() < deadline {
+        if socket.exists() {
+            return Ok(true);
+        }
+        if !server.running() {
+            return Ok(false);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(socket.exists())
 }
 
 /// The roles tried, in order: `--user`, else `postgres`, the backup's source role, `$USER`.
@@ -682,7 +813,7 @@ fn failed_report(
     plan: &Plan,
     stats: &RestoreStats,
     recovery_seconds: f64,
-    bin: &Path,
+    runtime: &Runtime,
     failures: Vec<String>,
 ) -> Report {
     Report {
@@ -712,7 +843,7 @@ fn failed_report(
         wal_replayed_bytes: 0,
         checks: Vec::new(),
         ok: false,
-        postgres: format!("{}", bin.display()),
+        postgres: runtime.describe(),
     }
 }
 

@@ -1,0 +1,388 @@
+//! The `--verify` server in a container (`pitr restore --verify --verify-image IMAGE`), for a
+//! CI runner that has Docker but not the PostgreSQL binaries of the backup's major.
+//!
+//! # Why the `docker` CLI and not a Docker API client
+//!
+//! pitr drives the container with the `docker` command-line program (or any program with
+//! its interface: `PITR_CONTAINER_CLI=podman`), not with `bollard`:
+//! - the CLI already reads everything users configure Docker with (`DOCKER_HOST`,
+//!   `DOCKER_CONTEXT`, `~/.docker/config.json`, TLS settings, rootless sockets), so
+//!   `--verify-image` talks to exactly the engine `docker run` would;
+//! - Podman's compatible CLI works unchanged, which a Docker API client would reach only
+//!   through Podman's emulated socket;
+//! - it adds no dependency tree (bollard brings its own HTTP stack, API models and
+//!   versioning) for six commands (`version`, `image inspect`, `pull`, `run`, `inspect`,
+//!   `logs`, `rm`), whose output pitr reads only in stable `--format` templates.
+//!
+//! # Invariants
+//!
+//! - Checked before anything is written ([`check_image`]): the CLI exists, the engine
+//!   answers, the image is present (pulled once if not), and its `postgres --version`
+//!   names the backup's major. Each failure is one line saying what to do.
+//! - The container has no network (`--network none`): the server listens on no TCP address
+//!   (`listen_addresses=''`) and only on a unix socket in pitr's private directory, which
+//!   is bind-mounted at the same path; so the connection rules are the same as with local
+//!   binaries. The restored directory, its tablespaces and the private directory are
+//!   bind-mounted at their own paths, and the server runs as the restored directory's
+//!   owner (`--user UID:GID`).
+//! - No container outlives the check: [`Container`]'s `Drop` stops (SIGINT: PostgreSQL's
+//!   fast shutdown, leaving the directory shut down cleanly) and removes it, on success,
+//!   failure, timeout, panic, and when `restore` is interrupted by SIGINT/SIGTERM (the
+//!   verification future is dropped). Only a SIGKILL of pitr can leave one behind; it
+//!   carries the labels `pitr.verify=PID` (pitr's process) and `pitr.verify.dir=DIR` (the
+//!   restored directory): `docker rm -f $(docker ps -aq --filter label=pitr.verify)`.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// Why `--verify-image` cannot run. Each message is one line.
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    /// The CLI is not installed.
+    #[error(
+        "--verify-image needs the docker CLI, and {cli:?} was not found or could not run ({source}): install Docker, or set PITR_CONTAINER_CLI to a compatible CLI (podman)"
+    )]
+    NoCli {
+        /// The program tried.
+        cli: String,
+        /// Why it could not run.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The engine does not answer.
+    #[error(
+        "--verify-image: the container engine does not answer ({cli} version: {detail}): start Docker, or check DOCKER_HOST"
+    )]
+    NoEngine {
+        /// The program.
+        cli: String,
+        /// Its error, one line.
+        detail: String,
+    },
+    /// The image is neither present nor pullable.
+    #[error(
+        "--verify-image: image {image} is not present and could not be pulled ({detail}): build or pull it first, or name another image"
+    )]
+    NoImage {
+        /// The image.
+        image: String,
+        /// The pull error, one line.
+        detail: String,
+    },
+    /// `postgres --version` did not run in the image.
+    #[error(
+        "--verify-image: {image} has no usable postgres on its PATH ({detail}): use a PostgreSQL image such as postgres:{major}"
+    )]
+    NoPostgres {
+        /// The image.
+        image: String,
+        /// The error, one line.
+        detail: String,
+        /// The backup's major.
+        major: u32,
+    },
+    /// The image's major is not the backup's.
+    #[error(
+        "--verify-image: {image} runs {found}, but the backup is of PostgreSQL {major}: use an image of major {major} (e.g. postgres:{major})"
+    )]
+    WrongMajor {
+        /// The image.
+        image: String,
+        /// Its `postgres --version` line.
+        found: String,
+        /// The backup's major.
+        major: u32,
+    },
+    /// `docker run` failed.
+    #[error("--verify-image: the container did not start ({detail})")]
+    Run {
+        /// The error, one line.
+        detail: String,
+    },
+}
+
+/// The container CLI: `PITR_CONTAINER_CLI`, else `docker`.
+#[derive(Debug, Clone)]
+pub(crate) struct Cli {
+    program: OsString,
+}
+
+impl Cli {
+    /// From the environment.
+    pub(crate) fn from_env() -> Cli {
+        Cli {
+            program: std::env::var_os("PITR_CONTAINER_CLI")
+                .filter(|p| !p.is_empty())
+                .unwrap_or_else(|| "docker".into()),
+        }
+    }
+
+    fn name(&self) -> String {
+        self.program.to_string_lossy().into_owned()
+    }
+
+    fn command(&self) -> Command {
+        let mut c = Command::new(&self.program);
+        c.stdin(Stdio::null());
+        c
+    }
+
+    /// Runs the CLI with `args`, capturing its output.
+    fn output(&self, args: &[&str]) -> Result<Output, ContainerError> {
+        self.command()
+            .args(args)
+            .output()
+            .map_err(|source| ContainerError::NoCli {
+                cli: self.name(),
+                source,
+            })
+    }
+}
+
+/// The last non-empty line of a program's stderr (or stdout), for one-line errors.
+fn last_line(o: &Output) -> String {
+    let err = String::from_utf8_lossy(&o.stderr);
+    let out = String::from_utf8_lossy(&o.stdout);
+    err.lines()
+        .chain(out.lines())
+        .map(str::trim)
+        .rfind(|l| !l.is_empty())
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("exit {}", o.status))
+}
+
+/// An image checked to run the backup's major.
+#[derive(Debug, Clone)]
+pub struct CheckedImage {
+    cli: Cli,
+    /// The image as given.
+    pub(crate) image: String,
+    /// Its `postgres --version` line.
+    pub(crate) version: String,
+}
+
+impl CheckedImage {
+    /// For the report: the image and its server version.
+    pub(crate) fn describe(&self) -> String {
+        format!("image {} ({})", self.image, self.version)
+    }
+}
+
+/// Checks, before anything is written, that `image` can run the `--verify` server of
+/// PostgreSQL `major` (see the module's invariants).
+pub(crate) fn check_image(image: &str, major: u32) -> Result<CheckedImage, ContainerError> {
+    let cli = Cli::from_env();
+    let v = cli.output(&["version", "--format", "{{.Server.Version}}"])?;
+    if !v.status.success() {
+        return Err(ContainerError::NoEngine {
+            cli: cli.name(),
+            detail: last_line(&v),
+        });
+    }
+    let present = cli.output(&["image", "inspect", "--format", "{{.Id}}", image])?;
+    if !present.status.success() {
+        let pulled = cli.output(&["pull", "--quiet", image])?;
+        if !pulled.status.success() {
+            return Err(ContainerError::NoImage {
+                image: image.into(),
+                detail: last_line(&pulled),
+            });
+        }
+    }
+    let o = cli.output(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--label",
+        "pitr.verify=version",
+        "--entrypoint",
+        "postgres",
+        image,
+        "--version",
+    ])?;
+    let text = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    if !o.status.success() || text.is_empty() {
+        return Err(ContainerError::NoPostgres {
+            image: image.into(),
+            detail: last_line(&o),
+            major,
+        });
+    }
+    let found = crate::pgproc::major_of_version_line(&text);
+    if found != major {
+        return Err(ContainerError::WrongMajor {
+            image: image.into(),
+            found: text,
+            major,
+        });
+    }
+    Ok(CheckedImage {
+        cli,
+        image: image.into(),
+        version: text,
+    })
+}
+
+/// What the container runs: PostgreSQL on `data_dir`, as `user`, with `args`.
+pub(crate) struct RunSpec<'a> {
+    /// The restored directory.
+    pub(crate) data_dir: &'a Path,
+    /// pitr's private directory (socket, `pg_hba.conf`, log).
+    pub(crate) private_dir: &'a Path,
+    /// The data directory's owner.
+    pub(crate) user: (u32, u32),
+    /// `postgres`'s arguments after `-D DIR`.
+    pub(crate) args: Vec<String>,
+}
+
+/// A running (or exited) verification container; stopped and removed when dropped.
+#[derive(Debug)]
+pub(crate) struct Container {
+    cli: Cli,
+    name: String,
+    removed: bool,
+}
+
+/// The directories a restored data directory's tablespace links point to.
+fn tablespace_dirs(data_dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(data_dir.join("pg_tblspc")) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter(|p| p.is_absolute())
+        .collect()
+}
+
+/// A `-v SRC:DST` argument mounting `p` at its own path.
+fn same_path_mount(p: &Path) -> String {
+    format!("{0}:{0}", p.display())
+}
+
+impl Container {
+    /// `docker run -d` of the checked image on the restored directory.
+    pub(crate) fn start(
+        image: &CheckedImage,
+        spec: &RunSpec<'_>,
+    ) -> Result<Container, ContainerError> {
+        let name = format!(
+            "pitr-verify-{}-{}",
+            std::process::id(),
+            jiff::Timestamp::now().as_nanosecond() % 1_000_000_000
+        );
+        let mut cmd = image.cli.command();
+        cmd.args(["run", "--detach", "--name", &name])
+            .arg("--label")
+            .arg(format!("pitr.verify={}", std::process::id()))
+            .arg("--label")
+            .arg(format!("pitr.verify.dir={}", spec.data_dir.display()))
+            .args(["--network", "none", "--shm-size", "256m"])
+            .args(["--stop-signal", "SIGINT", "--stop-timeout", "120"])
+            .arg("--user")
+            .arg(format!("{}:{}", spec.user.0, spec.user.1))
+            .arg("-v")
+            .arg(same_path_mount(spec.data_dir))
+            .arg("-v")
+            .arg(same_path_mount(spec.private_dir));
+        for t in tablespace_dirs(spec.data_dir) {
+            cmd.arg("-v").arg(same_path_mount(&t));
+        }
+        cmd.args(["--entrypoint", "postgres"])
+            .arg(&image.image)
+            .arg("-D")
+            .arg(spec.data_dir)
+            .args(&spec.args);
+        let o = cmd.output().map_err(|source| ContainerError::NoCli {
+            cli: image.cli.name(),
+            source,
+        })?;
+        // Named before it is known to exist: a half-created container is removed too.
+        let c = Container {
+            cli: image.cli.clone(),
+            name,
+            removed: false,
+        };
+        if !o.status.success() {
+            return Err(ContainerError::Run {
+                detail: last_line(&o),
+            });
+        }
+        Ok(c)
+    }
+
+    /// The container's name.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether PostgreSQL still runs in it.
+    pub(crate) fn running(&self) -> bool {
+        self.cli
+            .output(&["inspect", "--format", "{{.State.Running}}", &self.name])
+            .is_ok_and(|o| {
+                o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "true"
+            })
+    }
+
+    /// Its output so far (PostgreSQL's log: stderr with logging_collector off).
+    pub(crate) fn logs(&self) -> String {
+        match self.cli.output(&["logs", &self.name]) {
+            Ok(o) => format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// Stops PostgreSQL (fast shutdown; killed after 120 s) and removes the container.
+    pub(crate) fn remove(&mut self) {
+        if self.removed {
+            return;
+        }
+        self.removed = true;
+        let _ = self.cli.output(&["stop", "--time", "120", &self.name]);
+        let _ = self.cli.output(&["rm", "--force", &self.name]);
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_cli_is_one_line_naming_the_program() {
+        let cli = Cli {
+            program: "/nonexistent/docker".into(),
+        };
+        let e = cli.output(&["version"]).unwrap_err().to_string();
+        assert!(e.contains("\"/nonexistent/docker\" was not found"), "{e}");
+        assert!(e.contains("PITR_CONTAINER_CLI"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+    }
+
+    #[test]
+    fn tablespace_links_are_mounted_at_their_own_paths() {
+        let d = tempfile::tempdir().unwrap();
+        let ts = d.path().join("ts");
+        std::fs::create_dir_all(d.path().join("pg_tblspc")).unwrap();
+        std::fs::create_dir_all(&ts).unwrap();
+        std::os::unix::fs::symlink(&ts, d.path().join("pg_tblspc/16384")).unwrap();
+        assert_eq!(tablespace_dirs(d.path()), vec![ts.clone()]);
+        assert_eq!(
+            same_path_mount(&ts),
+            format!("{}:{}", ts.display(), ts.display())
+        );
+        assert!(tablespace_dirs(&d.path().join("nothing")).is_empty());
+    }
+}

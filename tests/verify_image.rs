@@ -1,0 +1,283 @@
+//! `pitr restore --verify --verify-image IMAGE`: the verification server in a container of
+//! the locally built PostgreSQL images (`scripts/docker-test-images.sh`), under our private
+//! engine. The same checks and report as with local binaries; refusals before anything is
+//! written; no container left behind, on success, on failure and on SIGINT.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use testkit::{Cluster, PgInstall};
+
+use crate::docker::{self, Engine};
+use crate::restore::{ROWS_SQL, backup, commit_times, restore_dir, run, text, wait_archived};
+use crate::stream::{TestRepo, opts, pitr, start_stream, stop};
+
+/// The label every verification container carries (src/restore/container.rs).
+const LABEL: &str = "pitr.verify";
+
+/// `pitr restore --json --verify --verify-image IMAGE` into `dir`, with the engine's
+/// DOCKER_HOST; `extra` goes last.
+fn restore_in_image(
+    repo: &TestRepo,
+    engine: &Engine,
+    image: &str,
+    dir: &Path,
+    extra: &[&str],
+) -> Command {
+    let mut cmd = pitr();
+    cmd.args(["restore", "--json", "--verify", "--verify-user", "postgres"])
+        .args(["--verify-image", image])
+        .arg("-D")
+        .arg(dir)
+        .args(extra)
+        .env("DOCKER_HOST", &engine.host)
+        .env_remove("PITR_PG_BIN");
+    repo.apply(&mut cmd);
+    cmd
+}
+
+/// A restore verified in a container on every major: the report is the one local binaries
+/// give (promoted to the predicted timeline, the predicted last transaction, the checks),
+/// names the image, and no container remains; a failing check fails the same way and
+/// also leaves none.
+#[test]
+fn verify_image_proves_a_restore_in_a_container_and_leaves_nothing_behind() {
+    for install in PgInstall::for_tests() {
+        let major = install.major;
+        let image = docker::pg_image(major);
+        let Some(engine) = docker::engine(std::slice::from_ref(&image)) else {
+            return;
+        };
+        let c = Cluster::start(&install, opts().conf("track_commit_timestamp = on"));
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = TestRepo::local(&tmp.path().join("repo"));
+        let s = start_stream(&c, &repo, &tmp.path().join("stream.log"));
+        c.psql("CREATE TABLE t (id int PRIMARY KEY)");
+        backup(&c, &repo, "image");
+        for id in 1..=4 {
+            c.psql(&format!("INSERT INTO t VALUES ({id})"));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let ct = commit_times(&c, 4);
+        c.psql("DROP TABLE t");
+        wait_archived(&c, &repo);
+        stop(s);
+        let target = ct[2].clone(); // the third commit's exact time: rows 1..3
+
+        let dir = restore_dir(tmp.path(), "restored");
+        let o = run(&mut restore_in_image(
+            &repo,
+            &engine,
+            &image,
+            &dir,
+            &[
+                "--to",
+                &target,
+                "--check-sql",
+                &format!("{ROWS_SQL} => 1,2,3"),
+            ],
+        ));
+        assert!(o.status.success(), "PG {major}: {}", text(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let r = &v["verify"];
+        assert_eq!(r["ok"], true, "PG {major}: {v:#}");
+        assert_eq!(r["promoted"], true, "{r:#}");
+        assert_eq!(r["target_matched"], true, "{r:#}");
+        assert_eq!(r["achieved_timeline"], r["expected_timeline"], "{r:#}");
+        assert_eq!(r["checks"][0]["ok"], true, "{r:#}");
+        let pg = r["postgres"].as_str().unwrap();
+        assert!(
+            pg.starts_with(&format!("image {image} (postgres (PostgreSQL) {major}.")),
+            "the report names the image and its version: {pg}"
+        );
+        let mine = |d: &Path| engine.containers_labelled(&format!("{LABEL}.dir={}", d.display()));
+        assert!(
+            mine(&dir).is_empty(),
+            "PG {major}: a verification container remains: {:?}",
+            mine(&dir)
+        );
+        // Shut down cleanly: the directory is ready for the user's own server.
+        assert!(!dir.join("postmaster.pid").exists(), "PG {major}");
+
+        // A failing check fails the restore the same way, and also leaves no container.
+        let dir2 = restore_dir(tmp.path(), "restored-2");
+        let o = run(&mut restore_in_image(
+            &repo,
+            &engine,
+            &image,
+            &dir2,
+            &[
+                "--to",
+                &target,
+                "--check-sql",
+                &format!("{ROWS_SQL} => 1,2,3,4"),
+            ],
+        ));
+        assert_eq!(o.status.code(), Some(1), "PG {major}: {}", text(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["verify"]["ok"], false, "{v:#}");
+        assert_eq!(v["verify"]["checks"][0]["got"], "1,2,3", "{v:#}");
+        assert!(mine(&dir2).is_empty(), "PG {major}");
+    }
+}
+
+/// One line, exit 1, and nothing written, when the CLI is missing, the engine does not
+/// answer, the image is missing, or the image's major is not the backup's; usage errors
+/// for `--verify-image` without `--verify` and with `--pg-bin`.
+#[test]
+fn verify_image_refuses_before_writing_anything() {
+    let installs = PgInstall::for_tests();
+    let install = installs.last().unwrap();
+    let major = install.major;
+    let other = if major == 15 { 16 } else { 15 };
+    let Some(engine) = docker::engine(&[docker::pg_image(other)]) else {
+        return;
+    };
+    let c = Cluster::start(install, opts());
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = TestRepo::local(&tmp.path().join("repo"));
+    let s = start_stream(&c, &repo, &tmp.path().join("stream.log"));
+    backup(&c, &repo, "refusals");
+    wait_archived(&c, &repo);
+    stop(s);
+    let dir = restore_dir(tmp.path(), "never");
+    let wrong = docker::pg_image(other);
+    type Env = Vec<(&'static str, &'static str)>;
+    let cases: Vec<(&str, String, Env, String)> = vec![
+        (
+            "wrong major",
+            wrong.clone(),
+            vec![],
+            format!("{wrong} runs postgres (PostgreSQL) {other}."),
+        ),
+        (
+            "missing image",
+            "pitr-test/no-such-image:1".into(),
+            vec![],
+            "image pitr-test/no-such-image:1 is not present and could not be pulled".into(),
+        ),
+        (
+            "no CLI",
+            docker::pg_image(major),
+            vec![("PITR_CONTAINER_CLI", "/nonexistent/docker")],
+            "\"/nonexistent/docker\" was not found".into(),
+        ),
+        (
+            "no engine",
+            docker::pg_image(major),
+            vec![("DOCKER_HOST", "unix:///nonexistent/docker.sock")],
+            "the container engine does not answer".into(),
+        ),
+    ];
+    for (what, image, env, want) in cases {
+        let o = run(
+            restore_in_image(&repo, &engine, &image, &dir, &["--to", "latest"])
+                .envs(env.iter().copied()),
+        );
+        let err = String::from_utf8_lossy(&o.stderr);
+        let last = err.lines().last().unwrap_or_default();
+        assert_eq!(o.status.code(), Some(1), "{what}: {}", text(&o));
+        assert!(
+            last.contains(&want),
+            "{what}: want {want:?} in {last:?}\n{}",
+            text(&o)
+        );
+        assert!(
+            last.starts_with("pitr: error: --verify-image"),
+            "{what}: {last}"
+        );
+        assert!(!dir.exists(), "{what}: the destination was written");
+    }
+    // Usage: --verify-image needs --verify, and is not --pg-bin.
+    for args in [
+        vec!["restore", "--verify-image", "x", "-D"],
+        vec![
+            "restore",
+            "--verify",
+            "--verify-image",
+            "x",
+            "--pg-bin",
+            "/usr",
+            "-D",
+        ],
+    ] {
+        let o = run(repo.apply(pitr().args(&args).arg(&dir)));
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
+        assert!(!dir.exists());
+    }
+}
+
+/// SIGINT while the verification server runs in its container: pitr stops and removes the
+/// container, leaves the directory shut down, and exits 130.
+#[test]
+fn verify_image_interrupted_leaves_no_container() {
+    let installs = PgInstall::for_tests();
+    let install = &installs[0];
+    let image = docker::pg_image(install.major);
+    let Some(engine) = docker::engine(std::slice::from_ref(&image)) else {
+        return;
+    };
+    let c = Cluster::start(install, opts());
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = TestRepo::local(&tmp.path().join("repo"));
+    let s = start_stream(&c, &repo, &tmp.path().join("stream.log"));
+    backup(&c, &repo, "interrupted");
+    wait_archived(&c, &repo);
+    stop(s);
+    let dir = restore_dir(tmp.path(), "restored");
+    let mut child = restore_in_image(
+        &repo,
+        &engine,
+        &image,
+        &dir,
+        &["--to", "latest", "--check-sql", "SELECT pg_sleep(120)"],
+    )
+    .stdout(Stdio::null())
+    .stderr(std::fs::File::create(tmp.path().join("restore.log")).unwrap())
+    .spawn()
+    .unwrap();
+    // Wait until its container runs and the check has begun (the server answers).
+    let label = format!("{LABEL}={}", child.id());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let log = std::fs::read_to_string(tmp.path().join("restore.log")).unwrap_or_default();
+        if !engine.containers_labelled(&label).is_empty()
+            && dir.join("postmaster.pid").exists()
+            && log.contains("verification server started")
+        {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "restore ended early: {log}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "no verification container: {log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(3)); // into recovery, or the pg_sleep check
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let st = crate::stream::wait_exit(&mut child, 150, "restore did not stop on SIGINT");
+    let log = std::fs::read_to_string(tmp.path().join("restore.log")).unwrap_or_default();
+    assert_eq!(st.code(), Some(130), "{log}");
+    assert!(
+        log.contains("SIGINT received during --verify: the verification server was stopped"),
+        "{log}"
+    );
+    let mine = engine.containers_labelled(&format!("{LABEL}.dir={}", dir.display()));
+    assert!(
+        mine.is_empty(),
+        "a container remains after SIGINT: {mine:?}"
+    );
+    assert!(
+        !dir.join("postmaster.pid").exists(),
+        "the server was not shut down"
+    );
+}

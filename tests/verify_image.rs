@@ -39,8 +39,8 @@ fn restore_in_image(
 
 /// A restore verified in a container on every major: the report is the one local binaries
 /// give (promoted to the predicted timeline, the predicted last transaction, the checks),
-/// names the image, and no container remains; a failing check fails the same way and
-/// also leaves none.
+/// names the image, and no container remains (and one a killed pitr left is removed); a
+/// failing check fails the same way and also leaves none.
 #[test]
 fn verify_image_proves_a_restore_in_a_container_and_leaves_nothing_behind() {
     for install in PgInstall::for_tests() {
@@ -64,6 +64,23 @@ fn verify_image_proves_a_restore_in_a_container_and_leaves_nothing_behind() {
         wait_archived(&c, &repo);
         stop(s);
         let target = ct[2].clone(); // the third commit's exact time: rows 1..3
+
+        // A container a killed pitr left behind (a dead pid, this host): removed by this run.
+        let dead = {
+            let mut p = Command::new("true").spawn().unwrap();
+            p.wait().unwrap();
+            p.id()
+        };
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+        let orphan = format!("pitr-verify-orphan-{}", std::process::id());
+        let o = engine
+            .docker(&["run", "--detach", "--name", &orphan, "--network", "none"])
+            .args(["--label", &format!("{LABEL}={dead}")])
+            .args(["--label", &format!("{LABEL}.host={}", host.trim())])
+            .args(["--entrypoint", "sleep", &image, "600"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
         let dir = restore_dir(tmp.path(), "restored");
         let o = run(&mut restore_in_image(
@@ -97,6 +114,21 @@ fn verify_image_proves_a_restore_in_a_container_and_leaves_nothing_behind() {
             "PG {major}: a verification container remains: {:?}",
             mine(&dir)
         );
+        let left = engine
+            .docker(&[
+                "ps",
+                "--all",
+                "--filter",
+                &format!("name={orphan}"),
+                "--format",
+                "{{.Names}}",
+            ])
+            .output()
+            .unwrap();
+        if !String::from_utf8_lossy(&left.stdout).trim().is_empty() {
+            let _ = engine.docker(&["rm", "--force", &orphan]).output();
+            panic!("PG {major}: the orphaned verification container was not removed");
+        }
         // Shut down cleanly: the directory is ready for the user's own server.
         assert!(!dir.join("postmaster.pid").exists(), "PG {major}");
 

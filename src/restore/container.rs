@@ -29,8 +29,10 @@
 //!   fast shutdown, leaving the directory shut down cleanly) and removes it, on success,
 //!   failure, timeout, panic, and when `restore` is interrupted by SIGINT/SIGTERM (the
 //!   verification future is dropped). Only a SIGKILL of pitr can leave one behind; it
-//!   carries the labels `pitr.verify=PID` (pitr's process) and `pitr.verify.dir=DIR` (the
-//!   restored directory): `docker rm -f $(docker ps -aq --filter label=pitr.verify)`.
+//!   carries the labels `pitr.verify=PID` (pitr's process), `pitr.verify.host=HOSTNAME` and
+//!   `pitr.verify.dir=DIR` (the restored directory), and the next `--verify-image` run on
+//!   the same host removes every such container whose pitr process is gone
+//!   ([`remove_orphans`]); by hand: `docker rm -f $(docker ps -aq --filter label=pitr.verify)`.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -257,6 +259,47 @@ fn tablespace_dirs(data_dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// This host's name, for the `pitr.verify.host` label.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Removes the verification containers a killed pitr left on this host: those labelled
+/// with this host's name and the pid of a process that no longer exists.
+fn remove_orphans(cli: &Cli) {
+    let host = hostname();
+    let Ok(o) = cli.output(&[
+        "ps",
+        "--all",
+        "--filter",
+        "label=pitr.verify",
+        "--filter",
+        &format!("label=pitr.verify.host={host}"),
+        "--format",
+        "{{.Names}} {{.Label \"pitr.verify\"}}",
+    ]) else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&o.stdout).lines() {
+        let Some((name, pid)) = line.split_once(' ') else {
+            continue;
+        };
+        let Ok(pid) = pid.trim().parse::<u32>() else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            tracing::warn!(
+                container = name,
+                pid,
+                "removing a verification container left by a pitr that was killed"
+            );
+            let _ = cli.output(&["rm", "--force", name]);
+        }
+    }
+}
+
 /// A `-v SRC:DST` argument mounting `p` at its own path.
 fn same_path_mount(p: &Path) -> String {
     format!("{0}:{0}", p.display())
@@ -268,6 +311,7 @@ impl Container {
         image: &CheckedImage,
         spec: &RunSpec<'_>,
     ) -> Result<Container, ContainerError> {
+        remove_orphans(&image.cli);
         let name = format!(
             "pitr-verify-{}-{}",
             std::process::id(),
@@ -277,6 +321,8 @@ impl Container {
         cmd.args(["run", "--detach", "--name", &name])
             .arg("--label")
             .arg(format!("pitr.verify={}", std::process::id()))
+            .arg("--label")
+            .arg(format!("pitr.verify.host={}", hostname()))
             .arg("--label")
             .arg(format!("pitr.verify.dir={}", spec.data_dir.display()))
             .args(["--network", "none", "--shm-size", "256m"])

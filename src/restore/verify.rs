@@ -333,7 +333,7 @@ pub async fn run_server_check(
         started: false,
         container: None,
     };
-    let began = start_server(&mut server, &ws, port, plan, opts)?;
+    let began = start_server(&mut server, &ws, port, plan, opts).await?;
     let users = candidate_users(plan, opts);
     let waited = wait_for_promotion(
         &server,
@@ -462,7 +462,7 @@ impl Workspace {
 
 /// `pg_ctl start` on the restored directory (loopback port, private socket, archiving
 /// off). Returns when the server was started, the instant recovery began.
-fn start_server(
+async fn start_server(
     server: &mut Server,
     ws: &Workspace,
     port: u16,
@@ -488,7 +488,7 @@ fn start_server(
     let began = Instant::now();
     let started = match server.runtime.clone() {
         Runtime::Local(bin) => start_local(server, &bin, ws, plan, opts, &settings)?,
-        Runtime::Image(image) => start_container(server, &image, ws, plan, opts, &settings)?,
+        Runtime::Image(image) => start_container(server, &image, ws, plan, opts, &settings).await?,
     };
     if !started {
         return Err(VerifyError::Server(format!(
@@ -532,7 +532,7 @@ fn start_local(
 
 /// `postgres` in a container of the image, as the directory's owner; waits (like
 /// `pg_ctl start -w`) until its socket exists. Whether the server started.
-fn start_container(
+async fn start_container(
     server: &mut Server,
     image: &CheckedImage,
     ws: &Workspace,
@@ -571,7 +571,8 @@ fn start_container(
         if !server.running() {
             return Ok(false);
         }
-        std::thread::sleep(Duration::from_millis(100));
+        // Async: a SIGINT meanwhile drops this future and so removes the container.
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(socket.exists())
 }

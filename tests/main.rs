@@ -15,4 +15,5 @@ mod replication;
 mod restore;
 mod store;
 mod stream;
+mod testcontainers_restore;
 mod verify_image;

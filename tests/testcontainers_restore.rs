@@ -13,9 +13,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use testcontainers::core::{AccessMode, Mount, WaitFor};
+use testcontainers::core::{AccessMode, CmdWaitFor, ExecCommand, Mount, WaitFor};
 use testcontainers::runners::SyncRunner;
-use testcontainers::{GenericImage, ImageExt};
+use testcontainers::{Container, GenericImage, ImageExt};
 use testkit::{Cluster, PgInstall};
 
 use crate::docker::{self, Engine};
@@ -71,28 +71,34 @@ impl Drop for Leftovers<'_> {
     }
 }
 
-/// `psql -At` against 127.0.0.1:`port` with the harness's client.
-fn query(install: &PgInstall, port: u16, sql: &str) -> String {
-    let o = run(install
-        .command("psql")
-        .args([
-            "-X",
-            "-A",
-            "-t",
-            "-q",
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-        ])
-        .arg("-p")
-        .arg(port.to_string())
-        .arg("-c")
-        .arg(sql));
-    assert!(o.status.success(), "psql {sql:?}: {}", text(&o));
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
+/// `psql -At -c sql` run in the container (the runner needs no PostgreSQL client) over the
+/// host's loopback, as the user's code in the doc does.
+fn psql(pg: &Container<GenericImage>, port: u16, sql: &str) -> String {
+    let port = port.to_string();
+    let mut r = pg
+        .exec(
+            ExecCommand::new([
+                "psql",
+                "-X",
+                "-A",
+                "-t",
+                "-q",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-c",
+                sql,
+            ])
+            .with_cmd_ready_condition(CmdWaitFor::exit()),
+        )
+        .unwrap();
+    let out = String::from_utf8(r.stdout_to_vec().unwrap()).unwrap();
+    let err = String::from_utf8_lossy(&r.stderr_to_vec().unwrap()).into_owned();
+    assert_eq!(r.exit_code().unwrap(), Some(0), "psql {sql:?}: {err}");
+    out.trim().to_owned()
 }
 
 /// Stream, backup, five commits at known instants, DROP TABLE; `pitr restore --to` a time
@@ -137,10 +143,9 @@ fn restore_between_3_and_4(install: &PgInstall, tmp: &Path, dir: &Path) -> (Stri
     (target, last)
 }
 
-/// PostgreSQL of `install.major` in `pitr-test/postgres:<major>`, started by testcontainers on
+/// PostgreSQL `major` in `pitr-test/postgres:<major>`, started by testcontainers on
 /// the restored `dir`, exactly as docs/ci-restore-check.md shows it; checks the rows.
-fn recover_in_a_container(engine: &Engine, install: &PgInstall, dir: &Path, last: &str) {
-    let major = install.major;
+fn recover_in_a_container(engine: &Engine, major: u32, dir: &Path, last: &str) {
     let image = docker::pg_image(major);
     let (name, tag) = image.rsplit_once(':').unwrap();
     let port: u16 = free_addr().rsplit_once(':').unwrap().1.parse().unwrap();
@@ -179,23 +184,23 @@ fn recover_in_a_container(engine: &Engine, install: &PgInstall, dir: &Path, last
         )
         .with_user(format!("{}:{}", owner.uid(), owner.gid()))
         .with_cmd([
-            "postgres".to_string(),
-            "-c".into(),
-            "listen_addresses=127.0.0.1".into(),
-            "-c".into(),
-            format!("port={port}"),
-            "-c".into(),
-            "hba_file=/etc/pitr-hba.conf".into(),
-            "-c".into(),
-            "archive_mode=off".into(),
-            "-c".into(),
-            "ssl=off".into(),
-            "-c".into(),
-            "logging_collector=off".into(),
-            "-c".into(),
-            "log_destination=stderr".into(),
-            "-c".into(),
-            "unix_socket_directories=/var/run/postgresql".into(),
+            "postgres",
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            &format!("port={port}"),
+            "-c",
+            "hba_file=/etc/pitr-hba.conf",
+            "-c",
+            "archive_mode=off",
+            "-c",
+            "ssl=off",
+            "-c",
+            "logging_collector=off",
+            "-c",
+            "log_destination=stderr",
+            "-c",
+            "unix_socket_directories=/var/run/postgresql",
         ])
         .with_startup_timeout(Duration::from_secs(120))
         .with_label(LABEL, &unique)
@@ -203,27 +208,22 @@ fn recover_in_a_container(engine: &Engine, install: &PgInstall, dir: &Path, last
         .start()
         .unwrap_or_else(|e| panic!("PG {major}: the container did not start: {e}"));
 
-    assert_eq!(query(install, port, "SELECT pg_is_in_recovery()"), "f");
-    assert_eq!(
-        query(install, port, ROWS_SQL),
-        rows(3),
-        "PG {major}: exactly the rows committed at or before the target"
-    );
-    assert_eq!(
-        query(
-            install,
-            port,
-            &format!("SELECT pg_last_xact_replay_timestamp() = '{last}'::timestamptz")
+    // Recovery is over, it ended on the last commit at or before the target, and exactly the
+    // rows committed by then are there (the DROP TABLE and what followed are not).
+    let got = psql(
+        &pg,
+        port,
+        &format!(
+            "SELECT pg_is_in_recovery(), pg_last_xact_replay_timestamp() = '{last}'::timestamptz, ({ROWS_SQL}), to_regclass('after_drop') IS NULL"
         ),
-        "t",
-        "PG {major}: recovery ended on plan.last_included ({last})"
     );
     assert_eq!(
-        query(install, port, "SELECT to_regclass('after_drop') IS NULL"),
-        "t"
+        got,
+        format!("f|t|{}|t", rows(3)),
+        "PG {major} (recovery ending on {last})"
     );
     // Promoted: it takes writes.
-    query(install, port, "INSERT INTO t VALUES (100)");
+    psql(&pg, port, "INSERT INTO t VALUES (100)");
 
     // Dropping the handle removes the container.
     drop(pg);
@@ -251,7 +251,7 @@ fn testcontainers_postgres_recovers_a_pitr_restore_to_the_target_on_every_major(
         let dir = restore_dir(tmp.path(), "restored");
         let (target, last) = restore_between_3_and_4(install, tmp.path(), &dir);
         let restored = began.elapsed();
-        recover_in_a_container(&engine, install, &dir, &last);
+        recover_in_a_container(&engine, install.major, &dir, &last);
         eprintln!(
             "PG {}: restored to {target} in {:.1}s, recovered in a container in {:.1}s",
             install.major,

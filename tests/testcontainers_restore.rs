@@ -72,27 +72,13 @@ impl Drop for Leftovers<'_> {
 }
 
 /// `psql -At -c sql` run in the container (the runner needs no PostgreSQL client) over the
-/// host's loopback, as the user's code in the doc does.
+/// host's loopback.
 fn psql(pg: &Container<GenericImage>, port: u16, sql: &str) -> String {
-    let port = port.to_string();
+    let conninfo = format!("host=127.0.0.1 port={port} user=postgres dbname=postgres");
     let mut r = pg
         .exec(
-            ExecCommand::new([
-                "psql",
-                "-X",
-                "-A",
-                "-t",
-                "-q",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-U",
-                "postgres",
-                "-c",
-                sql,
-            ])
-            .with_cmd_ready_condition(CmdWaitFor::exit()),
+            ExecCommand::new(["psql", "-XAtq", "-d", &conninfo, "-c", sql])
+                .with_cmd_ready_condition(CmdWaitFor::exit()),
         )
         .unwrap();
     let out = String::from_utf8(r.stdout_to_vec().unwrap()).unwrap();

@@ -53,6 +53,8 @@ build() {
         return 0
     fi
     cp "$DIR/$dockerfile" "$CTX/Dockerfile"
+    local old
+    old=$(docker image inspect --format '{{.Id}}' "$tag" 2>/dev/null || true)
     t=$(date +%s.%N)
     if ! docker build --network host --label "pitr.inputs=$hash" --build-arg "BASE=$BASE" "$@" \
         -t "$tag" "$CTX" >"$CTX.build.log" 2>&1; then
@@ -61,6 +63,10 @@ build() {
         die "$tag: docker build failed"
     fi
     rm -f "$CTX.build.log"
+    # The image this one replaces, now untagged: removed (fails harmlessly while a container uses it).
+    if [ -n "$old" ] && [ "$old" != "$(docker image inspect --format '{{.Id}}' "$tag")" ]; then
+        docker rmi "$old" >/dev/null 2>&1 || true
+    fi
     log "$tag: built in $(since "$t")s, $(since "$t_img")s with its context (inputs ${hash:0:12}, $(( $(docker image inspect --format '{{.Size}}' "$tag") / 1000000 )) MB)"
 }
 

@@ -49,6 +49,8 @@ initialise() {
         echo "error: \$PGDATA ($PGDATA) is empty and POSTGRES_PASSWORD is not set (or set POSTGRES_HOST_AUTH_METHOD=trust)" >&2
         exit 1
     fi
+    # Fail now, not with a half-initialised cluster, when the init scripts cannot be read.
+    ls /docker-entrypoint-initdb.d/ >/dev/null
     local nss_files=()
     if ! getent passwd "$(id -u)" >/dev/null 2>&1; then
         local w

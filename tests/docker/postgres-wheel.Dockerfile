@@ -27,7 +27,12 @@ ENV PG_MAJOR=${PG_MAJOR} \
     PATH=/usr/lib/postgresql/${PG_MAJOR}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     PGDATA=/var/lib/postgresql/data \
     LANG=C.UTF-8
+# As in the official image: new clusters listen on every address (listen_addresses = '*').
+# Under host networking that is every host address: pass -c listen_addresses=127.0.0.1 there.
 RUN postgres --version && psql --version && pg_isready --version && pgbench --version \
+    && sample=$(find /usr/lib/postgresql/ /usr/share/postgresql/ -name postgresql.conf.sample -print -quit) \
+    && sed -ri "s!^#?(listen_addresses)\s*=\s*\S+.*!\1 = '*'!" "$sample" \
+    && grep -F "listen_addresses = '*'" "$sample" \
     && mkdir -p "$PGDATA" && chown postgres:postgres "$PGDATA" && chmod 1777 "$PGDATA"
 VOLUME /var/lib/postgresql/data
 ENTRYPOINT ["docker-entrypoint.sh"]

@@ -15,6 +15,8 @@
 #   repo). Cache: an image is skipped when its label pitr.inputs holds the sha256 of its inputs
 #   (Dockerfile, entrypoint, the host's `postgres --version` (and package version for 15), the
 #   base image id); any change rebuilds it. PITR_IMAGES_REBUILD=1 ignores the label.
+#   After a build, each image is checked (check_pg, check_moto below: a few seconds each);
+#   PITR_IMAGES_CHECK=1 checks cached images too.
 # Needs DOCKER_HOST of our own engine (read from scripts/docker-engine.sh env when unset) and
 # pitr-base:bookworm (scripts/docker-base-image.sh). Builds run with --network host (apt, PyPI).
 set -euo pipefail
@@ -34,7 +36,14 @@ base_id=$(docker image inspect --format '{{.Id}}' "$BASE" 2>/dev/null) ||
     die "$BASE is missing (run scripts/docker-base-image.sh)"
 
 CTX=""
-trap '[ -z "$CTX" ] || rm -rf "$CTX"' EXIT
+cleanup() {
+    set +e
+    [ -z "$CTX" ] || rm -rf "$CTX"
+    local c d
+    for c in "${CHECK_CONTAINERS[@]}"; do docker rm -f "$c" >/dev/null 2>&1; done
+    for d in "${CHECK_DIRS[@]}"; do rm -rf "$d"; done
+}
+trap cleanup EXIT
 
 inputs_hash() { { printf '%s\n' "$base_id" "$2"; cat "$DIR/$1"; } | sha256sum | cut -c1-64; }
 # is_current TAG HASH: the image exists with that label (and no rebuild is asked for).
@@ -48,10 +57,12 @@ build() {
     local name=$1 tag=$2 dockerfile=$3 inputs=$4; shift 4
     local hash t
     hash=$(inputs_hash "$dockerfile" "$inputs")
+    BUILT=""
     if is_current "$tag" "$hash"; then
         log "$tag: cached (inputs ${hash:0:12}), $(since "$t_img")s"
         return 0
     fi
+    BUILT=1
     cp "$DIR/$dockerfile" "$CTX/Dockerfile"
     local old
     old=$(docker image inspect --format '{{.Id}}' "$tag" 2>/dev/null || true)
@@ -76,6 +87,77 @@ new_ctx() {
     cp "$DIR/docker-entrypoint.sh" "$CTX/"
 }
 
+# check_pg N IMAGE: what the tests rely on, after each build (PITR_IMAGES_CHECK=1: cached ones
+# too): (c) `--entrypoint postgres --version` prints the host's version string; (a) as uid
+# 10001 (no passwd entry in the image), `--entrypoint postgres -D DIR` runs a bind-mounted data
+# directory initialised on the host, socket only; (b) "database system is ready to accept
+# connections" on the container's stderr; the host's psql gets an answer; `docker stop` exits 0.
+check_pg() {
+    local n=$1 img=$2 t d c want got i
+    t=$(date +%s.%N)
+    want=$(".cache/pg/$n/bin/postgres" --version)
+    got=$(docker run --rm --network host --entrypoint postgres "$img" --version)
+    [ "$got" = "$want" ] || die "$img: postgres --version printed '$got', the host's is '$want'"
+    d=$(mktemp -d /tmp/pitr-test-images-check.XXXXXX)
+    CHECK_DIRS+=("$d")
+    chmod 755 "$d"
+    id postgres >/dev/null 2>&1 || useradd --system --home-dir /var/lib/postgresql --shell /bin/bash postgres
+    chown postgres "$d"
+    runuser -u postgres -- ".cache/pg/$n/bin/initdb" -D "$d/data" -A trust -U postgres --no-sync >"$d/initdb.log" 2>&1 ||
+        { cat "$d/initdb.log" >&2; die "$img check: initdb on the host failed"; }
+    mkdir "$d/sock"
+    chown -R 10001:10001 "$d/data" "$d/sock"
+    c=pitr-test-images-check-$n-$$
+    CHECK_CONTAINERS+=("$c")
+    docker run -d --name "$c" --network host --user 10001:10001 --entrypoint postgres -v "$d:$d" "$img" \
+        -D "$d/data" -c listen_addresses= -c unix_socket_directories="$d/sock" -c port=5432 >/dev/null
+    for i in $(seq 100); do
+        docker logs "$c" 2>&1 >/dev/null | grep -q 'database system is ready to accept connections' && break
+        [ "$(docker inspect --format '{{.State.Running}}' "$c")" = true ] ||
+            { docker logs "$c" >&2; die "$img check: postgres as uid 10001 exited"; }
+        sleep 0.1
+    done
+    docker logs "$c" 2>&1 >/dev/null | grep -q 'database system is ready to accept connections' ||
+        { docker logs "$c" >&2; die "$img check: no 'ready to accept connections' on stderr"; }
+    got=$(".cache/pg/$n/bin/psql" -X -At -h "$d/sock" -p 5432 -U postgres -d postgres -c 'SELECT current_setting($$server_version_num$$)::int / 10000') ||
+        die "$img check: psql through the socket failed"
+    [ "$got" = "$n" ] || die "$img check: server major $got"
+    docker stop -t 20 "$c" >/dev/null
+    [ "$(docker inspect --format '{{.State.ExitCode}}' "$c")" = 0 ] || { docker logs "$c" >&2; die "$img check: docker stop: exit not 0"; }
+    docker rm "$c" >/dev/null
+    rm -rf "$d"
+    log "$img: checked in $(since "$t")s (version, uid 10001 on a mounted data dir, ready line on stderr, stop exit 0)"
+}
+
+# check_moto IMAGE: moto serves S3 on a loopback port; boto3 from the image creates a bucket,
+# puts and lists an object.
+check_moto() {
+    local img=$1 t c port
+    t=$(date +%s.%N)
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    c=pitr-test-images-check-moto-$$
+    CHECK_CONTAINERS+=("$c")
+    docker run -d --name "$c" --network host "$img" -H 127.0.0.1 -p "$port" >/dev/null
+    docker run --rm --network host --entrypoint python "$img" -c '
+import sys, time, boto3
+s3 = boto3.client("s3", endpoint_url="http://127.0.0.1:" + sys.argv[1], region_name="us-east-1",
+                  aws_access_key_id="k", aws_secret_access_key="s")
+for _ in range(100):
+    try:
+        s3.list_buckets(); break
+    except Exception:
+        time.sleep(0.1)
+s3.create_bucket(Bucket="check")
+s3.put_object(Bucket="check", Key="a", Body=b"x")
+assert [o["Key"] for o in s3.list_objects_v2(Bucket="check")["Contents"]] == ["a"]' "$port" ||
+        { docker logs "$c" >&2; die "$img check: boto3 against moto_server failed"; }
+    docker rm -f "$c" >/dev/null
+    log "$img: checked in $(since "$t")s (moto_server on 127.0.0.1:$port, boto3 bucket/put/list)"
+}
+CHECK_DIRS=()
+CHECK_CONTAINERS=()
+BUILT=""
+
 entry_sum=$(sha256sum "$DIR/docker-entrypoint.sh" | cut -c1-64)
 names=("$@")
 ((${#names[@]})) || names=(15 16 17 18 moto)
@@ -90,6 +172,7 @@ for name in "${names[@]}"; do
             new_ctx
             build 15 pitr-test/postgres:15 postgres-debian.Dockerfile "$entry_sum $ver $deb" \
                 --build-arg PG_MAJOR=15 --build-arg "PG_DEB_VERSION=$deb"
+            if [ -n "$BUILT" ] || [ "${PITR_IMAGES_CHECK:-0}" = 1 ]; then check_pg 15 pitr-test/postgres:15; fi
             ;;
         16 | 17 | 18)
             bin=.cache/pg/$name/bin/postgres
@@ -108,6 +191,7 @@ for name in "${names[@]}"; do
             fi
             build "$name" "pitr-test/postgres:$name" postgres-wheel.Dockerfile "$entry_sum $ver $rel" \
                 --build-arg "PG_MAJOR=$name" --build-arg "PG_TREE=$rel"
+            if [ -n "$BUILT" ] || [ "${PITR_IMAGES_CHECK:-0}" = 1 ]; then check_pg "$name" "pitr-test/postgres:$name"; fi
             ;;
         moto)
             new_ctx
@@ -117,6 +201,7 @@ for name in "${names[@]}"; do
                     'moto[server]==5.*' boto3 >&2 || die "pip download moto[server]==5.* boto3 failed"
             fi
             build moto pitr-test/moto:latest moto.Dockerfile moto
+            if [ -n "$BUILT" ] || [ "${PITR_IMAGES_CHECK:-0}" = 1 ]; then check_moto pitr-test/moto:latest; fi
             ;;
         *) die "unknown image $name (15 16 17 18 moto)" ;;
     esac

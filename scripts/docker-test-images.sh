@@ -40,7 +40,7 @@ cleanup() {
     set +e
     [ -z "$CTX" ] || rm -rf "$CTX"
     local c d
-    for c in "${CHECK_CONTAINERS[@]}"; do docker rm -f "$c" >/dev/null 2>&1; done
+    for c in "${CHECK_CONTAINERS[@]}"; do docker rm -f -v "$c" >/dev/null 2>&1; done
     for d in "${CHECK_DIRS[@]}"; do rm -rf "$d"; done
 }
 trap cleanup EXIT
@@ -67,7 +67,8 @@ build() {
     local old
     old=$(docker image inspect --format '{{.Id}}' "$tag" 2>/dev/null || true)
     t=$(date +%s.%N)
-    if ! docker build --network host --label "pitr.inputs=$hash" --build-arg "BASE=$BASE" "$@" \
+    # --force-rm: a failed step leaves no container behind.
+    if ! docker build --force-rm --network host --label "pitr.inputs=$hash" --build-arg "BASE=$BASE" "$@" \
         -t "$tag" "$CTX" >"$CTX.build.log" 2>&1; then
         tail -n 30 "$CTX.build.log" >&2
         rm -f "$CTX.build.log"
@@ -124,7 +125,7 @@ check_pg() {
     [ "$got" = "$n" ] || die "$img check: server major $got"
     docker stop -t 20 "$c" >/dev/null
     [ "$(docker inspect --format '{{.State.ExitCode}}' "$c")" = 0 ] || { docker logs "$c" >&2; die "$img check: docker stop: exit not 0"; }
-    docker rm "$c" >/dev/null
+    docker rm -v "$c" >/dev/null  # -v: the image's VOLUME (an anonymous volume) goes too
     rm -rf "$d"
     log "$img: checked in $(since "$t")s (version, uid 10001 on a mounted data dir, ready line on stderr, stop exit 0)"
 }
@@ -151,7 +152,7 @@ s3.create_bucket(Bucket="check")
 s3.put_object(Bucket="check", Key="a", Body=b"x")
 assert [o["Key"] for o in s3.list_objects_v2(Bucket="check")["Contents"]] == ["a"]' "$port" ||
         { docker logs "$c" >&2; die "$img check: boto3 against moto_server failed"; }
-    docker rm -f "$c" >/dev/null
+    docker rm -f -v "$c" >/dev/null
     log "$img: checked in $(since "$t")s (moto_server on 127.0.0.1:$port, boto3 bucket/put/list)"
 }
 CHECK_DIRS=()

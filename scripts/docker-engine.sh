@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # docker-engine.sh install|start|stop|env|status: a private Docker engine for pitr's container tests.
 #
-# start  installs docker.io and debootstrap with apt if missing, then starts its OWN dockerd in
+# start  installs docker.io, debootstrap and docker-compose with apt if missing, then starts its OWN dockerd in
 #        the background (own --data-root, --exec-root, unix socket, pid file and log file under
 #        .cache/docker/, or $PITR_DOCKER_DIR), waits until `docker info` answers, and prints
 #        DOCKER_HOST=unix://... on stdout. A running daemon of ours is reused.
@@ -45,6 +45,8 @@ install_missing() {
   command -v dockerd >/dev/null 2>&1 || pkgs+=(docker.io)
   command -v docker >/dev/null 2>&1 || pkgs+=(docker.io)
   command -v debootstrap >/dev/null 2>&1 || pkgs+=(debootstrap)
+  # Debian's docker-compose 1.29 (python, v1): tests/compose.sh; no `docker compose` plugin here.
+  command -v docker-compose >/dev/null 2>&1 || pkgs+=(docker-compose)
   ((${#pkgs[@]})) || return 0
   [[ $(id -u) == 0 ]] || die "need root to install ${pkgs[*]}"
   echo "docker-engine: installing ${pkgs[*]}" >&2

@@ -6,8 +6,10 @@
 #   - for scripts/check-ops-files.sh: promtool (from Debian's prometheus package, unpacked under
 #     .cache/prometheus: installing the package would start a Prometheus server) and
 #     kubernetes-validate (PyPI) in the same virtualenv;
-#   - for tests/container.sh: docker.io and debootstrap from Debian (scripts/docker-engine.sh
-#     install: their services are kept from starting; the test starts its own dockerd).
+#   - for the container tests (tests/container.sh, tests/compose.sh, the Rust tests that run
+#     pitr-test/* images): docker.io, debootstrap and docker-compose (1.29, v1) from Debian
+#     (scripts/docker-engine.sh install: their services are kept from starting; scripts/test.sh
+#     starts its own dockerd).
 # Safe to re-run: each step is skipped when its result is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -112,7 +114,7 @@ if [ ! -x "$CACHE/venv/bin/kubernetes-validate" ]; then
     "$CACHE/venv/bin/pip" install --quiet 'kubernetes-validate==1.37.0'
 fi
 
-# --- Docker engine and debootstrap (tests/container.sh) ------------------------------------
+# --- Docker engine, debootstrap, docker-compose (the container tests) ----------------------
 ./scripts/docker-engine.sh install
 
-log "ok: PostgreSQL $(ls "$CACHE/pg" | tr '\n' ' ')moto, promtool, kubernetes-validate, docker.io and debootstrap are ready"
+log "ok: PostgreSQL $(ls "$CACHE/pg" | tr '\n' ' ')moto, promtool, kubernetes-validate, docker.io, debootstrap and docker-compose are ready"

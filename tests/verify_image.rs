@@ -313,3 +313,172 @@ fn verify_image_interrupted_leaves_no_container() {
         "the server was not shut down"
     );
 }
+
+/// A stand-in for the docker CLI: a shell script in `dir` that runs `body` (with "$@" being
+/// docker's arguments) and otherwise passes everything to the real `docker`.
+fn wrapper_cli(dir: &Path, name: &str, body: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join(name);
+    std::fs::write(&p, format!("#!/bin/sh\n{body}\nexec docker \"$@\"\n")).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
+/// A repo with one backup of `install`'s server, for the tests below.
+fn small_repo(install: &PgInstall, tmp: &Path) -> TestRepo {
+    let c = Cluster::start(install, opts());
+    let repo = TestRepo::local(&tmp.join("repo"));
+    let s = start_stream(&c, &repo, &tmp.join("stream.log"));
+    c.psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)");
+    backup(&c, &repo, "small");
+    wait_archived(&c, &repo);
+    stop(s);
+    repo
+}
+
+/// Red-team findings, each failed before its fix: (1) when the container could not be
+/// stopped or removed, the check still PASSED with exit 0 while a server ran on the
+/// directory (a user's own server could then start beside it); (2) a relative `-D` and a
+/// path holding `:` failed only after the restore was written, with docker's useless
+/// "Run 'docker run --help'" as the error.
+#[test]
+fn verify_image_a_failed_cleanup_fails_the_check_and_paths_are_mounted_as_given() {
+    let installs = PgInstall::for_tests();
+    let install = installs.last().unwrap();
+    let image = docker::pg_image(install.major);
+    let Some(engine) = docker::engine(std::slice::from_ref(&image)) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = small_repo(install, tmp.path());
+
+    // (1) `stop` and `rm` fail: the container stays, so the check must fail, naming it.
+    let cli = wrapper_cli(
+        tmp.path(),
+        "failing-rm",
+        r#"case "$1" in stop|rm) echo "Error response from daemon: transient" >&2; exit 1;; esac"#,
+    );
+    let dir = restore_dir(tmp.path(), "cleanup");
+    let o = run(
+        restore_in_image(&repo, &engine, &image, &dir, &["--to", "latest"])
+            .env("PITR_CONTAINER_CLI", &cli),
+    );
+    let left = engine.containers_labelled(&format!("{LABEL}.dir={}", dir.display()));
+    for c in &left {
+        let _ = engine.docker(&["rm", "--force", "--volumes", c]).output();
+    }
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["verify"]["ok"], false, "{v:#}");
+    let failures = v["verify"]["failures"].to_string();
+    assert!(
+        failures.contains("could not be removed") && failures.contains("docker rm -f pitr-verify-"),
+        "{failures}"
+    );
+    assert_eq!(left.len(), 1, "the wrapper kept the container: {left:?}");
+
+    // (2) A relative -D holding ':' and ','.
+    let o = run(restore_in_image(
+        &repo,
+        &engine,
+        &image,
+        Path::new("rel:dir,x"),
+        &["--to", "latest"],
+    )
+    .current_dir(tmp.path()));
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["verify"]["ok"], true, "{v:#}");
+}
+
+/// Red-team findings, each failed before its fix: (1) an engine whose socket accepts but
+/// never answers made `restore --verify-image` wait forever (now: a one-line refusal
+/// within the CLI time limit, nothing written); (2) SIGTERM while a docker call was stuck
+/// was acted on only when the call returned (now: within seconds, exit 130, and pitr's
+/// containers are removed).
+#[test]
+fn verify_image_a_hung_engine_or_docker_call_does_not_hold_pitr() {
+    let installs = PgInstall::for_tests();
+    let install = &installs[0];
+    let image = docker::pg_image(install.major);
+    let Some(engine) = docker::engine(std::slice::from_ref(&image)) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = small_repo(install, tmp.path());
+
+    // (1) A socket that accepts and never answers.
+    let sock = tmp.path().join("silent.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in listener.incoming() {
+            held.push(c);
+        }
+    });
+    let dir = restore_dir(tmp.path(), "never");
+    let t = Instant::now();
+    let o = run(
+        restore_in_image(&repo, &engine, &image, &dir, &["--to", "latest"])
+            .env("DOCKER_HOST", format!("unix://{}", sock.display())),
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        err.lines()
+            .last()
+            .unwrap_or_default()
+            .contains("the container engine does not answer"),
+        "{err}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert!(!dir.exists(), "the destination was written");
+
+    // (2) `docker run --detach` stuck for 60 s; SIGTERM arrives meanwhile.
+    let mark = tmp.path().join("in-run");
+    let cli = wrapper_cli(
+        tmp.path(),
+        "slow-run",
+        &format!(
+            r#"if [ "$1" = run ] && [ "$2" = --detach ]; then touch '{}'; sleep 60; fi"#,
+            mark.display()
+        ),
+    );
+    let dir = restore_dir(tmp.path(), "slow");
+    let mut child = restore_in_image(&repo, &engine, &image, &dir, &["--to", "latest"])
+        .env("PITR_CONTAINER_CLI", &cli)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(tmp.path().join("slow.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !mark.exists() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "ended before docker run"
+        );
+        assert!(Instant::now() < deadline, "never reached docker run");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let t = Instant::now();
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let st = crate::stream::wait_exit(&mut child, 90, "restore did not stop on SIGTERM");
+    let took = t.elapsed();
+    let log = std::fs::read_to_string(tmp.path().join("slow.log")).unwrap_or_default();
+    assert_eq!(st.code(), Some(130), "{log}");
+    assert!(
+        took < Duration::from_secs(20),
+        "SIGTERM acted on only after {took:?}: {log}"
+    );
+    assert!(log.contains("SIGTERM received during --verify"), "{log}");
+    let mine = engine.containers_labelled(&format!("{LABEL}.dir={}", dir.display()));
+    assert!(mine.is_empty(), "{mine:?}");
+}

@@ -195,17 +195,42 @@ fn target(a: &RestoreArgs) -> Result<TargetSpec, CmdError> {
     })
 }
 
+/// How long a signal may wait for the verification to notice it (it does at its next await)
+/// before the watchdog removes pitr's verification containers itself and exits.
+const SIGNAL_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Runs `f` unless SIGINT or SIGTERM comes first; then `f` is dropped (which stops the
-/// verification server and removes its container) and the error says so.
+/// verification server and removes its container) and the error says so. If `f` is stuck
+/// in a blocking call and does not notice within [`SIGNAL_GRACE`], a watchdog task removes
+/// this process's verification containers and exits 130.
 async fn until_signal<T>(f: impl std::future::Future<Output = T>) -> Result<T, CmdError> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        r = f => Ok(r),
-        _ = term.recv() => Err(CmdError::Interrupted("SIGTERM")),
-        _ = int.recv() => Err(CmdError::Interrupted("SIGINT")),
-    }
+    let (tx, mut rx) = tokio::sync::watch::channel(None::<&'static str>);
+    let watchdog = tokio::spawn(async move {
+        let sig = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        let _ = tx.send(Some(sig));
+        tokio::time::sleep(SIGNAL_GRACE).await;
+        let _ = tokio::task::spawn_blocking(crate::restore::container::remove_mine).await;
+        eprintln!("pitr: error: {}", CmdError::Interrupted(sig));
+        std::process::exit(130);
+    });
+    let mut f = Box::pin(f);
+    let sig = tokio::select! {
+        r = &mut f => {
+            watchdog.abort();
+            return Ok(r);
+        }
+        s = rx.wait_for(Option::is_some) => s.ok().and_then(|s| *s).unwrap_or("a signal"),
+    };
+    // This path cleans up now: dropping the verification stops its server.
+    watchdog.abort();
+    drop(f);
+    Err(CmdError::Interrupted(sig))
 }
 
 /// `--verify`'s options.

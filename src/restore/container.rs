@@ -37,13 +37,14 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// Why `--verify-image` cannot run. Each message is one line.
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
     /// The CLI is not installed.
     #[error(
-        "--verify-image needs the docker CLI, and {cli:?} was not found or could not run ({source}): install Docker, or set PITR_CONTAINER_CLI to a compatible CLI (podman)"
+        "--verify-image needs the docker CLI, and {cli:?} was not found, could not run or did not finish ({source}): install or start Docker, or set PITR_CONTAINER_CLI to a compatible CLI (podman)"
     )]
     NoCli {
         /// The program tried.
@@ -125,21 +126,78 @@ impl Cli {
     }
 
     fn command(&self) -> Command {
+        use std::os::unix::process::CommandExt;
         let mut c = Command::new(&self.program);
-        c.stdin(Stdio::null());
+        // Its own process group: a terminal's Ctrl-C reaches pitr, which cleans up, and not a
+        // half-done `docker run` (which could leave a created container behind).
+        c.stdin(Stdio::null()).process_group(0);
         c
     }
 
-    /// Runs the CLI with `args`, capturing its output.
-    fn output(&self, args: &[&str]) -> Result<Output, ContainerError> {
-        self.command()
-            .args(args)
-            .output()
-            .map_err(|source| ContainerError::NoCli {
-                cli: self.name(),
-                source,
-            })
+    /// Runs the CLI with `args` (at most `limit`; killed after that), capturing its output.
+    fn output(&self, args: &[&str], limit: Duration) -> Result<Output, ContainerError> {
+        let mut cmd = self.command();
+        cmd.args(args);
+        run_within(&mut cmd, limit).map_err(|source| ContainerError::NoCli {
+            cli: self.name(),
+            source,
+        })
     }
+}
+
+/// Time limits of the CLI calls: a hung engine is an error, never a wait without end.
+const QUICK: Duration = Duration::from_secs(30);
+/// `docker pull` of a missing image.
+const PULL: Duration = Duration::from_secs(900);
+/// `docker stop --time 120` (fast shutdown, then SIGKILL) plus the CLI's own time.
+const STOP: Duration = Duration::from_secs(150);
+
+/// Runs `cmd` with its output captured, killing it after `limit` (then the error is
+/// `TimedOut`). Output is drained by threads, so a large `docker logs` cannot block it.
+fn run_within(cmd: &mut Command, limit: Duration) -> std::io::Result<Output> {
+    use std::io::Read;
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    let drain = |r: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(st) = child.try_wait()? {
+            break st;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {}s", limit.as_secs()),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Ok(Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    })
 }
 
 /// The last non-empty line of a program's stderr (or stdout), for one-line errors.
@@ -149,6 +207,7 @@ fn last_line(o: &Output) -> String {
     err.lines()
         .chain(out.lines())
         .map(str::trim)
+        .filter(|l| !(l.starts_with("Run '") || l.starts_with("See '")))
         .rfind(|l| !l.is_empty())
         .map(str::to_string)
         .unwrap_or_else(|| format!("exit {}", o.status))
@@ -160,6 +219,9 @@ pub struct CheckedImage {
     cli: Cli,
     /// The image as given.
     pub(crate) image: String,
+    /// The image's id when it was checked: what runs, so a tag moved meanwhile changes
+    /// nothing.
+    id: String,
     /// Its `postgres --version` line.
     pub(crate) version: String,
 }
@@ -171,39 +233,65 @@ impl CheckedImage {
     }
 }
 
+/// The id of `image` in the engine, if present.
+fn image_id(cli: &Cli, image: &str) -> Result<Option<String>, ContainerError> {
+    let o = cli.output(&["image", "inspect", "--format", "{{.Id}}", image], QUICK)?;
+    let id = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    Ok((o.status.success() && !id.is_empty()).then_some(id))
+}
+
 /// Checks, before anything is written, that `image` can run the `--verify` server of
 /// PostgreSQL `major` (see the module's invariants).
 pub(crate) fn check_image(image: &str, major: u32) -> Result<CheckedImage, ContainerError> {
     let cli = Cli::from_env();
-    let v = cli.output(&["version", "--format", "{{.Server.Version}}"])?;
+    let v = match cli.output(&["version", "--format", "{{.Server.Version}}"], QUICK) {
+        Err(ContainerError::NoCli { source, .. })
+            if source.kind() == std::io::ErrorKind::TimedOut =>
+        {
+            return Err(ContainerError::NoEngine {
+                cli: cli.name(),
+                detail: source.to_string(),
+            });
+        }
+        r => r?,
+    };
     if !v.status.success() {
         return Err(ContainerError::NoEngine {
             cli: cli.name(),
             detail: last_line(&v),
         });
     }
-    let present = cli.output(&["image", "inspect", "--format", "{{.Id}}", image])?;
-    if !present.status.success() {
-        let pulled = cli.output(&["pull", "--quiet", image])?;
-        if !pulled.status.success() {
-            return Err(ContainerError::NoImage {
+    let id = match image_id(&cli, image)? {
+        Some(id) => id,
+        None => {
+            let pulled = cli.output(&["pull", "--quiet", image], PULL)?;
+            if !pulled.status.success() {
+                return Err(ContainerError::NoImage {
+                    image: image.into(),
+                    detail: last_line(&pulled),
+                });
+            }
+            image_id(&cli, image)?.ok_or_else(|| ContainerError::NoImage {
                 image: image.into(),
-                detail: last_line(&pulled),
-            });
+                detail: "pulled, but not in the engine afterwards".into(),
+            })?
         }
-    }
-    let o = cli.output(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "--label",
-        "pitr.verify=version",
-        "--entrypoint",
-        "postgres",
-        image,
-        "--version",
-    ])?;
+    };
+    let o = cli.output(
+        &[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--label",
+            "pitr.verify=version",
+            "--entrypoint",
+            "postgres",
+            &id,
+            "--version",
+        ],
+        QUICK,
+    )?;
     let text = String::from_utf8_lossy(&o.stdout).trim().to_string();
     if !o.status.success() || text.is_empty() {
         return Err(ContainerError::NoPostgres {
@@ -223,13 +311,14 @@ pub(crate) fn check_image(image: &str, major: u32) -> Result<CheckedImage, Conta
     Ok(CheckedImage {
         cli,
         image: image.into(),
+        id,
         version: text,
     })
 }
 
 /// What the container runs: PostgreSQL on `data_dir`, as `user`, with `args`.
 pub(crate) struct RunSpec<'a> {
-    /// The restored directory.
+    /// The restored directory (absolute).
     pub(crate) data_dir: &'a Path,
     /// pitr's private directory (socket, `pg_hba.conf`, log).
     pub(crate) private_dir: &'a Path,
@@ -244,6 +333,7 @@ pub(crate) struct RunSpec<'a> {
 pub(crate) struct Container {
     cli: Cli,
     name: String,
+    data_dir: PathBuf,
     removed: bool,
 }
 
@@ -270,16 +360,19 @@ fn hostname() -> String {
 /// with this host's name and the pid of a process that no longer exists.
 fn remove_orphans(cli: &Cli) {
     let host = hostname();
-    let Ok(o) = cli.output(&[
-        "ps",
-        "--all",
-        "--filter",
-        "label=pitr.verify",
-        "--filter",
-        &format!("label=pitr.verify.host={host}"),
-        "--format",
-        "{{.Names}} {{.Label \"pitr.verify\"}}",
-    ]) else {
+    let Ok(o) = cli.output(
+        &[
+            "ps",
+            "--all",
+            "--filter",
+            "label=pitr.verify",
+            "--filter",
+            &format!("label=pitr.verify.host={host}"),
+            "--format",
+            "{{.Names}} {{.Label \"pitr.verify\"}}",
+        ],
+        QUICK,
+    ) else {
         return;
     };
     for line in String::from_utf8_lossy(&o.stdout).lines() {
@@ -295,14 +388,44 @@ fn remove_orphans(cli: &Cli) {
                 pid,
                 "removing a verification container left by a pitr that was killed"
             );
-            let _ = cli.output(&["rm", "--force", name]);
+            let _ = cli.output(&["rm", "--force", "--volumes", name], QUICK);
         }
     }
 }
 
-/// A `-v SRC:DST` argument mounting `p` at its own path.
+/// Stops and removes every verification container of this process (by its
+/// `pitr.verify=PID` label): the signal watchdog's last resort when the verification is
+/// stuck in a blocking call.
+pub(crate) fn remove_mine() {
+    let cli = Cli::from_env();
+    let Ok(o) = cli.output(
+        &[
+            "ps",
+            "--all",
+            "--filter",
+            &format!("label=pitr.verify={}", std::process::id()),
+            "--format",
+            "{{.Names}}",
+        ],
+        QUICK,
+    ) else {
+        return;
+    };
+    for name in String::from_utf8_lossy(&o.stdout).lines() {
+        let _ = cli.output(&["stop", "--time", "10", name], QUICK);
+        let _ = cli.output(&["rm", "--force", "--volumes", name], QUICK);
+    }
+}
+
+/// A `--mount` argument binding `p` at its own path. The fields are CSV-quoted, so a path
+/// may hold `:` or `,` (which `-v SRC:DST` cannot).
 fn same_path_mount(p: &Path) -> String {
-    format!("{0}:{0}", p.display())
+    let q = |f: String| format!("\"{}\"", f.replace('"', "\"\""));
+    format!(
+        "type=bind,{},{}",
+        q(format!("source={}", p.display())),
+        q(format!("target={}", p.display()))
+    )
 }
 
 impl Container {
@@ -317,44 +440,60 @@ impl Container {
             std::process::id(),
             jiff::Timestamp::now().as_nanosecond() % 1_000_000_000
         );
-        let mut cmd = image.cli.command();
-        cmd.args(["run", "--detach", "--name", &name])
-            .arg("--label")
-            .arg(format!("pitr.verify={}", std::process::id()))
-            .arg("--label")
-            .arg(format!("pitr.verify.host={}", hostname()))
-            .arg("--label")
-            .arg(format!("pitr.verify.dir={}", spec.data_dir.display()))
-            .args(["--network", "none", "--shm-size", "256m"])
-            .args(["--stop-signal", "SIGINT", "--stop-timeout", "120"])
-            .arg("--user")
-            .arg(format!("{}:{}", spec.user.0, spec.user.1))
-            .arg("-v")
-            .arg(same_path_mount(spec.data_dir))
-            .arg("-v")
-            .arg(same_path_mount(spec.private_dir));
+        let mut args: Vec<String> = vec![
+            "run".into(),
+            "--detach".into(),
+            "--name".into(),
+            name.clone(),
+            "--label".into(),
+            format!("pitr.verify={}", std::process::id()),
+            "--label".into(),
+            format!("pitr.verify.host={}", hostname()),
+            "--label".into(),
+            format!("pitr.verify.dir={}", spec.data_dir.display()),
+            "--network".into(),
+            "none".into(),
+            "--shm-size".into(),
+            "256m".into(),
+            "--stop-signal".into(),
+            "SIGINT".into(),
+            "--stop-timeout".into(),
+            "120".into(),
+            "--user".into(),
+            format!("{}:{}", spec.user.0, spec.user.1),
+            "--mount".into(),
+            same_path_mount(spec.data_dir),
+            "--mount".into(),
+            same_path_mount(spec.private_dir),
+        ];
         for t in tablespace_dirs(spec.data_dir) {
-            cmd.arg("-v").arg(same_path_mount(&t));
+            args.extend(["--mount".into(), same_path_mount(&t)]);
         }
-        cmd.args(["--entrypoint", "postgres"])
-            .arg(&image.image)
-            .arg("-D")
-            .arg(spec.data_dir)
-            .args(&spec.args);
-        let o = cmd.output().map_err(|source| ContainerError::NoCli {
-            cli: image.cli.name(),
-            source,
-        })?;
+        args.extend([
+            "--entrypoint".into(),
+            "postgres".into(),
+            image.id.clone(),
+            "-D".into(),
+            spec.data_dir.display().to_string(),
+        ]);
+        args.extend(spec.args.iter().cloned());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         // Named before it is known to exist: a half-created container is removed too.
-        let c = Container {
+        let mut c = Container {
             cli: image.cli.clone(),
             name,
+            data_dir: spec.data_dir.to_path_buf(),
             removed: false,
         };
+        let o = image.cli.output(&args, QUICK)?;
         if !o.status.success() {
-            return Err(ContainerError::Run {
-                detail: last_line(&o),
-            });
+            let detail = last_line(&o);
+            if let Err(e) = c.remove() {
+                return Err(ContainerError::Run {
+                    detail: format!("{detail}; and {e}"),
+                });
+            }
+            return Err(ContainerError::Run { detail });
         }
         Ok(c)
     }
@@ -367,7 +506,10 @@ impl Container {
     /// Whether PostgreSQL still runs in it.
     pub(crate) fn running(&self) -> bool {
         self.cli
-            .output(&["inspect", "--format", "{{.State.Running}}", &self.name])
+            .output(
+                &["inspect", "--format", "{{.State.Running}}", &self.name],
+                QUICK,
+            )
             .is_ok_and(|o| {
                 o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "true"
             })
@@ -375,7 +517,7 @@ impl Container {
 
     /// Its output so far (PostgreSQL's log: stderr with logging_collector off).
     pub(crate) fn logs(&self) -> String {
-        match self.cli.output(&["logs", &self.name]) {
+        match self.cli.output(&["logs", &self.name], QUICK) {
             Ok(o) => format!(
                 "{}{}",
                 String::from_utf8_lossy(&o.stdout),
@@ -385,20 +527,54 @@ impl Container {
         }
     }
 
-    /// Stops PostgreSQL (fast shutdown; killed after 120 s) and removes the container.
-    pub(crate) fn remove(&mut self) {
+    /// Stops PostgreSQL (fast shutdown; killed after 120 s), removes the container and its
+    /// anonymous volumes, and checks that it is gone and that the server shut down (no
+    /// `postmaster.pid` left). An error says what is left and how to remove it: the
+    /// directory must not be started while a server may still run on it.
+    pub(crate) fn remove(&mut self) -> Result<(), String> {
         if self.removed {
-            return;
+            return Ok(());
         }
+        // Tried once: a failure is reported, not retried by Drop.
         self.removed = true;
-        let _ = self.cli.output(&["stop", "--time", "120", &self.name]);
-        let _ = self.cli.output(&["rm", "--force", &self.name]);
+        let stop = self
+            .cli
+            .output(&["stop", "--time", "120", &self.name], STOP);
+        let _ = self
+            .cli
+            .output(&["rm", "--force", "--volumes", &self.name], QUICK);
+        let gone = self
+            .cli
+            .output(&["inspect", "--format", "{{.Id}}", &self.name], QUICK)
+            .is_ok_and(|o| !o.status.success());
+        if !gone {
+            return Err(format!(
+                "the verification container {0} could not be removed (docker stop: {1}): a server may still run on {2}; remove it with `docker rm -f {0}` before starting PostgreSQL there",
+                self.name,
+                match &stop {
+                    Ok(o) if o.status.success() => "ok".to_string(),
+                    Ok(o) => last_line(o),
+                    Err(e) => e.to_string(),
+                },
+                self.data_dir.display()
+            ));
+        }
+        if self.data_dir.join("postmaster.pid").exists() {
+            return Err(format!(
+                "the server in the verification container did not shut down cleanly ({} remains)",
+                self.data_dir.join("postmaster.pid").display()
+            ));
+        }
+        Ok(())
     }
 }
 
 impl Drop for Container {
     fn drop(&mut self) {
-        self.remove();
+        if let Err(e) = self.remove() {
+            tracing::error!("{e}");
+            eprintln!("pitr: error: {e}");
+        }
     }
 }
 
@@ -411,7 +587,7 @@ mod tests {
         let cli = Cli {
             program: "/nonexistent/docker".into(),
         };
-        let e = cli.output(&["version"]).unwrap_err().to_string();
+        let e = cli.output(&["version"], QUICK).unwrap_err().to_string();
         assert!(e.contains("\"/nonexistent/docker\" was not found"), "{e}");
         assert!(e.contains("PITR_CONTAINER_CLI"), "{e}");
         assert!(!e.contains('\n'), "{e}");
@@ -427,7 +603,11 @@ mod tests {
         assert_eq!(tablespace_dirs(d.path()), vec![ts.clone()]);
         assert_eq!(
             same_path_mount(&ts),
-            format!("{}:{}", ts.display(), ts.display())
+            format!(r#"type=bind,"source={0}","target={0}""#, ts.display())
+        );
+        assert_eq!(
+            same_path_mount(Path::new(r#"/a:b,"c"#)),
+            r#"type=bind,"source=/a:b,""c","target=/a:b,""c""#
         );
         assert!(tablespace_dirs(&d.path().join("nothing")).is_empty());
     }

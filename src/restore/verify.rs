@@ -279,9 +279,10 @@ impl Server {
             })
     }
 
-    fn stop(&mut self) {
+    /// Stops the server; an error says what may still be running (the check then fails).
+    fn stop(&mut self) -> Result<(), String> {
         if !self.started {
-            return;
+            return Ok(());
         }
         self.started = false;
         match &self.runtime {
@@ -291,19 +292,22 @@ impl Server {
                     .args(["stop", "-m", "fast", "-w", "-t", "120", "-D"])
                     .arg(&self.dir)
                     .status();
+                Ok(())
             }
-            Runtime::Image(_) => {
-                if let Some(mut c) = self.container.take() {
-                    c.remove();
-                }
-            }
+            Runtime::Image(_) => match self.container.take() {
+                Some(mut c) => c.remove(),
+                None => Ok(()),
+            },
         }
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        self.stop();
+        if let Err(e) = self.stop() {
+            tracing::error!("{e}");
+            eprintln!("pitr: error: {e}");
+        }
     }
 }
 
@@ -359,7 +363,9 @@ pub async fn run_server_check(
         ));
     }
     let Some((mut c, user)) = waited.conn else {
-        server.stop();
+        if let Err(e) = server.stop() {
+            failures.push(e);
+        }
         return Ok(failed_report(
             plan,
             stats,
@@ -371,7 +377,9 @@ pub async fn run_server_check(
     let point = recovery_point(&mut c, plan, waited.promoted, &mut failures).await?;
     c.close().await;
     let checks = run_checks(&ws.sock, port, &user, opts).await;
-    server.stop();
+    if let Err(e) = server.stop() {
+        failures.push(e);
+    }
     let fmt = |us: Option<i64>| us.map(crate::restore::target::format_micros);
     let ok = failures.is_empty()
         && point.promoted
@@ -541,14 +549,18 @@ async fn start_container(
     settings: &[(&str, String)],
 ) -> Result<bool, VerifyError> {
     use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(&plan.dir)
+    // Mounted at its own path: that must be absolute (a relative -D works with local
+    // binaries, so it must here too).
+    let data_dir = std::fs::canonicalize(&plan.dir)
+        .map_err(|e| VerifyError::Io(plan.dir.display().to_string(), e))?;
+    let meta = std::fs::metadata(&data_dir)
         .map_err(|e| VerifyError::Io(plan.dir.display().to_string(), e))?;
     let args = settings
         .iter()
         .flat_map(|(k, v)| ["-c".to_string(), format!("{k}={v}")])
         .collect();
     let spec = RunSpec {
-        data_dir: &plan.dir,
+        data_dir: &data_dir,
         private_dir: &ws.sock,
         user: (meta.uid(), meta.gid()),
         args,
@@ -850,9 +862,12 @@ fn failed_report(
 
 /// Keeps the server log of a failed verification next to the temporary directory's removal.
 fn keep_log(log: &Path) -> String {
+    let now = jiff::Timestamp::now();
     let dest = std::env::temp_dir().join(format!(
-        "pitr-verify-{}.log",
-        jiff::Timestamp::now().as_second()
+        "pitr-verify-{}-{}-{}.log",
+        now.as_second(),
+        std::process::id(),
+        now.subsec_nanosecond()
     ));
     match std::fs::copy(log, &dest) {
         Ok(_) => dest.display().to_string(),

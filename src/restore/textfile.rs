@@ -8,8 +8,9 @@
 //! - **Written on every outcome once the arguments are accepted**: a passing run writes
 //!   `pitr_restore_verify_success 1`; every failure after that (the repo cannot be opened, the
 //!   plan is refused, the restore or the verify setup fails, a check fails, stdout cannot be
-//!   written) writes `0`. So a failure never leaves an earlier success in place. Refused
-//!   arguments (a usage error, a `--to` that is not a time) write nothing: no test ran.
+//!   written, SIGINT or SIGTERM during `--verify`: exit 130) writes `0`. So a failure never
+//!   leaves an earlier success in place. Refused arguments (a usage error, a `--to` that is not
+//!   a time) write nothing: no test ran. A process killed outright writes nothing either.
 //! - **Atomic and durable**: the text goes to `.NAME.PID.tmp` in FILE's directory (not
 //!   `*.prom`, so the collector never reads it half-written), mode 0644 whatever the umask (the
 //!   collector runs as another user), fsync'd, renamed over FILE, directory fsync'd
@@ -107,20 +108,16 @@ pub(crate) struct Recorder {
 }
 
 impl Recorder {
-    /// Checks `--metrics-file` (before anything else is done): it needs `--verify`, no
-    /// `--dry-run`, a `*.prom` name, and a directory that takes a new file.
+    /// Checks `--metrics-file` (before anything else is done): a `*.prom` name, and a
+    /// directory that takes a new file (clap has checked that `--verify` is given and
+    /// `--dry-run` is not; both are checked again here for callers that build the arguments).
     pub(crate) fn from_args(a: &RestoreArgs) -> Result<Recorder, CmdError> {
         let Some(file) = &a.metrics_file else {
             return Ok(Recorder { target: None });
         };
-        if !a.verify {
+        if !a.verify || a.dry_run {
             return Err(CmdError::Usage(
-                "--metrics-file records the result of --verify: add --verify".into(),
-            ));
-        }
-        if a.dry_run {
-            return Err(CmdError::Usage(
-                "--metrics-file records a restore test, which --dry-run does not run: drop one of them".into(),
+                "--metrics-file records the result of a restore test: add --verify, without --dry-run".into(),
             ));
         }
         if file.extension().is_none_or(|e| e != "prom") {
@@ -534,8 +531,26 @@ pitr_restore_verify_wal_replayed_bytes{repo=\"s3://backups/db1\"} 50331648
             Err(CmdError::Usage(m)) => m,
             other => panic!("{extra:?}: {other:?}"),
         };
-        assert!(usage(&["--metrics-file", &f]).contains("add --verify"));
-        assert!(usage(&["--verify", "--dry-run", "--metrics-file", &f]).contains("--dry-run"));
+        // clap refuses it without --verify, and with --dry-run.
+        use clap::Parser as _;
+        use clap::error::ErrorKind;
+        for (extra, kind) in [
+            (
+                &["--metrics-file", &f][..],
+                ErrorKind::MissingRequiredArgument,
+            ),
+            (
+                &["--verify", "--dry-run", "--metrics-file", &f],
+                ErrorKind::ArgumentConflict,
+            ),
+        ] {
+            let argv = ["pitr", "restore", "--repo", "/r", "-D", "/d"];
+            let e = crate::cli::Cli::try_parse_from(argv.iter().chain(extra)).unwrap_err();
+            assert_eq!(e.kind(), kind, "{extra:?}");
+        }
+        let mut a = args(&["--metrics-file", &f, "--verify"]);
+        a.verify = false;
+        assert!(matches!(Recorder::from_args(&a), Err(CmdError::Usage(_))));
         let txt = d.path().join("pitr.txt").display().to_string();
         assert!(usage(&["--verify", "--metrics-file", &txt]).contains("*.prom"));
         let nodir = d.path().join("no").join("pitr.prom").display().to_string();
@@ -606,6 +621,16 @@ pitr_restore_verify_wal_replayed_bytes{repo=\"s3://backups/db1\"} 50331648
         );
         assert_eq!(value(&errored, LAST_SUCCESS), Some(t0));
         assert_eq!(value(&errored, "pitr_restore_verify_rto_seconds"), None);
+        // Interrupted during --verify (exit 130, no report): a failure.
+        assert_eq!(
+            r.finish(Ok(ExitCode::from(130)), None).unwrap(),
+            ExitCode::from(130)
+        );
+        let text = std::fs::read_to_string(&f).unwrap();
+        assert_eq!(
+            value(&text, "pitr_restore_verify_success").as_deref(),
+            Some("0")
+        );
         // A corrupt previous file: the failure is written, with no success.
         std::fs::write(&f, "garbage").unwrap();
         let err = std::io::Error::other("repo down");

@@ -333,6 +333,17 @@ pub struct RestoreArgs {
     /// How long --verify waits for recovery.
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     pub verify_timeout: std::time::Duration,
+    /// With --verify: write the result, passed or failed, to FILE (*.prom) as Prometheus text
+    /// for node_exporter's textfile collector (atomically, mode 0644), to alert on a failed
+    /// restore test or on none passing for days (docs/ci-restore-check.md).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "PITR_METRICS_FILE",
+        requires = "verify",
+        conflicts_with = "dry_run"
+    )]
+    pub metrics_file: Option<std::path::PathBuf>,
 }
 
 /// Arguments of `pitr list`.

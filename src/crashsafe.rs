@@ -12,6 +12,8 @@
 //! - [`publish_new`] is the create-if-absent form: it never replaces an existing name (a
 //!   hard link fails if the name exists), and a crash leaves no object or the whole object.
 //! - [`create_dirs`] is `create_dir_all` whose every new directory is durable in its parent.
+//! - [`publish_with_mode`] is [`publish`] whose new file has exactly the given permission
+//!   bits, whatever the umask (a file another user's process must read).
 //!
 //! Errors say which step failed ([`PublishError`]), keeping the I/O error as the source, so
 //! callers word their messages as before.
@@ -134,6 +136,25 @@ pub(crate) fn publish_new(tmp: &Path, path: &Path, data: &[u8]) -> io::Result<bo
     res
 }
 
+/// [`publish`], the new file getting exactly the permission bits `mode` (e.g. 0o644), whatever
+/// the process's umask: the temporary file is created and chmod'ed first, and [`publish`]
+/// truncates it, which keeps its mode.
+pub(crate) fn publish_with_mode(
+    tmp: &Path,
+    path: &Path,
+    data: &[u8],
+    mode: u32,
+) -> Result<(), PublishError> {
+    use std::os::unix::fs::PermissionsExt;
+    File::create(tmp)
+        .and_then(|f| f.set_permissions(std::fs::Permissions::from_mode(mode)))
+        .map_err(|source| PublishError::Write {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    publish(tmp, path, data)
+}
+
 /// Creates (or truncates) `path`, writes `data` and fsyncs it.
 pub(crate) fn write_synced(path: &Path, data: &[u8]) -> io::Result<()> {
     let mut f = File::create(path)?;
@@ -213,6 +234,26 @@ mod tests {
         // Existing: nothing to do.
         create_dirs(&deep).unwrap();
         assert_eq!(dir_syncs(), before + 3);
+    }
+
+    #[test]
+    fn publish_with_mode_sets_the_mode_whatever_the_previous_files() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("m.prom");
+        let tmp = d.path().join(".m.prom.tmp");
+        // A leftover temporary file and an old file, both private: the result is 0644.
+        for p in [&path, &tmp] {
+            std::fs::write(p, b"old").unwrap();
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let before = dir_syncs();
+        publish_with_mode(&tmp, &path, b"new", 0o644).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o644);
+        assert!(!tmp.exists());
+        assert_eq!(dir_syncs(), before + 1);
     }
 
     #[test]

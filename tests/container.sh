@@ -6,7 +6,11 @@
 #   2. starts a throwaway PostgreSQL 17 on 127.0.0.1 (from .cache/pg/17/bin) and runs
 #      `pitr stream` in the container (--network host, as the image's uid 10001) into a mounted
 #      repo directory owned by 10001:10001; pgbench writes; the repo must receive WAL;
-#   3. the image's HEALTHCHECK (/healthz) must report `healthy` while it streams;
+#   3. the image's HEALTHCHECK (/healthz) must report `healthy` while it streams; then the
+#      server is stopped: /readyz must answer 503 and `pitr_server_up` be 0 while it is down (the
+#      HEALTHCHECK's status meanwhile is printed: /healthz stays 200 while the server is
+#      unreachable, so Docker keeps saying `healthy`); started again, pitr must stream again
+#      (/readyz 200, `healthy`), and step 4's last row, written after it, must be archived;
 #   4. `docker stop` (SIGTERM) must exit 0 within --shutdown-timeout, and the repo's tip
 #      (`pitr list --json`, from the image) must reach the slot's restart_lsn (the flush position
 #      pitr acknowledged): nothing acknowledged is lost;
@@ -125,6 +129,60 @@ done
 [ "$health" = healthy ] || { docker logs "$STREAM" >&2; fail "health: $health"; }
 [ "$nwal" -gt 0 ] || { docker logs "$STREAM" >&2; find "$REPO" >&2; fail "no WAL in the repo"; }
 step "healthy; $nwal WAL files in the repo"
+
+# --- 3b. the server goes away and comes back ------------------------------------------------------
+# GET http://127.0.0.1:$METRICS_PORT$1 (pitr's listener, --network host): the status (000 when
+# nothing answers); with $2 = "-" the body, with $2 = NAME the value of metric NAME.
+http_get() {
+    python3 - "$METRICS_PORT" "$1" "${2:-}" <<'PY'
+import sys, urllib.request, urllib.error
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+try:
+    r = opener.open(f"http://127.0.0.1:{sys.argv[1]}{sys.argv[2]}", timeout=3)
+    code, body = r.status, r.read().decode()
+except urllib.error.HTTPError as e:
+    code, body = e.code, e.read().decode()
+except Exception:
+    code, body = 0, ""
+if sys.argv[3] == "-":  # the body
+    print(body.strip())
+elif sys.argv[3]:  # a metric's value from the body
+    print(next((l.split()[-1] for l in body.splitlines() if l.split()[:1] == [sys.argv[3]]), ""))
+else:
+    print(f"{code:03d}")
+PY
+}
+# wait_until SECONDS CONDITION WHAT: evaluates the shell CONDITION every 0.2 s until it holds;
+# fails after SECONDS with WHAT (evaluated then too, so it can show the state).
+wait_until() {
+    local end=$(( $(date +%s) + $1 ))
+    until eval "$2"; do
+        (( $(date +%s) < end )) || { docker logs "$STREAM" >&2; fail "$(eval "echo \"$3\"") (after $1s)"; }
+        sleep 0.2
+    done
+}
+health() { docker inspect --format '{{.State.Health.Status}}' "$STREAM"; }
+pg_start() {
+    runuser -u postgres -- "$PG/pg_ctl" -D "$PGDATA" -w -l "$WORK/server.log" \
+        -o "-c listen_addresses=127.0.0.1 -c port=$PORT -c unix_socket_directories=$WORK -c wal_level=replica" \
+        start >/dev/null
+}
+wait_until 30 '[ "$(http_get /readyz)" = 200 ]' '/readyz not 200 while streaming: $(http_get /readyz -)'
+step "stopping PostgreSQL (the stream's source)"
+runuser -u postgres -- "$PG/pg_ctl" -D "$PGDATA" -m fast -w stop >/dev/null
+wait_until 20 '[ "$(http_get /readyz)" = 503 ]' '/readyz not 503 with the server down: $(http_get /readyz -)'
+wait_until 5 '[ "$(http_get /metrics pitr_server_up)" = 0 ]' 'pitr_server_up not 0 with the server down'
+# Long enough for the HEALTHCHECK to turn unhealthy if /healthz failed: three failed probes
+# (--retries 3) at --health-interval 1s, plus a probe's --timeout (3s).
+sleep 4
+step "server down: /readyz 503, pitr_server_up 0; /healthz $(http_get /healthz), HEALTHCHECK $(health)"
+pg_start
+step "PostgreSQL started again"
+wait_until 60 '[ "$(http_get /readyz)" = 200 ]' \
+    'pitr did not stream again after the server came back: /readyz: $(http_get /readyz -)'
+wait_until 10 '[ "$(health)" = healthy ]' 'not healthy after the server came back: $(health)'
+[ "$(http_get /metrics pitr_streaming)" = 1 ] || fail "pitr_streaming is not 1 after the server came back"
+step "streaming again: /readyz 200, healthy"
 
 # --- 4. docker stop: exit 0 in time, nothing acknowledged lost -----------------------------------
 "${PSQL[@]}" -c "INSERT INTO marker VALUES ('last')"

@@ -16,4 +16,5 @@ mod restore;
 mod store;
 mod stream;
 mod testcontainers_restore;
+mod textfile;
 mod verify_image;

@@ -19,6 +19,7 @@ use std::process::ExitCode;
 use crate::cli::RestoreArgs;
 use crate::repo::{Repo, RepoError};
 use crate::restore::target::TimeTargetError;
+use crate::restore::textfile::{self, TextfileError};
 use crate::restore::verify::{self, VerifyError};
 use crate::restore::{self, Mode, Plan, RestoreError, RestoreOptions, TargetSpec, TimelineSel};
 
@@ -43,6 +44,9 @@ pub enum CmdError {
     /// `--verify` could not run.
     #[error(transparent)]
     Verify(#[from] VerifyError),
+    /// `--metrics-file` could not be written.
+    #[error(transparent)]
+    Metrics(#[from] TextfileError),
     /// `--verify` has no PostgreSQL binaries of the backup's major.
     #[error(transparent)]
     Binaries(#[from] crate::pgproc::BinariesError),
@@ -61,6 +65,18 @@ pub enum CmdError {
 
 /// `pitr restore`.
 pub async fn run(a: RestoreArgs) -> Result<ExitCode, CmdError> {
+    // --metrics-file records every outcome once the arguments are accepted (textfile.rs).
+    let textfile = textfile::Recorder::from_args(&a)?;
+    let mut report = None;
+    let res = restore(a, &mut report).await;
+    textfile.finish(res, report.as_ref())
+}
+
+/// `pitr restore` but `--metrics-file`; `report` receives the `--verify` report.
+async fn restore(
+    a: RestoreArgs,
+    report: &mut Option<verify::Report>,
+) -> Result<ExitCode, CmdError> {
     let opts = options(&a).await?;
     let plan = restore::plan(&opts).await?;
     let mut out = std::io::stdout().lock();
@@ -93,7 +109,6 @@ pub async fn run(a: RestoreArgs) -> Result<ExitCode, CmdError> {
     if !a.json {
         print_stats(&mut out, &plan, &stats)?;
     }
-    let mut report = None;
     if let Some(runtime) = &runtime {
         let r = match until_signal(verify::run_server_check(&plan, &stats, &check, runtime)).await {
             Ok(r) => r?,
@@ -106,7 +121,7 @@ pub async fn run(a: RestoreArgs) -> Result<ExitCode, CmdError> {
         if !a.json {
             r.print(&mut out)?;
         }
-        report = Some(r);
+        *report = Some(r);
     }
     if a.json {
         serde_json::to_writer_pretty(

@@ -20,6 +20,7 @@ pub(crate) mod container;
 pub(crate) mod extract;
 pub(crate) mod plan;
 pub mod target;
+pub mod textfile;
 pub mod verify;
 
 use std::collections::{HashMap, VecDeque};

@@ -8,11 +8,13 @@
 //! - the CLI already reads everything users configure Docker with (`DOCKER_HOST`,
 //!   `DOCKER_CONTEXT`, `~/.docker/config.json`, TLS settings, rootless sockets), so
 //!   `--verify-image` talks to exactly the engine `docker run` would;
-//! - Podman's compatible CLI works unchanged, which a Docker API client would reach only
-//!   through Podman's emulated socket;
+//! - Podman's compatible CLI works unchanged (rootful; rootless engines map uids, so the
+//!   restored directory's owner is not the container's user), which a Docker API client
+//!   would reach only through Podman's emulated socket;
 //! - it adds no dependency tree (bollard brings its own HTTP stack, API models and
-//!   versioning) for six commands (`version`, `image inspect`, `pull`, `run`, `inspect`,
-//!   `logs`, `rm`), whose output pitr reads only in stable `--format` templates.
+//!   versioning) for a few commands (`version`, `image inspect`, `pull`, `run`, `inspect`,
+//!   `logs`, `stop`, `rm`, `ps`), whose output pitr reads only in stable `--format`
+//!   templates.
 //!
 //! # Invariants
 //!
@@ -25,10 +27,20 @@
 //!   binaries. The restored directory, its tablespaces and the private directory are
 //!   bind-mounted at their own paths, and the server runs as the restored directory's
 //!   owner (`--user UID:GID`).
+//! - The image that runs is the one checked: its id, taken after the check (a tag moved
+//!   meanwhile changes nothing).
+//! - Every CLI call has a time limit (30 s; `pull` 15 min; `stop` 150 s) and runs in its own
+//!   process group: a hung engine is a one-line error, never a wait without end, and a
+//!   terminal's Ctrl-C reaches pitr, which cleans up, not a half-done `docker run`.
+//! - Removal is checked: a container that is still there afterwards, or a server that left
+//!   `postmaster.pid`, fails the verification, naming the container and how to remove it (a
+//!   server left running would share the directory with the user's own).
 //! - No container outlives the check: [`Container`]'s `Drop` stops (SIGINT: PostgreSQL's
 //!   fast shutdown, leaving the directory shut down cleanly) and removes it, on success,
 //!   failure, timeout, panic, and when `restore` is interrupted by SIGINT/SIGTERM (the
-//!   verification future is dropped). Only a SIGKILL of pitr can leave one behind; it
+//!   verification future is dropped; if it is stuck in a call, a watchdog removes this
+//!   process's containers by label after 5 s and exits 130: [`remove_mine`]). Its anonymous
+//!   volumes go with it. Only a SIGKILL of pitr can leave one behind; it
 //!   carries the labels `pitr.verify=PID` (pitr's process), `pitr.verify.host=HOSTNAME` and
 //!   `pitr.verify.dir=DIR` (the restored directory), and the next `--verify-image` run on
 //!   the same host removes every such container whose pitr process is gone

@@ -8,7 +8,7 @@
 
 use std::process::ExitCode;
 
-use pitr::cli::{Cli, Command, LogFormat, WalCommand};
+use pitr::cli::{Cli, Command, KeyCommand, LogFormat, WalCommand};
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PITR_LOG")
@@ -36,6 +36,12 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// Dispatches a parsed command line to its command's `run`.
 fn run(cli: Cli, matches: clap::ArgMatches) -> anyhow::Result<ExitCode> {
     let log = cli.log_format;
+    let key = cli
+        .encryption_key_file
+        .as_deref()
+        .map(pitr::repo::crypt::RepoKey::load)
+        .transpose()?;
+    pitr::repo::crypt::configure(key);
     Ok(match cli.command {
         Command::Stream(a) => {
             let sub = matches
@@ -85,6 +91,10 @@ fn run(cli: Cli, matches: clap::ArgMatches) -> anyhow::Result<ExitCode> {
         }
         Command::Wal(WalCommand::Fetch(a)) => runtime()?.block_on(pitr::wal::cmd::fetch(a))?,
         Command::Wal(WalCommand::Inspect(a)) => pitr::wal::cmd::inspect(a)?,
+        Command::Key(KeyCommand::Generate) => {
+            print!("{}", pitr::repo::crypt::RepoKey::generate());
+            ExitCode::SUCCESS
+        }
     })
 }
 

@@ -68,6 +68,9 @@ fn open(path: &Path) -> io::Result<(Box<dyn Read>, bool)> {
     let mut f = BufReader::new(File::open(path)?);
     let mut magic = [0u8; 4];
     let n = read_full(&mut f, &mut magic)?;
+    if &magic[..n] == b"PITR" {
+        return open_sealed(path, f, magic);
+    }
     let head = io::Cursor::new(magic[..n].to_vec());
     let chained = head.chain(f);
     if is_lz4_frame(&magic[..n]) {
@@ -75,6 +78,30 @@ fn open(path: &Path) -> io::Result<(Box<dyn Read>, bool)> {
     } else {
         Ok((Box::new(chained), false))
     }
+}
+
+/// A sealed object of an encrypted repo (`repo::crypt`), opened with the configured key
+/// under its object name: the path from its `wal/` component on.
+fn open_sealed(path: &Path, mut f: impl Read, magic: [u8; 4]) -> io::Result<(Box<dyn Read>, bool)> {
+    let bad = |m: String| io::Error::new(io::ErrorKind::InvalidData, m);
+    let key = crate::repo::crypt::configured().ok_or_else(|| {
+        bad("an encrypted repo object: pass --encryption-key-file with the repo's key".into())
+    })?;
+    let text = path.to_string_lossy();
+    let name = text
+        .rfind("wal/")
+        .map(|i| &text[i..])
+        .ok_or_else(|| bad("an encrypted repo object outside a repo's wal/ directory".into()))?;
+    let mut sealed = magic.to_vec();
+    f.read_to_end(&mut sealed)?;
+    let plain = crate::repo::crypt::open(&key, name, &sealed).map_err(|e| bad(e.to_string()))?;
+    let compressed = is_lz4_frame(&plain);
+    let r: Box<dyn Read> = if compressed {
+        Box::new(lz4_flex::frame::FrameDecoder::new(io::Cursor::new(plain)))
+    } else {
+        Box::new(io::Cursor::new(plain))
+    };
+    Ok((r, compressed))
 }
 
 fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {

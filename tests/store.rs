@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
+use pitr::repo::crypt::{EncryptingStore, RepoKey};
 use pitr::repo::local::LocalStore;
 use pitr::repo::memory::{FaultyStore, MemoryStore};
 use pitr::repo::retrying::{RetryPolicy, RetryingStore};
@@ -74,6 +75,24 @@ async fn faulty_retrying(ns: &str) -> Backend {
     Backend::new(Arc::new(RetryingStore::new(f, policy)), ns, ())
 }
 
+/// A store that seals every object ([`pitr::repo::crypt`]) over `inner`, with a fresh key.
+fn sealed(inner: Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore> {
+    let key = RepoKey::parse(&RepoKey::generate()).unwrap();
+    Arc::new(EncryptingStore::new(inner, key))
+}
+
+/// The encrypting store over the memory store.
+async fn encrypted_memory(ns: &str) -> Backend {
+    Backend::new(sealed(Arc::new(MemoryStore::new())), ns, ())
+}
+
+/// The encrypting store over the local store.
+async fn encrypted_local(ns: &str) -> Backend {
+    let dir = tempfile::tempdir().unwrap();
+    let s = LocalStore::open(&dir.path().join("repo")).unwrap();
+    Backend::new(sealed(Arc::new(s)), ns, dir)
+}
+
 /// One server of a kind while tests use it; it stops when the last of them ends.
 fn shared(slot: &'static Mutex<Weak<S3Server>>, start: fn() -> S3Server) -> Arc<S3Server> {
     let mut g = slot.lock().unwrap_or_else(PoisonError::into_inner);
@@ -107,6 +126,15 @@ async fn moto_root(ns: &str) -> Backend {
 
 async fn moto_prefixed(ns: &str) -> Backend {
     s3_backend(shared(&MOTO, S3Server::moto), "p", ns).await
+}
+
+/// The encrypting store over moto's S3, under a prefix.
+async fn encrypted_moto_prefixed(ns: &str) -> Backend {
+    let b = s3_backend(shared(&MOTO, S3Server::moto), "enc", ns).await;
+    Backend {
+        s: sealed(b.s.clone()),
+        ..b
+    }
 }
 
 /// The behaviours, each against one backend.
@@ -330,6 +358,9 @@ conformance!(
     ]
 );
 conformance!(faulty, [racing_creators_exactly_one_wins]);
+conformance!(encrypted_memory, [racing_creators_exactly_one_wins]);
+conformance!(encrypted_local, [racing_creators_exactly_one_wins]);
+conformance!(encrypted_moto_prefixed, [racing_creators_exactly_one_wins]);
 conformance!(faulty_retrying, [racing_creators_exactly_one_wins]);
 conformance!(moto_root, [racing_creators_exactly_one_wins]);
 conformance!(

@@ -17,6 +17,7 @@
 
 pub(crate) mod catalog;
 pub(crate) mod codec;
+pub mod crypt;
 pub(crate) mod fetch;
 pub(crate) mod gaps;
 pub mod local;
@@ -192,6 +193,33 @@ pub(crate) struct ArchivedTip {
     pub end: Lsn,
 }
 
+/// Refuses a key on a plain repo, no key on an encrypted one, and a key the repo does not
+/// name, each in one line.
+fn check_encryption(
+    repo: &str,
+    id: &Identity,
+    key: Option<&crypt::RepoKey>,
+) -> Result<(), RepoError> {
+    let message = match (&id.encryption, key) {
+        (None, None) => return Ok(()),
+        (Some(m), Some(k)) if m.key_ids.iter().any(|i| *i == k.id_hex()) => return Ok(()),
+        (Some(m), None) => format!(
+            "the repo is encrypted (key {}): pass --encryption-key-file (or PITR_ENCRYPTION_KEY_FILE) with that key",
+            m.key_ids.join(", ")
+        ),
+        (None, Some(_)) => "the repo is not encrypted: it cannot be used with --encryption-key-file (to encrypt, start a new repo with the key)".to_string(),
+        (Some(m), Some(k)) => format!(
+            "the repo needs key {}, and --encryption-key-file holds key {}",
+            m.key_ids.join(" or "),
+            k.id_hex()
+        ),
+    };
+    Err(RepoError::Unusable {
+        repo: repo.to_string(),
+        message,
+    })
+}
+
 /// A repo: a store plus the layout. A repo's storage calls are retried only if it was made
 /// with [`Repo::with_retry`]; retries never nest (a retrying repo wraps the plain store).
 #[derive(Debug, Clone)]
@@ -201,6 +229,8 @@ pub struct Repo {
     plain: Arc<dyn ObjectStore>,
     /// Where it is (for messages).
     pub location: String,
+    /// The id of the key every object but `pitr.json` is sealed with ([`crypt`]).
+    key_id: Option<String>,
 }
 
 impl Repo {
@@ -243,7 +273,7 @@ impl Repo {
                     });
                 }
             }
-            return Ok(Repo::with_store(Arc::new(store)));
+            return Repo::encrypted_if_keyed(Arc::new(store)).await;
         }
         let path = if let Some(p) = spec.strip_prefix("file://") {
             if !p.starts_with('/') {
@@ -272,7 +302,27 @@ impl Repo {
             });
         }
         let store = local::LocalStore::open(std::path::Path::new(path))?;
-        Ok(Repo::with_store(Arc::new(store)))
+        Repo::encrypted_if_keyed(Arc::new(store)).await
+    }
+
+    /// The repo over `store`, sealed with the process's key ([`crypt::configured`]) when
+    /// one is given. Mixing is refused, in one line, when `pitr.json` can be read: an
+    /// encrypted repo without its key, a plain repo with a key, the wrong key. (When it
+    /// cannot be read yet, e.g. S3 is down, [`Repo::claim`] checks again.)
+    async fn encrypted_if_keyed(store: Arc<dyn ObjectStore>) -> Result<Repo, RepoError> {
+        let key = crypt::configured();
+        if let Ok(Some(marker)) = store.get(IDENTITY_KEY).await
+            && let Ok(id) = serde_json::from_slice::<Identity>(&marker)
+        {
+            check_encryption(&store.describe(), &id, key.as_ref())?;
+        }
+        let Some(key) = key else {
+            return Ok(Repo::with_store(store));
+        };
+        let key_id = key.id_hex();
+        let mut repo = Repo::with_store(Arc::new(crypt::EncryptingStore::new(store, key)));
+        repo.key_id = Some(key_id);
+        Ok(repo)
     }
 
     /// A repo over any store.
@@ -282,6 +332,7 @@ impl Repo {
             plain: store.clone(),
             store,
             location,
+            key_id: None,
         }
     }
 
@@ -291,6 +342,7 @@ impl Repo {
             store: Arc::new(retrying::RetryingStore::new(self.plain.clone(), policy)),
             plain: self.plain.clone(),
             location: self.location.clone(),
+            key_id: self.key_id.clone(),
         }
     }
 
@@ -342,6 +394,10 @@ impl Repo {
             wal_segment_size: seg.get(),
             pg_major,
             created_by: format!("pitr {}", env!("CARGO_PKG_VERSION")),
+            encryption: self.key_id.as_ref().map(|k| objects::EncryptionMarker {
+                format: crypt::FORMAT,
+                key_ids: vec![k.clone()],
+            }),
         };
         let body = serde_json::to_vec_pretty(&id).unwrap_or_default();
         match self
@@ -360,6 +416,7 @@ impl Repo {
     }
 
     fn check(&self, id: Identity, system_id: u64, seg: WalSegSize) -> Result<Identity, RepoError> {
+        check_encryption(&self.location, &id, crypt::configured().as_ref())?;
         let repo_system: u64 = id.system_id.parse().map_err(|_| RepoError::Corrupt {
             repo: self.location.clone(),
             message: format!("{IDENTITY_KEY}: bad system_id {:?}", id.system_id),

@@ -43,6 +43,19 @@ pub(crate) struct Identity {
     pub pg_major: u32,
     /// The pitr version that made it.
     pub created_by: String,
+    /// Set when every other object is sealed ([`super::crypt`]); absent in a plain repo.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<EncryptionMarker>,
+}
+
+/// `pitr.json`'s `encryption`: the sealed-object format and the ids of the keys that may
+/// open the repo's objects (never the keys).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct EncryptionMarker {
+    /// [`super::crypt::FORMAT`].
+    pub format: u8,
+    /// Key ids (16 hex digits each).
+    pub key_ids: Vec<String>,
 }
 
 /// One stored object of a backup.

@@ -39,7 +39,7 @@ fn run(cli: Cli, matches: clap::ArgMatches) -> anyhow::Result<ExitCode> {
     let key = cli
         .encryption_key_file
         .as_deref()
-        .map(pitr::repo::crypt::RepoKey::load)
+        .map(|p| pitr::repo::crypt::RepoKey::load(p).map(|k| (k, p.to_path_buf())))
         .transpose()?;
     pitr::repo::crypt::configure(key);
     Ok(match cli.command {

@@ -389,17 +389,24 @@ pub fn open(key: &RepoKey, name: &str, sealed: &[u8]) -> Result<Vec<u8>, CryptEr
     Ok(out)
 }
 
-/// The key configured for this process (`--encryption-key-file`, `PITR_ENCRYPTION_KEY_FILE`).
-static CONFIGURED: OnceLock<Option<RepoKey>> = OnceLock::new();
+/// The key configured for this process (`--encryption-key-file`, `PITR_ENCRYPTION_KEY_FILE`),
+/// and the file it came from.
+static CONFIGURED: OnceLock<Option<(RepoKey, std::path::PathBuf)>> = OnceLock::new();
 
 /// Sets the process's key (once, from the command line, before any repo is opened).
-pub fn configure(key: Option<RepoKey>) {
+pub fn configure(key: Option<(RepoKey, std::path::PathBuf)>) {
     let _ = CONFIGURED.set(key);
 }
 
 /// The process's key, if one was configured.
 pub(crate) fn configured() -> Option<RepoKey> {
-    CONFIGURED.get().cloned().flatten()
+    CONFIGURED.get().cloned().flatten().map(|(k, _)| k)
+}
+
+/// The configured key file, absolute (for a `restore_command` that runs elsewhere).
+pub(crate) fn configured_file() -> Option<std::path::PathBuf> {
+    let (_, p) = CONFIGURED.get()?.as_ref()?;
+    std::path::absolute(p).ok()
 }
 
 /// A store that seals every object but `pitr.json` (see the module invariants).

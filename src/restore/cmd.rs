@@ -170,9 +170,16 @@ async fn options(a: &RestoreArgs) -> Result<RestoreOptions, CmdError> {
         let exe = std::env::current_exe().map_err(CmdError::OwnPath)?;
         Mode::Standby {
             restore_command: format!(
-                "{} wal fetch %f %p --repo {}",
+                "{} wal fetch %f %p --repo {}{}",
                 shell_quote(&exe.display().to_string()),
-                shell_quote(&absolute_repo(&a.repo))
+                shell_quote(&absolute_repo(&a.repo)),
+                // An encrypted repo's WAL needs the key: the same file, by its absolute path.
+                crate::repo::crypt::configured_file()
+                    .map(|f| format!(
+                        " --encryption-key-file {}",
+                        shell_quote(&f.display().to_string())
+                    ))
+                    .unwrap_or_default()
             ),
         }
     } else {

@@ -6,6 +6,7 @@
 mod correctness;
 mod differential;
 mod docker;
+mod encryption;
 mod faults;
 mod harness;
 mod inspect;

@@ -104,6 +104,23 @@ impl TestRepo {
         self
     }
 
+    /// The same repo, every `pitr` command given `key` (a key file from `pitr key generate`)
+    /// through `PITR_ENCRYPTION_KEY_FILE`.
+    pub(crate) fn with_key(mut self, key: &Path) -> TestRepo {
+        self.env
+            .push(("PITR_ENCRYPTION_KEY_FILE", key.display().to_string()));
+        self
+    }
+
+    /// The directory holding the repo's objects as files: the local repo itself, or the
+    /// s3s-fs bucket (one file per object). `None` on moto (objects in memory).
+    pub(crate) fn backing_dir(&self) -> Option<PathBuf> {
+        match &self.srv {
+            None => Some(PathBuf::from(&self.spec)),
+            Some(srv) => srv.bucket_dir(),
+        }
+    }
+
     /// Applies `--repo` and the environment (and, for `stream`, the extra arguments) to a
     /// `pitr` command.
     pub(crate) fn apply<'c>(&self, cmd: &'c mut Command) -> &'c mut Command {
@@ -147,7 +164,8 @@ pub(crate) fn pitr() -> Command {
     c.env("PITR_LOG", "info")
         .env("PITR_METRICS_LISTEN", "off")
         .env_remove("PITR_REPO")
-        .env_remove("PITR_SOURCE");
+        .env_remove("PITR_SOURCE")
+        .env_remove("PITR_ENCRYPTION_KEY_FILE");
     c
 }
 

@@ -290,6 +290,11 @@ pub(crate) fn plain_len(sealed: u64) -> u64 {
     body.saturating_sub(chunks * TAG_LEN as u64)
 }
 
+/// Whether `bytes` begin as a sealed object.
+pub(crate) fn is_sealed(bytes: &[u8]) -> bool {
+    bytes.starts_with(MAGIC)
+}
+
 /// The parts of a header needed before decrypting.
 struct Header<'a> {
     id: &'a [u8],
@@ -440,13 +445,24 @@ impl ObjectStore for EncryptingStore {
             let digest = self.key.digest_of(key, &data);
             match self.inner.put_if_absent(key, Bytes::from(sealed)).await {
                 Err(e) if e.kind == StoreErrorKind::Conflict => {
-                    // The stored object's digest says whether it holds these bytes.
+                    // Identical only if the stored object opens, whole and authentic, to
+                    // these bytes: a damaged copy is never taken for this one (the caller
+                    // could drop its only good copy). The digest is the cheap first test.
                     let Some(existing) = self.inner.get(key).await? else {
                         return Err(e);
                     };
                     match header(&existing) {
                         Ok(h) if h.id == self.key.id && h.digest == digest => {
-                            Ok(PutOutcome::AlreadyIdentical)
+                            match open(&self.key, key, &existing) {
+                                Ok(p) if p[..] == data[..] => Ok(PutOutcome::AlreadyIdentical),
+                                Ok(_) => Err(e),
+                                Err(ce) => Err(StoreError::new(
+                                    StoreErrorKind::Conflict,
+                                    "put",
+                                    key,
+                                    format!("the stored object is damaged and is kept: {ce}"),
+                                )),
+                            }
                         }
                         _ => Err(e),
                     }
@@ -645,6 +661,19 @@ mod tests {
                 "stored in the clear"
             );
             assert_eq!(s.list("wal/").await.unwrap()[0].size, b.len() as u64);
+            // A damaged stored copy is never "already identical" (red-team finding: it was,
+            // as only the header's digest was compared).
+            let mut raw = inner.get("wal/a").await.unwrap().unwrap().to_vec();
+            let last = raw.len() - 1;
+            raw[last] ^= 1;
+            inner.delete("wal/a").await.unwrap();
+            inner
+                .put_if_absent("wal/a", Bytes::from(raw))
+                .await
+                .unwrap();
+            let e = s.put_if_absent("wal/a", b.clone()).await.unwrap_err();
+            assert_eq!(e.kind, StoreErrorKind::Conflict);
+            assert!(e.message.contains("damaged"), "{e}");
             // The marker stays plain.
             s.put_if_absent(IDENTITY_KEY, Bytes::from_static(b"{}"))
                 .await

@@ -202,6 +202,11 @@ fn check_encryption(
 ) -> Result<(), RepoError> {
     let message = match (&id.encryption, key) {
         (None, None) => return Ok(()),
+        (Some(m), _) if m.format != crypt::FORMAT => format!(
+            "the repo's objects are sealed in encryption format {}, which this pitr does not know (it knows {})",
+            m.format,
+            crypt::FORMAT
+        ),
         (Some(m), Some(k)) if m.key_ids.iter().any(|i| *i == k.id_hex()) => return Ok(()),
         (Some(m), None) => format!(
             "the repo is encrypted (key {}): pass --encryption-key-file (or PITR_ENCRYPTION_KEY_FILE) with that key",
@@ -386,7 +391,21 @@ impl Repo {
         pg_major: u32,
     ) -> Result<Identity, RepoError> {
         if let Some(id) = self.identity().await? {
+            self.no_sealed_objects_in_a_plain_repo(&id).await?;
             return self.check(id, system_id, seg);
+        }
+        // No marker: pitr makes one only for an empty repo. Objects without it mean the marker
+        // was deleted (or never written); a new one would mislabel them, plain or sealed.
+        for prefix in ["wal/", "backups/", "points/"] {
+            if let Some(o) = self.store.list(prefix).await?.first() {
+                return Err(RepoError::Unusable {
+                    repo: self.location.clone(),
+                    message: format!(
+                        "{IDENTITY_KEY} is missing, but the repo holds objects ({}): restore {IDENTITY_KEY} from a copy; pitr makes one only for an empty repo",
+                        o.key
+                    ),
+                });
+            }
         }
         let id = Identity {
             format: FORMAT,
@@ -413,6 +432,43 @@ impl Repo {
             },
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Before writing to a repo whose marker says plain, without a key: one small object
+    /// (a WAL summary, else a catalog entry) must not be sealed. A sealed one means the
+    /// marker was altered (its `encryption` removed) or the key is missing; writing on would
+    /// put plaintext beside ciphertext.
+    async fn no_sealed_objects_in_a_plain_repo(&self, id: &Identity) -> Result<(), RepoError> {
+        if id.encryption.is_some() || self.key_id.is_some() {
+            return Ok(());
+        }
+        let mut sample = None;
+        for (prefix, suffix) in [("wal/", ".summary.json"), ("backups/", "/backup.json")] {
+            sample = self
+                .store
+                .list(prefix)
+                .await?
+                .into_iter()
+                .find(|o| o.key.ends_with(suffix));
+            if sample.is_some() {
+                break;
+            }
+        }
+        let Some(o) = sample else {
+            return Ok(());
+        };
+        if let Some(b) = self.store.get(&o.key).await?
+            && crypt::is_sealed(&b)
+        {
+            return Err(RepoError::Unusable {
+                repo: self.location.clone(),
+                message: format!(
+                    "{IDENTITY_KEY} says the repo is not encrypted, but {} is sealed: {IDENTITY_KEY} was altered, or pass --encryption-key-file with the repo's key",
+                    o.key
+                ),
+            });
+        }
+        Ok(())
     }
 
     fn check(&self, id: Identity, system_id: u64, seg: WalSegSize) -> Result<Identity, RepoError> {

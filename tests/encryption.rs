@@ -1035,3 +1035,127 @@ fn encred_backup_without_key_on_a_downgraded_marker_stores_nothing_plain() {
         "pitr backup without a key succeeded on an encrypted repo"
     );
 }
+
+/// A plain (forged) restore point planted in an encrypted repo: `pitr list` and `restore`
+/// refuse it (NotSealed), so `pitr verify` must not pass the repo.
+#[test]
+fn encred_verify_names_a_plain_restore_point_in_an_encrypted_repo() {
+    let install = PgInstall::for_tests().pop().unwrap();
+    let c = Cluster::start(&install, opts());
+    let tmp = tempfile::tempdir().unwrap();
+    let (key, _) = new_key(tmp.path(), "repo.key");
+    let dir = tmp.path().join("enc");
+    let enc = TestRepo::local(&dir).with_key(&key);
+    let s = enc
+        .apply(pitr().args([
+            "stream",
+            "--partial-every",
+            "200ms",
+            "--slot",
+            "pitr_enc",
+            "--source",
+            &source(&c),
+        ]))
+        .spawn_logged(tmp.path().join("enc.log"));
+    c.psql("CREATE TABLE t (id int); INSERT INTO t VALUES (1)");
+    backup(&c, &enc, "base");
+    switch_and_wait(&c, &enc, 1, "the encrypted archive", 60);
+    stop(s);
+    let ok = run(enc.apply(pitr().arg("verify")));
+    assert!(ok.status.success(), "verify before planting: {}", text(&ok));
+    std::fs::create_dir_all(dir.join("points")).unwrap();
+    std::fs::write(
+        dir.join("points/00000000FF000000.json"),
+        br#"{"name":"forged","lsn":"0/FF000000","time":"2026-12-02T17:00:00Z"}"#,
+    )
+    .unwrap();
+    let l = run(enc.apply(pitr().arg("list")));
+    let v = run(enc.apply(pitr().arg("verify")));
+    assert!(
+        !v.status.success() && text(&v).contains("points/00000000FF000000.json"),
+        "verify passed (or did not name the plain point) while list says {:?}:\n{}",
+        text(&l),
+        text(&v)
+    );
+}
+
+/// The converse of the removed marker: a plain repo whose pitr.json is gone (deleted, or an
+/// S3 listing of objects with the marker not yet readable), streamed with a key. pitr writes
+/// an encrypted marker over plain objects, so the repo is then "encrypted" and its plain
+/// objects refused. It should refuse to claim a non-empty repo.
+#[test]
+fn encred_keyed_stream_on_a_plain_repo_without_marker_writes_nothing() {
+    let install = PgInstall::for_tests().pop().unwrap();
+    let c = Cluster::start(&install, opts());
+    let tmp = tempfile::tempdir().unwrap();
+    let (key, _) = new_key(tmp.path(), "repo.key");
+    let dir = tmp.path().join("plain");
+    let plain = TestRepo::local(&dir);
+    let s = plain
+        .apply(pitr().args([
+            "stream",
+            "--partial-every",
+            "200ms",
+            "--slot",
+            "pitr_plain",
+            "--source",
+            &source(&c),
+        ]))
+        .spawn_logged(tmp.path().join("plain.log"));
+    c.psql("CREATE TABLE t (id int); INSERT INTO t VALUES (1)");
+    switch_and_wait(&c, &plain, 1, "the plain archive", 60);
+    stop(s);
+    std::fs::remove_file(dir.join("pitr.json")).unwrap();
+    let keyed = TestRepo::local(&dir).with_key(&key);
+    stream_refused(
+        &c,
+        &keyed,
+        &[],
+        &tmp.path().join("keyed.log"),
+        "keyed stream on a plain repo without marker",
+        &[],
+        &["not encrypted", "not empty", "plain"],
+    );
+}
+
+/// Concurrent identical uploads through the encrypting store: all succeed, one object stays.
+#[test]
+fn encred_concurrent_identical_sealed_uploads() {
+    use bytes::Bytes;
+    use pitr::repo::crypt::{EncryptingStore, RepoKey};
+    use pitr::repo::local::LocalStore;
+    use pitr::repo::store::{ObjectStore, PutOutcome};
+    use std::sync::Arc;
+    let tmp = tempfile::tempdir().unwrap();
+    let inner: Arc<dyn ObjectStore> = Arc::new(LocalStore::open(&tmp.path().join("repo")).unwrap());
+    let key = RepoKey::parse(&RepoKey::generate()).unwrap();
+    let s = Arc::new(EncryptingStore::new(inner, key));
+    let plain = Bytes::from(
+        (0..300_000u32)
+            .map(|i| (i % 253) as u8)
+            .collect::<Vec<u8>>(),
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..16 {
+            let s = s.clone();
+            let p = plain.clone();
+            set.spawn(async move { s.put_if_absent("wal/x", p).await });
+        }
+        let mut created = 0;
+        while let Some(r) = set.join_next().await {
+            match r.unwrap() {
+                Ok(PutOutcome::Created) => created += 1,
+                Ok(PutOutcome::AlreadyIdentical) => {}
+                other => panic!("concurrent identical upload: {other:?}"),
+            }
+        }
+        assert_eq!(created, 1);
+        assert_eq!(s.get("wal/x").await.unwrap().unwrap(), plain);
+    });
+}

@@ -845,3 +845,317 @@ fn tampered_encrypted_objects_are_named() {
         }
     }
 }
+
+// ---- Red-team regressions (branch encred). Each fails today. ----
+
+/// Write-once false pass: a stored sealed object whose chunks were damaged (header intact)
+/// answers a re-upload of the original plaintext with `AlreadyIdentical`, because
+/// `EncryptingStore::put_if_absent` compares only the stored header's digest and never
+/// authenticates the stored object. A plain LocalStore in the same situation says
+/// `Conflict`. A caller (archiver, spool drain) then believes the repo holds that WAL.
+#[test]
+fn encred_reupload_over_a_damaged_sealed_object_is_not_identical() {
+    use bytes::Bytes;
+    use pitr::repo::crypt::{EncryptingStore, RepoKey};
+    use pitr::repo::local::LocalStore;
+    use pitr::repo::store::{ObjectStore, PutOutcome};
+    use std::sync::Arc;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("repo");
+    let inner: Arc<dyn ObjectStore> = Arc::new(LocalStore::open(&root).unwrap());
+    let key = RepoKey::parse(&RepoKey::generate()).unwrap();
+    let s = EncryptingStore::new(inner, key);
+    let name = "wal/00000001/000000010000000000000003.lz4";
+    let plain: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        assert_eq!(
+            s.put_if_absent(name, Bytes::from(plain.clone()))
+                .await
+                .unwrap(),
+            PutOutcome::Created
+        );
+        // Damage the body, keep the 120-byte header.
+        let path = root.join(name);
+        let mut b = std::fs::read(&path).unwrap();
+        for x in &mut b[200..400] {
+            *x ^= 0xff;
+        }
+        rewrite(&path, &b);
+        assert!(s.get(name).await.is_err(), "the damage is detected on read");
+        let r = s.put_if_absent(name, Bytes::from(plain.clone())).await;
+        assert!(
+            !matches!(r, Ok(PutOutcome::AlreadyIdentical)),
+            "a damaged stored object was reported identical to the upload: {r:?}"
+        );
+    });
+}
+
+/// Downgrade: an attacker with write access removes `encryption` from `pitr.json`. With the
+/// key, pitr refuses (good). Without a key, `pitr stream` takes the repo for a plain one and
+/// writes plain WAL (row values readable) next to the sealed objects. It should refuse: the
+/// repo holds sealed objects (PITRENC), so the marker was altered or the key is missing.
+#[test]
+fn encred_stream_without_key_on_a_downgraded_marker_writes_nothing() {
+    let install = PgInstall::for_tests().pop().unwrap();
+    let c = Cluster::start(&install, opts());
+    let tmp = tempfile::tempdir().unwrap();
+    let (key, _) = new_key(tmp.path(), "repo.key");
+    let dir = tmp.path().join("enc");
+    let enc = TestRepo::local(&dir).with_key(&key);
+    let s = enc
+        .apply(pitr().args([
+            "stream",
+            "--partial-every",
+            "200ms",
+            "--slot",
+            "pitr_enc",
+            "--source",
+            &source(&c),
+        ]))
+        .spawn_logged(tmp.path().join("enc.log"));
+    c.psql("CREATE TABLE t (id int); INSERT INTO t VALUES (1)");
+    switch_and_wait(&c, &enc, 1, "the encrypted archive", 60);
+    stop(s);
+    let p = dir.join("pitr.json");
+    let mut id: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    id.as_object_mut().unwrap().remove("encryption");
+    rewrite(&p, &serde_json::to_vec(&id).unwrap());
+    let nokey = TestRepo::local(&dir);
+    stream_refused(
+        &c,
+        &nokey,
+        &[],
+        &tmp.path().join("downgraded.log"),
+        "stream without a key on a downgraded marker",
+        &[],
+        &["encrypted", "sealed"],
+    );
+}
+
+/// The marker deleted (or never written: objects but no pitr.json). `pitr stream` without a
+/// key writes a new plain marker and plain WAL into the encrypted repo. It should refuse:
+/// the repo is not empty and its objects are sealed.
+#[test]
+fn encred_stream_without_key_on_a_removed_marker_writes_nothing() {
+    let install = PgInstall::for_tests().pop().unwrap();
+    let c = Cluster::start(&install, opts());
+    let tmp = tempfile::tempdir().unwrap();
+    let (key, _) = new_key(tmp.path(), "repo.key");
+    let dir = tmp.path().join("enc");
+    let enc = TestRepo::local(&dir).with_key(&key);
+    let s = enc
+        .apply(pitr().args([
+            "stream",
+            "--partial-every",
+            "200ms",
+            "--slot",
+            "pitr_enc",
+            "--source",
+            &source(&c),
+        ]))
+        .spawn_logged(tmp.path().join("enc.log"));
+    c.psql("CREATE TABLE t (id int); INSERT INTO t VALUES (1)");
+    switch_and_wait(&c, &enc, 1, "the encrypted archive", 60);
+    stop(s);
+    std::fs::remove_file(dir.join("pitr.json")).unwrap();
+    let nokey = TestRepo::local(&dir);
+    stream_refused(
+        &c,
+        &nokey,
+        &[],
+        &tmp.path().join("removed.log"),
+        "stream without a key on a repo with sealed objects and no marker",
+        &[],
+        &["encrypted", "sealed", "not empty"],
+    );
+}
+
+/// Downgrade, then `pitr backup` without a key: nothing in the backup path reads a sealed
+/// object first, so the base backup (row values, table names) would be stored in the clear
+/// next to the sealed WAL. It should refuse, and every object but pitr.json must stay sealed.
+#[test]
+fn encred_backup_without_key_on_a_downgraded_marker_stores_nothing_plain() {
+    let install = PgInstall::for_tests().pop().unwrap();
+    let c = Cluster::start(&install, opts());
+    let tmp = tempfile::tempdir().unwrap();
+    let (key, _) = new_key(tmp.path(), "repo.key");
+    let dir = tmp.path().join("enc");
+    let enc = TestRepo::local(&dir).with_key(&key);
+    let s = enc
+        .apply(pitr().args([
+            "stream",
+            "--partial-every",
+            "200ms",
+            "--slot",
+            "pitr_enc",
+            "--source",
+            &source(&c),
+        ]))
+        .spawn_logged(tmp.path().join("enc.log"));
+    c.psql(&format!(
+        "CREATE TABLE {SECRET_TABLE} (id int, v text); INSERT INTO {SECRET_TABLE} VALUES (1, '{SECRET_ROW}')"
+    ));
+    switch_and_wait(&c, &enc, 1, "the encrypted archive", 60);
+    let p = dir.join("pitr.json");
+    let mut id: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    id.as_object_mut().unwrap().remove("encryption");
+    rewrite(&p, &serde_json::to_vec(&id).unwrap());
+    // The keyed stream is still running (it checked the marker at start): that too is a gap.
+    let nokey = TestRepo::local(&dir);
+    let o = run(nokey.apply(
+        pitr()
+            .args([
+                "backup",
+                "--json",
+                "--label",
+                "downgraded",
+                "--wal-timeout",
+                "30s",
+            ])
+            .arg("--source")
+            .arg(source(&c)),
+    ));
+    stop(s);
+    let plain: Vec<String> = files_under(&dir)
+        .into_iter()
+        .filter(|(k, b)| k != "pitr.json" && !b.starts_with(SEALED_MAGIC))
+        .map(|(k, _)| k)
+        .collect();
+    assert!(
+        plain.is_empty(),
+        "plain objects written into an encrypted repo (backup exit {:?}): {plain:?}",
+        o.status.code()
+    );
+    assert!(
+        !o.status.success(),
+        "pitr backup without a key succeeded on an encrypted repo"
+    );
+}
+
+/// A plain (forged) restore point planted in an encrypted repo: `pitr list` and `restore`
+/// refuse it (NotSealed), so `pitr verify` must not pass the repo.
+#[test]
+fn encred_verify_names_a_plain_restore_point_in_an_encrypted_repo() {
+    let install = PgInstall::for_tests().pop().unwrap();
+    let c = Cluster::start(&install, opts());
+    let tmp = tempfile::tempdir().unwrap();
+    let (key, _) = new_key(tmp.path(), "repo.key");
+    let dir = tmp.path().join("enc");
+    let enc = TestRepo::local(&dir).with_key(&key);
+    let s = enc
+        .apply(pitr().args([
+            "stream",
+            "--partial-every",
+            "200ms",
+            "--slot",
+            "pitr_enc",
+            "--source",
+            &source(&c),
+        ]))
+        .spawn_logged(tmp.path().join("enc.log"));
+    c.psql("CREATE TABLE t (id int); INSERT INTO t VALUES (1)");
+    backup(&c, &enc, "base");
+    switch_and_wait(&c, &enc, 1, "the encrypted archive", 60);
+    stop(s);
+    let ok = run(enc.apply(pitr().arg("verify")));
+    assert!(ok.status.success(), "verify before planting: {}", text(&ok));
+    std::fs::create_dir_all(dir.join("points")).unwrap();
+    std::fs::write(
+        dir.join("points/00000000FF000000.json"),
+        br#"{"name":"forged","lsn":"0/FF000000","time":"2026-12-02T17:00:00Z"}"#,
+    )
+    .unwrap();
+    let l = run(enc.apply(pitr().arg("list")));
+    let v = run(enc.apply(pitr().arg("verify")));
+    assert!(
+        !v.status.success() && text(&v).contains("points/00000000FF000000.json"),
+        "verify passed (or did not name the plain point) while list says {:?}:\n{}",
+        text(&l),
+        text(&v)
+    );
+}
+
+/// The converse of the removed marker: a plain repo whose pitr.json is gone (deleted, or an
+/// S3 listing of objects with the marker not yet readable), streamed with a key. pitr writes
+/// an encrypted marker over plain objects, so the repo is then "encrypted" and its plain
+/// objects refused. It should refuse to claim a non-empty repo.
+#[test]
+fn encred_keyed_stream_on_a_plain_repo_without_marker_writes_nothing() {
+    let install = PgInstall::for_tests().pop().unwrap();
+    let c = Cluster::start(&install, opts());
+    let tmp = tempfile::tempdir().unwrap();
+    let (key, _) = new_key(tmp.path(), "repo.key");
+    let dir = tmp.path().join("plain");
+    let plain = TestRepo::local(&dir);
+    let s = plain
+        .apply(pitr().args([
+            "stream",
+            "--partial-every",
+            "200ms",
+            "--slot",
+            "pitr_plain",
+            "--source",
+            &source(&c),
+        ]))
+        .spawn_logged(tmp.path().join("plain.log"));
+    c.psql("CREATE TABLE t (id int); INSERT INTO t VALUES (1)");
+    switch_and_wait(&c, &plain, 1, "the plain archive", 60);
+    stop(s);
+    std::fs::remove_file(dir.join("pitr.json")).unwrap();
+    let keyed = TestRepo::local(&dir).with_key(&key);
+    stream_refused(
+        &c,
+        &keyed,
+        &[],
+        &tmp.path().join("keyed.log"),
+        "keyed stream on a plain repo without marker",
+        &[],
+        &["not encrypted", "not empty", "plain"],
+    );
+}
+
+/// Concurrent identical uploads through the encrypting store: all succeed, one object stays.
+#[test]
+fn encred_concurrent_identical_sealed_uploads() {
+    use bytes::Bytes;
+    use pitr::repo::crypt::{EncryptingStore, RepoKey};
+    use pitr::repo::local::LocalStore;
+    use pitr::repo::store::{ObjectStore, PutOutcome};
+    use std::sync::Arc;
+    let tmp = tempfile::tempdir().unwrap();
+    let inner: Arc<dyn ObjectStore> = Arc::new(LocalStore::open(&tmp.path().join("repo")).unwrap());
+    let key = RepoKey::parse(&RepoKey::generate()).unwrap();
+    let s = Arc::new(EncryptingStore::new(inner, key));
+    let plain = Bytes::from(
+        (0..300_000u32)
+            .map(|i| (i % 253) as u8)
+            .collect::<Vec<u8>>(),
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..16 {
+            let s = s.clone();
+            let p = plain.clone();
+            set.spawn(async move { s.put_if_absent("wal/x", p).await });
+        }
+        let mut created = 0;
+        while let Some(r) = set.join_next().await {
+            match r.unwrap() {
+                Ok(PutOutcome::Created) => created += 1,
+                Ok(PutOutcome::AlreadyIdentical) => {}
+                other => panic!("concurrent identical upload: {other:?}"),
+            }
+        }
+        assert_eq!(created, 1);
+        assert_eq!(s.get("wal/x").await.unwrap().unwrap(), plain);
+    });
+}

@@ -970,7 +970,12 @@ fn encred_stream_without_key_on_a_removed_marker_writes_nothing() {
         &tmp.path().join("removed.log"),
         "stream without a key on a repo with sealed objects and no marker",
         &[],
-        &["encrypted", "sealed", "not empty"],
+        &[
+            "encrypted",
+            "sealed",
+            "not empty",
+            "pitr.json is missing, but the repo holds objects",
+        ],
     );
 }
 

@@ -302,6 +302,28 @@ pub(crate) async fn verify_repo(repo: &Repo) -> Result<RepoReport, RepoError> {
             Vec::new()
         }
     };
+    // Restore points: each must read (in an encrypted repo: open, sealed and authentic) and
+    // parse; `list` and `restore --to-name` use them.
+    match repo.store().list("points/").await {
+        Ok(points) => {
+            for o in points {
+                match repo.store().get(&o.key).await {
+                    Ok(Some(b)) => {
+                        if let Err(e) =
+                            serde_json::from_slice::<crate::repo::objects::PointRecord>(&b)
+                        {
+                            report.problems.push(format!("{}: unreadable: {e}", o.key));
+                        }
+                    }
+                    Ok(None) => report
+                        .problems
+                        .push(format!("{}: listed but missing", o.key)),
+                    Err(e) => report.problems.push(e.to_string()),
+                }
+            }
+        }
+        Err(e) => report.problems.push(e.to_string()),
+    }
     let open = crate::repo::gaps::open_gap_after(&recorded, &backups);
     if let Some(g) = open {
         report.problems.push(g.unrestorable());

@@ -149,8 +149,10 @@ fn assert_refused(
     lsn_range: (Lsn, Lsn),
 ) -> String {
     let what = "pitr to refuse";
+    // Both, in either order: /healthz can turn red a moment before the metric is rendered.
     wait_running(child, what, 90, log, || {
         healthz(addr).is_some_and(|(s, _)| s == 503)
+            && metric_at(addr, "pitr_history_diverged") == Some(1.0)
     });
     let (_, body) = healthz(addr).unwrap();
     assert_eq!(http_get(addr, "/readyz").unwrap().0, 503);

@@ -572,12 +572,25 @@ async fn extract_archives(
             pb.clone(),
         ));
     }
+    // On the first error, the others are still awaited (not dropped): a task's blocking
+    // write would otherwise go on after `execute` removed the partial restore.
+    let mut first = None;
     while let Some(r) = set.join_next().await {
-        let s = r.map_err(RepoError::task("extraction"))??;
-        stats.backup_bytes += s.bytes;
-        stats.files += s.files;
+        match r
+            .map_err(RepoError::task("extraction"))
+            .map_err(RestoreError::from)
+            .and_then(|r| r)
+        {
+            Ok(s) => {
+                stats.backup_bytes += s.bytes;
+                stats.files += s.files;
+            }
+            Err(e) => {
+                first.get_or_insert(e);
+            }
+        }
     }
-    Ok(())
+    first.map_or(Ok(()), Err)
 }
 
 /// Places the planned WAL (two segments at a time) and the history files in `pg_wal`.
@@ -592,8 +605,10 @@ async fn place_wal(
     std::fs::create_dir_all(&wal_dir).map_err(io_err(&wal_dir))?;
     let mut queue: VecDeque<_> = p.wal.iter().cloned().collect();
     let mut running = tokio::task::JoinSet::new();
+    let mut first = None;
     while !queue.is_empty() || !running.is_empty() {
-        while running.len() < 2
+        while first.is_none()
+            && running.len() < 2
             && let Some(f) = queue.pop_front()
         {
             let repo = repo.clone();
@@ -609,11 +624,28 @@ async fn place_wal(
             });
         }
         if let Some(r) = running.join_next().await {
-            let n = r.map_err(RepoError::task("WAL"))??;
-            stats.wal_bytes += n;
-            stats.files += 1;
-            pb.inc(n);
+            // On the first error, no new fetch starts and the running ones are awaited: a
+            // write still going on would race the removal of the partial restore.
+            match r
+                .map_err(RepoError::task("WAL"))
+                .map_err(RestoreError::from)
+                .and_then(|r| r)
+            {
+                Ok(n) => {
+                    stats.wal_bytes += n;
+                    stats.files += 1;
+                    pb.inc(n);
+                }
+                Err(e) => {
+                    first.get_or_insert(e);
+                }
+            }
+        } else if first.is_some() {
+            break;
         }
+    }
+    if let Some(e) = first {
+        return Err(e);
     }
     for h in &p.histories {
         let data = match &h.key {

@@ -67,13 +67,10 @@ const KEY_FILE_PREFIX: &str = "pitr-symmetric-key-v1:";
 #[derive(Clone)]
 pub struct RepoKey {
     id: [u8; 8],
-    wrap: LessSafeKeyBytes,
+    /// The wrap key's bytes (a `LessSafeKey` is built per use: it is not `Clone`).
+    wrap: [u8; 32],
     digest: hmac::Key,
 }
-
-/// The wrap key's bytes (kept to build a `LessSafeKey` per use; `LessSafeKey` is not `Clone`).
-#[derive(Clone)]
-struct LessSafeKeyBytes([u8; 32]);
 
 impl std::fmt::Debug for RepoKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -133,7 +130,7 @@ impl RepoKey {
         id.copy_from_slice(&derive(&secret, b"pitr-v1 key id")[..8]);
         RepoKey {
             id,
-            wrap: LessSafeKeyBytes(derive(&secret, b"pitr-v1 wrap key")),
+            wrap: derive(&secret, b"pitr-v1 wrap key"),
             digest: hmac::Key::new(hmac::HMAC_SHA256, &derive(&secret, b"pitr-v1 digest key")),
         }
     }
@@ -201,7 +198,7 @@ impl RepoKey {
     fn wrap_key(&self) -> LessSafeKey {
         // 32 bytes is ChaCha20-Poly1305's key length: this cannot fail.
         LessSafeKey::new(
-            UnboundKey::new(&CHACHA20_POLY1305, &self.wrap.0).unwrap_or_else(|_| unreachable!()),
+            UnboundKey::new(&CHACHA20_POLY1305, &self.wrap).unwrap_or_else(|_| unreachable!()),
         )
     }
 
@@ -442,7 +439,8 @@ impl ObjectStore for EncryptingStore {
                 return self.inner.put_if_absent(key, data).await;
             }
             let sealed = seal(&self.key, key, &data);
-            let digest = self.key.digest_of(key, &data);
+            // The digest seal just computed, read back from its header (not hashed twice).
+            let digest = header(&sealed).map(|h| h.digest.to_vec()).unwrap_or_default();
             match self.inner.put_if_absent(key, Bytes::from(sealed)).await {
                 Err(e) if e.kind == StoreErrorKind::Conflict => {
                     // Identical only if the stored object opens, whole and authentic, to
@@ -452,7 +450,7 @@ impl ObjectStore for EncryptingStore {
                         return Err(e);
                     };
                     match header(&existing) {
-                        Ok(h) if h.id == self.key.id && h.digest == digest => {
+                        Ok(h) if h.id == self.key.id && h.digest == &digest[..] => {
                             match open(&self.key, key, &existing) {
                                 Ok(p) if p[..] == data[..] => Ok(PutOutcome::AlreadyIdentical),
                                 Ok(_) => Err(e),

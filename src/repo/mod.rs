@@ -435,7 +435,7 @@ impl Repo {
     }
 
     /// Before writing to a repo whose marker says plain, without a key: one small object
-    /// (a WAL summary, else a catalog entry) must not be sealed. A sealed one means the
+    /// (a catalog entry, else a WAL summary) must not be sealed. A sealed one means the
     /// marker was altered (its `encryption` removed) or the key is missing; writing on would
     /// put plaintext beside ciphertext.
     async fn no_sealed_objects_in_a_plain_repo(&self, id: &Identity) -> Result<(), RepoError> {
@@ -443,7 +443,8 @@ impl Repo {
             return Ok(());
         }
         let mut sample = None;
-        for (prefix, suffix) in [("wal/", ".summary.json"), ("backups/", "/backup.json")] {
+        // Catalog entries first: that listing is short, the WAL's can be long.
+        for (prefix, suffix) in [("backups/", "/backup.json"), ("wal/", ".summary.json")] {
             sample = self
                 .store
                 .list(prefix)

@@ -440,7 +440,9 @@ impl ObjectStore for EncryptingStore {
             }
             let sealed = seal(&self.key, key, &data);
             // The digest seal just computed, read back from its header (not hashed twice).
-            let digest = header(&sealed).map(|h| h.digest.to_vec()).unwrap_or_default();
+            let digest = header(&sealed)
+                .map(|h| h.digest.to_vec())
+                .unwrap_or_default();
             match self.inner.put_if_absent(key, Bytes::from(sealed)).await {
                 Err(e) if e.kind == StoreErrorKind::Conflict => {
                     // Identical only if the stored object opens, whole and authentic, to

@@ -411,6 +411,51 @@ pub(crate) fn configured_file() -> Option<std::path::PathBuf> {
     std::path::absolute(p).ok()
 }
 
+/// A key-encryption key held outside pitr (a KMS key, [`super::kms`] behind the `kms`
+/// feature): it wraps and unwraps the repo's data keys, and pitr never sees it.
+pub trait RemoteKek: Send + Sync + std::fmt::Debug {
+    /// The key's name as the user gave it (an ARN, a key id or an alias): shown in messages,
+    /// never secret.
+    fn name(&self) -> &str;
+    /// Wraps data key `dk` (32 bytes) whose id is `dk_id` (16 hex digits), binding `dk_id`
+    /// (e.g. as the KMS encryption context) so that the blob unwraps only for that id.
+    fn wrap<'a>(
+        &'a self,
+        dk_id: &'a str,
+        dk: &'a [u8; 32],
+    ) -> BoxFut<'a, Result<Vec<u8>, CryptError>>;
+    /// Unwraps a blob [`RemoteKek::wrap`] made for `dk_id`.
+    fn unwrap<'a>(
+        &'a self,
+        dk_id: &'a str,
+        blob: &'a [u8],
+    ) -> BoxFut<'a, Result<[u8; 32], CryptError>>;
+}
+
+/// What a write-only process (a recipient, no identity) knows of the repo's keys: enough to
+/// compare a stored object's keyed digest with bytes it holds, never to open the object.
+#[derive(Debug)]
+pub(crate) struct WriteOnly {}
+
+impl WriteOnly {
+    /// Whether the stored object `key` holds `plaintext`, by its header's digest (`None`:
+    /// absent).
+    pub(crate) async fn holds(
+        &self,
+        store: &dyn ObjectStore,
+        key: &str,
+        plaintext: &[u8],
+    ) -> Result<Option<bool>, StoreError> {
+        let _ = (store, key, plaintext);
+        Err(StoreError::new(
+            StoreErrorKind::Permanent,
+            "get",
+            key,
+            "write-only mode is not built yet".to_string(),
+        ))
+    }
+}
+
 /// A store that seals every object but `pitr.json` (see the module invariants).
 #[derive(Debug)]
 pub struct EncryptingStore {

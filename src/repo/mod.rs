@@ -236,6 +236,8 @@ pub struct Repo {
     pub location: String,
     /// The id of the key every object but `pitr.json` is sealed with ([`crypt`]).
     key_id: Option<String>,
+    /// Set in write-only mode (`--recipient` without `--identity`), see [`Repo::can_read`].
+    writes_only: Option<Arc<crypt::WriteOnly>>,
 }
 
 impl Repo {
@@ -338,6 +340,7 @@ impl Repo {
             store,
             location,
             key_id: None,
+            writes_only: None,
         }
     }
 
@@ -348,6 +351,7 @@ impl Repo {
             plain: self.plain.clone(),
             location: self.location.clone(),
             key_id: self.key_id.clone(),
+            writes_only: self.writes_only.clone(),
         }
     }
 
@@ -496,6 +500,33 @@ impl Repo {
             });
         }
         Ok(id)
+    }
+
+    /// Whether this process can read the repo's sealed objects. `false` in write-only mode
+    /// (`--recipient` without `--identity`): objects this process did not write in this run
+    /// cannot be opened, so callers must use [`Repo::exists`] and [`Repo::holds`] instead of
+    /// reading them.
+    pub(crate) fn can_read(&self) -> bool {
+        self.writes_only.is_none()
+    }
+
+    /// Whether object `key` exists (from a listing: nothing is read or decrypted).
+    pub(crate) async fn exists(&self, key: &str) -> Result<bool, RepoError> {
+        Ok(self.store.list(key).await?.iter().any(|o| o.key == key))
+    }
+
+    /// Whether the stored object `key` holds exactly `plaintext` (the bytes once put), or
+    /// `None` when it is absent. A process that cannot read compares the keyed digest in the
+    /// object's header (see [`crypt`]); one that can reads and compares the bytes.
+    pub(crate) async fn holds(
+        &self,
+        key: &str,
+        plaintext: &[u8],
+    ) -> Result<Option<bool>, RepoError> {
+        if let Some(w) = &self.writes_only {
+            return Ok(w.holds(self.plain.as_ref(), key, plaintext).await?);
+        }
+        Ok(self.store.get(key).await?.map(|b| b[..] == plaintext[..]))
     }
 
     /// Publishes an object (create-if-absent; identical re-upload is fine).

@@ -21,16 +21,49 @@ pub struct Cli {
     /// Key file of an encrypted repo (`pitr key generate > repo.key && chmod 600 repo.key`).
     /// A new repo made with it is encrypted: every object but pitr.json (WAL, backups,
     /// catalog, summaries, restore points) is sealed with ChaCha20-Poly1305 under a fresh
-    /// data key, so the storage holds no readable byte of the database. Every command that
-    /// reads or writes that repo needs the same key; a plain repo refuses one. A key file
-    /// readable by group or others is refused. Without the key the repo cannot be read.
+    /// key, so the storage holds no readable byte of the database. Every command that
+    /// reads or writes that repo needs one of its keys; a plain repo refuses one. A key file
+    /// readable by group or others is refused. Without a key the repo cannot be read.
     #[arg(
         long,
         global = true,
         env = "PITR_ENCRYPTION_KEY_FILE",
-        value_name = "FILE"
+        value_name = "FILE",
+        conflicts_with_all = ["recipient", "identity", "kms_key_id"]
     )]
     pub encryption_key_file: Option<std::path::PathBuf>,
+    /// Write-only encryption: an X25519 recipient (`age1...`, or a file holding it), the
+    /// public half of `pitr key generate --recipient`. `stream`, `backup` and `mark` seal
+    /// everything they write for it, and cannot read what earlier runs wrote, so a stolen
+    /// sidecar credential does not expose the history. `restore`, `verify`, `list` and
+    /// `prune` need --identity.
+    #[arg(
+        long,
+        global = true,
+        env = "PITR_RECIPIENT",
+        value_name = "KEY|FILE",
+        num_args = 0..=1,
+        default_missing_value = "",
+        conflicts_with_all = ["identity", "kms_key_id"]
+    )]
+    pub recipient: Option<String>,
+    /// The identity (private key) file of a --recipient repo, from `pitr key generate
+    /// --recipient`: reads everything, and writes for its recipient. Refused if group or
+    /// others can read it.
+    #[arg(
+        long,
+        global = true,
+        env = "PITR_IDENTITY_FILE",
+        value_name = "FILE",
+        conflicts_with = "kms_key_id"
+    )]
+    pub identity: Option<std::path::PathBuf>,
+    /// An AWS KMS key (id, ARN or alias) that wraps the repo's data keys (needs a pitr built
+    /// with `--features kms`; credentials and region from the AWS chain, endpoint from
+    /// AWS_ENDPOINT_URL_KMS or AWS_ENDPOINT_URL). Each process makes one KMS call to wrap
+    /// its data key, and one per data key it reads.
+    #[arg(long, global = true, env = "PITR_KMS_KEY_ID", value_name = "KEY")]
+    pub kms_key_id: Option<String>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -40,10 +73,53 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum KeyCommand {
     /// Print a new random symmetric key file for --encryption-key-file:
-    /// `pitr key generate > repo.key && chmod 600 repo.key`. Keep a copy somewhere safe:
-    /// without it, an encrypted repo cannot be read. The file names the key's id, which
-    /// pitr.json and error messages show (never the key).
+    /// `pitr key generate > repo.key && chmod 600 repo.key`. With --recipient, print an
+    /// identity file (private, for --identity) whose `# public key:` line is the recipient
+    /// (public, for --recipient); the recipient is also printed on stderr. Keep a copy
+    /// somewhere safe: without a key, an encrypted repo cannot be read. Files name the key's
+    /// id, which pitr.json, `pitr key list` and error messages show (never the key).
+    /// (`--recipient` here takes no value.)
     Generate,
+    /// Let another key open the whole repo: every data key is unwrapped with the key given
+    /// (--encryption-key-file, --identity or --kms-key-id) and stored again for the new one.
+    /// Only small key objects are written; no data is re-encrypted. Processes started with
+    /// the new key write under it from then on; running ones may go on (their data key is
+    /// stored for the new key too). Then `pitr key retire` the old key.
+    Rotate(RotateArgs),
+    /// Delete a key's key objects, so that it opens nothing in the repo any more. Refused,
+    /// deleting nothing, while some data key is stored only for that key (rotate first).
+    Retire(RetireArgs),
+    /// The repo's keys: each key id, and how many data keys it opens.
+    List(RepoArgs),
+}
+
+/// `pitr key rotate`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("to").required(true)))]
+pub struct RotateArgs {
+    /// The repo.
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// The new key: a symmetric key file.
+    #[arg(long, value_name = "FILE", group = "to")]
+    pub to_key_file: Option<std::path::PathBuf>,
+    /// The new key: an X25519 recipient (age1..., or a file holding it).
+    #[arg(long, value_name = "KEY|FILE", group = "to")]
+    pub to_recipient: Option<String>,
+    /// The new key: an AWS KMS key (with `--features kms`).
+    #[arg(long, value_name = "KEY", group = "to")]
+    pub to_kms_key_id: Option<String>,
+}
+
+/// `pitr key retire`.
+#[derive(Debug, Args)]
+pub struct RetireArgs {
+    /// The repo.
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// The id of the key to retire (16 hex digits, from `pitr key list`).
+    #[arg(long, value_name = "ID")]
+    pub key_id: String,
 }
 
 /// Log output format.

@@ -21,6 +21,7 @@ pub(crate) mod cmd;
 pub mod config;
 pub(crate) mod crashsafe;
 pub mod demo;
+pub mod key;
 pub mod list;
 pub mod metrics;
 pub(crate) mod pgproc;

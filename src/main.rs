@@ -8,7 +8,7 @@
 
 use std::process::ExitCode;
 
-use pitr::cli::{Cli, Command, KeyCommand, LogFormat, WalCommand};
+use pitr::cli::{Cli, Command, LogFormat, WalCommand};
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PITR_LOG")
@@ -36,12 +36,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// Dispatches a parsed command line to its command's `run`.
 fn run(cli: Cli, matches: clap::ArgMatches) -> anyhow::Result<ExitCode> {
     let log = cli.log_format;
-    let key = cli
-        .encryption_key_file
-        .as_deref()
-        .map(|p| pitr::repo::crypt::RepoKey::load(p).map(|k| (k, p.to_path_buf())))
-        .transpose()?;
-    pitr::repo::crypt::configure(key);
+    pitr::key::cmd::configure(&cli)?;
     Ok(match cli.command {
         Command::Stream(a) => {
             let sub = matches
@@ -91,9 +86,9 @@ fn run(cli: Cli, matches: clap::ArgMatches) -> anyhow::Result<ExitCode> {
         }
         Command::Wal(WalCommand::Fetch(a)) => runtime()?.block_on(pitr::wal::cmd::fetch(a))?,
         Command::Wal(WalCommand::Inspect(a)) => pitr::wal::cmd::inspect(a)?,
-        Command::Key(KeyCommand::Generate) => {
-            print!("{}", pitr::repo::crypt::RepoKey::generate());
-            ExitCode::SUCCESS
+        Command::Key(_) => {
+            init_logging(log);
+            runtime()?.block_on(pitr::key::cmd::run(cli))?
         }
     })
 }

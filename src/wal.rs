@@ -85,16 +85,18 @@ fn open(path: &Path) -> io::Result<(Box<dyn Read>, bool)> {
 fn open_sealed(path: &Path, mut f: impl Read, magic: [u8; 4]) -> io::Result<(Box<dyn Read>, bool)> {
     let bad = |m: String| io::Error::new(io::ErrorKind::InvalidData, m);
     let key = crate::repo::crypt::configured().ok_or_else(|| {
-        bad("an encrypted repo object: pass --encryption-key-file with the repo's key".into())
+        bad("an encrypted repo object: pass --encryption-key-file or --identity with the repo's key".into())
     })?;
     let text = path.to_string_lossy();
-    let name = text
+    let at = text
         .rfind("wal/")
-        .map(|i| &text[i..])
         .ok_or_else(|| bad("an encrypted repo object outside a repo's wal/ directory".into()))?;
+    let name = &text[at..];
+    let root = Path::new(&text[..at]);
     let mut sealed = magic.to_vec();
     f.read_to_end(&mut sealed)?;
-    let plain = crate::repo::crypt::open(&key, name, &sealed).map_err(|e| bad(e.to_string()))?;
+    let plain = crate::repo::crypt::open_file_blocking(&key, root, name, &sealed)
+        .map_err(|e| bad(e.to_string()))?;
     let compressed = is_lz4_frame(&plain);
     let r: Box<dyn Read> = if compressed {
         Box::new(lz4_flex::frame::FrameDecoder::new(io::Cursor::new(plain)))

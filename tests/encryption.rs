@@ -21,6 +21,8 @@ const SECRET_TABLE: &str = "zebra_secret_table";
 
 /// The sealed-object header.
 const SEALED_MAGIC: &[u8; 7] = b"PITRENC";
+/// A key object's magic (`keys/<dk id>.<kek id>.key`: a wrapped data key, no plaintext).
+const KEY_OBJECT_MAGIC: &[u8; 7] = b"PITRKEY";
 
 /// `pitr key generate` into `dir/name`, mode 0600; returns the path and the file's text.
 fn new_key(dir: &Path, name: &str) -> (PathBuf, String) {
@@ -142,8 +144,13 @@ fn assert_sealed(dir: &Path, major: u32, key_text: &str, label: &str) -> Vec<Str
         if name == "pitr.json" || name.starts_with(".tmp-") {
             continue;
         }
+        let key_object = rel.contains("keys/") && name.ends_with(".key");
         assert!(
-            bytes.starts_with(SEALED_MAGIC),
+            if key_object {
+                bytes.starts_with(KEY_OBJECT_MAGIC)
+            } else {
+                bytes.starts_with(SEALED_MAGIC)
+            },
             "{label}: {rel} is not sealed: starts {:?}",
             String::from_utf8_lossy(&bytes[..bytes.len().min(40)])
         );
@@ -604,7 +611,7 @@ fn encryption_mixing_is_refused_in_one_line() {
         &mut restore(&enc_dir, Some(&wrong), &missing),
         Some(&missing),
         "restore with the wrong key",
-        &["needs key"],
+        &["the repo's key is"],
         &ids,
         &[],
     );
@@ -612,7 +619,7 @@ fn encryption_mixing_is_refused_in_one_line() {
         &mut repo_cmd("list", &enc_dir, Some(&wrong)),
         None,
         "list with the wrong key",
-        &["needs key"],
+        &["the repo's key is"],
         &ids,
         &[],
     );
@@ -623,7 +630,7 @@ fn encryption_mixing_is_refused_in_one_line() {
             .apply(pitr().arg("verify")),
         None,
         "verify with the wrong key (PITR_ENCRYPTION_KEY_FILE)",
-        &["needs key"],
+        &["the repo's key is"],
         &ids,
         &[],
     );
@@ -633,7 +640,7 @@ fn encryption_mixing_is_refused_in_one_line() {
         &[],
         &tmp.path().join("refused-c.log"),
         "stream with the wrong key",
-        &["needs key"],
+        &["the repo's key is"],
         &ids,
     );
 
@@ -856,7 +863,7 @@ fn tampered_encrypted_objects_are_named() {
 #[test]
 fn encred_reupload_over_a_damaged_sealed_object_is_not_identical() {
     use bytes::Bytes;
-    use pitr::repo::crypt::{EncryptingStore, RepoKey};
+    use pitr::repo::crypt::{EncryptingStore, KeySource, RepoKey};
     use pitr::repo::local::LocalStore;
     use pitr::repo::store::{ObjectStore, PutOutcome};
     use std::sync::Arc;
@@ -864,7 +871,7 @@ fn encred_reupload_over_a_damaged_sealed_object_is_not_identical() {
     let root = tmp.path().join("repo");
     let inner: Arc<dyn ObjectStore> = Arc::new(LocalStore::open(&root).unwrap());
     let key = RepoKey::parse(&RepoKey::generate()).unwrap();
-    let s = EncryptingStore::new(inner, key);
+    let s = EncryptingStore::new(inner, KeySource::Symmetric(key));
     let name = "wal/00000001/000000010000000000000003.lz4";
     let plain: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -878,7 +885,7 @@ fn encred_reupload_over_a_damaged_sealed_object_is_not_identical() {
                 .unwrap(),
             PutOutcome::Created
         );
-        // Damage the body, keep the 120-byte header.
+        // Damage the body, keep the 128-byte header.
         let path = root.join(name);
         let mut b = std::fs::read(&path).unwrap();
         for x in &mut b[200..400] {
@@ -1027,7 +1034,11 @@ fn encred_backup_without_key_on_a_downgraded_marker_stores_nothing_plain() {
     stop(s);
     let plain: Vec<String> = files_under(&dir)
         .into_iter()
-        .filter(|(k, b)| k != "pitr.json" && !b.starts_with(SEALED_MAGIC))
+        .filter(|(k, b)| {
+            k != "pitr.json"
+                && !b.starts_with(SEALED_MAGIC)
+                && !(k.starts_with("keys/") && b.starts_with(KEY_OBJECT_MAGIC))
+        })
         .map(|(k, _)| k)
         .collect();
     assert!(
@@ -1127,14 +1138,14 @@ fn encred_keyed_stream_on_a_plain_repo_without_marker_writes_nothing() {
 #[test]
 fn encred_concurrent_identical_sealed_uploads() {
     use bytes::Bytes;
-    use pitr::repo::crypt::{EncryptingStore, RepoKey};
+    use pitr::repo::crypt::{EncryptingStore, KeySource, RepoKey};
     use pitr::repo::local::LocalStore;
     use pitr::repo::store::{ObjectStore, PutOutcome};
     use std::sync::Arc;
     let tmp = tempfile::tempdir().unwrap();
     let inner: Arc<dyn ObjectStore> = Arc::new(LocalStore::open(&tmp.path().join("repo")).unwrap());
     let key = RepoKey::parse(&RepoKey::generate()).unwrap();
-    let s = Arc::new(EncryptingStore::new(inner, key));
+    let s = Arc::new(EncryptingStore::new(inner, KeySource::Symmetric(key)));
     let plain = Bytes::from(
         (0..300_000u32)
             .map(|i| (i % 253) as u8)
@@ -1163,4 +1174,170 @@ fn encred_concurrent_identical_sealed_uploads() {
         assert_eq!(created, 1);
         assert_eq!(s.get("wal/x").await.unwrap().unwrap(), plain);
     });
+}
+
+/// Key rotation under a running `pitr stream`, as an operator runs it: the stream (old key)
+/// keeps archiving while `pitr key rotate` stores every data key for the new key; a mark is
+/// made with the new key; the old key is retired while the stream still runs. Then, with
+/// only the new key, `restore --to` a time before the rotation and the mark after it both
+/// prove their rows (`--verify`), `verify` reads every object, and the old key is refused by
+/// `list` and by a new `stream`, naming the new key. A retire that would strand a data key
+/// (a process started with the old key after the rotation) is refused, deleting nothing.
+#[test]
+fn rotation_under_a_running_stream_keeps_every_object_readable_with_only_the_new_key() {
+    let install = PgInstall::for_tests().pop().unwrap();
+    let c = Cluster::start(&install, opts().conf("track_commit_timestamp = on"));
+    let tmp = tempfile::tempdir().unwrap();
+    let (old, _) = new_key(tmp.path(), "old.key");
+    let (new, _) = new_key(tmp.path(), "new.key");
+    let dir = tmp.path().join("repo");
+    let with_old = TestRepo::local(&dir).with_key(&old);
+    let with_new = TestRepo::local(&dir).with_key(&new);
+    let stream = with_old
+        .apply(pitr().args([
+            "stream",
+            "--partial-every",
+            "200ms",
+            "--slot",
+            "pitr_rot",
+            "--source",
+            &source(&c),
+        ]))
+        .spawn_logged(tmp.path().join("stream.log"));
+    c.psql("CREATE TABLE rot (id int PRIMARY KEY)");
+    backup(&c, &with_old, "before");
+    c.psql("INSERT INTO rot VALUES (1)");
+    switch_and_wait(&c, &with_old, 1, "row 1 archived", 60);
+    std::thread::sleep(Duration::from_millis(50));
+    let before =
+        c.psql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')");
+    std::thread::sleep(Duration::from_millis(50));
+    c.psql("INSERT INTO rot VALUES (2)");
+
+    // Rotate while the stream runs: only key objects are written.
+    let count = |d: &Path| files_under(d).len();
+    let n_before = count(&dir);
+    let o = run(with_old.apply(
+        pitr()
+            .args(["key", "rotate", "--json", "--to-key-file"])
+            .arg(&new),
+    ));
+    assert!(o.status.success(), "rotate: {}", text(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        r["wrapped"].as_u64().unwrap() >= 2,
+        "stream and backup data keys: {r:#}"
+    );
+    let new_objects: Vec<String> = files_under(&dir)
+        .into_iter()
+        .map(|(k, _)| k)
+        .filter(|k| k.starts_with("keys/"))
+        .collect();
+    assert!(count(&dir) >= n_before, "nothing removed");
+    assert!(new_objects.len() >= 4, "{new_objects:?}");
+
+    // A mark with the new key (its own data key), then more WAL from the old-key stream.
+    let o = run(with_new.apply(
+        pitr()
+            .args(["mark", "after_rotation"])
+            .arg("--source")
+            .arg(format!("{} dbname=postgres", source(&c))),
+    ));
+    assert!(o.status.success(), "mark with the new key: {}", text(&o));
+    c.psql("INSERT INTO rot VALUES (3)");
+    switch_and_wait(&c, &with_old, 1, "row 3 archived by the old-key stream", 60);
+
+    // A process started with the old key after the rotation makes a data key only the old
+    // key opens: retiring the old key now is refused and deletes nothing.
+    let o = run(with_old.apply(
+        pitr()
+            .args(["mark", "late_old_key"])
+            .arg("--source")
+            .arg(format!("{} dbname=postgres", source(&c))),
+    ));
+    assert!(o.status.success(), "mark with the old key: {}", text(&o));
+    let old_id =
+        key_ids(&serde_json::from_slice(&std::fs::read(dir.join("pitr.json")).unwrap()).unwrap())
+            [0]
+        .clone();
+    let keys_now = files_under(&dir.join("keys")).len();
+    let o = run(with_new.apply(pitr().args(["key", "retire", "--key-id", &old_id])));
+    assert!(
+        !o.status.success(),
+        "retire stranding a data key: {}",
+        text(&o)
+    );
+    assert!(text(&o).contains("only key"), "{}", text(&o));
+    assert_eq!(
+        files_under(&dir.join("keys")).len(),
+        keys_now,
+        "deleted on refusal"
+    );
+    // Rotate again, then retire, while the stream still runs.
+    let o = run(with_old.apply(pitr().args(["key", "rotate", "--to-key-file"]).arg(&new)));
+    assert!(o.status.success(), "rotate again: {}", text(&o));
+    let o = run(with_new.apply(pitr().args(["key", "retire", "--key-id", &old_id])));
+    assert!(o.status.success(), "retire: {}", text(&o));
+    c.psql("INSERT INTO rot VALUES (4)");
+    switch_and_wait(&c, &with_old, 1, "row 4 archived after the retirement", 60);
+    stop(stream);
+
+    // Only the new key opens the repo; the old one is refused, naming the new key.
+    let o = run(with_new.apply(pitr().args(["key", "list", "--json"])));
+    assert!(o.status.success(), "key list: {}", text(&o));
+    let l: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(l.as_array().unwrap().len(), 1, "{l:#}");
+    let new_id = l[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(l[0]["data_keys"], l[0]["of"], "{l:#}");
+    let o = run(with_old.apply(pitr().arg("list")));
+    assert!(
+        !o.status.success(),
+        "list with the retired key: {}",
+        text(&o)
+    );
+    assert!(
+        text(&o).contains(&new_id) && text(&o).contains("retired"),
+        "{}",
+        text(&o)
+    );
+    let o =
+        run(with_old.apply(pitr().args(["stream", "--slot", "pitr_rot", "--source", &source(&c)])));
+    assert!(
+        !o.status.success(),
+        "stream with the retired key: {}",
+        text(&o)
+    );
+    assert!(text(&o).contains(&new_id), "{}", text(&o));
+    let o = run(with_new.apply(pitr().arg("verify")));
+    assert!(o.status.success(), "verify with the new key: {}", text(&o));
+
+    let check =
+        |want: &str| format!("SELECT string_agg(id::text, ',' ORDER BY id) FROM rot => {want}");
+    let d = restore_dir(tmp.path(), "before");
+    restore_verify(
+        &with_new,
+        &install,
+        &d,
+        &["--to", &before],
+        &[&check("1")],
+        &[],
+    );
+    let d = restore_dir(tmp.path(), "after");
+    restore_verify(
+        &with_new,
+        &install,
+        &d,
+        &["--to-name", "after_rotation"],
+        &[&check("1,2")],
+        &[],
+    );
+    let d = restore_dir(tmp.path(), "latest");
+    restore_verify(
+        &with_new,
+        &install,
+        &d,
+        &["--to", "latest"],
+        &[&check("1,2,3,4")],
+        &[],
+    );
 }

@@ -7,6 +7,7 @@ mod correctness;
 mod differential;
 mod docker;
 mod encryption;
+mod encryption_faults;
 mod faults;
 mod harness;
 mod inspect;

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use pitr::repo::crypt::{EncryptingStore, RepoKey};
+use pitr::repo::crypt::{EncryptingStore, KeySource, RepoKey};
 use pitr::repo::local::LocalStore;
 use pitr::repo::memory::{FaultyStore, MemoryStore};
 use pitr::repo::retrying::{RetryPolicy, RetryingStore};
@@ -78,7 +78,7 @@ async fn faulty_retrying(ns: &str) -> Backend {
 /// A store that seals every object ([`pitr::repo::crypt`]) over `inner`, with a fresh key.
 fn sealed(inner: Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore> {
     let key = RepoKey::parse(&RepoKey::generate()).unwrap();
-    Arc::new(EncryptingStore::new(inner, key))
+    Arc::new(EncryptingStore::new(inner, KeySource::Symmetric(key)))
 }
 
 /// The encrypting store over the memory store.

@@ -22,7 +22,7 @@ pub enum CmdError {
 
 /// `pitr list`.
 pub async fn run(a: ListArgs) -> Result<ExitCode, CmdError> {
-    let repo = Repo::open_existing(&a.repo.repo).await?;
+    let repo = Repo::open_to_read(&a.repo.repo, "list").await?;
     let l = crate::list::list(&repo).await?;
     emit(a.repo.json, &l, crate::list::print)?;
     Ok(ExitCode::SUCCESS)

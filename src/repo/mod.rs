@@ -193,12 +193,27 @@ pub(crate) struct ArchivedTip {
     pub end: Lsn,
 }
 
-/// Refuses a key on a plain repo, no key on an encrypted one, and a key the repo does not
-/// name, each in one line.
-fn check_encryption(
+/// The ids of the keys that open an encrypted repo: those with key objects, or, before the
+/// first object is written, those `pitr.json` names.
+async fn repo_keys(raw: &dyn ObjectStore, id: &Identity) -> Result<Vec<String>, StoreError> {
+    let keks = crypt::repo_keks(raw).await?;
+    if !keks.is_empty() {
+        return Ok(keks.into_iter().collect());
+    }
+    Ok(id
+        .encryption
+        .as_ref()
+        .map(|m| m.key_ids.clone())
+        .unwrap_or_default())
+}
+
+/// Refuses a key on a plain repo, no key on an encrypted one, and a key that opens none of
+/// the repo's data keys, each in one line.
+async fn check_encryption(
     repo: &str,
+    raw: &dyn ObjectStore,
     id: &Identity,
-    key: Option<&crypt::RepoKey>,
+    key: Option<&crypt::KeySource>,
 ) -> Result<(), RepoError> {
     let message = match (&id.encryption, key) {
         (None, None) => return Ok(()),
@@ -207,17 +222,34 @@ fn check_encryption(
             m.format,
             crypt::FORMAT
         ),
-        (Some(m), Some(k)) if m.key_ids.iter().any(|i| *i == k.id_hex()) => return Ok(()),
-        (Some(m), None) => format!(
-            "the repo is encrypted (key {}): pass --encryption-key-file (or PITR_ENCRYPTION_KEY_FILE) with that key",
-            m.key_ids.join(", ")
+        (Some(_), None) => format!(
+            "the repo is encrypted (key {}): pass --encryption-key-file, --identity or --kms-key-id with that key (or --recipient, to only write)",
+            repo_keys(raw, id).await?.join(" or ")
         ),
-        (None, Some(_)) => "the repo is not encrypted: it cannot be used with --encryption-key-file (to encrypt, start a new repo with the key)".to_string(),
-        (Some(m), Some(k)) => format!(
-            "the repo needs key {}, and --encryption-key-file holds key {}",
-            m.key_ids.join(" or "),
-            k.id_hex()
+        (None, Some(k)) => format!(
+            "the repo is not encrypted: it cannot be used with a {} (to encrypt, start a new repo with the key)",
+            k.kind_name()
         ),
+        (Some(_), Some(k)) => {
+            let keys = repo_keys(raw, id).await?;
+            if keys.contains(&k.id_hex()) {
+                return Ok(());
+            }
+            if k.can_read() {
+                format!(
+                    "the repo's key is {}, and the {} given is {} (a retired key, or another repo's)",
+                    keys.join(" or "),
+                    k.kind_name(),
+                    k.id_hex()
+                )
+            } else {
+                format!(
+                    "the recipient given ({}) is not one of the repo's keys ({}): add it with `pitr key rotate --to-recipient` run with a key that opens the repo",
+                    k.id_hex(),
+                    keys.join(", ")
+                )
+            }
+        }
     };
     Err(RepoError::Unusable {
         repo: repo.to_string(),
@@ -234,10 +266,8 @@ pub struct Repo {
     plain: Arc<dyn ObjectStore>,
     /// Where it is (for messages).
     pub location: String,
-    /// The id of the key every object but `pitr.json` is sealed with ([`crypt`]).
-    key_id: Option<String>,
-    /// Set in write-only mode (`--recipient` without `--identity`), see [`Repo::can_read`].
-    writes_only: Option<Arc<crypt::WriteOnly>>,
+    /// The keys objects are sealed with, in an encrypted repo ([`crypt`]).
+    keyring: Option<Arc<crypt::Keyring>>,
 }
 
 impl Repo {
@@ -321,15 +351,36 @@ impl Repo {
         if let Ok(Some(marker)) = store.get(IDENTITY_KEY).await
             && let Ok(id) = serde_json::from_slice::<Identity>(&marker)
         {
-            check_encryption(&store.describe(), &id, key.as_ref())?;
+            check_encryption(&store.describe(), store.as_ref(), &id, key.as_ref()).await?;
         }
         let Some(key) = key else {
             return Ok(Repo::with_store(store));
         };
-        let key_id = key.id_hex();
-        let mut repo = Repo::with_store(Arc::new(crypt::EncryptingStore::new(store, key)));
-        repo.key_id = Some(key_id);
+        let sealed = crypt::EncryptingStore::new(store, key);
+        let keyring = sealed.keyring().clone();
+        let mut repo = Repo::with_store(Arc::new(sealed));
+        repo.keyring = Some(keyring);
         Ok(repo)
+    }
+
+    /// Opens a repo that must exist, to read it (`restore`, `list`, `verify`, `prune`):
+    /// write-only mode (`--recipient` alone) is refused here, before anything is read.
+    pub async fn open_to_read(spec: &str, command: &str) -> Result<Repo, RepoError> {
+        let repo = Self::open_existing(spec).await?;
+        if !repo.can_read() {
+            return Err(RepoError::Unusable {
+                repo: repo.location.clone(),
+                message: format!(
+                    "--recipient only writes: `pitr {command}` reads the repo, so it needs --identity FILE (the private key of that recipient)"
+                ),
+            });
+        }
+        Ok(repo)
+    }
+
+    /// The keyring of an encrypted repo.
+    pub(crate) fn keyring(&self) -> Option<&Arc<crypt::Keyring>> {
+        self.keyring.as_ref()
     }
 
     /// A repo over any store.
@@ -339,8 +390,7 @@ impl Repo {
             plain: store.clone(),
             store,
             location,
-            key_id: None,
-            writes_only: None,
+            keyring: None,
         }
     }
 
@@ -350,8 +400,7 @@ impl Repo {
             store: Arc::new(retrying::RetryingStore::new(self.plain.clone(), policy)),
             plain: self.plain.clone(),
             location: self.location.clone(),
-            key_id: self.key_id.clone(),
-            writes_only: self.writes_only.clone(),
+            keyring: self.keyring.clone(),
         }
     }
 
@@ -396,7 +445,7 @@ impl Repo {
     ) -> Result<Identity, RepoError> {
         if let Some(id) = self.identity().await? {
             self.no_sealed_objects_in_a_plain_repo(&id).await?;
-            return self.check(id, system_id, seg);
+            return self.check(id, system_id, seg).await;
         }
         // No marker: pitr makes one only for an empty repo. Objects without it mean the marker
         // was deleted (or never written); a new one would mislabel them, plain or sealed.
@@ -417,9 +466,9 @@ impl Repo {
             wal_segment_size: seg.get(),
             pg_major,
             created_by: format!("pitr {}", env!("CARGO_PKG_VERSION")),
-            encryption: self.key_id.as_ref().map(|k| objects::EncryptionMarker {
+            encryption: self.keyring.as_ref().map(|k| objects::EncryptionMarker {
                 format: crypt::FORMAT,
-                key_ids: vec![k.clone()],
+                key_ids: vec![k.source().id_hex()],
             }),
         };
         let body = serde_json::to_vec_pretty(&id).unwrap_or_default();
@@ -431,7 +480,7 @@ impl Repo {
             Ok(_) => Ok(id),
             // Someone else claimed it meanwhile: check theirs.
             Err(e) if e.kind == StoreErrorKind::Conflict => match self.identity().await? {
-                Some(other) => self.check(other, system_id, seg),
+                Some(other) => self.check(other, system_id, seg).await,
                 None => Err(e.into()),
             },
             Err(e) => Err(e.into()),
@@ -443,7 +492,7 @@ impl Repo {
     /// marker was altered (its `encryption` removed) or the key is missing; writing on would
     /// put plaintext beside ciphertext.
     async fn no_sealed_objects_in_a_plain_repo(&self, id: &Identity) -> Result<(), RepoError> {
-        if id.encryption.is_some() || self.key_id.is_some() {
+        if id.encryption.is_some() || self.keyring.is_some() {
             return Ok(());
         }
         let mut sample = None;
@@ -476,8 +525,15 @@ impl Repo {
         Ok(())
     }
 
-    fn check(&self, id: Identity, system_id: u64, seg: WalSegSize) -> Result<Identity, RepoError> {
-        check_encryption(&self.location, &id, crypt::configured().as_ref())?;
+    async fn check(
+        &self,
+        id: Identity,
+        system_id: u64,
+        seg: WalSegSize,
+    ) -> Result<Identity, RepoError> {
+        let raw = self.keyring.as_ref().map_or(&self.plain, |k| k.inner());
+        let source = self.keyring.as_ref().map(|k| k.source());
+        check_encryption(&self.location, raw.as_ref(), &id, source).await?;
         let repo_system: u64 = id.system_id.parse().map_err(|_| RepoError::Corrupt {
             repo: self.location.clone(),
             message: format!("{IDENTITY_KEY}: bad system_id {:?}", id.system_id),
@@ -507,7 +563,7 @@ impl Repo {
     /// cannot be opened, so callers must use [`Repo::exists`] and [`Repo::holds`] instead of
     /// reading them.
     pub(crate) fn can_read(&self) -> bool {
-        self.writes_only.is_none()
+        self.keyring.as_ref().is_none_or(|k| k.source().can_read())
     }
 
     /// Whether object `key` exists (from a listing: nothing is read or decrypted).
@@ -523,8 +579,8 @@ impl Repo {
         key: &str,
         plaintext: &[u8],
     ) -> Result<Option<bool>, RepoError> {
-        if let Some(w) = &self.writes_only {
-            return Ok(w.holds(self.plain.as_ref(), key, plaintext).await?);
+        if let Some(k) = &self.keyring {
+            return Ok(k.holds(key, plaintext).await?);
         }
         Ok(self.store.get(key).await?.map(|b| b[..] == plaintext[..]))
     }

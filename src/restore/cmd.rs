@@ -165,7 +165,7 @@ async fn options(a: &RestoreArgs) -> Result<RestoreOptions, CmdError> {
             "--check-sql runs only with --verify: add --verify".into(),
         ));
     }
-    let repo = Repo::open_existing(&a.repo).await?;
+    let repo = Repo::open_to_read(&a.repo, "restore").await?;
     let mode = if a.standby {
         let exe = std::env::current_exe().map_err(CmdError::OwnPath)?;
         Mode::Standby {
@@ -173,13 +173,11 @@ async fn options(a: &RestoreArgs) -> Result<RestoreOptions, CmdError> {
                 "{} wal fetch %f %p --repo {}{}",
                 shell_quote(&exe.display().to_string()),
                 shell_quote(&absolute_repo(&a.repo)),
-                // An encrypted repo's WAL needs the key: the same file, by its absolute path.
-                crate::repo::crypt::configured_file()
-                    .map(|f| format!(
-                        " --encryption-key-file {}",
-                        shell_quote(&f.display().to_string())
-                    ))
-                    .unwrap_or_default()
+                // An encrypted repo's WAL needs the key: the same option, files by absolute path.
+                crate::repo::crypt::configured_args()
+                    .iter()
+                    .map(|a| format!(" {}", shell_quote(a)))
+                    .collect::<String>()
             ),
         }
     } else {

@@ -22,7 +22,7 @@ pub enum CmdError {
 
 /// `pitr verify`.
 pub async fn run(a: RepoArgs) -> Result<ExitCode, CmdError> {
-    let repo = Repo::open_existing(&a.repo).await?;
+    let repo = Repo::open_to_read(&a.repo, "verify").await?;
     let r = crate::verify::repo::verify_repo(&repo).await?;
     emit(a.json, &r, crate::verify::repo::print)?;
     if let Some(p) = r.problems.first() {

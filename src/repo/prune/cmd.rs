@@ -34,7 +34,7 @@ pub async fn run(a: PruneArgs) -> Result<ExitCode, CmdError> {
     if a.keep_full == Some(0) {
         return Err(CmdError::Usage("--keep-full must be at least 1"));
     }
-    let repo = Repo::open_existing(&a.repo.repo).await?;
+    let repo = Repo::open_to_read(&a.repo.repo, "prune").await?;
     let retention = Retention {
         keep_full: a.keep_full,
         keep_within: a.keep_within,

@@ -264,6 +264,11 @@ pub struct Metrics {
     pub backup_now: Notify,
     /// Asks for the open-gap state to be read again from the repo (a backup completed).
     pub gap_recheck: Notify,
+    /// Write-only mode: (start LSN, start timeline) of the backups this process completed,
+    /// the only ones whose start it knows (catalog entries cannot be read).
+    backups_here: Mutex<Vec<(walfmt::Lsn, walfmt::TimeLineId)>>,
+    /// Write-only mode: the warning that the gap state cannot be read was logged.
+    gap_unread_warned: AtomicBool,
 }
 
 fn now_us() -> i64 {
@@ -370,6 +375,13 @@ impl Metrics {
         self.set_open_gap(Some(g.describe()));
         self.backup_now.notify_one();
         self.gap_recheck.notify_one();
+    }
+
+    /// Write-only mode: a backup this process completed, starting at `start` on `tli`.
+    pub(crate) fn backup_completed_here(&self, start: walfmt::Lsn, tli: walfmt::TimeLineId) {
+        if let Ok(mut b) = self.backups_here.lock() {
+            b.push((start, tli));
+        }
     }
 
     /// Sets or clears the open gap.
@@ -613,6 +625,9 @@ fn metric(s: &mut String, name: &str, kind: &str, help: &str, v: String) {
 /// gap is open. A gap found newly open asks the scheduler for a backup now. On a storage error
 /// the state is left as it was.
 pub(crate) async fn refresh_open_gap(r: &crate::repo::Repo, metrics: &Metrics) -> bool {
+    if !r.can_read() {
+        return refresh_open_gap_unread(r, metrics).await;
+    }
     match crate::repo::gaps::read_open_gap(r).await {
         Ok(open) => {
             let was = metrics.gap_open();
@@ -634,6 +649,45 @@ pub(crate) async fn refresh_open_gap(r: &crate::repo::Repo, metrics: &Metrics) -
             metrics.set_open_gap(open.map(|g| g.describe()));
         }
         Err(e) => tracing::warn!(error = %e, "cannot read the repo's gap records and backups"),
+    }
+    metrics.gap_open()
+}
+
+/// [`refresh_open_gap`] in write-only mode, where gap records and catalog entries cannot be
+/// read: the newest gap comes from the records' names, and only backups this process
+/// completed are known to start after it. A gap this process recorded stays open until one
+/// of them does; an older one (recorded by an earlier process) is not shown as open, since
+/// a backup after it may exist: one warning says so, and that `pitr list --identity` tells.
+async fn refresh_open_gap_unread(r: &crate::repo::Repo, metrics: &Metrics) -> bool {
+    let newest = match r.store().list(crate::repo::gaps::PREFIX).await {
+        Ok(l) => l
+            .iter()
+            .filter_map(|o| {
+                crate::repo::gaps::parse_key(&o.key).map(|(t, _, to)| (to, t, o.key.clone()))
+            })
+            .max(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the repo's gap records");
+            return metrics.gap_open();
+        }
+    };
+    let Some((to, tli, key)) = newest else {
+        metrics.set_open_gap(None);
+        return false;
+    };
+    let closed = metrics
+        .backups_here
+        .lock()
+        .is_ok_and(|b| b.iter().any(|(s, t)| *s >= to && *t >= tli));
+    if closed {
+        if metrics.gap_open() {
+            tracing::info!(
+                "a complete base backup starts after the newest WAL gap: the archive is restorable past it again"
+            );
+        }
+        metrics.set_open_gap(None);
+    } else if !metrics.gap_open() && !metrics.gap_unread_warned.swap(true, Ordering::Relaxed) {
+        tracing::warn!(gap = %key, "write-only mode: the repo records WAL gaps, and whether a complete base backup starts after the newest cannot be read here; check with pitr list --identity FILE (a backup taken now makes sure)");
     }
     metrics.gap_open()
 }

@@ -20,3 +20,4 @@ mod stream;
 mod testcontainers_restore;
 mod textfile;
 mod verify_image;
+mod write_only;

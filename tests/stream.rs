@@ -165,7 +165,9 @@ pub(crate) fn pitr() -> Command {
         .env("PITR_METRICS_LISTEN", "off")
         .env_remove("PITR_REPO")
         .env_remove("PITR_SOURCE")
-        .env_remove("PITR_ENCRYPTION_KEY_FILE");
+        .env_remove("PITR_ENCRYPTION_KEY_FILE")
+        .env_remove("PITR_RECIPIENT")
+        .env_remove("PITR_IDENTITY_FILE");
     c
 }
 

@@ -220,11 +220,24 @@ pub(crate) async fn run(opts: &BackupOptions) -> Result<BackupRecord, BackupErro
         .await
         .map_err(|e| explain(e, &opts.source.user))?;
     let res = take(&mut conn, opts).await;
+    // Write-only mode cannot read the repo's history files: the server's history of the
+    // backup's timeline tells which WAL the backup needs (the stream archives a timeline only
+    // once the repo's history file of it is proven to hold the server's).
+    let server_history = match &res {
+        Ok((rec, _)) if !opts.repo.can_read() && rec.end_tli.0 > 1 => {
+            Some(server_history(&mut conn, rec.end_tli).await)
+        }
+        _ => None,
+    };
     conn.close().await;
     let (mut rec, seg) = res?;
-    wait_for_wal(opts, &rec, seg).await?;
+    let server_history = server_history.transpose()?;
+    wait_for_wal(opts, &rec, seg, server_history.as_ref()).await?;
     check_objects(&opts.repo, &rec).await?;
-    rec.restorable_from = server_restorable_from(&opts.repo, &rec, seg).await;
+    // Write-only mode cannot read the WAL to compute it; restore computes it again anyway.
+    if opts.repo.can_read() {
+        rec.restorable_from = server_restorable_from(&opts.repo, &rec, seg).await;
+    }
     let body = serde_json::to_vec_pretty(&rec).unwrap_or_default();
     upload(&opts.repo, &catalog::backup_key(&rec.id), Bytes::from(body)).await?;
     Ok(rec)
@@ -539,18 +552,46 @@ async fn check_objects(repo: &Repo, rec: &BackupRecord) -> Result<(), BackupErro
     Ok(())
 }
 
-/// Waits until the repo holds the WAL from the backup's start to its end.
+/// The server's history file of `tli`, parsed.
+async fn server_history(
+    conn: &mut PgConn,
+    tli: TimeLineId,
+) -> Result<walfmt::TimelineHistory, BackupError> {
+    let (_, content) = conn.timeline_history(tli).await?;
+    walfmt::TimelineHistory::parse(tli, &String::from_utf8_lossy(&content)).map_err(|e| {
+        BackupError::Protocol(format!(
+            "the server's history file of timeline {} is unreadable: {e}",
+            tli.0
+        ))
+    })
+}
+
+/// Waits until the repo holds the WAL from the backup's start to its end. In write-only
+/// mode from object names alone, following `server_history` (the server's history of the
+/// backup's end timeline; `None` for timeline 1).
 async fn wait_for_wal(
     opts: &BackupOptions,
     rec: &BackupRecord,
     seg: WalSegSize,
+    server_history: Option<&walfmt::TimelineHistory>,
 ) -> Result<(), BackupError> {
     let began = Instant::now();
     let sysid: u64 = rec.system_id.parse().unwrap_or(0);
     let tli = rec.end_tli;
     let mut logged = false;
     loop {
-        let idx = WalIndex::load(&opts.repo, seg, sysid).await;
+        let idx = if opts.repo.can_read() {
+            WalIndex::load(&opts.repo, seg, sysid).await
+        } else {
+            WalIndex::from_names(&opts.repo, seg, sysid)
+                .await
+                .map(|mut idx| {
+                    if let Some(h) = server_history {
+                        idx.histories.insert(h.tli, h.clone());
+                    }
+                    idx
+                })
+        };
         if let Ok(idx) = idx {
             let path = idx.path(tli);
             let cov = idx.coverage(&path, rec.start());

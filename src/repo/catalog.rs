@@ -42,6 +42,37 @@ pub(crate) fn backup_key(id: &str) -> String {
     format!("backups/{id}/backup.json")
 }
 
+/// The ids of complete backups (those with a catalog entry), from one listing, reading
+/// nothing (what write-only mode can know of the catalog), oldest first.
+pub(crate) async fn complete_backup_ids(repo: &Repo) -> Result<Vec<String>, RepoError> {
+    let mut ids: Vec<String> = repo
+        .store()
+        .list("backups/")
+        .await?
+        .into_iter()
+        .filter_map(|o| {
+            let id = o
+                .key
+                .strip_prefix("backups/")?
+                .strip_suffix("/backup.json")?;
+            (!id.is_empty() && !id.contains('/')).then(|| id.to_owned())
+        })
+        .collect();
+    ids.sort();
+    Ok(ids)
+}
+
+/// When the backup of `id` started, from the id alone (`YYYYMMDDTHHMMSSZ`, with `-N` when
+/// two backups started in the same second).
+pub(crate) fn id_start_time(id: &str) -> Option<jiff::Timestamp> {
+    let stamp = id.split('-').next()?;
+    jiff::civil::DateTime::strptime("%Y%m%dT%H%M%SZ", stamp)
+        .ok()?
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .ok()
+        .map(|z| z.timestamp())
+}
+
 /// Key of one chunk of a backup archive.
 pub(crate) fn chunk_key(id: &str, archive: &str, n: usize, server_compressed: bool) -> String {
     let ext = if server_compressed { "srv" } else { "lz4" };
@@ -258,6 +289,29 @@ impl WalIndex {
         seg: WalSegSize,
         system_id: u64,
     ) -> Result<WalIndex, RepoError> {
+        let mut idx = Self::from_names(repo, seg, system_id).await?;
+        for (tli, key) in &idx.history_keys {
+            let Some(b) = repo.store().get(key).await? else {
+                continue;
+            };
+            let text = String::from_utf8_lossy(&b);
+            let h = TimelineHistory::parse(*tli, &text).map_err(|e| RepoError::Corrupt {
+                repo: repo.location.clone(),
+                message: format!("{key}: {e}"),
+            })?;
+            idx.histories.insert(*tli, h);
+        }
+        Ok(idx)
+    }
+
+    /// The index from one listing, reading nothing: no history is parsed (`histories` is
+    /// empty; a caller that knows a timeline's history, e.g. from the server, inserts it).
+    /// What write-only mode (`--recipient` without `--identity`) can know of the WAL area.
+    pub(crate) async fn from_names(
+        repo: &Repo,
+        seg: WalSegSize,
+        system_id: u64,
+    ) -> Result<WalIndex, RepoError> {
         let listing = repo.store().list("wal/").await?;
         let mut files: BTreeMap<TimeLineId, BTreeMap<SegNo, SegFile>> = BTreeMap::new();
         let mut summaries = BTreeSet::new();
@@ -305,23 +359,11 @@ impl WalIndex {
                 *summary = Some(key);
             }
         }
-        let mut histories = BTreeMap::new();
-        for (tli, key) in &history_keys {
-            let Some(b) = repo.store().get(key).await? else {
-                continue;
-            };
-            let text = String::from_utf8_lossy(&b);
-            let h = TimelineHistory::parse(*tli, &text).map_err(|e| RepoError::Corrupt {
-                repo: repo.location.clone(),
-                message: format!("{key}: {e}"),
-            })?;
-            histories.insert(*tli, h);
-        }
         Ok(WalIndex {
             seg,
             system_id,
             files,
-            histories,
+            histories: BTreeMap::new(),
             history_keys,
         })
     }
@@ -871,6 +913,15 @@ mod tests {
 
     fn history(tli: u32, text: &'static str) -> (String, &'static str) {
         (crate::repo::history_key(TimeLineId(tli)), text)
+    }
+
+    #[test]
+    fn a_backup_id_tells_its_start_time() {
+        let t = id_start_time("20251122T143005Z").unwrap();
+        assert_eq!(t.to_string(), "2025-11-22T14:30:05Z");
+        assert_eq!(id_start_time("20251122T143005Z-2"), Some(t));
+        assert_eq!(id_start_time("b1"), None);
+        assert_eq!(id_start_time(""), None);
     }
 
     #[test]

@@ -63,6 +63,21 @@ pub(crate) fn key(tli: TimeLineId, from: Lsn, to: Lsn) -> String {
     format!("{PREFIX}{:08X}-{:016X}-{:016X}.json", tli.0, from.0, to.0)
 }
 
+/// Parses a gap record's key: (timeline, from, to).
+pub(crate) fn parse_key(key: &str) -> Option<(TimeLineId, Lsn, Lsn)> {
+    let rest = key.strip_prefix(PREFIX)?.strip_suffix(".json")?;
+    let mut it = rest.split('-');
+    let (t, f, to) = (it.next()?, it.next()?, it.next()?);
+    if it.next().is_some() || t.len() != 8 || f.len() != 16 || to.len() != 16 {
+        return None;
+    }
+    Some((
+        TimeLineId(u32::from_str_radix(t, 16).ok()?),
+        Lsn(u64::from_str_radix(f, 16).ok()?),
+        Lsn(u64::from_str_radix(to, 16).ok()?),
+    ))
+}
+
 impl GapRecord {
     /// A new record (format [`GAP_FORMAT`], detected now).
     pub(crate) fn new(
@@ -263,6 +278,17 @@ mod tests {
         let g = gap(1, 0x0500_1234, 0x0900_0000);
         let k = key(TimeLineId(1), Lsn(0x0500_1234), Lsn(0x0900_0000));
         assert_eq!(k, "gaps/00000001-0000000005001234-0000000009000000.json");
+        assert_eq!(
+            parse_key(&k),
+            Some((TimeLineId(1), Lsn(0x0500_1234), Lsn(0x0900_0000)))
+        );
+        for bad in [
+            "gaps/1-2-3.json",
+            "gaps/x.json",
+            &k.replace(".json", ".tmp"),
+        ] {
+            assert_eq!(parse_key(bad), None, "{bad}");
+        }
         assert_eq!(g.validate(&k), Ok(()));
         assert_eq!(g.from_lsn().unwrap(), Lsn(0x0500_1234));
         assert_eq!(g.to_lsn().unwrap(), Lsn(0x0900_0000));

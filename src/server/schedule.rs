@@ -151,15 +151,29 @@ pub(crate) async fn run(
         _ = stop.recv() => return,
     }
     let mut retry_at: Option<jiff::Timestamp> = None;
+    let readable = opts.backup.repo.can_read();
+    if !readable {
+        tracing::info!(
+            "write-only mode: the backup schedule counts from the newest complete backup's start (its id), since catalog entries cannot be read"
+        );
+    }
+    // The end of the newest backup this process took.
+    let mut own_last: Option<jiff::Timestamp> = None;
     loop {
-        let last = match catalog::backups(&opts.backup.repo).await {
-            Ok(b) => b
-                .last()
-                .and_then(|b| b.end_time.parse::<jiff::Timestamp>().ok()),
+        let newest = if readable {
+            catalog::backups(&opts.backup.repo).await.map(|b| {
+                b.last()
+                    .and_then(|b| b.end_time.parse::<jiff::Timestamp>().ok())
+            })
+        } else {
+            last_backup_by_name(&opts.backup.repo).await
+        };
+        let last = match newest {
+            Ok(l) => l.max(own_last),
             Err(e) => {
                 tracing::warn!(error = %e, "scheduled backup: cannot read the catalog; retrying in 1 min");
                 retry_at = Some(after(jiff::Timestamp::now(), CATALOG_RETRY));
-                None
+                own_last
             }
         };
         if let Some(l) = last {
@@ -191,10 +205,17 @@ pub(crate) async fn run(
         match res {
             Ok(rec) => {
                 retry_at = None;
+                own_last = own_last.max(rec.end_time.parse().ok());
+                if !readable {
+                    metrics.backup_completed_here(rec.start(), rec.start_tli);
+                }
                 metrics.backups.fetch_add(1, Ordering::Relaxed);
                 metrics.gap_recheck.notify_one();
                 tracing::info!(id = %rec.id, end = %rec.end_lsn, "scheduled base backup complete");
-                if let Some(r) = opts.retention {
+                if let Some(r) = opts.retention.filter(|_| !readable) {
+                    // Refused at start-up (`pitr stream`); never applied unread.
+                    tracing::warn!(retention = ?r, "write-only mode: retention needs to read the catalog; not applied (run pitr prune --identity FILE)");
+                } else if let Some(r) = opts.retention {
                     match prune::prune(&opts.backup.repo, r, false).await {
                         Ok(p) => tracing::info!(
                             deleted_backups = p.deleted_backups.len(),
@@ -215,6 +236,18 @@ pub(crate) async fn run(
             }
         }
     }
+}
+
+/// Write-only mode: when the newest complete backup started, from the catalog's names (its
+/// end time is in its entry, which cannot be read). `None` when there is none.
+async fn last_backup_by_name(
+    repo: &crate::repo::Repo,
+) -> Result<Option<jiff::Timestamp>, crate::repo::RepoError> {
+    Ok(catalog::complete_backup_ids(repo)
+        .await?
+        .iter()
+        .filter_map(|id| catalog::id_start_time(id))
+        .max())
 }
 
 #[cfg(test)]

@@ -206,28 +206,44 @@ impl Archiver {
     /// summary (pitr died between uploading a segment and its summary, which is written once
     /// the next segment shows where its last record ends), it starts at the oldest of those
     /// (up to 8 back) and replays them from the repo, so their summaries get written.
+    ///
+    /// Whether they exist is read from listings. In write-only mode the segments cannot be
+    /// read back: they are not downloaded, a warning names them, and they stay without a
+    /// summary (`restore`, `verify` and `list`, which hold the identity, decode such a
+    /// segment instead).
     async fn summarizer_from(
         &self,
         tli: TimeLineId,
         segno: SegNo,
     ) -> Result<Option<Summarizer<'static>>, StreamError> {
         let seg = self.cfg.seg;
+        let readable = self.repo.can_read();
         let mut missing = Vec::new();
+        let mut unread = Vec::new();
         let mut s = segno.0;
-        while s > 0 && missing.len() < 8 {
+        while s > 0 && missing.len() + unread.len() < 8 {
             s -= 1;
             let prev = SegNo(s);
-            let store = self.repo.store();
             let sum_key = repo::summary_key(tli, prev, seg);
             let seg_key = repo::segment_key(tli, prev, seg);
             // The small summary first: the segment is downloaded only when it lacks one.
-            let has_sum = store.get(&sum_key).await?;
-            if has_sum.is_some() {
+            if self.repo.exists(&sum_key).await? {
                 break;
             }
-            let has_seg = store.get(&seg_key).await?;
+            if !readable {
+                if !self.repo.exists(&seg_key).await? {
+                    break;
+                }
+                unread.push(walfmt::names::segment_file_name(tli, prev, seg));
+                continue;
+            }
+            let has_seg = self.repo.store().get(&seg_key).await?;
             let Some(body) = has_seg else { break };
             missing.push((prev, body));
+        }
+        if !unread.is_empty() {
+            unread.reverse();
+            tracing::warn!(segments = %unread.join(", "), "write-only mode: these complete segments have no summary, and this process cannot read them back to write one; they stay without (restore, verify and list decode a segment that lacks its summary)");
         }
         let first = missing.last().map_or(segno, |(s, _)| *s);
         let dc = DecoderConfig::for_cluster(seg, self.cfg.system_id);
@@ -582,6 +598,43 @@ mod tests {
         assert_eq!(r.sync().await, Some(end));
         assert_eq!(r.keys().await, vec![segment(5), segment(6), segment(7)]);
         assert_eq!(r.bytes(&segment(7)).await.unwrap(), slice(&data, s7, end));
+        r.stop().await.unwrap();
+    }
+
+    /// Write-only mode re-makes a WAL object's stored plaintext from the server's bytes: a
+    /// partial's is `compress` of the bytes from its segment's start to the end in its name,
+    /// a complete segment's `compress` of the segment.
+    #[tokio::test]
+    async fn the_stored_plaintext_is_the_compressed_bytes_named_by_the_key() {
+        let r = rig(MemoryStore::new()).await;
+        let data = wal(2 * SEG as usize);
+        r.begin(TLI, START).await;
+        let mid = Lsn(START.0 + 3 * SEG / 2);
+        r.wal(START, slice(&data, START, mid)).await;
+        assert_eq!(r.sync().await, Some(mid));
+        let repo = Repo::with_store(Arc::new(r.mem.clone()));
+        for key in r.keys().await {
+            let (segno, len) = match repo::parse_wal_key(&key, seg()) {
+                Some(repo::WalObject::Segment(_, s)) => (s, SEG),
+                Some(repo::WalObject::Partial(_, s, end)) => (s, s.bytes_until(end, seg())),
+                o => panic!("{key}: {o:?}"),
+            };
+            let from = segno.start_lsn(seg()).unwrap();
+            let raw = slice(&data, from, Lsn(from.0 + len));
+            assert_eq!(
+                repo.holds(&key, &repo::compress(raw)).await.unwrap(),
+                Some(true),
+                "{key}"
+            );
+            let mut bent = raw.to_vec();
+            bent[len as usize / 2] ^= 1;
+            assert_eq!(
+                repo.holds(&key, &repo::compress(&bent)).await.unwrap(),
+                Some(false),
+                "{key}"
+            );
+        }
+        assert_eq!(repo.holds(&segment(9), b"x").await.unwrap(), None);
         r.stop().await.unwrap();
     }
 

@@ -49,6 +49,12 @@ pub enum CmdError {
 pub async fn run(settings: StreamSettings, shutdown: Shutdown) -> Result<ExitCode, CmdError> {
     let source = ConnParams::parse(&settings.source, true)?;
     let repo = Repo::open(&settings.repo).await?;
+    if settings.retention().is_some() && !repo.can_read() {
+        return Err(StreamError::Refused(
+            "--keep-full and --keep-within need to read the backups' catalog entries, which write-only mode (--recipient without --identity) cannot: drop them here and run pitr prune --identity FILE where the identity is kept".into(),
+        )
+        .into());
+    }
     // Held until exit: the spool is this process's alone.
     let spool_dir = settings.spool();
     let spool_lock = spool_dir.as_deref().map(spool::prepare_dir).transpose()?;

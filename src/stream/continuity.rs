@@ -20,13 +20,21 @@
 //!   The byte comparison is used whenever the server still holds that segment.
 //! - [`Checker::nothing`]: the repo holds nothing just before or at `S` (a new repo, a new
 //!   timeline's first segment after the repo's gap): nothing to contradict.
+//! - [`Checker::digest`]: write-only mode (`--recipient` without `--identity`), where the
+//!   repo's objects cannot be read: the server's bytes of the stretch the object holds (from
+//!   its segment's start to its length, known from its name) are collected
+//!   ([`Verdict::Collected`]); the caller re-makes the object's stored plaintext from them
+//!   (`repo::compress` is deterministic) and asks the repo whether the object holds exactly
+//!   that (the keyed digest in its sealed header), then [`Checker::settle`]s the check. As
+//!   strong as [`Checker::bytes`], except that a difference cannot be located. There is no
+//!   write-only counterpart of [`Checker::link`]: decoding needs the repo's bytes.
 //!
 //! # Invariants
 //!
 //! - Pure: bytes in, a [`Verdict`] out; no I/O. Feeding is contiguous from the start given.
 //! - A verdict, once reached, never changes: later input is ignored.
-//! - Memory: the expected bytes (at most one segment), or the decoder with the repo's
-//!   segment and the record being reassembled.
+//! - Memory: the expected bytes (at most one segment), the collected bytes (at most one
+//!   segment), or the decoder with the repo's segment and the record being reassembled.
 
 use bytes::Bytes;
 use walfmt::{DecoderConfig, Lsn, Poll, StartAt, WalDecoder};
@@ -45,6 +53,10 @@ pub(crate) struct Divergence {
 pub(crate) enum Verdict {
     /// Not decided: more of the server's WAL is needed.
     Pending,
+    /// [`Checker::digest`]: the server's bytes of the stretch are all here; the caller takes
+    /// them ([`Checker::take_collected`]), checks them against the stored object's digest and
+    /// [`Checker::settle`]s.
+    Collected,
     /// The server's WAL continues the repo's.
     Proven,
     /// It does not.
@@ -61,6 +73,11 @@ enum Expect {
     Link {
         decoder: Box<WalDecoder<'static>>,
         from: Lsn,
+    },
+    Digest {
+        from: Lsn,
+        len: u64,
+        got: Vec<u8>,
     },
 }
 
@@ -138,6 +155,61 @@ impl Checker {
         })
     }
 
+    /// Write-only mode: the server's `len` bytes from `from` (a segment start) are collected,
+    /// to be checked against the digest of `what`, the repo object holding that stretch.
+    pub(crate) fn digest(from: Lsn, len: u64, what: impl Into<String>) -> Checker {
+        Checker {
+            expect: Expect::Digest {
+                from,
+                len,
+                got: Vec::new(),
+            },
+            what: what.into(),
+            verdict: Verdict::Pending,
+        }
+    }
+
+    /// The verdict so far.
+    pub(crate) fn verdict(&self) -> &Verdict {
+        &self.verdict
+    }
+
+    /// Once [`Verdict::Collected`]: the server's bytes of the stretch, from its start (once;
+    /// `None` before, after, or for another kind of check).
+    pub(crate) fn take_collected(&mut self) -> Option<(Lsn, Vec<u8>)> {
+        match (&self.verdict, &mut self.expect) {
+            (Verdict::Collected, Expect::Digest { from, got, .. }) => {
+                Some((*from, std::mem::take(got)))
+            }
+            _ => None,
+        }
+    }
+
+    /// Ends a [`Verdict::Collected`] check with the digest comparison's answer: the stored
+    /// object holds exactly the plaintext re-made from the collected bytes (proven) or not
+    /// (diverged: where cannot be said). No effect in any other state.
+    pub(crate) fn settle(&mut self, holds: bool) -> &Verdict {
+        if self.verdict != Verdict::Collected {
+            return &self.verdict;
+        }
+        let Expect::Digest { from, len, .. } = &self.expect else {
+            return &self.verdict;
+        };
+        self.verdict = if holds {
+            Verdict::Proven
+        } else {
+            Verdict::Diverged(Divergence {
+                at: *from,
+                detail: format!(
+                    "its WAL from {from} to {} is not what {} holds: write-only mode compares the object's keyed digest without decrypting it, so it cannot say where they differ (an object written by a pitr whose lz4 encoder differs would not match either: run once with --identity to compare the bytes)",
+                    Lsn(from.0 + len),
+                    self.what
+                ),
+            })
+        };
+        &self.verdict
+    }
+
     /// True once proven.
     pub(crate) fn is_proven(&self) -> bool {
         self.verdict == Verdict::Proven
@@ -161,8 +233,28 @@ impl Checker {
                 decoder.feed(data);
                 link_verdict(decoder, *from, what)
             }
+            Expect::Digest { from, len, got } => collect(*from, *len, got, at, data),
         };
         &self.verdict
+    }
+}
+
+/// Appends the part of `data` (at `at`, contiguous with what came before) that falls in
+/// `[from, from + len)`: [`Verdict::Collected`] once all of it is there.
+fn collect(from: Lsn, len: u64, got: &mut Vec<u8>, at: Lsn, data: &[u8]) -> Verdict {
+    let end = from.0 + len;
+    let lo = at.0.max(from.0 + got.len() as u64);
+    let hi = (at.0 + data.len() as u64).min(end);
+    if lo < hi {
+        if got.is_empty() {
+            got.reserve_exact(len as usize);
+        }
+        got.extend_from_slice(&data[(lo - at.0) as usize..(hi - at.0) as usize]);
+    }
+    if from.0 + got.len() as u64 >= end {
+        Verdict::Collected
+    } else {
+        Verdict::Pending
     }
 }
 
@@ -279,6 +371,81 @@ mod tests {
         assert_eq!(c.feed(from, &data[..300]), &Verdict::Proven);
         assert!(Checker::bytes(from, Bytes::new(), "x").is_proven());
         assert!(Checker::nothing().is_proven());
+    }
+
+    #[test]
+    fn a_digest_check_collects_the_stretch_then_settles_once() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        let from = Lsn(0x0300_0000);
+        let key = "wal/00000001/000000010000000000000003.partial.0000000003001770.lz4";
+        let mut c = Checker::digest(from, 6000, key);
+        assert_eq!(c.what(), key);
+        // Nothing to take or settle before the stretch is all here.
+        assert_eq!(c.feed(from, &data[..10]), &Verdict::Pending);
+        assert_eq!(c.take_collected(), None);
+        assert_eq!(c.settle(true), &Verdict::Pending);
+        // Fed in pieces, one beyond the stretch: exactly the stretch is collected.
+        assert_eq!(c.feed(Lsn(from.0 + 10), &data[10..4000]), &Verdict::Pending);
+        assert_eq!(
+            c.feed(Lsn(from.0 + 4000), &data[4000..]),
+            &Verdict::Collected
+        );
+        // Later input changes nothing.
+        assert_eq!(c.feed(Lsn(from.0 + 10_000), b"zz"), &Verdict::Collected);
+        assert_eq!(c.take_collected(), Some((from, data[..6000].to_vec())));
+        assert!(!c.is_proven());
+        assert_eq!(c.settle(true), &Verdict::Proven);
+        assert!(c.is_proven());
+        // Settled once: a second answer does not change it.
+        assert_eq!(c.settle(false), &Verdict::Proven);
+        assert_eq!(c.take_collected(), None);
+        // A digest that does not match: diverged from the stretch's start, naming the object
+        // and saying that write-only mode cannot locate the difference.
+        let mut c = Checker::digest(from, 6000, key);
+        assert_eq!(c.feed(from, &data), &Verdict::Collected);
+        assert!(c.take_collected().is_some());
+        match c.settle(false).clone() {
+            Verdict::Diverged(d) => {
+                assert_eq!(d.at, from);
+                assert!(d.detail.contains(key), "{}", d.detail);
+                assert!(d.detail.contains("0/3001770"), "{}", d.detail);
+                assert!(d.detail.contains("cannot say where"), "{}", d.detail);
+                assert!(d.detail.contains("--identity"), "{}", d.detail);
+            }
+            v => panic!("{v:?}"),
+        }
+        assert!(matches!(
+            c.feed(Lsn(from.0 + 10_000), b"x"),
+            Verdict::Diverged(_)
+        ));
+        // Other kinds of checks never collect.
+        let mut b = Checker::bytes(from, Bytes::from(data[..10].to_vec()), "x");
+        assert_eq!(b.feed(from, &data[..10]), &Verdict::Proven);
+        assert_eq!(b.take_collected(), None);
+        assert_eq!(b.settle(false), &Verdict::Proven);
+    }
+
+    /// The stored plaintext of a WAL object is `compress(raw)`: write-only mode re-makes it
+    /// from the server's bytes, so the same bytes must compress to the same frame, and a
+    /// one-byte change to another.
+    #[test]
+    fn compression_is_deterministic_so_the_stored_plaintext_can_be_remade() {
+        for major in [15, 17] {
+            let segs = segments(major);
+            let (_, a) = &segs[0];
+            let z1 = crate::repo::compress(a);
+            let z2 = crate::repo::compress(&a.clone());
+            assert_eq!(z1, z2, "PG {major}");
+            // A partial's prefix, as the archiver publishes it.
+            let n = 123_456;
+            assert_eq!(
+                crate::repo::compress(&a[..n]),
+                crate::repo::compress(&a.clone()[..n])
+            );
+            let mut bent = a.clone();
+            bent[n / 2] ^= 1;
+            assert_ne!(crate::repo::compress(&bent), z1, "PG {major}");
+        }
     }
 
     #[test]

@@ -374,6 +374,16 @@ fn refusal(r: &Repo, why: String) -> StreamError {
     ))
 }
 
+/// Write-only mode, when the server no longer has the segment the repo ends in: only a
+/// prev-link could prove that the server's WAL continues the repo's, and it needs the repo's
+/// bytes. One line, with the ways on.
+fn write_only_unprovable(tli: TimeLineId, start: Lsn, key: &str, repo: &str) -> String {
+    format!(
+        "timeline {}: the server no longer has the WAL before {start}, so the WAL it sends from there can only be proven to continue the repo's by decoding {key}, which write-only mode (--recipient without --identity) cannot read; nothing was written: run pitr stream once with --identity FILE to prove it (then go on with --recipient alone), or stream this server into a new repo; the repo {repo} is unchanged",
+        tli.0
+    )
+}
+
 /// After the server said the WAL at the resume point is gone: records the gap and says where
 /// archiving goes on (see [`startup::gap_resume`]). A server whose history files disagree
 /// with the repo's is refused first: nothing, not even a gap record, is written for it.
@@ -385,8 +395,7 @@ async fn after_gap(
     spooled: Option<(TimeLineId, Lsn)>,
     reason: &str,
 ) -> Result<Start, StreamError> {
-    let theirs = startup::repo_histories(&opts.repo, hist).await?;
-    if let Err(why) = startup::compare_histories(hist, &theirs) {
+    if let Err(why) = startup::check_histories(&opts.repo, conn, hist).await? {
         return Err(refusal(&opts.repo, why));
     }
     let before = start_point(conn, opts, p, hist, spooled).await?;
@@ -425,6 +434,8 @@ struct Gate {
     drop_below: Lsn,
     /// Forwarded first once proven, from the run's start.
     prefix: Option<Bytes>,
+    /// Write-only mode: the bytes collected for the digest check become `prefix` once proven.
+    digest_prefix: bool,
     /// Received at or after `drop_below`, waiting for the proof.
     held: Vec<(Lsn, Bytes)>,
     held_bytes: usize,
@@ -442,6 +453,7 @@ impl Gate {
             checker: Checker::nothing(),
             drop_below: Lsn(0),
             prefix: None,
+            digest_prefix: false,
             held: Vec::new(),
             held_bytes: 0,
             overflow: false,
@@ -513,8 +525,9 @@ impl Session<'_> {
             if h.tli > self.hist.tli {
                 self.hist = h;
             }
-            let theirs = startup::repo_histories(&self.opts.repo, &self.hist).await?;
-            if let Err(why) = startup::compare_histories(&self.hist, &theirs) {
+            if let Err(why) =
+                startup::check_histories(&self.opts.repo, self.conn, &self.hist).await?
+            {
                 return Err(self.refuse(why));
             }
             let plan = self.plan(tli, start).await?;
@@ -553,6 +566,7 @@ impl Session<'_> {
                 checker: plan.checker,
                 drop_below: plan.drop_below,
                 prefix: plan.prefix,
+                digest_prefix: plan.digest_prefix,
                 held: Vec::new(),
                 held_bytes: 0,
                 overflow: false,
@@ -595,13 +609,16 @@ impl Session<'_> {
     /// How the run (`tli`, `start`) is checked before its first byte is archived (see
     /// [`continuity`]): the bytes the repo or the spool holds of its first segment, else the
     /// segment before it (byte for byte while the slot guarantees the server still has it,
-    /// else by prev-link), else nothing.
+    /// else by prev-link), else nothing. In write-only mode see [`Session::sealed_plan`].
     async fn plan(&mut self, tli: TimeLineId, start: Lsn) -> Result<Plan, StreamError> {
         let seg = self.seg;
         if self.hints.proven.take() == Some((tli, start)) {
             return Ok(Plan::nothing(start));
         }
         let link_only = self.hints.link_only.take() == Some((tli, start));
+        if !self.opts.repo.can_read() {
+            return self.sealed_plan(tli, start, link_only).await;
+        }
         let segno = start.segment(seg);
         let r = &self.opts.repo;
         let objs = startup::objects(r, seg).await?;
@@ -650,6 +667,7 @@ impl Session<'_> {
                 checker: Checker::bytes(from, src.bytes, src.what),
                 drop_below: start,
                 prefix: None,
+                digest_prefix: false,
             });
         }
         let cfg = walfmt::DecoderConfig::for_cluster(seg, self.system_id);
@@ -659,12 +677,117 @@ impl Session<'_> {
                 checker,
                 drop_below: start,
                 prefix: None,
+                digest_prefix: false,
             }),
             Err(why) => {
                 tracing::warn!(timeline = tli.0, start = %start, "cannot check that the server's WAL continues the repo's: {why}; streaming on without that check");
                 Ok(Plan::nothing(start))
             }
         }
+    }
+
+    /// [`Session::plan`] in write-only mode, where the repo's objects cannot be read: the
+    /// same choices by object names, each proven by digest ([`continuity::Checker::digest`]):
+    /// the run's first segment (the spool's bytes when it holds at least as much as the repo,
+    /// else the repo's newest object of it, streamed from the segment start and re-made), else
+    /// the complete segment before it, streamed from its start whether or not a slot
+    /// guarantees it (the server says so when it no longer has it). What only a prev-link
+    /// could prove (the server no longer has the segment the repo ends in) is refused: the
+    /// link needs the repo's bytes, and no WAL is archived unproven.
+    async fn sealed_plan(
+        &mut self,
+        tli: TimeLineId,
+        start: Lsn,
+        link_only: bool,
+    ) -> Result<Plan, StreamError> {
+        let seg = self.seg;
+        let segno = start.segment(seg);
+        let objs = startup::objects(&self.opts.repo, seg).await?;
+        let end_of = |t: TimeLineId| self.hist.switch_point(t).unwrap_or(Lsn(u64::MAX));
+        let own = startup::newest_named(&objs, tli, segno, seg);
+        if let Some(sc) = &self.opts.spool
+            && let Some(src) = spool::read_prefix(&sc.dir, tli, segno, seg)?
+            && own.as_ref().is_none_or(|o| o.len <= src.bytes.len() as u64)
+        {
+            return Ok(Plan::overlap(start, src, end_of(tli)));
+        }
+        let mut unusable = None;
+        if let Some(o) = own {
+            match Plan::sealed_overlap(start, &o, end_of(tli)) {
+                Some(p) => return Ok(p),
+                None => unusable = Some(o.key),
+            }
+        }
+        let holder = self.hist.timeline_of(start);
+        if holder != tli
+            && let Some(o) = startup::newest_named(&objs, holder, segno, seg)
+        {
+            match Plan::sealed_overlap(start, &o, end_of(holder)) {
+                Some(p) => return Ok(p),
+                None => unusable = Some(o.key),
+            }
+        }
+        if let Some(key) = &unusable {
+            tracing::info!(timeline = tli.0, start = %start, object = %key, "write-only mode: the repo's object reaches past where the server's history leaves its timeline, so the server cannot send all of it; checking the segment before instead");
+        }
+        let Some(prev) = segno.0.checked_sub(1).map(SegNo) else {
+            return Ok(Plan::nothing(start));
+        };
+        let ptli = self.hist.timeline_of(Lsn(start.0.saturating_sub(1)));
+        let Some(p) = startup::newest_named(&objs, ptli, prev, seg).filter(|n| n.complete) else {
+            // Readable, the first part of that object would have been compared.
+            if let Some(key) = unusable {
+                return Err(StreamError::Refused(format!(
+                    "timeline {}: the repo's {key} reaches past where the server's history leaves its timeline, and write-only mode (--recipient without --identity) can prove only a whole object, with no complete segment before it to prove instead; nothing was written: run pitr stream once with --identity FILE, or stream this server into a new repo; the repo {} is unchanged",
+                    tli.0, self.opts.repo.location
+                )));
+            }
+            return Ok(Plan::nothing(start));
+        };
+        if link_only {
+            return Err(StreamError::Refused(write_only_unprovable(
+                tli,
+                start,
+                &p.key,
+                &self.opts.repo.location,
+            )));
+        }
+        match prev.start_lsn(seg) {
+            Some(from) => Ok(Plan::sealed_previous(start, from, &p)),
+            None => Ok(Plan::nothing(start)),
+        }
+    }
+
+    /// Write-only mode: the run's collected bytes re-make the stored object's plaintext
+    /// (`repo::compress`, as the archiver wrote it), and the repo says whether the object
+    /// holds exactly that. Proven: the bytes become the run's prefix when they are the run's.
+    /// An object gone meanwhile (another writer completed or removed it) is planned again.
+    async fn check_digest(&mut self) -> Result<Verdict, StreamError> {
+        let key = self.gate.checker.what().to_owned();
+        let Some((_, raw)) = self.gate.checker.take_collected() else {
+            return Ok(self.gate.checker.verdict().clone());
+        };
+        let (raw, stored) = tokio::task::spawn_blocking(move || {
+            let z = repo::compress(&raw);
+            (raw, z)
+        })
+        .await
+        .map_err(|e| StreamError::Internal(format!("compressing for the digest check: {e}")))?;
+        let held = self
+            .opts
+            .repo
+            .retrying("check an object's digest", Duration::from_secs(30))
+            .holds(&key, &stored)
+            .await?;
+        let Some(held) = held else {
+            return Err(StreamError::Unproven(format!(
+                "{key} is no longer in the repo (another writer replaced or removed it); checking again"
+            )));
+        };
+        if self.gate.checker.settle(held) == &Verdict::Proven && self.gate.digest_prefix {
+            self.gate.prefix = Some(Bytes::from(raw));
+        }
+        Ok(self.gate.checker.verdict().clone())
     }
 
     /// The run is proven: its history file is archived and the archiver (or spool) begins it.
@@ -678,8 +801,8 @@ impl Session<'_> {
                 .with_retry(repo::retrying::RetryPolicy::forever(Duration::from_secs(
                     30,
                 )));
-            let have = r.store().get(&key).await?;
-            if have.is_none() {
+            // A listing, not a read: the same answer, and it works in write-only mode.
+            if !r.exists(&key).await? {
                 r.put(&key, Bytes::from(content)).await?;
                 tracing::info!(timeline = tli.0, "archived timeline history");
             }
@@ -719,8 +842,12 @@ impl Session<'_> {
                 g.overflow = true;
             }
         }
-        match g.checker.feed(s, &data).clone() {
-            Verdict::Pending => Ok(None),
+        let mut verdict = g.checker.feed(s, &data).clone();
+        if verdict == Verdict::Collected {
+            verdict = self.check_digest().await?;
+        }
+        match verdict {
+            Verdict::Pending | Verdict::Collected => Ok(None),
             Verdict::Diverged(d) => {
                 let (tli, _) = self.run;
                 Err(self.refuse(format!(

@@ -126,13 +126,7 @@ pub(crate) async fn repo_histories(
     h: &TimelineHistory,
 ) -> Result<Vec<(TimeLineId, TimelineHistory)>, StreamError> {
     let mut out = Vec::new();
-    let tlis = h
-        .ancestors
-        .iter()
-        .map(|a| a.tli)
-        .chain(std::iter::once(h.tli))
-        .filter(|t| t.0 > 1);
-    for t in tlis {
+    for t in history_tlis(h) {
         let key = repo::history_key(t);
         let got = r
             .retrying("get", std::time::Duration::from_secs(30))
@@ -150,6 +144,58 @@ pub(crate) async fn repo_histories(
         }
     }
     Ok(out)
+}
+
+/// The timelines of `h` that have a history file: its ancestors and its own, but timeline 1.
+fn history_tlis(h: &TimelineHistory) -> impl Iterator<Item = TimeLineId> + '_ {
+    h.ancestors
+        .iter()
+        .map(|a| a.tli)
+        .chain(std::iter::once(h.tli))
+        .filter(|t| t.0 > 1)
+}
+
+/// Whether the server's history `h` is the repo's: `Ok(Err(why))` is a divergence (see
+/// [`compare_histories`]).
+///
+/// In write-only mode the repo's history files cannot be read: each one the repo holds (of
+/// `h.tli` and its ancestors) must hold exactly the bytes of the server's history file of
+/// that timeline (`TIMELINE_HISTORY`), by its keyed digest. That is stricter than
+/// [`compare_histories`] (a history file with the same switches but another free-text reason
+/// is refused too); pitr archives history files as the server sends them, so the same
+/// cluster line sends the same bytes.
+pub(crate) async fn check_histories(
+    r: &Repo,
+    conn: &mut PgConn,
+    h: &TimelineHistory,
+) -> Result<Result<(), String>, StreamError> {
+    if r.can_read() {
+        let theirs = repo_histories(r, h).await?;
+        return Ok(compare_histories(h, &theirs));
+    }
+    let rr = r.retrying("check a history file", std::time::Duration::from_secs(30));
+    for t in history_tlis(h) {
+        let key = repo::history_key(t);
+        if !rr.exists(&key).await? {
+            continue;
+        }
+        let (_, content) = conn.timeline_history(t).await?;
+        match rr.holds(&key, &content).await? {
+            Some(true) | None => {}
+            Some(false) => {
+                return Ok(Err(history_digest_mismatch(h.tli, t, &key)));
+            }
+        }
+    }
+    Ok(Ok(()))
+}
+
+/// The divergence of a history file in write-only mode (its bytes cannot be compared).
+pub(crate) fn history_digest_mismatch(tli: TimeLineId, t: TimeLineId, key: &str) -> String {
+    format!(
+        "timeline {}: the server's history file of timeline {} is not what the repo's {key} holds (write-only mode compares the object's keyed digest without decrypting it, so it cannot say how they differ): another cluster line reuses timeline ID {}",
+        tli.0, t.0, t.0
+    )
 }
 
 /// A WAL object of the repo, from its name (a complete segment, or a partial up to `end`).
@@ -215,6 +261,48 @@ pub(crate) struct Source {
     pub what: String,
 }
 
+/// A WAL object known by its name only: its key, and how many bytes from its segment's
+/// start it holds (a whole segment, or a partial up to its end LSN).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Named {
+    /// Its key.
+    pub key: String,
+    /// Bytes from the segment start.
+    pub len: u64,
+    /// A complete segment.
+    pub complete: bool,
+    /// A partial's end.
+    pub partial_end: Option<Lsn>,
+}
+
+/// The newest object of (`tli`, `segno`) by name: a complete segment or the longest partial.
+pub(crate) fn newest_named(
+    objs: &[Obj],
+    tli: TimeLineId,
+    segno: SegNo,
+    seg: WalSegSize,
+) -> Option<Named> {
+    let best = objs
+        .iter()
+        .filter(|o| o.tli == tli && o.segno == segno)
+        .max_by_key(|o| (o.complete, o.end))?;
+    Some(if best.complete {
+        Named {
+            key: repo::segment_key(tli, segno, seg),
+            len: seg.bytes(),
+            complete: true,
+            partial_end: None,
+        }
+    } else {
+        Named {
+            key: repo::partial_key(tli, segno, best.end, seg),
+            len: segno.bytes_until(best.end, seg),
+            complete: false,
+            partial_end: Some(best.end),
+        }
+    })
+}
+
 /// The newest object of (`tli`, `segno`): a complete segment or the longest partial.
 pub(crate) async fn newest_object(
     r: &Repo,
@@ -223,32 +311,20 @@ pub(crate) async fn newest_object(
     segno: SegNo,
     seg: WalSegSize,
 ) -> Result<Option<Source>, StreamError> {
-    let Some(best) = objs
-        .iter()
-        .filter(|o| o.tli == tli && o.segno == segno)
-        .max_by_key(|o| (o.complete, o.end))
-    else {
+    let Some(n) = newest_named(objs, tli, segno, seg) else {
         return Ok(None);
-    };
-    let (key, partial_end) = if best.complete {
-        (repo::segment_key(tli, segno, seg), None)
-    } else {
-        (repo::partial_key(tli, segno, best.end, seg), Some(best.end))
     };
     let got = r
         .retrying("get", std::time::Duration::from_secs(30))
-        .read_wal_object(&key, segno, partial_end, seg)
+        .read_wal_object(&n.key, segno, n.partial_end, seg)
         .await?;
     let Some(mut data) = got else {
         return Ok(None);
     };
-    if let Some(end) = partial_end {
-        let n = segno.bytes_until(end, seg);
-        data.truncate(n as usize);
-    }
+    data.truncate(n.len as usize);
     Ok(Some(Source {
         bytes: Bytes::from(data),
-        what: key,
+        what: n.key,
     }))
 }
 
@@ -264,6 +340,9 @@ pub(crate) struct Plan {
     pub drop_below: Lsn,
     /// Forwarded first once proven: the expected bytes from the run's start.
     pub prefix: Option<Bytes>,
+    /// Write-only mode ([`Checker::digest`]): once proven, the collected server bytes are the
+    /// run's prefix (they are the run's first bytes, not the segment before it).
+    pub digest_prefix: bool,
 }
 
 impl Plan {
@@ -274,6 +353,7 @@ impl Plan {
             checker: Checker::nothing(),
             drop_below: start,
             prefix: None,
+            digest_prefix: false,
         }
     }
 
@@ -286,6 +366,37 @@ impl Plan {
             drop_below: Lsn(start.0 + n as u64),
             checker: Checker::bytes(start, bytes.clone(), src.what),
             prefix: Some(bytes),
+            digest_prefix: false,
+        }
+    }
+
+    /// Write-only mode: the server's bytes from `start` (the segment start) must re-make the
+    /// repo object `obj` of that segment exactly, by its digest; once proven they are the run's
+    /// prefix. `None` when the object reaches past `limit` (where the server's history leaves
+    /// its timeline): the server cannot send the object's bytes beyond it, so its digest cannot
+    /// be re-made.
+    pub(crate) fn sealed_overlap(start: Lsn, obj: &Named, limit: Lsn) -> Option<Plan> {
+        if obj.len > limit.bytes_since(start) {
+            return None;
+        }
+        Some(Plan {
+            stream_from: start,
+            drop_below: Lsn(start.0 + obj.len),
+            checker: Checker::digest(start, obj.len, obj.key.clone()),
+            prefix: None,
+            digest_prefix: true,
+        })
+    }
+
+    /// Write-only mode: the server's bytes of the complete segment `prev` (before the run at
+    /// `start`) must re-make it exactly, by its digest; they are compared only.
+    pub(crate) fn sealed_previous(start: Lsn, from: Lsn, prev: &Named) -> Plan {
+        Plan {
+            stream_from: from,
+            drop_below: start,
+            checker: Checker::digest(from, prev.len, prev.key.clone()),
+            prefix: None,
+            digest_prefix: false,
         }
     }
 }

@@ -16,7 +16,8 @@
 //!   never rewritten (the body is the same for every heartbeat of a process, so a retried put
 //!   is identical); the previous one is deleted after the new one is durable.
 //! - Bounded requests: one PUT, one DELETE and one LIST per heartbeat (default every 60 s),
-//!   plus one GET the first time another writer is seen.
+//!   plus one GET the first time another writer is seen (none in write-only mode, where other
+//!   processes' heartbeats cannot be read: the warning then assumes nothing about their slot).
 //! - A heartbeat is live for 3 of its writer's intervals. A `kill -9`'d process stops
 //!   renewing its heartbeat, which then expires; one older than [`FORGET_AFTER`] is deleted.
 //!   A writer of the same boot and PID namespace whose process is gone is not live (and its
@@ -214,6 +215,7 @@ pub(crate) async fn run(
     let body = Bytes::from(serde_json::to_vec(&me).unwrap_or_default());
     let every = Duration::from_secs(me.every_secs);
     let store = repo.store().clone();
+    let readable = repo.can_read();
     let mut mine: Option<String> = None;
     let mut seen: BTreeSet<String> = BTreeSet::new();
     let mut warned_storage = false;
@@ -248,7 +250,7 @@ pub(crate) async fn run(
                         .store(c.live.len() as u64, Ordering::Relaxed);
                     for (other, k) in &c.live {
                         if seen.insert(other.clone()) {
-                            warn_about(&store, k, &me).await;
+                            warn_about(&store, readable, k, &me).await;
                         }
                     }
                     seen.retain(|w| c.live.contains_key(w));
@@ -271,12 +273,30 @@ pub(crate) async fn run(
     }
 }
 
-async fn warn_about(store: &Arc<dyn crate::repo::store::ObjectStore>, key: &str, me: &Heartbeat) {
-    let other: Option<Heartbeat> = match store.get(key).await {
-        Ok(Some(b)) => serde_json::from_slice(&b).ok(),
-        _ => None,
+/// Names another live writer. Its slot decides the advice, so a heartbeat that cannot be read
+/// (or, in write-only mode, is not read: it is sealed for another process) gets the warning
+/// that assumes nothing.
+async fn warn_about(
+    store: &Arc<dyn crate::repo::store::ObjectStore>,
+    readable: bool,
+    key: &str,
+    me: &Heartbeat,
+) {
+    let other: Option<Heartbeat> = match readable {
+        true => match store.get(key).await {
+            Ok(Some(b)) => serde_json::from_slice(&b).ok(),
+            _ => None,
+        },
+        false => None,
     };
     let Some(o) = other else {
+        if !readable {
+            tracing::warn!(
+                heartbeat = key,
+                "another pitr stream is writing to this repo (write-only mode cannot read its heartbeat, so whether it streams from the same slot is unknown): if it is not being replaced, stop one of them"
+            );
+            return;
+        }
         tracing::warn!(
             heartbeat = key,
             "another pitr stream is writing to this repo (its heartbeat could not be read)"

@@ -868,7 +868,7 @@ impl Keyring {
     }
 
     /// The digest key and id a new object is sealed with.
-    fn digest_for<'a>(&self, dk: &'a DataKey) -> ([u8; 8], hmac::Key) {
+    fn digest_for(&self, dk: &DataKey) -> ([u8; 8], hmac::Key) {
         self.source
             .stable_digest()
             .unwrap_or_else(|| (dk.id, dk.digest.clone()))

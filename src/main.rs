@@ -45,6 +45,7 @@ fn run(cli: Cli, matches: clap::ArgMatches) -> anyhow::Result<ExitCode> {
             let settings = pitr::config::resolve(&a, &pitr::config::given_by(&matches, sub), log)?;
             if a.print_config {
                 print!("{}", pitr::config::render(&settings));
+                print!("{}", pitr::key::cmd::print_config(&matches));
                 return Ok(ExitCode::SUCCESS);
             }
             init_logging(settings.log_format);

@@ -1341,3 +1341,78 @@ fn rotation_under_a_running_stream_keeps_every_object_readable_with_only_the_new
         &[],
     );
 }
+
+/// `pitr stream --print-config` shows that encryption is on, with the key's kind, file and id,
+/// and never the key itself; with a recipient it shows the (public) recipient and `reads =
+/// false`; without a key it says the repo is plain.
+#[test]
+fn print_config_shows_the_key_kind_and_id_but_never_the_secret() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (key, key_text) = new_key(tmp.path(), "repo.key");
+    let secret_line = key_text
+        .lines()
+        .find(|l| !l.starts_with('#'))
+        .expect("a key line")
+        .to_owned();
+    let base = [
+        "stream",
+        "--print-config",
+        "--repo",
+        "/tmp/r",
+        "--source",
+        "host=x",
+    ];
+    let o = run(pitr().args(base).arg("--encryption-key-file").arg(&key));
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(out.contains("[encryption]"), "{out}");
+    assert!(out.contains("key = \"symmetric key\""), "{out}");
+    assert!(
+        out.contains(&format!("encryption_key_file = \"{}\"", key.display())),
+        "{out}"
+    );
+    assert!(out.contains("# --encryption-key-file"), "{out}");
+    let id_line = out.lines().find(|l| l.starts_with("key_id = ")).unwrap();
+    assert_eq!(id_line.len(), "key_id = \"\"".len() + 16, "{out}");
+    assert!(
+        !out.contains(&secret_line),
+        "the key itself is shown: {out}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&o.stderr).contains(&secret_line),
+        "{}",
+        text(&o)
+    );
+    // From the environment, the source says so.
+    let o = run(pitr().args(base).env("PITR_ENCRYPTION_KEY_FILE", &key));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(out.contains("# PITR_ENCRYPTION_KEY_FILE"), "{}", text(&o));
+    // A recipient: public, shown; it cannot read.
+    let o = run(pitr().args(["key", "generate", "--recipient"]));
+    assert!(o.status.success(), "{}", text(&o));
+    let identity = String::from_utf8_lossy(&o.stdout).into_owned();
+    let recipient = identity
+        .lines()
+        .find_map(|l| l.strip_prefix("# public key: "))
+        .expect("a public key line")
+        .trim()
+        .to_owned();
+    let o = run(pitr().args(base).args(["--recipient", &recipient]));
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(out.contains("key = \"recipient\""), "{out}");
+    assert!(
+        out.contains(&format!("recipient = \"{recipient}\"")),
+        "{out}"
+    );
+    assert!(out.contains("reads = false"), "{out}");
+    let secret = identity
+        .lines()
+        .find(|l| l.starts_with("AGE-SECRET-KEY-"))
+        .expect("a secret key line");
+    assert!(!out.contains(secret), "{out}");
+    // No key: plain.
+    let o = run(pitr().args(base));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(out.contains("[encryption]\nkey = \"none\""), "{}", text(&o));
+}

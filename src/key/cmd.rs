@@ -111,6 +111,40 @@ pub fn configure(cli: &Cli) -> Result<(), CmdError> {
     Ok(())
 }
 
+/// The `[encryption]` table `pitr stream --print-config` shows: the kind of key, where it
+/// came from and its id (a file's path, a recipient or a KMS key name, never a secret).
+pub fn print_config(matches: &clap::ArgMatches) -> String {
+    let Some(source) = crypt::configured() else {
+        return "\n[encryption]\nkey = \"none\"  # a plain repo: no --encryption-key-file, --recipient, --identity or --kms-key-id\n".to_owned();
+    };
+    let args = crypt::configured_args();
+    let (flag, value) = match args.as_slice() {
+        [f, v] => (f.trim_start_matches('-').replace('-', "_"), v.clone()),
+        _ => (String::new(), String::new()),
+    };
+    let from = match matches.value_source(&flag) {
+        Some(clap::parser::ValueSource::EnvVariable) => match flag.as_str() {
+            "encryption_key_file" => "PITR_ENCRYPTION_KEY_FILE",
+            "recipient" => "PITR_RECIPIENT",
+            "identity" => "PITR_IDENTITY_FILE",
+            _ => "PITR_KMS_KEY_ID",
+        }
+        .to_owned(),
+        _ => format!("--{}", flag.replace('_', "-")),
+    };
+    let value = toml_string(&value);
+    format!(
+        "\n[encryption]\nkey = \"{}\"\n{flag} = {value}  # {from}\nkey_id = \"{}\"\nreads = {}\n",
+        source.kind_name(),
+        source.id_hex(),
+        source.can_read(),
+    )
+}
+
+fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}
+
 fn futures_now<T>(f: impl std::future::Future<Output = T>) -> T {
     tokio::runtime::Builder::new_current_thread()
         .build()

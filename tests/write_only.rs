@@ -113,7 +113,7 @@ fn write_only_stream_and_backup_restore_with_the_identity() {
     for (run_no, (install, on_s3)) in [(first, false), (last, true)].into_iter().enumerate() {
         let major = install.major;
         let label = format!("PG {major} {}", if on_s3 { "s3s-fs" } else { "local" });
-        let c = Cluster::start(&install, opts());
+        let c = Cluster::start(&install, opts().conf("track_commit_timestamp = on"));
         let tmp = tempfile::tempdir().unwrap();
         let (identity, id_text, recipient) = new_identity(tmp.path());
         let recipient_file = tmp.path().join("recipient.txt");
@@ -183,6 +183,12 @@ fn write_only_stream_and_backup_restore_with_the_identity() {
             c.psql(&format!("INSERT INTO t VALUES ({id}, '{SECRET_ROW}')"));
         }
         c.psql("INSERT INTO t VALUES (99, 'mark')");
+        // The instant halfway between rows 6 and 99 committed, then the table dropped: the
+        // core PITR sequence, restored to that instant below.
+        let between_6_99 = c.psql(
+            "SELECT to_char((a + (b - a) / 2) AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') FROM (SELECT pg_xact_commit_timestamp(xmin) AS a FROM t WHERE id = 6) x, (SELECT pg_xact_commit_timestamp(xmin) AS b FROM t WHERE id = 99) y",
+        );
+        c.psql("DROP TABLE t");
         switch_and_wait(&c, &repo, 1, "the restarted stream's archive", 60);
         let log = std::fs::read_to_string(&log2).unwrap();
         assert!(
@@ -215,16 +221,16 @@ fn write_only_stream_and_backup_restore_with_the_identity() {
                 &format!("{label}: {sub} with PITR_RECIPIENT"),
             );
         }
-        // With the identity: the restore has every row, the mark last.
+        // With the identity: restored to the instant between rows 6 and 99, before the drop.
         let id_env = identity.display().to_string();
         let v = restore_verify(
             &repo,
             &install,
             &dir,
-            &["--to", "latest"],
+            &["--to", &between_6_99],
             &[
-                "SELECT max(id)::text FROM t => 99",
-                "SELECT count(*)::text FROM t => 7",
+                "SELECT max(id)::text FROM t => 6",
+                "SELECT count(*)::text FROM t => 6",
             ],
             &[("PITR_IDENTITY_FILE", &id_env)],
         );

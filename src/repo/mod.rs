@@ -15,11 +15,14 @@
 //! its end LSN), so no object is ever rewritten with different bytes: every publish is a
 //! create-if-absent ([`store::ObjectStore::put_if_absent`]).
 
+pub(crate) mod aws;
 pub(crate) mod catalog;
 pub(crate) mod codec;
 pub mod crypt;
 pub(crate) mod fetch;
 pub(crate) mod gaps;
+#[cfg(feature = "kms")]
+pub mod kms;
 pub mod local;
 pub mod memory;
 pub(crate) mod objects;

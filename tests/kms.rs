@@ -279,9 +279,9 @@ fn pitr_ok(srv: &S3Server, dir: &Path, key_args: &[&str], args: &[&str]) -> Stri
     let o = run(pitr()
         .envs(kms_env(srv))
         .args(key_args)
+        .args(args)
         .arg("--repo")
-        .arg(dir)
-        .args(args));
+        .arg(dir));
     assert!(
         o.status.success(),
         "pitr {key_args:?} {args:?}: {}",
@@ -296,9 +296,9 @@ fn pitr_refused(srv: &S3Server, dir: &Path, key_args: &[&str], args: &[&str]) ->
         .envs(kms_env(srv))
         .env("PITR_LOG", "off")
         .args(key_args)
+        .args(args)
         .arg("--repo")
-        .arg(dir)
-        .args(args));
+        .arg(dir));
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     String::from_utf8_lossy(&o.stderr).trim().to_owned()
 }

@@ -114,6 +114,7 @@ impl TestRepo {
 
     /// The same repo, every `pitr` command given these environment variables as well (e.g.
     /// a KMS key and its endpoint).
+    #[cfg(feature = "kms")]
     pub(crate) fn with_env(mut self, vars: Vec<(&'static str, String)>) -> TestRepo {
         self.env.extend(vars);
         self

@@ -429,7 +429,9 @@ fn kms_cli_stream_backup_restore_verify_and_rotation() {
     // A (retired) and an unknown KMS key are refused in one line, naming the key needed.
     let m = pitr_refused(&srv, &dir, &a_args, &["list"]);
     assert!(
-        m.contains(&format!("the repo's key is {b_id}")) && m.contains(&a_id),
+        m.contains(&format!(
+            "the repo's key is {b_id}, and the KMS key given is {a_id} ({a})"
+        )),
         "{m}"
     );
     assert_eq!(m.lines().count(), 1, "{m}");
@@ -452,4 +454,28 @@ fn walk(d: &Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+/// KMS going away after the start: sealing a new object (whose data key `Encrypt` wraps) is a
+/// transient storage error, which the retrying store retries, never a permanent one; the
+/// message names the key and the call, and holds no key material.
+#[test]
+fn kms_outage_after_start_is_a_transient_store_error() {
+    let srv = S3Server::moto();
+    let r = rt();
+    let kek = r.block_on(async { open(&srv, &create_key(&srv).await).await.unwrap() });
+    let arn = kek.name().to_owned();
+    drop(srv);
+    r.block_on(async {
+        let inner: Arc<dyn ObjectStore> = Arc::new(MemoryStore::new());
+        let sealed = EncryptingStore::new(inner.clone(), KeySource::Remote(kek));
+        let e = sealed
+            .put_if_absent("wal/00000001/x.lz4", Bytes::from_static(b"x"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, StoreErrorKind::Transient, "{e}");
+        let m = e.to_string();
+        assert!(m.contains(&format!("KMS key {arn}: Encrypt")), "{m}");
+        assert!(inner.list("").await.unwrap().is_empty(), "nothing stored");
+    });
 }

@@ -117,7 +117,7 @@ pub async fn open_with(key: &str, opts: &KmsOptions) -> Result<Arc<dyn RemoteKek
         conf,
     };
     kek.arn = kek.describe().await?;
-    tracing::info!(kms_key = %kek.arn, region = %kek.region, "KMS key checked");
+    tracing::debug!(kms_key = %kek.arn, region = %kek.region, "KMS key checked");
     Ok(Arc::new(kek))
 }
 
@@ -413,5 +413,28 @@ impl RemoteKek for KmsKek {
                 CryptError::Tampered("key object: KMS plaintext is not a data key (32 bytes)")
             })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::arn_region;
+
+    #[test]
+    fn an_arn_names_its_region_and_nothing_else_does() {
+        assert_eq!(
+            arn_region(
+                "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+            ),
+            Some("eu-west-1")
+        );
+        assert_eq!(
+            arn_region("arn:aws-cn:kms:cn-north-1:111122223333:alias/pitr"),
+            Some("cn-north-1")
+        );
+        assert_eq!(arn_region("alias/pitr"), None);
+        assert_eq!(arn_region("1234abcd-12ab-34cd-56ef-1234567890ab"), None);
+        assert_eq!(arn_region("arn:aws:s3:::bucket"), None);
+        assert_eq!(arn_region("arn:aws:kms::111122223333:key/x"), None);
     }
 }

@@ -239,11 +239,15 @@ async fn check_encryption(
                 return Ok(());
             }
             if k.can_read() {
+                // A KMS key's id derives from its ARN: show the ARN too.
+                let given = match k {
+                    crypt::KeySource::Remote(r) => format!("{} ({})", k.id_hex(), r.name()),
+                    _ => k.id_hex(),
+                };
                 format!(
-                    "the repo's key is {}, and the {} given is {} (a retired key, or another repo's)",
+                    "the repo's key is {}, and the {} given is {given} (a retired key, or another repo's)",
                     keys.join(" or "),
                     k.kind_name(),
-                    k.id_hex()
                 )
             } else {
                 format!(

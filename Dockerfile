@@ -46,7 +46,7 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin pitr \
+    cargo build --release --locked --features kms --bin pitr \
     && install -s -m 0755 target/release/pitr /usr/local/bin/pitr
 
 FROM runtime-base AS runtime

@@ -9,7 +9,8 @@
 #      pitr-test/moto:latest (scripts/docker-test-images.sh; cached by an inputs label): the
 #      integration tests that run containers (--verify-image, testcontainers) need them
 #      before `cargo test`; TESTCONTAINERS_RYUK_DISABLED=true (no reaper image to pull);
-#   4. every test of every crate against real servers of all four majors (cargo test);
+#   4. every test of every crate against real servers of all four majors (cargo test), with
+#      the `kms` feature (the KMS tests run against moto);
 #   5. the image users run (tests/container.sh), then docker-compose.test.yml for real
 #      (tests/compose.sh).
 # Without Docker, step 3 prints a loud SKIPPED and the container tests skip loudly too; with
@@ -57,7 +58,7 @@ export TESTCONTAINERS_RYUK_DISABLED=true
 # Without narrowing, every major must be present (testkit fails the run if one is missing).
 if [ -z "${PITR_TEST_PG:-}" ]; then export PITR_TEST_PG=15,16,17,18; fi
 phase "cargo test"
-cargo test --workspace --locked
+cargo test --workspace --locked --features pitr/kms
 # The image users run (tests/container.sh) and the compose file (tests/compose.sh): after cargo
 # test, which has built the debug pitr they put in the `runtime-host` image (no extra compile),
 # and so that a container failure never hides the unit and integration results. About 25 s and

@@ -71,7 +71,7 @@ export "$ENV_LINE"
 scripts/docker-base-image.sh >/dev/null || skip "the base image could not be built"
 scripts/docker-test-images.sh 17 moto || fail "scripts/docker-test-images.sh 17 moto"
 step "host binary (debug, stripped) at docker-context/pitr"
-cargo build --locked --bin pitr 2>/dev/null || cargo build --locked --bin pitr
+cargo build --locked --features kms --bin pitr 2>/dev/null || cargo build --locked --features kms --bin pitr
 mkdir -p docker-context
 strip -o docker-context/pitr target/debug/pitr
 busy=()

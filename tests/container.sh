@@ -76,9 +76,9 @@ step "base image"
 scripts/docker-base-image.sh >/dev/null || skip "the base image could not be built"
 step "host binary ($PROFILE)"
 if [ "$PROFILE" = release ]; then
-    [ -x target/release/pitr ] || cargo build --release --locked --bin pitr
+    [ -x target/release/pitr ] || cargo build --release --locked --features kms --bin pitr
 else
-    cargo build --locked --bin pitr 2>/dev/null || cargo build --locked --bin pitr
+    cargo build --locked --features kms --bin pitr 2>/dev/null || cargo build --locked --features kms --bin pitr
 fi
 mkdir -p docker-context
 strip -o docker-context/pitr "target/$PROFILE/pitr"

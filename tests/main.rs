@@ -12,6 +12,8 @@ mod faults;
 mod harness;
 mod inspect;
 mod integrity;
+#[cfg(feature = "kms")]
+mod kms;
 mod redteam;
 mod replication;
 mod restore;

@@ -112,6 +112,14 @@ impl TestRepo {
         self
     }
 
+    /// The same repo, every `pitr` command given these environment variables as well (e.g.
+    /// a KMS key and its endpoint).
+    #[cfg(feature = "kms")]
+    pub(crate) fn with_env(mut self, vars: Vec<(&'static str, String)>) -> TestRepo {
+        self.env.extend(vars);
+        self
+    }
+
     /// The directory holding the repo's objects as files: the local repo itself, or the
     /// s3s-fs bucket (one file per object). `None` on moto (objects in memory).
     pub(crate) fn backing_dir(&self) -> Option<PathBuf> {
@@ -167,7 +175,8 @@ pub(crate) fn pitr() -> Command {
         .env_remove("PITR_SOURCE")
         .env_remove("PITR_ENCRYPTION_KEY_FILE")
         .env_remove("PITR_RECIPIENT")
-        .env_remove("PITR_IDENTITY_FILE");
+        .env_remove("PITR_IDENTITY_FILE")
+        .env_remove("PITR_KMS_KEY_ID");
     c
 }
 

@@ -109,6 +109,10 @@ pub enum CryptError {
     /// The key file is not one, or a key source failed.
     #[error("{0}")]
     BadKey(String),
+    /// A remote key source (KMS) could not be reached or asked to slow down: retrying may
+    /// help (a transient storage error).
+    #[error("{0}")]
+    Unavailable(String),
     /// The object's data key is not wrapped for the key given.
     #[error(
         "sealed under data key {dk}, which only key {needs} opens, and the key given is {have}: pass one of those keys"
@@ -940,7 +944,11 @@ impl Keyring {
 }
 
 fn crypt_error(op: &'static str, key: &str, e: CryptError) -> StoreError {
-    StoreError::new(StoreErrorKind::Permanent, op, key, e.to_string())
+    let kind = match e {
+        CryptError::Unavailable(_) => StoreErrorKind::Transient,
+        _ => StoreErrorKind::Permanent,
+    };
+    StoreError::new(kind, op, key, e.to_string())
 }
 
 /// The repo's key objects, by data key: which KEKs open each.

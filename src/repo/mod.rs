@@ -15,11 +15,14 @@
 //! its end LSN), so no object is ever rewritten with different bytes: every publish is a
 //! create-if-absent ([`store::ObjectStore::put_if_absent`]).
 
+pub(crate) mod aws;
 pub(crate) mod catalog;
 pub(crate) mod codec;
 pub mod crypt;
 pub(crate) mod fetch;
 pub(crate) mod gaps;
+#[cfg(feature = "kms")]
+pub mod kms;
 pub mod local;
 pub mod memory;
 pub(crate) mod objects;
@@ -236,11 +239,15 @@ async fn check_encryption(
                 return Ok(());
             }
             if k.can_read() {
+                // A KMS key's id derives from its ARN: show the ARN too.
+                let given = match k {
+                    crypt::KeySource::Remote(r) => format!("{} ({})", k.id_hex(), r.name()),
+                    _ => k.id_hex(),
+                };
                 format!(
-                    "the repo's key is {}, and the {} given is {} (a retired key, or another repo's)",
+                    "the repo's key is {}, and the {} given is {given} (a retired key, or another repo's)",
                     keys.join(" or "),
                     k.kind_name(),
-                    k.id_hex()
                 )
             } else {
                 format!(

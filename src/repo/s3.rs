@@ -27,9 +27,9 @@
 
 use std::time::Duration;
 
+use aws_sdk_s3::config::Region;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
-use aws_sdk_s3::config::{BehaviorVersion, Region};
 use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
@@ -137,21 +137,7 @@ impl S3Store {
     /// [`S3Store::open`] with explicit static credentials (access key, secret) instead of the
     /// AWS chain; for embedding and tests, which must not depend on the process environment.
     pub async fn open_with(loc: S3Location, keys: Option<(String, String)>) -> S3Store {
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-                aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-            ))
-            .build_https();
-        let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http);
-        if let Some(r) = &loc.region {
-            loader = loader.region(Region::new(r.clone()));
-        }
-        if let Some((ak, sk)) = keys {
-            loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
-                ak, sk, None, None, "pitr",
-            ));
-        }
-        let shared = loader.load().await;
+        let shared = super::aws::load(loc.region.as_deref(), keys).await;
         let mut b = aws_sdk_s3::config::Builder::from(&shared)
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired)

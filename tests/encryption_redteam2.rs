@@ -105,6 +105,14 @@ fn redteam2_an_identity_given_as_recipient_value_is_never_echoed() {
         !e.to_lowercase().contains(&secret[15..40].to_lowercase()),
         "part of the secret key is in the error: {e}"
     );
+    // A symmetric key line given as the value: refused without showing it.
+    let kline = RepoKey::generate()
+        .lines()
+        .find(|l| l.starts_with("pitr-symmetric-key-v1:"))
+        .unwrap()
+        .to_string();
+    let e = parse_recipient(&kline).unwrap_err().to_string();
+    assert!(!e.contains(&kline[22..]), "the key is in the error: {e}");
     // Through the CLI, from the option and from the environment.
     let d = tempfile::tempdir().unwrap();
     let repo = d.path().join("repo");

@@ -809,3 +809,306 @@ fn redteam2_retire_with_a_bare_recipient_is_refused() {
     );
     assert_eq!(block_on(key_object_names(&inner)).len(), 2);
 }
+
+// ---------------------------------------------------------------------------------------
+// With PostgreSQL (the newest installed major, local repo).
+
+fn output(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// The key object a stored sealed object's data key is in, for KEK `kek`.
+fn key_object_of(dir: &Path, object: &str, kek: &str) -> String {
+    let raw = std::fs::read(dir.join(object)).unwrap();
+    format!("keys/{}.{kek}.key", hex(&raw[8..16]))
+}
+
+/// A lost or damaged key object (the backup's data key, then the stream's) fails `verify`
+/// (exit 1, naming the data key or the key object) and `restore` (exit 1, one error line,
+/// nothing left behind): a check that passes on a repo that cannot be read is the worst bug.
+#[test]
+fn redteam2_a_lost_or_damaged_key_object_fails_verify_and_restore() {
+    use crate::restore::{backup, list_dir, restore_dir};
+    use crate::stream::{SpawnLogged, TestRepo, opts, source, stop, switch_and_wait};
+    let install = testkit::PgInstall::for_tests().pop().unwrap();
+    let c = testkit::Cluster::start(&install, opts());
+    let tmp = tempfile::tempdir().unwrap();
+    let (key_f, key) = key_file(tmp.path(), "repo.key");
+    let dir = tmp.path().join("repo");
+    let repo = TestRepo::local(&dir).with_key(&key_f);
+    let s = repo
+        .apply(pitr().args([
+            "stream",
+            "--partial-every",
+            "200ms",
+            "--slot",
+            "rt2",
+            "--source",
+            &source(&c),
+        ]))
+        .spawn_logged(tmp.path().join("s.log"));
+    c.psql("CREATE TABLE t (id int); INSERT INTO t VALUES (1)");
+    let b = backup(&c, &repo, "base");
+    c.psql("INSERT INTO t VALUES (2)");
+    switch_and_wait(&c, &repo, 1, "WAL after the backup", 60);
+    stop(s);
+    let o = run(repo.apply(pitr().arg("verify")));
+    assert!(o.status.success(), "the undamaged repo: {}", text(&o));
+    let id = b["id"].as_str().unwrap().to_owned();
+    let catalog = format!("backups/{id}/backup.json");
+    let backup_ko = key_object_of(&dir, &catalog, &key.id_hex());
+    let seg = repo
+        .keys("wal/00000001/")
+        .into_iter()
+        .find(|k| k.ends_with(".lz4") && !k.contains(".partial."))
+        .unwrap();
+    let stream_ko = key_object_of(&dir, &seg, &key.id_hex());
+    assert_ne!(backup_ko, stream_ko, "one data key per process");
+    let restore_fails = |what: &str, names: &[&str]| {
+        let dest = restore_dir(tmp.path(), "restored");
+        let o = run(repo.apply(pitr().args(["restore", "--to", "latest", "-D"]).arg(&dest)));
+        let stderr = String::from_utf8_lossy(&o.stderr).to_string();
+        assert_eq!(o.status.code(), Some(1), "{what}: restore: {}", text(&o));
+        assert!(!stderr.contains("panicked"), "{what}: {stderr}");
+        let errors: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.starts_with("pitr: error"))
+            .collect();
+        assert_eq!(errors.len(), 1, "{what}: one error line wanted:\n{stderr}");
+        assert!(
+            names.iter().any(|n| errors[0].contains(n)),
+            "{what}: restore names none of {names:?}: {}",
+            errors[0]
+        );
+        assert_eq!(
+            list_dir(&dest),
+            None,
+            "{what}: the failed restore left files"
+        );
+    };
+    let verify_fails = |what: &str, names: &[&str]| {
+        let o = run(repo.apply(pitr().arg("verify")));
+        eprintln!("{what}: verify: {}", output(&o).trim_end());
+        assert_eq!(o.status.code(), Some(1), "{what}: verify: {}", text(&o));
+        assert!(
+            names.iter().any(|n| output(&o).contains(n)),
+            "{what}: verify names none of {names:?}: {}",
+            text(&o)
+        );
+    };
+    let dk = |ko: &str| ko[5..21].to_owned();
+    for ko in [&backup_ko, &stream_ko] {
+        let path = dir.join(ko);
+        let good = std::fs::read(&path).unwrap();
+        // Lost.
+        std::fs::remove_file(&path).unwrap();
+        let what = format!("{ko} deleted");
+        verify_fails(&what, &[&dk(ko)]);
+        restore_fails(&what, &[&dk(ko), ko]);
+        // Damaged: its last byte (the wrapping's tag).
+        let mut bad = good.clone();
+        let l = bad.len() - 1;
+        bad[l] ^= 1;
+        std::fs::write(&path, &bad).unwrap();
+        let what = format!("{ko} damaged");
+        verify_fails(&what, &[ko, &dk(ko)]);
+        restore_fails(&what, &[ko, &dk(ko)]);
+        // Another data key's key object under its name.
+        let other = if ko == &backup_ko {
+            &stream_ko
+        } else {
+            &backup_ko
+        };
+        std::fs::write(&path, std::fs::read(dir.join(other)).unwrap()).unwrap();
+        let what = format!("{other} copied over {ko}");
+        verify_fails(&what, &[ko, &dk(ko)]);
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, &good).unwrap();
+    }
+    let o = run(repo.apply(pitr().arg("verify")));
+    assert!(o.status.success(), "the repaired repo: {}", text(&o));
+}
+
+/// A repo written by a write-only sidecar with recipient 1 (a backup, a segment, and a
+/// partial at the tip), then rotated to recipient 2 with identity 1, and identity 1 retired.
+struct Rotated {
+    install: testkit::PgInstall,
+    c: testkit::Cluster,
+    tmp: tempfile::TempDir,
+    repo: crate::stream::TestRepo,
+    r2: String,
+    id2: PathBuf,
+    id1_hex: String,
+}
+
+fn rotated_sidecar_repo() -> Rotated {
+    use crate::stream::{TestRepo, opts, source, stop, switch_and_wait};
+    let install = testkit::PgInstall::for_tests().pop().unwrap();
+    let c = testkit::Cluster::start(&install, opts());
+    let tmp = tempfile::tempdir().unwrap();
+    let (id1_text, r1) = identity_text();
+    let (id2_text, r2) = identity_text();
+    let id1 = secret_file(tmp.path(), "id1", &id1_text, 0o600);
+    let id2 = secret_file(tmp.path(), "id2", &id2_text, 0o600);
+    let repo = TestRepo::local(&tmp.path().join("repo"));
+    let rot = Rotated {
+        install,
+        c,
+        tmp,
+        repo,
+        r2,
+        id2,
+        id1_hex: KeySource::load_identity(&id1).unwrap().id_hex(),
+    };
+    let s1 = rot.stream(&["--recipient", &r1], "s1.log");
+    rot.c
+        .psql("CREATE TABLE t (id int); INSERT INTO t VALUES (1)");
+    let o = run(rot
+        .repo
+        .apply(pitr().args([
+            "backup",
+            "--json",
+            "--label",
+            "base",
+            "--wal-timeout",
+            "60s",
+            "--source",
+            &source(&rot.c),
+        ]))
+        .args(["--recipient", &r1]));
+    assert!(o.status.success(), "backup: {}", text(&o));
+    rot.c.psql("INSERT INTO t VALUES (2)");
+    switch_and_wait(&rot.c, &rot.repo, 1, "the first sidecar's archive", 60);
+    rot.c.psql("INSERT INTO t VALUES (3)");
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    stop(s1);
+    let o = run(rot
+        .repo
+        .apply(pitr().args(["key", "rotate", "--to-recipient", &rot.r2]))
+        .arg("--identity")
+        .arg(&id1));
+    assert!(o.status.success(), "rotate: {}", text(&o));
+    let o = run(rot
+        .repo
+        .apply(pitr().args(["key", "retire", "--key-id", &rot.id1_hex]))
+        .arg("--identity")
+        .arg(&rot.id2));
+    assert!(o.status.success(), "retire: {}", text(&o));
+    rot
+}
+
+impl Rotated {
+    fn stream(&self, key: &[&str], log: &str) -> std::process::Child {
+        use crate::stream::{SpawnLogged, source};
+        self.repo
+            .apply(pitr().args([
+                "stream",
+                "--partial-every",
+                "200ms",
+                "--slot",
+                "rt2wo",
+                "--source",
+                &source(&self.c),
+            ]))
+            .args(key)
+            .spawn_logged(self.tmp.path().join(log))
+    }
+
+    fn log(&self, log: &str) -> String {
+        std::fs::read_to_string(self.tmp.path().join(log)).unwrap()
+    }
+
+    /// Restores with identity 2 and checks the newest row.
+    fn restore_has(&self, max: u32) {
+        let id2_env = self.id2.display().to_string();
+        let dest = crate::restore::restore_dir(self.tmp.path(), "r");
+        crate::restore::restore_verify(
+            &self.repo,
+            &self.install,
+            &dest,
+            &["--to", "latest"],
+            &[&format!("SELECT max(id)::text FROM t => {max}")],
+            &[("PITR_IDENTITY_FILE", &id2_env)],
+        );
+    }
+}
+
+/// A write-only sidecar after `pitr key rotate --to-recipient` (and the old key's
+/// retirement): restarted with only the new recipient, it must resume the repo whose tip
+/// the old recipient's sidecar wrote ("stream and backup work without reading anything
+/// sealed by other processes"; rotation must not stop archiving).
+///
+/// FAILS before fix (NOT fixed here): the tip partial's keyed digest is keyed by recipient 1
+/// (the digest key derives from the recipient), so recipient 2 cannot compare it: the
+/// sidecar exits at once ("get wal/...partial...: this process holds only the recipient
+/// ...: it cannot read what other runs wrote") and archiving stops until it is run with an
+/// identity. A fix needs a digest key that survives rotation (a design decision: the docs
+/// promise the digest key is never stored in the repo). Workaround tested below.
+#[test]
+fn redteam2_write_only_sidecar_resumes_after_rotation_to_a_new_recipient() {
+    use crate::stream::{stop, switch_and_wait};
+    let rot = rotated_sidecar_repo();
+    let s2 = rot.stream(&["--recipient", &rot.r2], "s2.log");
+    rot.c.psql("INSERT INTO t VALUES (4)");
+    rot.c.psql("INSERT INTO t VALUES (99)");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let log = rot.log("s2.log");
+    assert!(
+        !log.contains("error:"),
+        "the sidecar with the new recipient did not resume:\n{log}"
+    );
+    switch_and_wait(&rot.c, &rot.repo, 1, "the second sidecar's archive", 60);
+    stop(s2);
+    rot.restore_has(99);
+}
+
+/// The workaround for the test above, and its error: the new-recipient sidecar refuses in
+/// one line naming the key whose digest the tip has and `--identity`; one run of `pitr
+/// stream` with identity 2 (which can read the tip) re-proves the tip and writes partials
+/// under recipient 2's digest key, after which the sidecar with recipient 2 alone resumes,
+/// and every row restores.
+#[test]
+fn redteam2_after_rotation_one_run_with_the_identity_lets_the_sidecar_resume() {
+    use crate::stream::{stop, switch_and_wait};
+    let rot = rotated_sidecar_repo();
+    let o = run(rot
+        .repo
+        .apply(pitr().args([
+            "stream",
+            "--slot",
+            "rt2wo",
+            "--source",
+            &crate::stream::source(&rot.c),
+        ]))
+        .args(["--recipient", &rot.r2]));
+    assert!(!o.status.success(), "{}", text(&o));
+    let stderr = String::from_utf8_lossy(&o.stderr).to_string();
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("pitr: error"))
+        .collect();
+    assert_eq!(errors.len(), 1, "one error line wanted:\n{stderr}");
+    assert!(
+        errors[0].contains("--identity") && errors[0].contains(&rot.id1_hex),
+        "the error names neither --identity nor the tip's digest key {}: {}",
+        rot.id1_hex,
+        errors[0]
+    );
+    let s = rot.stream(&["--identity", rot.id2.to_str().unwrap()], "s2.log");
+    rot.c.psql("INSERT INTO t VALUES (4)");
+    switch_and_wait(&rot.c, &rot.repo, 1, "the identity's archive", 60);
+    rot.c.psql("INSERT INTO t VALUES (5)");
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    stop(s);
+    let s3 = rot.stream(&["--recipient", &rot.r2], "s3.log");
+    rot.c.psql("INSERT INTO t VALUES (99)");
+    switch_and_wait(&rot.c, &rot.repo, 1, "the new sidecar's archive", 60);
+    stop(s3);
+    let log = rot.log("s3.log");
+    assert!(!log.contains("error:"), "{log}");
+    rot.restore_has(99);
+}

@@ -952,7 +952,16 @@ impl Keyring {
                 }
                 Ok(same)
             }
-            _ => Err(crypt_error(
+            Some((id, _)) => Err(crypt_error(
+                "get",
+                name,
+                CryptError::BadKey(format!(
+                    "write-only mode compares a stored object by its keyed digest, and this one's is of key {} (a key of the repo before a rotation), not of the recipient given ({}): run this command once with --identity (the private key of a current repo key), after which the recipient alone works again",
+                    hex(&h.digest_id),
+                    hex(&id)
+                )),
+            )),
+            None => Err(crypt_error(
                 "get",
                 name,
                 CryptError::WriteOnly(self.source.id_hex()),

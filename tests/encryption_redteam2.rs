@@ -1210,3 +1210,81 @@ fn redteam2_verify_fails_on_every_damaged_object_of_an_encrypted_repo() {
         passed.join("\n")
     );
 }
+
+/// Object names leave the host in the clear (listings need them). WAL and backup names say
+/// nothing but positions and times, but a heartbeat's name (`writers/<at>-<every>-<host>-
+/// <owner>-<pid>-<start>.json`) carries the sidecar's host name and PID: metadata outside
+/// the marker, in an encrypted repo.
+///
+/// FAILS before fix (NOT fixed here: the census parses other writers from their names, so
+/// a fix changes the heartbeat format): the host name is in the object name.
+#[test]
+fn redteam2_no_object_name_of_an_encrypted_repo_shows_the_host_name() {
+    use crate::stream::{SpawnLogged, TestRepo, opts, source, stop};
+    let install = testkit::PgInstall::for_tests().pop().unwrap();
+    let c = testkit::Cluster::start(&install, opts());
+    let tmp = tempfile::tempdir().unwrap();
+    let (key_f, _) = key_file(tmp.path(), "repo.key");
+    let repo = TestRepo::local(&tmp.path().join("repo")).with_key(&key_f);
+    let s = repo
+        .apply(pitr().args(["stream", "--slot", "rt2h", "--source", &source(&c)]))
+        .spawn_logged(tmp.path().join("s.log"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let writers = loop {
+        let w = repo.keys("writers/");
+        if !w.is_empty() || std::time::Instant::now() > deadline {
+            break w;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    stop(s);
+    assert!(!writers.is_empty(), "no heartbeat seen");
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_owned();
+    let shown: Vec<&String> = writers
+        .iter()
+        .filter(|k| k.contains(&format!("-{host}-")))
+        .collect();
+    assert!(
+        shown.is_empty(),
+        "the host name {host:?} is in object names of an encrypted repo: {shown:?}"
+    );
+}
+
+/// LIMITATION (documented: "whoever holds the recipient can test a guess"): the keyed
+/// digest of a recipient or identity repo is keyed by the recipient, which is public (it
+/// is on the sidecar's command line, in its environment, in configs). With it and write
+/// access, `put_if_absent` is an oracle: "already identical" confirms a guessed plaintext
+/// (a history file, a catalog entry, a small restore point) without any private key.
+#[test]
+fn redteam2_limitation_the_recipient_is_a_plaintext_guess_oracle() {
+    block_on(async {
+        let inner = mem();
+        let (idtext, r) = identity_text();
+        let d = tempfile::tempdir().unwrap();
+        let id = KeySource::load_identity(&secret_file(d.path(), "id", &idtext, 0o600)).unwrap();
+        // Written with the identity: a fully readable setup, not write-only.
+        sealing(&inner, &id)
+            .put_if_absent(
+                "wal/00000002.history",
+                Bytes::from_static(b"1\t0/3000000\tno recovery target specified\n"),
+            )
+            .await
+            .unwrap();
+        let guesser = sealing(&inner, &KeySource::Recipient(parse_recipient(&r).unwrap()));
+        let mut confirmed = Vec::new();
+        for lsn in ["0/1000000", "0/2000000", "0/3000000", "0/4000000"] {
+            let guess = format!("1\t{lsn}\tno recovery target specified\n");
+            if guesser
+                .put_if_absent("wal/00000002.history", Bytes::from(guess))
+                .await
+                .is_ok_and(|o| o == PutOutcome::AlreadyIdentical)
+            {
+                confirmed.push(lsn);
+            }
+        }
+        assert_eq!(confirmed, ["0/3000000"], "the guess oracle");
+    });
+}

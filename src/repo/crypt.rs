@@ -1107,10 +1107,12 @@ pub(crate) async fn retire(keyring: &Keyring, retired: &str) -> Result<usize, St
         )
     };
     if !keyring.source.can_read() {
-        return Err(refuse(
-            &[0; 8],
+        return Err(StoreError::new(
+            StoreErrorKind::Permanent,
+            "retire",
+            KEYS_PREFIX,
             format!(
-                "the recipient given ({}) opens no data key, so it cannot check that the repo stays readable without key {retired}; retire with a key that opens the repo (--identity, --encryption-key-file, --kms-key-id)",
+                "the recipient given ({}) opens no data key, so it cannot check that the repo stays readable without key {retired}: nothing was deleted; retire with a key that opens the repo (--identity, --encryption-key-file, --kms-key-id)",
                 keyring.source.id_hex()
             ),
         ));

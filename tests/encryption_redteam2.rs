@@ -1288,3 +1288,52 @@ fn redteam2_limitation_the_recipient_is_a_plaintext_guess_oracle() {
         assert_eq!(confirmed, ["0/3000000"], "the guess oracle");
     });
 }
+
+/// `pitr key rotate` run again after the new key's key object was damaged must not report
+/// "already" and leave it: the new key would open nothing of that data key, which `retire`
+/// (now) refuses, but nothing repairs it. Rotating again with the old key stores it anew.
+///
+/// FAILS before fix: rotate counted the damaged key object as "already" by its name.
+#[test]
+fn redteam2_rotate_again_repairs_a_damaged_key_object_of_the_new_key() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("repo");
+    let (old_f, old) = key_file(d.path(), "old");
+    let (new_f, new) = key_file(d.path(), "new");
+    marker(&dir, &old.id_hex());
+    let inner = local(&dir);
+    block_on(async {
+        sealing(&inner, &old)
+            .put_if_absent("wal/00000001.history", Bytes::from_static(b"h"))
+            .await
+            .unwrap();
+    });
+    let repo = dir.to_str().unwrap();
+    let rotate = || {
+        run(pitr()
+            .args(["key", "rotate", "--repo", repo, "--to-key-file"])
+            .arg(&new_f)
+            .args(["--encryption-key-file", old_f.to_str().unwrap()]))
+    };
+    let o = rotate();
+    assert!(o.status.success(), "rotate: {}", text(&o));
+    let ko = block_on(key_object_names(&inner))
+        .into_iter()
+        .find(|k| k.ends_with(&format!(".{}.key", new.id_hex())))
+        .unwrap();
+    let mut b = std::fs::read(dir.join(&ko)).unwrap();
+    let l = b.len() - 1;
+    b[l] ^= 1;
+    let _ = std::fs::remove_file(dir.join(&ko));
+    std::fs::write(dir.join(&ko), &b).unwrap();
+    let o = rotate();
+    assert!(o.status.success(), "rotate again: {}", text(&o));
+    block_on(async {
+        let got = sealing(&inner, &new).get("wal/00000001.history").await;
+        assert!(
+            got.is_ok(),
+            "the new key opens nothing after rotating again ({}): {got:?}",
+            text(&o).trim()
+        );
+    });
+}

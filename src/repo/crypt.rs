@@ -1021,17 +1021,35 @@ pub struct RotateReport {
 }
 
 /// Stores every data key of the repo for `to` as well, unwrapping each with `keyring`'s key.
-/// Checks first that every data key opens, and writes nothing if one does not.
+/// Checks first that every data key opens, and writes nothing if one does not. A key object
+/// of `to` that exists but does not open (when `to` can unwrap) is stored again.
 pub(crate) async fn rotate(keyring: &Keyring, to: &KeySource) -> Result<RotateReport, StoreError> {
     let all = key_objects(keyring.inner.as_ref()).await?;
     let mine = keyring.source.id();
     let target = to.id();
     let mut todo = Vec::new();
+    let mut damaged = BTreeSet::new();
     let mut already = 0;
     for (dk, keks) in &all {
         if keks.contains(&target) {
-            already += 1;
-            continue;
+            // Counted only if it opens, when the new key can tell: a damaged key object of
+            // the new key (found by name) is stored again below.
+            let name = key_object_name(dk, &target);
+            let opens = !to.can_read()
+                || target == mine
+                || match keyring.inner.get(&name).await? {
+                    Some(obj) => match to.unwrap_dk(*dk, &obj).await {
+                        Ok(_) => true,
+                        Err(CryptError::Tampered(_)) => false,
+                        Err(e) => return Err(crypt_error("get", &name, e)),
+                    },
+                    None => false,
+                };
+            if opens {
+                already += 1;
+                continue;
+            }
+            damaged.insert(*dk);
         }
         if !keks.contains(&mine) {
             return Err(StoreError::new(
@@ -1058,6 +1076,9 @@ pub(crate) async fn rotate(keyring: &Keyring, to: &KeySource) -> Result<RotateRe
             .wrap_dk(dk)
             .await
             .map_err(|e| crypt_error("put", &name, e))?;
+        if damaged.contains(&dk.id) {
+            keyring.inner.delete(&name).await?;
+        }
         keyring.inner.put_if_absent(&name, Bytes::from(obj)).await?;
     }
     Ok(RotateReport {

@@ -8,6 +8,7 @@ mod differential;
 mod docker;
 mod encryption;
 mod encryption_faults;
+mod encryption_redteam2;
 mod faults;
 mod harness;
 mod inspect;

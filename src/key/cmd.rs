@@ -213,13 +213,17 @@ async fn rotate(a: RotateArgs) -> Result<ExitCode, CmdError> {
 async fn retire(a: RetireArgs) -> Result<ExitCode, CmdError> {
     let repo = Repo::open_existing(&a.repo.repo).await?;
     let keyring = keyring_of(&repo, "retire").await?;
-    if keyring.source().id_hex() == a.key_id {
+    if keyring
+        .source()
+        .id_hex()
+        .eq_ignore_ascii_case(a.key_id.trim())
+    {
         return Err(CmdError::Usage(format!(
             "key {} is the one given: retire it with another of the repo's keys",
             a.key_id
         )));
     }
-    let n = crypt::retire(keyring.inner().as_ref(), &a.key_id)
+    let n = crypt::retire(&keyring, &a.key_id)
         .await
         .map_err(RepoError::from)?;
     #[derive(serde::Serialize)]

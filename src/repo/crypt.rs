@@ -16,7 +16,8 @@
 //!
 //! Rotation (`pitr key rotate`) unwraps each DK with a KEK the caller has and stores it again
 //! under the new KEK: a few small key objects, never the data. Retiring a KEK
-//! (`pitr key retire`) deletes its key objects, and only once every DK has another one.
+//! (`pitr key retire`) deletes its key objects, and only once every DK has another one, which
+//! the caller's key opens.
 //! Write-only mode: a process that holds only a recipient wraps its DK to that recipient and
 //! cannot unwrap any other process's DK, so it cannot read what earlier runs wrote.
 //!
@@ -73,7 +74,9 @@
 //!   object is never replaced. A process that can read compares the opened bytes; a
 //!   write-only one compares the keyed digest.
 //! - A data key is never lost: its key object is stored before the first object sealed
-//!   under it, and `retire` never deletes the last key object of a data key.
+//!   under it, and `retire` never deletes the last key object of a data key: it deletes a
+//!   KEK's key objects only once the caller's own key object of each of those data keys
+//!   opens (unwrapped, not found by name).
 //! - Primitives are ring's (ChaCha20-Poly1305, HMAC-SHA256, the system RNG) and, for
 //!   recipients, the `age` crate's X25519 wrapping only; nothing is hand-rolled.
 //! - Secrets never reach logs, errors or `Debug` output (keys show their ids).
@@ -297,6 +300,19 @@ impl std::fmt::Debug for KeySource {
 
 /// A recipient's text (`age1...`), from the value itself or a file holding it.
 pub fn parse_recipient(given: &str) -> Result<age::x25519::Recipient, CryptError> {
+    // A secret given as the value itself is refused without showing it (the value would be
+    // echoed below as a file name).
+    let upper = given.to_ascii_uppercase();
+    if upper.contains("AGE-SECRET-KEY-") {
+        return Err(CryptError::BadKey(
+            "--recipient: this is an identity (a private key), not shown here: give the sidecar only its recipient (the `# public key: age1...` line), and keep the identity for --identity".into(),
+        ));
+    }
+    if upper.contains(&KEY_FILE_PREFIX.to_ascii_uppercase()) {
+        return Err(CryptError::BadKey(
+            "--recipient: this is a symmetric key, not shown here: give it with --encryption-key-file FILE, or give --recipient an X25519 recipient (age1...)".into(),
+        ));
+    }
     let text = if given.trim_start().starts_with("age1") {
         given.to_string()
     } else {
@@ -306,7 +322,7 @@ pub fn parse_recipient(given: &str) -> Result<age::x25519::Recipient, CryptError
             ))
         })?
     };
-    if text.contains("AGE-SECRET-KEY-") {
+    if text.to_ascii_uppercase().contains("AGE-SECRET-KEY-") {
         return Err(CryptError::BadKey(format!(
             "--recipient {given}: this is an identity (a private key): give the sidecar only its recipient (the `# public key: age1...` line), and keep the identity for --identity"
         )));
@@ -920,9 +936,36 @@ impl Keyring {
         }
         match self.source.stable_digest() {
             Some((id, key)) if id == h.digest_id => {
-                Ok(digest_with(&key, name, plaintext) == h.digest)
+                let same = digest_with(&key, name, plaintext) == h.digest;
+                // The chunks cannot be checked without the key, but their number and sizes
+                // can: a stored object cut (even at a chunk boundary) or extended is never
+                // taken for these bytes.
+                let whole = stored.len() == sealed_len(plaintext.len())
+                    && stored[84..92] == (plaintext.len() as u64).to_be_bytes();
+                if same && !whole {
+                    return Err(StoreError::new(
+                        StoreErrorKind::Conflict,
+                        "put",
+                        name,
+                        format!(
+                            "the stored object is damaged (cut or extended: {} bytes, {} expected) and is kept",
+                            stored.len(),
+                            sealed_len(plaintext.len())
+                        ),
+                    ));
+                }
+                Ok(same)
             }
-            _ => Err(crypt_error(
+            Some((id, _)) => Err(crypt_error(
+                "get",
+                name,
+                CryptError::BadKey(format!(
+                    "write-only mode compares a stored object by its keyed digest, and this one's is of key {} (a key of the repo before a rotation), not of the recipient given ({}): run this command once with --identity (the private key of a current repo key), after which the recipient alone works again",
+                    hex(&h.digest_id),
+                    hex(&id)
+                )),
+            )),
+            None => Err(crypt_error(
                 "get",
                 name,
                 CryptError::WriteOnly(self.source.id_hex()),
@@ -986,17 +1029,35 @@ pub struct RotateReport {
 }
 
 /// Stores every data key of the repo for `to` as well, unwrapping each with `keyring`'s key.
-/// Checks first that every data key opens, and writes nothing if one does not.
+/// Checks first that every data key opens, and writes nothing if one does not. A key object
+/// of `to` that exists but does not open (when `to` can unwrap) is stored again.
 pub(crate) async fn rotate(keyring: &Keyring, to: &KeySource) -> Result<RotateReport, StoreError> {
     let all = key_objects(keyring.inner.as_ref()).await?;
     let mine = keyring.source.id();
     let target = to.id();
     let mut todo = Vec::new();
+    let mut damaged = BTreeSet::new();
     let mut already = 0;
     for (dk, keks) in &all {
         if keks.contains(&target) {
-            already += 1;
-            continue;
+            // Counted only if it opens, when the new key can tell: a damaged key object of
+            // the new key (found by name) is stored again below.
+            let name = key_object_name(dk, &target);
+            let opens = !to.can_read()
+                || target == mine
+                || match keyring.inner.get(&name).await? {
+                    Some(obj) => match to.unwrap_dk(*dk, &obj).await {
+                        Ok(_) => true,
+                        Err(CryptError::Tampered(_)) => false,
+                        Err(e) => return Err(crypt_error("get", &name, e)),
+                    },
+                    None => false,
+                };
+            if opens {
+                already += 1;
+                continue;
+            }
+            damaged.insert(*dk);
         }
         if !keks.contains(&mine) {
             return Err(StoreError::new(
@@ -1023,6 +1084,9 @@ pub(crate) async fn rotate(keyring: &Keyring, to: &KeySource) -> Result<RotateRe
             .wrap_dk(dk)
             .await
             .map_err(|e| crypt_error("put", &name, e))?;
+        if damaged.contains(&dk.id) {
+            keyring.inner.delete(&name).await?;
+        }
         keyring.inner.put_if_absent(&name, Bytes::from(obj)).await?;
     }
     Ok(RotateReport {
@@ -1032,9 +1096,11 @@ pub(crate) async fn rotate(keyring: &Keyring, to: &KeySource) -> Result<RotateRe
     })
 }
 
-/// Deletes KEK `retired`'s key objects, once every data key has another. Refuses, writing
-/// nothing, when one has not.
-pub(crate) async fn retire(inner: &dyn ObjectStore, retired: &str) -> Result<usize, StoreError> {
+/// Deletes KEK `retired`'s key objects, once every data key has another that `keyring`'s
+/// key opens (unwrapped here, not only found by name: a damaged or planted key object does
+/// not count). Refuses, deleting nothing, when one has not.
+pub(crate) async fn retire(keyring: &Keyring, retired: &str) -> Result<usize, StoreError> {
+    let inner = keyring.inner.as_ref();
     let all = key_objects(inner).await?;
     let Some(r) = unhex(retired).and_then(|b| <[u8; 8]>::try_from(b).ok()) else {
         return Err(StoreError::new(
@@ -1059,6 +1125,51 @@ pub(crate) async fn retire(inner: &dyn ObjectStore, retired: &str) -> Result<usi
                 only.join(", ")
             ),
         ));
+    }
+    let mine = keyring.source.id();
+    let refuse = |dk: &[u8; 8], why: String| {
+        StoreError::new(
+            StoreErrorKind::Permanent,
+            "retire",
+            &key_object_name(dk, &mine),
+            format!("{why}: nothing was deleted"),
+        )
+    };
+    if !keyring.source.can_read() {
+        return Err(StoreError::new(
+            StoreErrorKind::Permanent,
+            "retire",
+            KEYS_PREFIX,
+            format!(
+                "the recipient given ({}) opens no data key, so it cannot check that the repo stays readable without key {retired}: nothing was deleted; retire with a key that opens the repo (--identity, --encryption-key-file, --kms-key-id)",
+                keyring.source.id_hex()
+            ),
+        ));
+    }
+    for (dk, keks) in all.iter().filter(|(_, k)| k.contains(&r)) {
+        if !keks.contains(&mine) {
+            return Err(refuse(
+                dk,
+                format!(
+                    "data key {} is stored for key {}, not for the key given ({}), which so cannot check that it still opens without key {retired}; run `pitr key rotate` with key {retired} to the key given first",
+                    hex(dk),
+                    keks.iter()
+                        .map(|k| hex(k))
+                        .collect::<Vec<_>>()
+                        .join(" and "),
+                    keyring.source.id_hex()
+                ),
+            ));
+        }
+        if let Err(e) = keyring.data_key(*dk, &key_object_name(dk, &r)).await {
+            return Err(refuse(
+                dk,
+                format!(
+                    "data key {} does not open with the key given ({e}); it may need key {retired}",
+                    hex(dk)
+                ),
+            ));
+        }
     }
     let mut n = 0;
     for dk in all.iter().filter(|(_, k)| k.contains(&r)).map(|(d, _)| d) {
@@ -1548,7 +1659,7 @@ mod tests {
             late.put_if_absent("wal/4", Bytes::from_static(b"four"))
                 .await
                 .unwrap();
-            let e = retire(inner.as_ref(), &old.id_hex()).await.unwrap_err();
+            let e = retire(after.keyring(), &old.id_hex()).await.unwrap_err();
             assert!(e.message.contains("only key"), "{e}");
             assert_eq!(
                 key_objects(inner.as_ref()).await.unwrap().len(),
@@ -1556,7 +1667,7 @@ mod tests {
                 "nothing deleted"
             );
             rotate(late.keyring(), &new).await.unwrap();
-            assert_eq!(retire(inner.as_ref(), &old.id_hex()).await.unwrap(), 2);
+            assert_eq!(retire(after.keyring(), &old.id_hex()).await.unwrap(), 2);
             // Only the new key now: every object opens with it, none with the old.
             let fresh_new = store(&inner, &new);
             for (n, v) in [
@@ -1580,7 +1691,7 @@ mod tests {
                 vec![new.id_hex()]
             );
             // Retiring the last key is refused.
-            let e = retire(inner.as_ref(), &new.id_hex()).await.unwrap_err();
+            let e = retire(after.keyring(), &new.id_hex()).await.unwrap_err();
             assert!(e.message.contains("only key"), "{e}");
             // Rotating needs a key that opens every data key, and writes nothing otherwise.
             let stranger = store(&inner, &sym());
@@ -1644,7 +1755,9 @@ mod tests {
             rotate(r.keyring(), &KeySource::Recipient(id2.recipient().unwrap()))
                 .await
                 .unwrap();
-            retire(inner.as_ref(), &id.id_hex()).await.unwrap();
+            retire(store(&inner, &id2).keyring(), &id.id_hex())
+                .await
+                .unwrap();
             assert_eq!(
                 &store(&inner, &id2).get("wal/2").await.unwrap().unwrap()[..],
                 b"two"

@@ -698,14 +698,20 @@ fn header(sealed: &[u8]) -> Result<Header<'_>, CryptError> {
 
 /// Opens object `name`'s sealed bytes with its data key (whose id the header names).
 fn open_with(dk: &DataKey, name: &str, sealed: &[u8]) -> Result<Vec<u8>, CryptError> {
-    let h = header(sealed)?;
-    if h.dk != dk.id {
+    open_in_place(dk, name, sealed.to_vec())
+}
+
+/// Opens object `name`'s sealed bytes `buf` in place: each chunk is opened where it lies and
+/// its plaintext moved down to `i * CHUNK`, so the plaintext is returned in `buf`'s own
+/// allocation, with no second buffer of the object's size.
+fn open_in_place(dk: &DataKey, name: &str, mut buf: Vec<u8>) -> Result<Vec<u8>, CryptError> {
+    if header(&buf)?.dk != dk.id {
         return Err(CryptError::Tampered("data key id"));
     }
-    let wrap_nonce: [u8; 12] = sealed[24..36]
+    let wrap_nonce: [u8; 12] = buf[24..36]
         .try_into()
         .map_err(|_| CryptError::Tampered("header"))?;
-    let mut ok = sealed[36..84].to_vec();
+    let mut ok = buf[36..84].to_vec();
     let object_key: [u8; 32] = aead(&dk.wrap)
         .open_in_place(
             Nonce::assume_unique_for_key(wrap_nonce),
@@ -716,12 +722,12 @@ fn open_with(dk: &DataKey, name: &str, sealed: &[u8]) -> Result<Vec<u8>, CryptEr
         .try_into()
         .map_err(|_| CryptError::Tampered("object key"))?;
     let len = u64::from_be_bytes(
-        sealed[84..92]
+        buf[84..92]
             .try_into()
             .map_err(|_| CryptError::Tampered("header"))?,
     );
     let chunk = u32::from_be_bytes(
-        sealed[124..128]
+        buf[124..128]
             .try_into()
             .map_err(|_| CryptError::Tampered("header"))?,
     ) as usize;
@@ -729,16 +735,15 @@ fn open_with(dk: &DataKey, name: &str, sealed: &[u8]) -> Result<Vec<u8>, CryptEr
         return Err(CryptError::Tampered("chunk size"));
     }
     let key = aead(&object_key);
-    let mut aad = sealed[..HEADER_LEN].to_vec();
+    let mut aad = buf[..HEADER_LEN].to_vec();
     aad.extend_from_slice(name.as_bytes());
-    // One copy of the body, opened chunk by chunk in place and compacted as it goes (the
-    // plaintext of chunk i moves to i * CHUNK): one allocation per object.
-    let mut out = sealed[HEADER_LEN..].to_vec();
+    // The plaintext of chunk i moves to i * CHUNK, always below where chunk i was read (at
+    // HEADER_LEN + i * (CHUNK + TAG_LEN)), so nothing not yet opened is overwritten.
     let mut i = 0u64;
-    let mut at = 0usize;
+    let mut at = HEADER_LEN;
     let mut end = 0usize;
     loop {
-        let remaining = out.len() - at;
+        let remaining = buf.len() - at;
         let last = remaining <= CHUNK + TAG_LEN;
         if remaining < TAG_LEN {
             return Err(CryptError::Tampered("truncated"));
@@ -748,7 +753,7 @@ fn open_with(dk: &DataKey, name: &str, sealed: &[u8]) -> Result<Vec<u8>, CryptEr
             .open_in_place(
                 chunk_nonce(i, last),
                 Aad::from(&aad[..]),
-                &mut out[at..at + take],
+                &mut buf[at..at + take],
             )
             .map_err(|_| {
                 CryptError::Tampered(if last {
@@ -758,7 +763,7 @@ fn open_with(dk: &DataKey, name: &str, sealed: &[u8]) -> Result<Vec<u8>, CryptEr
                 })
             })?
             .len();
-        out.copy_within(at..at + n, end);
+        buf.copy_within(at..at + n, end);
         end += n;
         at += take;
         i += 1;
@@ -766,13 +771,13 @@ fn open_with(dk: &DataKey, name: &str, sealed: &[u8]) -> Result<Vec<u8>, CryptEr
             break;
         }
     }
-    out.truncate(end);
-    if out.len() as u64 != len {
+    buf.truncate(end);
+    if buf.len() as u64 != len {
         return Err(CryptError::Tampered("length"));
     }
     // The digest is not recomputed: every chunk's tag covers the header, digest included,
     // and the plaintext; the digest serves only to compare contents without decrypting.
-    Ok(out)
+    Ok(buf)
 }
 
 /// The process's key source and the data keys it has made or opened. One per repo store.
@@ -906,6 +911,14 @@ impl Keyring {
         let h = header(sealed).map_err(|e| crypt_error("get", name, e))?;
         let dk = self.data_key(h.dk, name).await?;
         open_with(&dk, name, sealed).map_err(|e| crypt_error("get", name, e))
+    }
+
+    /// Opens `name`'s sealed bytes in their own buffer (no copy when `sealed` is the only
+    /// reference to it, as a store's `get` returns it).
+    async fn open_owned(&self, name: &str, sealed: Bytes) -> Result<Vec<u8>, StoreError> {
+        let h = header(&sealed).map_err(|e| crypt_error("get", name, e))?;
+        let dk = self.data_key(h.dk, name).await?;
+        open_in_place(&dk, name, Vec::from(sealed)).map_err(|e| crypt_error("get", name, e))
     }
 
     /// Whether the sealed bytes `stored` of `name` hold `plaintext`: by opening them when this
@@ -1319,7 +1332,10 @@ impl ObjectStore for EncryptingStore {
             if key == IDENTITY_KEY {
                 return Ok(Some(b));
             }
-            self.keys.open(key, &b).await.map(|p| Some(Bytes::from(p)))
+            self.keys
+                .open_owned(key, b)
+                .await
+                .map(|p| Some(Bytes::from(p)))
         })
     }
 

@@ -6,7 +6,7 @@
 //! `writers/<AT>-<EVERY>-<WRITER>.json`: `AT` is the heartbeat's time (Unix seconds, 10
 //! digits), `EVERY` the writer's heartbeat interval in seconds, `WRITER` the process:
 //! `HOST-OWNER-PID-START` (the host name with characters outside `[A-Za-z0-9.]` replaced by
-//! `-`; `OWNER` the machine boot and PID namespace, as in the local store's temporary files
+//! `-`, or `sealed` in an encrypted repo, whose object names are in the clear; `OWNER` the machine boot and PID namespace, as in the local store's temporary files
 //! ([`crate::repo::local::owner_tag`]); `START` its start, Unix seconds). The body says who it
 //! is ([`Heartbeat`]). Liveness is read from the key alone, so one LIST answers it.
 //!
@@ -100,6 +100,17 @@ impl Heartbeat {
 
     /// The writer's name in keys.
     pub(crate) fn writer(&self) -> String {
+        self.writer_named(&self.host)
+    }
+
+    /// The writer's name in the keys of an encrypted repo: the host name is replaced by
+    /// `sealed`, since object names leave the host in the clear and the host name is metadata
+    /// (it stays in the sealed body). Only the owner tag and PID are parsed back.
+    pub(crate) fn sealed_writer(&self) -> String {
+        self.writer_named("sealed")
+    }
+
+    fn writer_named(&self, host: &str) -> String {
         let clean = |s: &str| -> String {
             s.chars()
                 .take(64)
@@ -114,7 +125,7 @@ impl Heartbeat {
         };
         format!(
             "{}-{}-{}-{}",
-            clean(&self.host),
+            clean(host),
             self.owner,
             self.pid,
             self.start_unix
@@ -211,7 +222,10 @@ pub(crate) async fn run(
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let writer = me.writer();
+    let writer = match repo.keyring() {
+        Some(_) => me.sealed_writer(),
+        None => me.writer(),
+    };
     let body = Bytes::from(serde_json::to_vec(&me).unwrap_or_default());
     let every = Duration::from_secs(me.every_secs);
     let store = repo.store().clone();
@@ -342,6 +356,13 @@ mod tests {
             h.writer()
         );
         assert!(crate::repo::store::validate_key(&key(1, 60, &h.writer())).is_ok());
+        // An encrypted repo's key does not show the host name, and parses the same.
+        let sealed = h.sealed_writer();
+        assert!(
+            sealed.starts_with("sealed-") && !sealed.contains("pod"),
+            "{sealed}"
+        );
+        assert_eq!(parse_writer(&sealed), parse_writer(&h.writer()));
     }
 
     #[test]

@@ -142,8 +142,8 @@ pub enum Command {
     /// byte into a local directory or S3. The flush position reported to the server never
     /// runs ahead of WAL durable in the repo (--ack repo, the default) or fsync'd in the
     /// local spool (--ack spool), so a crash of pitr loses nothing. The segment being filled
-    /// is published every --partial-every, which bounds how far the archive trails the
-    /// server.
+    /// is published as soon as new WAL arrives (at most once every --partial-every), which
+    /// bounds how far the archive trails the server.
     ///
     /// The server needs wal_level = replica (or logical), max_wal_senders and
     /// max_replication_slots > 0, a role with REPLICATION, and a pg_hba.conf line for the
@@ -251,8 +251,10 @@ pub struct StreamArgs {
     /// Stream without a slot (the server may recycle WAL before pitr archives it).
     #[arg(long, conflicts_with = "slot")]
     pub no_slot: bool,
-    /// How often the segment being filled is published (e.g. 1s, 500ms).
-    #[arg(long, env = "PITR_PARTIAL_EVERY", default_value = "1s", value_parser = parse_duration)]
+    /// The shortest interval between two publishes of the segment being filled (e.g. 200ms,
+    /// 1s): new WAL is published 10 ms after it arrives, but not more often than this. Larger
+    /// means fewer uploads under load and a larger RPO.
+    #[arg(long, env = "PITR_PARTIAL_EVERY", default_value = "200ms", value_parser = parse_duration)]
     pub partial_every: std::time::Duration,
     /// Serve /metrics (Prometheus), /livez, /healthz and /readyz on this address; "off" to disable.
     #[arg(

@@ -3,13 +3,19 @@
 //!
 //! # Invariants
 //!
-//! - [`compress`] always writes the content size and the content checksum, in 256 KiB
-//!   blocks: a reader detects any corruption of the uncompressed bytes, and knows their size
-//!   before decoding.
+//! - [`compress`] always writes the content size and the content checksum, in independent
+//!   256 KiB blocks: a reader detects any corruption of the uncompressed bytes, and knows
+//!   their size before decoding. Any lz4 frame decoder reads it (the `lz4` command, and
+//!   every earlier pitr).
+//! - The same bytes always compress to the same object, and [`FramedCompressor`] gives
+//!   exactly [`compress`]'s bytes for what was pushed into it while compressing each block
+//!   once (the WAL archiver's partials cost only their tail block). This is codec revision
+//!   2; revision 1 ([`compress_revision1`], lz4_flex's frame encoder) made other bytes in
+//!   the same format.
 //! - [`decompress`] trusts nothing in the header: the content size only sizes the output
 //!   buffer (capped at [`PREALLOC_MAX`]); the decoder checks the frame and its checksum.
-//! - Frame-header layout is known here only ([`frame_content_size`]); everything else goes
-//!   through `lz4_flex`'s frame encoder and decoder.
+//! - Frame layout is known here only ([`frame_content_size`], the encoder's header and
+//!   blocks); decoding goes through `lz4_flex`'s frame decoder.
 
 use std::io::{Read, Write};
 
@@ -42,9 +48,64 @@ pub(crate) fn frame_content_size(frame: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(size))
 }
 
-/// lz4-frame compresses with content size and content checksum (xxHash32), so a reader
-/// detects any corruption of the uncompressed bytes.
+/// Raw bytes per lz4 block of an object ([`compress`]): the frame's maximum block size.
+pub(crate) const BLOCK_RAW: usize = 256 << 10;
+
+/// Frame descriptor `FLG`: version 01, independent blocks, content size, content checksum.
+const FLG: u8 = 0x40 | 0x20 | FLG_CONTENT_SIZE | 0x04;
+/// Frame descriptor `BD`: 256 KiB maximum block size.
+const BD: u8 = 5 << 4;
+/// A block stored uncompressed (its size field's high bit).
+const UNCOMPRESSED: u32 = 0x8000_0000;
+
+/// Appends a frame header declaring `len` content bytes.
+fn push_header(len: u64, out: &mut Vec<u8>) {
+    out.extend_from_slice(&LZ4_FRAME_MAGIC);
+    let at = out.len();
+    out.push(FLG);
+    out.push(BD);
+    out.extend_from_slice(&len.to_le_bytes());
+    // Header checksum: the second byte of xxHash32 (seed 0) of the descriptor.
+    let hc = (twox_hash::XxHash32::oneshot(0, &out[at..]) >> 8) as u8;
+    out.push(hc);
+}
+
+/// Appends one independent block of `raw` (at most [`BLOCK_RAW`] bytes), compressed when
+/// that makes it smaller, else stored.
+fn push_block(raw: &[u8], out: &mut Vec<u8>) {
+    let at = out.len();
+    out.resize(
+        at + 4 + lz4_flex::block::get_maximum_output_size(raw.len()),
+        0,
+    );
+    match lz4_flex::block::compress_into(raw, &mut out[at + 4..]) {
+        Ok(n) if n < raw.len() => {
+            out[at..at + 4].copy_from_slice(&(n as u32).to_le_bytes());
+            out.truncate(at + 4 + n);
+        }
+        _ => {
+            out.truncate(at);
+            out.extend_from_slice(&(raw.len() as u32 | UNCOMPRESSED).to_le_bytes());
+            out.extend_from_slice(raw);
+        }
+    }
+}
+
+/// Compresses `data` into the repo's object codec (revision 2): one lz4 frame with the
+/// content size and content checksum, in independent blocks of [`BLOCK_RAW`] bytes each
+/// compressed on its own. The result depends only on the bytes (write-only mode re-makes an
+/// object from the server's bytes to compare its keyed digest), and a growing input can be
+/// compressed incrementally to the very same bytes ([`FramedCompressor`]).
 pub(crate) fn compress(data: &[u8]) -> Bytes {
+    let mut c = FramedCompressor::default();
+    c.push(data);
+    c.object()
+}
+
+/// Codec revision 1 (lz4_flex's frame encoder over the whole input, 256 KiB blocks): what
+/// pitr wrote before revision 2. The same frame format, other bytes. Kept only so that
+/// write-only mode can re-make an object an older pitr wrote and compare its digest.
+pub(crate) fn compress_revision1(data: &[u8]) -> Bytes {
     let mut info = lz4_flex::frame::FrameInfo::new();
     info.content_checksum = true;
     info.content_size = Some(data.len() as u64);
@@ -56,6 +117,95 @@ pub(crate) fn compress(data: &[u8]) -> Bytes {
     // Writing to a Vec cannot fail.
     let _ = enc.write_all(data);
     Bytes::from(enc.finish().unwrap_or_default())
+}
+
+/// [`compress`] of a growing input, paying for each byte once: every complete block is
+/// compressed when it fills and kept, with the content checksum's running state; an
+/// [`FramedCompressor::object`] adds only the tail block (less than [`BLOCK_RAW`]), the end
+/// mark and the checksum. The raw bytes are not kept beyond that tail, so memory is the
+/// compressed blocks plus one block of input.
+#[derive(Clone, Default)]
+pub(crate) struct FramedCompressor {
+    /// The complete blocks, each with its size field.
+    blocks: Vec<u8>,
+    /// Raw bytes after them (shorter than [`BLOCK_RAW`]).
+    tail: Vec<u8>,
+    /// xxHash32 (seed 0) of the complete blocks' content.
+    hasher: twox_hash::XxHash32,
+    /// Raw bytes pushed in all.
+    len: usize,
+}
+
+impl std::fmt::Debug for FramedCompressor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FramedCompressor")
+            .field("len", &self.len)
+            .field("compressed", &self.blocks.len())
+            .finish()
+    }
+}
+
+impl FramedCompressor {
+    /// Raw bytes pushed since the start (or the last [`FramedCompressor::reset`]).
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    fn block(&mut self, raw: &[u8]) {
+        use std::hash::Hasher;
+        self.hasher.write(raw);
+        push_block(raw, &mut self.blocks);
+    }
+
+    /// Appends raw bytes.
+    pub(crate) fn push(&mut self, mut data: &[u8]) {
+        self.len += data.len();
+        while !data.is_empty() {
+            let n = data.len().min(BLOCK_RAW - self.tail.len());
+            let (now, rest) = data.split_at(n);
+            data = rest;
+            if self.tail.is_empty() && n == BLOCK_RAW {
+                self.block(now);
+                continue;
+            }
+            self.tail.extend_from_slice(now);
+            if self.tail.len() == BLOCK_RAW {
+                let tail = std::mem::take(&mut self.tail);
+                self.block(&tail);
+                self.tail = tail;
+                self.tail.clear();
+            }
+        }
+    }
+
+    /// The object of everything pushed: equal to [`compress`] of those bytes.
+    pub(crate) fn object(&self) -> Bytes {
+        use std::hash::Hasher;
+        let mut out = Vec::with_capacity(
+            15 + self.blocks.len()
+                + 4
+                + lz4_flex::block::get_maximum_output_size(self.tail.len())
+                + 8,
+        );
+        push_header(self.len as u64, &mut out);
+        out.extend_from_slice(&self.blocks);
+        let mut hasher = self.hasher.clone();
+        if !self.tail.is_empty() {
+            hasher.write(&self.tail);
+            push_block(&self.tail, &mut out);
+        }
+        out.extend_from_slice(&0u32.to_le_bytes());
+        out.extend_from_slice(&(hasher.finish() as u32).to_le_bytes());
+        Bytes::from(out)
+    }
+
+    /// Starts again from nothing.
+    pub(crate) fn reset(&mut self) {
+        self.blocks.clear();
+        self.tail.clear();
+        self.hasher = twox_hash::XxHash32::with_seed(0);
+        self.len = 0;
+    }
 }
 
 /// Decompresses and verifies an object written by [`compress`]; `key` names it in the
@@ -88,7 +238,74 @@ mod tests {
         let z = compress(&data);
         assert!(is_lz4_frame(&z));
         assert_eq!(frame_content_size(&z), Some(data.len() as u64));
-        assert_eq!(decompress(&z, "k").unwrap(), data);
+        assert!(decompress(&z, "k").unwrap() == data);
+        // Revision 1 objects are the same format and decode the same way.
+        assert!(decompress(&compress_revision1(&data), "k").unwrap() == data);
+    }
+
+    #[test]
+    fn objects_grow_incrementally_to_the_same_bytes_and_any_frame_decoder_reads_them() {
+        // Compressible, incompressible (stored blocks) and mixed data.
+        let mut data: Vec<u8> = (0..(2 * BLOCK_RAW) as u32)
+            .map(|i| ((i / 7) % 251) as u8)
+            .collect();
+        let mut x: u32 = 12345;
+        data.extend((0..BLOCK_RAW + 12_345).map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        }));
+        let whole = compress(&data);
+        assert_eq!(frame_content_size(&whole), Some(data.len() as u64));
+        assert!(decompress(&whole, "k").unwrap() == data, "round trip");
+        // lz4_flex's own frame decoder, as a pitr of codec revision 1 reads it.
+        let mut out = Vec::new();
+        lz4_flex::frame::FrameDecoder::new(&whole[..])
+            .read_to_end(&mut out)
+            .unwrap();
+        assert!(out == data, "read by the frame decoder");
+        // Pushed in uneven pieces, with objects taken on the way: each equals compress() of
+        // the bytes so far, and the last equals the whole.
+        let mut c = FramedCompressor::default();
+        assert_eq!(c.object(), compress(b""));
+        assert!(decompress(&c.object(), "k").unwrap().is_empty());
+        let mut at = 0;
+        for step in [
+            1,
+            4095,
+            BLOCK_RAW - 4096,
+            BLOCK_RAW,
+            3,
+            BLOCK_RAW + 7,
+            12_335,
+        ] {
+            let end = (at + step).min(data.len());
+            c.push(&data[at..end]);
+            at = end;
+            assert_eq!(c.len(), at);
+            assert!(c.object() == compress(&data[..at]), "after {at} bytes");
+            assert!(
+                decompress(&c.object(), "k").unwrap() == data[..at],
+                "after {at} bytes"
+            );
+        }
+        assert_eq!(at, data.len());
+        assert!(c.object() == whole);
+        c.reset();
+        assert_eq!(c.len(), 0);
+        assert_eq!(c.object(), compress(b""));
+        // Compression pays: the compressible part shrinks; stored blocks cost 4 bytes.
+        assert!(compress(&data[..2 * BLOCK_RAW]).len() < BLOCK_RAW / 4);
+        let stored = &data[2 * BLOCK_RAW..3 * BLOCK_RAW];
+        assert_eq!(compress(stored).len(), BLOCK_RAW + 15 + 4 + 4 + 4);
+        // Damage anywhere is found.
+        for at in [5, 20, whole.len() / 2, whole.len() - 2] {
+            let mut bad = whole.to_vec();
+            bad[at] ^= 0x40;
+            assert!(decompress(&bad, "k").is_err(), "flip at {at}");
+        }
+        assert!(decompress(&whole[..whole.len() - 1], "k").is_err());
     }
 
     #[test]

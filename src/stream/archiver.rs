@@ -9,8 +9,10 @@
 //! - Within a run it never decreases. A `Begin` resets it to the run's (timeline, start):
 //!   after a failover the new timeline may restart below what the old one reached, and an
 //!   LSN of the old timeline says nothing about the new one.
-//! - The segment being filled is published as `…partial.<END>.lz4` at most every
-//!   `partial_every`, when it grew; the previous partial of that segment is deleted only
+//! - The segment being filled is published as `…partial.<END>.lz4` as soon as new WAL
+//!   arrives: [`COALESCE`] after the first byte not yet published, and never sooner than
+//!   `partial_every` after the previous partial publish (a bounded rate of object writes;
+//!   an idle server makes none). The previous partial of that segment is deleted only
 //!   after the newer object is durable. A complete segment replaces its partials the same way.
 //!   A run that begins in a segment the repo already holds a partial of does not publish it
 //!   again: the receiver proved those bytes equal before the run began
@@ -18,14 +20,19 @@
 //! - Storage errors are retried forever with backoff (the channel then fills and the
 //!   receiver stops reading: back-pressure, not data loss); a conflict (different bytes under
 //!   a name) stops archiving with an error.
-//! - Memory: one segment buffer plus its compressed copy, whatever the WAL rate.
+//! - Memory: the segment's compressed frames plus one frame of raw WAL
+//!   ([`repo::codec::FramedCompressor`]), and one copy of the compressed frames per object
+//!   in flight, whatever the WAL rate. Each byte is compressed once; a partial costs only
+//!   its tail frame, and a complete segment is the same frames (the same bytes as
+//!   compressing the whole segment at once).
 
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 use walfmt::{DecoderConfig, Lsn, SegNo, Summarizer, TimeLineId, WalSegSize};
 
+use crate::repo::codec::FramedCompressor;
 use crate::repo::store::StoreError;
 use crate::repo::{self, Repo};
 
@@ -34,6 +41,10 @@ use super::StreamError;
 /// A durable position: WAL of this timeline up to this LSN is safe (in the repo, or in the
 /// spool for `--ack spool`).
 pub(crate) type Durable = (TimeLineId, Lsn);
+
+/// How long new WAL waits for more before it is published, so that a burst of messages
+/// (one transaction's records arrive in several) makes one object, not one per message.
+pub(crate) const COALESCE: Duration = Duration::from_millis(10);
 
 /// Messages from the receiver.
 #[derive(Debug)]
@@ -75,7 +86,7 @@ fn retry_policy(cfg: &ArchiverConfig) -> repo::retrying::RetryPolicy {
 pub(crate) struct ArchiverConfig {
     /// Segment size.
     pub seg: WalSegSize,
-    /// Partial publish interval.
+    /// The shortest interval between two partial publishes (`--partial-every`).
     pub partial_every: Duration,
     /// Cap of the retry backoff.
     pub retry_cap: Duration,
@@ -93,8 +104,9 @@ pub(crate) struct Archiver {
     tli: TimeLineId,
     segno: SegNo,
     seg_start: Lsn,
-    buf: BytesMut,
-    /// Bytes of `buf` durable in the repo (as a partial or, when full, the segment).
+    /// The segment being filled, compressed as it arrives.
+    comp: FramedCompressor,
+    /// Bytes of the segment durable in the repo (as a partial or, when full, the segment).
     published_len: usize,
     /// Partials of the current segment to delete once superseded (key, end).
     stale: Vec<(String, Lsn)>,
@@ -112,7 +124,7 @@ impl Archiver {
             tli: TimeLineId(1),
             segno: SegNo(0),
             seg_start: Lsn(0),
-            buf: BytesMut::new(),
+            comp: FramedCompressor::default(),
             published_len: 0,
             stale: Vec::new(),
             summarizer: None,
@@ -143,18 +155,39 @@ impl Archiver {
 
     /// Runs until the channel closes (publishing what is buffered) or an error.
     pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<ArchMsg>) -> Result<(), StreamError> {
-        let mut tick = tokio::time::interval(self.cfg.partial_every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        use tokio::time::Instant;
+        // When the next partial publish is due (`None`: nothing waits to be published).
+        let mut due: Option<Instant> = None;
+        let mut last_publish = Instant::now() - self.cfg.partial_every;
         loop {
+            let wait = due.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
+                // A due publish goes first, so a flood of WAL cannot postpone it.
+                biased;
+                _ = tokio::time::sleep_until(wait), if due.is_some() => {
+                    due = None;
+                    last_publish = Instant::now();
+                    self.publish_partial().await?;
+                }
                 msg = rx.recv() => match msg {
                     None => {
                         self.publish_partial().await?;
                         return Ok(());
                     }
-                    Some(m) => self.handle(m).await?,
+                    Some(m) => {
+                        let segment = (self.tli, self.segno);
+                        self.handle(m).await?;
+                        if (self.tli, self.segno) != segment {
+                            // A new segment (or run) starts its own rate.
+                            last_publish = Instant::now() - self.cfg.partial_every;
+                        }
+                        if self.comp.len() > self.published_len && due.is_none() {
+                            due = Some((Instant::now() + COALESCE).max(last_publish + self.cfg.partial_every));
+                        } else if self.comp.len() <= self.published_len {
+                            due = None;
+                        }
+                    }
                 },
-                _ = tick.tick() => self.publish_partial().await?,
             }
         }
     }
@@ -184,7 +217,7 @@ impl Archiver {
         self.tli = tli;
         self.segno = start.segment(seg);
         self.seg_start = start;
-        self.buf = BytesMut::with_capacity(seg.bytes() as usize);
+        self.comp.reset();
         self.stale = self.partials_of(tli, self.segno).await?;
         // The repo already holds its newest partial of this segment, and the receiver proved
         // the server's bytes there are the same before the run began: not published again.
@@ -273,7 +306,7 @@ impl Archiver {
         if !self.active {
             return Err(StreamError::Internal("WAL before Begin".into()));
         }
-        let expected = Lsn(self.seg_start.0 + self.buf.len() as u64);
+        let expected = Lsn(self.seg_start.0 + self.comp.len() as u64);
         if start != expected {
             return Err(StreamError::Gap {
                 expected,
@@ -282,7 +315,7 @@ impl Archiver {
         }
         let seg_len = self.cfg.seg.bytes() as usize;
         while !data.is_empty() {
-            let n = data.len().min(seg_len - self.buf.len());
+            let n = data.len().min(seg_len - self.comp.len());
             let piece = data.split_to(n);
             if let Some(s) = self.summarizer.as_mut() {
                 // A decode error only affects summaries, never the archived bytes.
@@ -291,8 +324,8 @@ impl Archiver {
                     self.summarizer = None;
                 }
             }
-            self.buf.extend_from_slice(&piece);
-            if self.buf.len() == seg_len {
+            self.comp.push(&piece);
+            if self.comp.len() == seg_len {
                 self.complete_segment().await?;
             }
         }
@@ -322,7 +355,7 @@ impl Archiver {
     async fn complete_segment(&mut self) -> Result<(), StreamError> {
         let seg = self.cfg.seg;
         let key = repo::segment_key(self.tli, self.segno, seg);
-        let body = repo::compress(&self.buf);
+        let body = self.comp.object();
         self.put(&key, body).await?;
         let end = Lsn(self.seg_start.0 + seg.bytes());
         self.advance(end);
@@ -331,7 +364,7 @@ impl Archiver {
         self.publish_summaries().await?;
         self.segno = self.segno.next();
         self.seg_start = end;
-        self.buf.clear();
+        self.comp.reset();
         self.published_len = 0;
         self.stale = self.partials_of(self.tli, self.segno).await?;
         Ok(())
@@ -363,18 +396,19 @@ impl Archiver {
         if !self.active {
             return Ok(());
         }
-        if self.buf.len() <= self.published_len {
-            if self.buf.len() == self.published_len && self.published_len > 0 {
+        let len = self.comp.len();
+        if len <= self.published_len {
+            if len == self.published_len && self.published_len > 0 {
                 // Durable already (published, or held by the repo when the run began).
-                self.advance(Lsn(self.seg_start.0 + self.buf.len() as u64));
+                self.advance(Lsn(self.seg_start.0 + len as u64));
             }
             return Ok(());
         }
-        let end = Lsn(self.seg_start.0 + self.buf.len() as u64);
+        let end = Lsn(self.seg_start.0 + len as u64);
         let key = repo::partial_key(self.tli, self.segno, end, self.cfg.seg);
-        let body = repo::compress(&self.buf);
+        let body = self.comp.object();
         self.put(&key, body).await?;
-        self.published_len = self.buf.len();
+        self.published_len = len;
         self.advance(end);
         self.delete_stale(Lsn(end.0 - 1)).await?;
         self.stale.push((key, end));
@@ -489,12 +523,16 @@ mod tests {
     /// The archiver is started and has taken its interval's immediate first tick (so no
     /// partial is published unless a test asks: `partial_every` is an hour).
     async fn rig(mem: MemoryStore) -> Rig {
+        rig_every(mem, Duration::from_secs(3600)).await
+    }
+
+    async fn rig_every(mem: MemoryStore, partial_every: Duration) -> Rig {
         let faulty = Arc::new(FaultyStore::new(mem.clone()));
         let repo = Repo::with_store(faulty.clone());
         let metrics: Arc<crate::metrics::Metrics> = Default::default();
         let cfg = ArchiverConfig {
             seg: seg(),
-            partial_every: Duration::from_secs(3600),
+            partial_every,
             retry_cap: Duration::from_millis(10),
             system_id: 1,
             metrics: metrics.clone(),
@@ -569,6 +607,64 @@ mod tests {
     /// The bytes of segment `segno` within `data`, which starts at [`START`].
     fn slice(data: &[u8], from: Lsn, to: Lsn) -> &[u8] {
         &data[(from.0 - START.0) as usize..(to.0 - START.0) as usize]
+    }
+
+    /// New WAL is published [`COALESCE`] after it arrives, not at the next tick; then no
+    /// sooner than `partial_every` after the previous publish; an idle archiver writes
+    /// nothing. (Virtual time: tokio's clock only moves when every task waits.)
+    #[tokio::test(start_paused = true)]
+    async fn new_wal_is_published_at_once_then_at_a_bounded_rate_and_idle_costs_nothing() {
+        use tokio::time::{Instant, sleep};
+        let every = Duration::from_millis(200);
+        let r = rig_every(MemoryStore::new(), every).await;
+        let uploads = || r.metrics.uploads.load(std::sync::atomic::Ordering::Relaxed);
+        let data = wal(SEG as usize);
+        r.begin(TLI, START).await;
+        let t0 = Instant::now();
+        let a = Lsn(START.0 + 1000);
+        r.wal(START, slice(&data, START, a)).await;
+        sleep(COALESCE / 2).await;
+        assert!(
+            r.keys().await.is_empty(),
+            "published before the coalescing window"
+        );
+        sleep(COALESCE).await;
+        assert_eq!(r.keys().await, vec![partial(5, a)]);
+        assert_eq!(*r.archived.borrow(), (TLI, a));
+        // More WAL right after: it waits for the rate bound, then goes at once.
+        let b = Lsn(START.0 + 3000);
+        r.wal(a, slice(&data, a, b)).await;
+        sleep(every / 2).await;
+        assert_eq!(
+            r.keys().await,
+            vec![partial(5, a)],
+            "the rate bound was not kept"
+        );
+        sleep(t0 + COALESCE + every + COALESCE - Instant::now()).await;
+        assert_eq!(r.keys().await, vec![partial(5, b)]);
+        assert_eq!(*r.archived.borrow(), (TLI, b));
+        assert_eq!(
+            r.bytes(&partial(5, b)).await.unwrap(),
+            slice(&data, START, b)
+        );
+        // Idle: nothing more is written, however long.
+        let n = uploads();
+        sleep(Duration::from_secs(60)).await;
+        assert_eq!(uploads(), n, "an idle archiver uploaded");
+        // A new segment publishes its first WAL without waiting for the old rate.
+        let end = Lsn(START.0 + SEG);
+        r.wal(b, slice(&data, b, end)).await;
+        let c = Lsn(end.0 + 10);
+        let more = wal(10);
+        r.tx.send(ArchMsg::Wal {
+            start: end,
+            data: Bytes::from(more),
+        })
+        .await
+        .unwrap();
+        sleep(COALESCE * 2).await;
+        assert_eq!(r.keys().await, vec![segment(5), partial(6, c)]);
+        r.stop().await.unwrap();
     }
 
     #[tokio::test]

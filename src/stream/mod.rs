@@ -767,18 +767,22 @@ impl Session<'_> {
         let Some((_, raw)) = self.gate.checker.take_collected() else {
             return Ok(self.gate.checker.verdict().clone());
         };
-        let (raw, stored) = tokio::task::spawn_blocking(move || {
+        let (raw, stored, revision1) = tokio::task::spawn_blocking(move || {
             let z = repo::compress(&raw);
-            (raw, z)
+            let z1 = repo::codec::compress_revision1(&raw);
+            (raw, z, z1)
         })
         .await
         .map_err(|e| StreamError::Internal(format!("compressing for the digest check: {e}")))?;
-        let held = self
+        let repo = self
             .opts
             .repo
-            .retrying("check an object's digest", Duration::from_secs(30))
-            .holds(&key, &stored)
-            .await?;
+            .retrying("check an object's digest", Duration::from_secs(30));
+        let mut held = repo.holds(&key, &stored).await?;
+        if held == Some(false) && revision1 != stored {
+            // Written by a pitr of codec revision 1 (one frame per object)?
+            held = repo.holds(&key, &revision1).await?;
+        }
         let Some(held) = held else {
             return Err(StreamError::Unproven(format!(
                 "{key} is no longer in the repo (another writer replaced or removed it); checking again"

@@ -203,6 +203,7 @@ async fn tour_steps(
         server_compression: false,
         wal_timeout: Duration::from_secs(60),
         progress: false,
+        wake: None,
     })
     .await?;
     println!(

@@ -216,6 +216,9 @@ pub struct Metrics {
     pub flushed_lsn: AtomicU64,
     /// End of WAL durable in the repo.
     pub archived_lsn: AtomicU64,
+    /// Woken each time `archived_lsn` advances, for in-process waiters (a scheduled backup
+    /// waiting for its end WAL), so they need not poll the repo.
+    pub archived_wake: tokio::sync::Notify,
     /// Bytes in the `--ack spool` spool.
     pub spool_bytes: AtomicU64,
     /// Readings of the server's WAL position (see the module docs).

@@ -41,6 +41,7 @@ pub async fn run(a: BackupArgs) -> Result<ExitCode, CmdError> {
         server_compression: a.server_compression,
         wal_timeout: a.wal_timeout,
         progress: std::io::stderr().is_terminal(),
+        wake: None,
     };
     let rec = backup::run(&opts).await?;
     emit(a.json, &rec, backup::print_summary)?;

@@ -96,6 +96,9 @@ pub(crate) struct BackupOptions {
     pub wal_timeout: Duration,
     /// Draw a progress bar (stderr is a terminal).
     pub progress: bool,
+    /// In the sidecar: the stream's metrics, whose `archived_wake` says when WAL reached the
+    /// repo, so the wait for the backup's end WAL checks the repo then instead of polling.
+    pub wake: Option<std::sync::Arc<crate::metrics::Metrics>>,
 }
 
 struct ArchiveWriter {
@@ -580,6 +583,12 @@ async fn wait_for_wal(
     let tli = rec.end_tli;
     let mut logged = false;
     loop {
+        // Armed before the repo is read, so an advance during the read is not missed.
+        let woken = opts.wake.as_ref().map(|m| m.archived_wake.notified());
+        tokio::pin!(woken);
+        if let Some(w) = woken.as_mut().as_pin_mut() {
+            w.enable();
+        }
         let idx = if opts.repo.can_read() {
             WalIndex::load(&opts.repo, seg, sysid).await
         } else {
@@ -613,7 +622,16 @@ async fn wait_for_wal(
             logged = true;
             tracing::info!(end = %rec.end(), "waiting for `pitr stream` to archive the backup's WAL");
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        match woken.as_mut().as_pin_mut() {
+            // The sidecar: the next advance of the stream (or a second, should the stream
+            // be reconnecting to another timeline).
+            Some(w) => {
+                let _ = tokio::time::timeout(Duration::from_secs(1), w).await;
+            }
+            // `pitr backup` alone: another process archives, and neither PostgreSQL nor the
+            // storage can notify this one, so it polls the repo.
+            None => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
     }
 }
 

@@ -135,7 +135,9 @@ impl Archiver {
 
     fn advance(&self, to: Lsn) {
         use std::sync::atomic::Ordering::Relaxed;
-        self.cfg.metrics.archived_lsn.fetch_max(to.0, Relaxed);
+        if self.cfg.metrics.archived_lsn.fetch_max(to.0, Relaxed) < to.0 {
+            self.cfg.metrics.archived_wake.notify_waiters();
+        }
         if let Some((_, t)) = self.summarizer.as_ref().and_then(|s| s.last_commit()) {
             self.cfg
                 .metrics

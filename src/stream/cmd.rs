@@ -105,6 +105,7 @@ fn scheduled_backups(settings: &StreamSettings, opts: &StreamOptions) -> Option<
             server_compression: false,
             wal_timeout: config::SCHEDULED_BACKUP_WAL_TIMEOUT,
             progress: false,
+            wake: Some(opts.metrics.clone()),
         },
         retention: settings.retention(),
     })

@@ -168,6 +168,15 @@ impl Archiver {
                 biased;
                 _ = tokio::time::sleep_until(wait), if due.is_some() => {
                     due = None;
+                    // What already waits in the channel goes into this publish (a segment it
+                    // completes is published whole, with no partial of it first); at most
+                    // what the channel holds, so a flood cannot postpone the publish.
+                    for _ in 0..rx.max_capacity() {
+                        match rx.try_recv() {
+                            Ok(m) => self.handle(m).await?,
+                            Err(_) => break,
+                        }
+                    }
                     last_publish = Instant::now();
                     self.publish_partial().await?;
                 }

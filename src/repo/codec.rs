@@ -308,6 +308,78 @@ mod tests {
         assert!(decompress(&whole[..whole.len() - 1], "k").is_err());
     }
 
+    /// Odd push patterns (empty pushes, single bytes, pieces ending exactly on a block
+    /// boundary, pieces spanning several blocks) at the block-size edges: every object
+    /// equals `compress` of the bytes so far, and lz4_flex's frame decoder reads it.
+    #[test]
+    fn odd_push_patterns_at_block_edges_give_compress_bytes() {
+        let mut x: u32 = 0xDEAD_BEEF;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x
+        };
+        // Half compressible, half not, so both block kinds occur.
+        let data: Vec<u8> = (0..4 * BLOCK_RAW + 3)
+            .map(|i| {
+                if (i / BLOCK_RAW).is_multiple_of(2) {
+                    (i % 13) as u8
+                } else {
+                    rnd() as u8
+                }
+            })
+            .collect();
+        for len in [
+            0,
+            1,
+            BLOCK_RAW - 1,
+            BLOCK_RAW,
+            BLOCK_RAW + 1,
+            2 * BLOCK_RAW,
+            data.len(),
+        ] {
+            let whole = compress(&data[..len]);
+            let mut out = Vec::new();
+            lz4_flex::frame::FrameDecoder::new(&whole[..])
+                .read_to_end(&mut out)
+                .unwrap();
+            assert!(out == data[..len], "{len}");
+            assert_eq!(frame_content_size(&whole), Some(len as u64));
+            // Blocks never exceed the frame's 256 KiB maximum, stored or compressed.
+            let mut at = 15;
+            loop {
+                let size = u32::from_le_bytes(whole[at..at + 4].try_into().unwrap());
+                if size == 0 {
+                    break;
+                }
+                assert!((size & !UNCOMPRESSED) as usize <= BLOCK_RAW, "{len}");
+                at += 4 + (size & !UNCOMPRESSED) as usize;
+            }
+            assert_eq!(at + 8, whole.len(), "{len}");
+            for pattern in 0..4 {
+                let mut c = FramedCompressor::default();
+                let mut at = 0;
+                while at < len {
+                    let step = match pattern {
+                        0 => 1 + rnd() as usize % 70_000,
+                        1 => BLOCK_RAW,
+                        2 => [0, 1, BLOCK_RAW - 1, BLOCK_RAW + 1][rnd() as usize % 4],
+                        _ => 3 * BLOCK_RAW,
+                    };
+                    let end = (at + step).min(len);
+                    c.push(&data[at..end]);
+                    at = end;
+                    if rnd().is_multiple_of(4) {
+                        assert!(c.object() == compress(&data[..at]), "{len} {pattern} {at}");
+                    }
+                }
+                c.push(&[]);
+                assert!(c.object() == whole, "{len} {pattern}");
+            }
+        }
+    }
+
     #[test]
     fn a_frame_without_a_content_size_declares_none() {
         let mut enc = lz4_flex::frame::FrameEncoder::new(Vec::new());

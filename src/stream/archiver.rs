@@ -192,10 +192,17 @@ impl Archiver {
                             // A new segment (or run) starts its own rate.
                             last_publish = Instant::now() - self.cfg.partial_every;
                         }
-                        if self.comp.len() > self.published_len && due.is_none() {
-                            due = Some((Instant::now() + COALESCE).max(last_publish + self.cfg.partial_every));
-                        } else if self.comp.len() <= self.published_len {
+                        if self.comp.len() > self.published_len {
+                            if due.is_none() {
+                                due = Some((Instant::now() + COALESCE).max(last_publish + self.cfg.partial_every));
+                            }
+                        } else {
                             due = None;
+                            // The server's bytes reached what the repo already held when the
+                            // run began (a resumed partial): durable, so reported now, with no
+                            // upload. Waiting for newer WAL could wait forever on an idle
+                            // server, with a synchronous commit waiting on this flush.
+                            self.publish_partial().await?;
                         }
                     }
                 },
@@ -675,6 +682,32 @@ mod tests {
         .unwrap();
         sleep(COALESCE * 2).await;
         assert_eq!(r.keys().await, vec![segment(5), partial(6, c)]);
+        r.stop().await.unwrap();
+    }
+
+    /// A run resumed at a partial the repo holds: once the server's bytes reach its end they
+    /// are durable, and the flush position says so even when no newer WAL comes (an idle
+    /// server after a restart of pitr; a synchronous commit waits on exactly this). The old
+    /// 1 s tick advanced it; the event-driven publish must too, without an upload.
+    #[tokio::test(start_paused = true)]
+    async fn a_resumed_partial_is_reported_durable_while_the_server_is_idle() {
+        let mem = MemoryStore::new();
+        let data = wal(SEG as usize);
+        let e = Lsn(START.0 + 300_000);
+        mem.put_if_absent(&partial(5, e), repo::compress(slice(&data, START, e)))
+            .await
+            .unwrap();
+        let r = rig_every(mem, Duration::from_millis(200)).await;
+        r.begin(TLI, START).await;
+        r.wal(START, slice(&data, START, e)).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(
+            *r.archived.borrow(),
+            (TLI, e),
+            "bytes the repo holds were never reported durable"
+        );
+        assert_eq!(r.metrics.uploads.load(Relaxed), 0, "re-uploaded");
+        assert_eq!(r.keys().await, vec![partial(5, e)]);
         r.stop().await.unwrap();
     }
 

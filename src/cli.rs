@@ -142,8 +142,8 @@ pub enum Command {
     /// byte into a local directory or S3. The flush position reported to the server never
     /// runs ahead of WAL durable in the repo (--ack repo, the default) or fsync'd in the
     /// local spool (--ack spool), so a crash of pitr loses nothing. The segment being filled
-    /// is published as soon as new WAL arrives (at most once every --partial-every), which
-    /// bounds how far the archive trails the server.
+    /// is published as soon as new WAL arrives (then at most once every --partial-every
+    /// within a segment), which bounds how far the archive trails the server.
     ///
     /// The server needs wal_level = replica (or logical), max_wal_senders and
     /// max_replication_slots > 0, a role with REPLICATION, and a pg_hba.conf line for the

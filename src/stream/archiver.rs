@@ -160,7 +160,8 @@ impl Archiver {
         use tokio::time::Instant;
         // When the next partial publish is due (`None`: nothing waits to be published).
         let mut due: Option<Instant> = None;
-        let mut last_publish = Instant::now() - self.cfg.partial_every;
+        // The last partial publish of this segment (`None`: none yet, no rate to keep).
+        let mut last_publish: Option<Instant> = None;
         loop {
             let wait = due.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
@@ -177,7 +178,7 @@ impl Archiver {
                             Err(_) => break,
                         }
                     }
-                    last_publish = Instant::now();
+                    last_publish = Some(Instant::now());
                     self.publish_partial().await?;
                 }
                 msg = rx.recv() => match msg {
@@ -190,11 +191,12 @@ impl Archiver {
                         self.handle(m).await?;
                         if (self.tli, self.segno) != segment {
                             // A new segment (or run) starts its own rate.
-                            last_publish = Instant::now() - self.cfg.partial_every;
+                            last_publish = None;
                         }
                         if self.comp.len() > self.published_len {
                             if due.is_none() {
-                                due = Some((Instant::now() + COALESCE).max(last_publish + self.cfg.partial_every));
+                                let soonest = Instant::now() + COALESCE;
+                                due = Some(last_publish.map_or(soonest, |t| soonest.max(t + self.cfg.partial_every)));
                             }
                         } else {
                             due = None;

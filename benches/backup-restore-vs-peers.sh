@@ -288,6 +288,19 @@ put pgbb_client_mode "$PGBB_CLIENT"
 PITR_BACKUP=(env NO_COLOR=1 "$PITR" backup --source "$CONN" --repo "$WORK/pitr-repo" --json)
 PGBB=("$BIN/pg_basebackup" -d "$CONN" -Ft -X stream -c fast)
 
+# Two untimed warm-up backups first, one of each tool: on this VM the first base backup after
+# the load often took 2-3x as long as the next ones, whatever the tool, with the guest's page
+# cache dropped each time (2026-12-03: pitr --server-compression 3.40 s first, 1.08 s right
+# after; pg_basebackup server-lz4 1.17 s then 1.14 s). The warm-ups keep that from landing on
+# whichever command is timed first; they do not remove the run-to-run spread (see
+# BENCHMARKS.md).
+log "warm-up: one untimed pg_basebackup and one untimed pitr backup (server-lz4)"
+"${PGBB[@]}" -D "$WORK/pgbb-warmup" --compress=server-lz4 >"$WORK/warmup.log" 2>&1 ||
+    { log_tail "$WORK/warmup.log"; die "the warm-up pg_basebackup failed"; }
+rm -rf "$WORK/pgbb-warmup"
+"${PITR_BACKUP[@]}" --label warm-up --server-compression >>"$WORK/warmup.log" 2>&1 ||
+    { log_tail "$WORK/warmup.log"; die "the warm-up pitr backup failed"; }
+
 # The client-lz4 pitr backup (the one the goals use) is taken last before pitr stream stops, so
 # that restoring it to `latest` places only its own WAL in pg_wal, not the WAL of later backups.
 timed pitr_backup_srv root "${PITR_BACKUP[@]}" --label bench-server --server-compression

@@ -313,6 +313,9 @@ fn a_full_repo_fails_readiness_holds_the_slot_and_catches_up() {
     let slot_at_full =
         c.psql("SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'pitr'");
     pgbench_ok(&c, &["-c", "2", "-T", "5"]);
+    // Enough WAL to exceed the 2 MB limit even when a loaded machine makes pgbench slow
+    // (about 8 MB: 50,000 rows of 100 bytes).
+    c.psql("CREATE TABLE lag_filler AS SELECT g, repeat('x', 100) AS pad FROM generate_series(1, 50000) g");
     let mut why = String::new();
     wait_logged(
         "/readyz to fail because the archive trails the server",

@@ -29,6 +29,9 @@ use super::codec::{Backend, ProtocolError, ServerNotice, decode_backend};
 use super::conninfo::{ConnParams, Host, SslMode, TcpOptions};
 use super::tls;
 
+/// The least free room in the read buffer before each read of the socket.
+const READ_AT_LEAST: usize = 128 * 1024;
+
 /// Why a connection or command failed. Messages never contain the password.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnError {
@@ -547,8 +550,13 @@ impl PgConn {
         self.flush().await
     }
 
-    /// Reads more bytes into the buffer. Cancel-safe. Returns the number read (0: EOF).
+    /// Reads more bytes into the buffer (at least [`READ_AT_LEAST`] of room). Cancel-safe. Returns the number read (0: EOF).
     pub(crate) async fn fill(&mut self) -> Result<usize, ConnError> {
+        // Room for a large read: a base backup or a WAL burst arrives in many CopyData
+        // messages, and a nearly full buffer would take the socket a few KiB at a time.
+        if self.rbuf.capacity() - self.rbuf.len() < READ_AT_LEAST {
+            self.rbuf.reserve(READ_AT_LEAST);
+        }
         Ok(self.io.read_buf(&mut self.rbuf).await?)
     }
 

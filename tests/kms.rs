@@ -244,18 +244,13 @@ fn kms_sealed_store_reads_back_across_processes_and_refuses_another_key() {
 /// The environment a `pitr` process needs for moto's KMS: credentials, region, and the
 /// KMS-only endpoint variable (the repo itself is local).
 fn kms_env(srv: &S3Server) -> Vec<(&'static str, String)> {
-    vec![
-        ("AWS_ENDPOINT_URL_KMS", srv.endpoint()),
-        ("AWS_ACCESS_KEY_ID", ACCESS_KEY.into()),
-        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.into()),
-        ("AWS_REGION", "us-east-1".into()),
-        ("AWS_CONFIG_FILE", "/nonexistent/pitr-test".into()),
-        (
-            "AWS_SHARED_CREDENTIALS_FILE",
-            "/nonexistent/pitr-test".into(),
-        ),
-        ("AWS_EC2_METADATA_DISABLED", "true".into()),
-    ]
+    srv.env()
+        .into_iter()
+        .map(|(k, v)| match k {
+            "AWS_ENDPOINT_URL" => ("AWS_ENDPOINT_URL_KMS", v),
+            _ => (k, v),
+        })
+        .collect()
 }
 
 /// `pitr key generate` into `path`, mode 0600.

@@ -91,15 +91,25 @@ fn push_block(raw: &[u8], out: &mut Vec<u8>) {
     }
 }
 
+/// Appends the end mark and the content checksum.
+fn push_end(checksum: u32, out: &mut Vec<u8>) {
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&checksum.to_le_bytes());
+}
+
 /// Compresses `data` into the repo's object codec (revision 2): one lz4 frame with the
 /// content size and content checksum, in independent blocks of [`BLOCK_RAW`] bytes each
 /// compressed on its own. The result depends only on the bytes (write-only mode re-makes an
 /// object from the server's bytes to compare its keyed digest), and a growing input can be
 /// compressed incrementally to the very same bytes ([`FramedCompressor`]).
 pub(crate) fn compress(data: &[u8]) -> Bytes {
-    let mut c = FramedCompressor::default();
-    c.push(data);
-    c.object()
+    let mut out = Vec::with_capacity(data.len() / 2 + 64);
+    push_header(data.len() as u64, &mut out);
+    for block in data.chunks(BLOCK_RAW) {
+        push_block(block, &mut out);
+    }
+    push_end(twox_hash::XxHash32::oneshot(0, data), &mut out);
+    Bytes::from(out)
 }
 
 /// Codec revision 1 (lz4_flex's frame encoder over the whole input, 256 KiB blocks): what
@@ -194,8 +204,7 @@ impl FramedCompressor {
             hasher.write(&self.tail);
             push_block(&self.tail, &mut out);
         }
-        out.extend_from_slice(&0u32.to_le_bytes());
-        out.extend_from_slice(&(hasher.finish() as u32).to_le_bytes());
+        push_end(hasher.finish() as u32, &mut out);
         Bytes::from(out)
     }
 

@@ -20,11 +20,11 @@
 //! - Storage errors are retried forever with backoff (the channel then fills and the
 //!   receiver stops reading: back-pressure, not data loss); a conflict (different bytes under
 //!   a name) stops archiving with an error.
-//! - Memory: the segment's compressed frames plus one frame of raw WAL
-//!   ([`repo::codec::FramedCompressor`]), and one copy of the compressed frames per object
-//!   in flight, whatever the WAL rate. Each byte is compressed once; a partial costs only
-//!   its tail frame, and a complete segment is the same frames (the same bytes as
-//!   compressing the whole segment at once).
+//! - Memory: the segment's compressed blocks plus one block of raw WAL
+//!   ([`repo::codec::FramedCompressor`]), and one copy of them per object in flight,
+//!   whatever the WAL rate. Each byte is compressed once; a partial costs only its tail
+//!   block, and a complete segment is the same blocks (the same bytes as compressing the
+//!   whole segment at once).
 
 use std::time::Duration;
 
@@ -540,8 +540,8 @@ mod tests {
         task: tokio::task::JoinHandle<Result<(), StreamError>>,
     }
 
-    /// The archiver is started and has taken its interval's immediate first tick (so no
-    /// partial is published unless a test asks: `partial_every` is an hour).
+    /// The archiver is started. With `partial_every` an hour, a segment's first partial goes
+    /// out 10 ms after its WAL and no other partial is published unless a test asks.
     async fn rig(mem: MemoryStore) -> Rig {
         rig_every(mem, Duration::from_secs(3600)).await
     }

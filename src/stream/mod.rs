@@ -767,22 +767,30 @@ impl Session<'_> {
         let Some((_, raw)) = self.gate.checker.take_collected() else {
             return Ok(self.gate.checker.verdict().clone());
         };
-        let (raw, stored, revision1) = tokio::task::spawn_blocking(move || {
-            let z = repo::compress(&raw);
-            let z1 = repo::codec::compress_revision1(&raw);
-            (raw, z, z1)
-        })
-        .await
-        .map_err(|e| StreamError::Internal(format!("compressing for the digest check: {e}")))?;
+        let compress = |raw: Vec<u8>, f: fn(&[u8]) -> Bytes| async move {
+            tokio::task::spawn_blocking(move || {
+                let z = f(&raw);
+                (raw, z)
+            })
+            .await
+            .map_err(|e| StreamError::Internal(format!("compressing for the digest check: {e}")))
+        };
+        let (raw, stored) = compress(raw, repo::compress).await?;
         let repo = self
             .opts
             .repo
             .retrying("check an object's digest", Duration::from_secs(30));
         let mut held = repo.holds(&key, &stored).await?;
-        if held == Some(false) && revision1 != stored {
-            // Written by a pitr of codec revision 1 (one frame per object)?
-            held = repo.holds(&key, &revision1).await?;
-        }
+        let raw = if held == Some(false) {
+            // Written by a pitr of codec revision 1 (lz4_flex's frame encoder)?
+            let (raw, revision1) = compress(raw, repo::codec::compress_revision1).await?;
+            if revision1 != stored {
+                held = repo.holds(&key, &revision1).await?;
+            }
+            raw
+        } else {
+            raw
+        };
         let Some(held) = held else {
             return Err(StreamError::Unproven(format!(
                 "{key} is no longer in the repo (another writer replaced or removed it); checking again"

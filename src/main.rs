@@ -54,7 +54,11 @@ fn run(cli: Cli, matches: clap::ArgMatches) -> anyhow::Result<ExitCode> {
                 let _in_runtime = rt.enter();
                 pitr::shutdown::Shutdown::on_signals()?
             };
-            rt.block_on(pitr::stream::cmd::run(settings, shutdown))?
+            let r = rt.block_on(pitr::stream::cmd::run(settings, shutdown));
+            // A blocking task still running (a decode, a local-repo write) must not hold
+            // the exit: dropping the runtime would wait for it without limit.
+            rt.shutdown_timeout(std::time::Duration::from_secs(1));
+            r?
         }
         Command::Backup(a) => {
             init_logging(log);

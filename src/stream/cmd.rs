@@ -6,6 +6,8 @@
 //!   them: nothing here parses a string or picks a default (those are in [`crate::config`]).
 //! - The spool directory's lock is held until the stream has stopped.
 //! - The metrics server and the scheduler stop with the same [`Shutdown`] as the stream.
+//! - After a shutdown request the process ends within twice `--shutdown-timeout` plus
+//!   [`WATCHDOG_GRACE`], whatever is stuck ([`watchdog`]).
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -79,6 +81,7 @@ pub async fn run(settings: StreamSettings, shutdown: Shutdown) -> Result<ExitCod
         // With metrics served, a refusal stays visible on /healthz until SIGTERM.
         linger_on_divergence: settings.metrics_listen.addr().is_some(),
     };
+    watchdog(shutdown.clone(), settings.shutdown_timeout);
     if let Some(s) = scheduled_backups(&settings, &opts) {
         tokio::spawn(schedule::run(s, opts.metrics.clone(), shutdown.clone()));
     }
@@ -92,6 +95,28 @@ pub async fn run(settings: StreamSettings, shutdown: Shutdown) -> Result<ExitCod
     drop(spool_lock);
     Ok(ExitCode::SUCCESS)
 }
+
+/// The last line of defence behind the deadlines of an orderly stop: once shutdown is
+/// requested, a plain thread (which neither a stuck task nor a blocked runtime can hold)
+/// ends the process, with an error line and exit code 1, if it is still running after
+/// twice the shutdown timeout plus [`WATCHDOG_GRACE`]. An orderly stop needs at most the
+/// timeout for the session and the timeout again for the uploads, plus a few seconds, so
+/// this fires only on a bug; nothing is lost when it does (what was not reported flushed
+/// stays on the server).
+fn watchdog(mut shutdown: Shutdown, timeout: std::time::Duration) {
+    tokio::spawn(async move {
+        shutdown.recv().await;
+        let limit = 2 * timeout + WATCHDOG_GRACE;
+        std::thread::spawn(move || {
+            std::thread::sleep(limit);
+            tracing::error!(after = ?limit, "internal error: the orderly stop did not finish; exiting now (what was not reported flushed stays on the server)");
+            std::process::exit(1);
+        });
+    });
+}
+
+/// See [`watchdog`].
+const WATCHDOG_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The scheduler's options: backups of the stream's server into its repo, on the settings'
 /// schedule, with their retention. `None` without a schedule.

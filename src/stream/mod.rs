@@ -1328,15 +1328,30 @@ struct Sessions<'a> {
 impl Sessions<'_> {
     /// One connection's worth: (re)connect when `reconnect`, find where to resume, stream,
     /// and decide what comes next.
+    ///
+    /// Reconnecting and finding the resume point read and write the repo (with retries that
+    /// can last tens of seconds while storage is down): a shutdown request cuts them short.
+    /// Nothing is lost: they hold no WAL, each repo write is atomic, and the session (which
+    /// does hold WAL) has its own deadline.
     async fn attempt(&mut self, conn: &mut PgConn, pipe: &mut Pipeline, reconnect: bool) -> Retry {
-        let r = async {
+        let mut stop = self.shutdown.clone();
+        let before = async {
             if reconnect {
                 self.reconnect(conn).await?;
             }
-            let (receive, hist, start) = self.resume_point(conn, pipe).await?;
-            self.session(conn, pipe, receive, hist, start).await
+            self.resume_point(conn, pipe).await
         };
-        match r.await {
+        let (receive, hist, start) = tokio::select! {
+            r = before => match r {
+                Ok(v) => v,
+                Err(next) => return next,
+            },
+            _ = stop.wait_for(|s| *s) => {
+                tracing::info!("stopping before the session started");
+                return Retry::Stop(Ok(()));
+            }
+        };
+        match self.session(conn, pipe, receive, hist, start).await {
             Ok(next) | Err(next) => next,
         }
     }

@@ -88,6 +88,38 @@ pub(crate) fn restore_verify(
     v
 }
 
+/// A restore's RTO prediction: with rates measured by an earlier passing `--verify` on the
+/// repo (`measured`), the plan predicts seconds from them and the report sets that against
+/// the actual RTO (same order of magnitude: the model is linear and errs long); without,
+/// the plan still gives the sizes and says the time is unknown.
+pub(crate) fn assert_rto_prediction(v: &serde_json::Value, measured: bool, what: &str) {
+    let rto = &v["plan"]["rto"];
+    for size in ["download_bytes", "write_bytes", "replay_bytes"] {
+        assert!(
+            rto[size].as_u64().is_some_and(|b| b > 0),
+            "{what}: {size}: {v:#}"
+        );
+    }
+    let predicted = &v["verify"]["predicted_rto_seconds"];
+    if !measured {
+        assert!(
+            rto["seconds"].is_null() && predicted.is_null(),
+            "{what}: {v:#}"
+        );
+        return;
+    }
+    let p = rto["seconds"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{what}: no prediction: {v:#}"));
+    assert_eq!(predicted.as_f64(), Some(p), "{what}: {v:#}");
+    assert!(rto["measured_at"].is_string(), "{what}: {v:#}");
+    let actual = v["verify"]["rto_seconds"].as_f64().unwrap();
+    assert!(
+        p > 0.0 && p / actual < 20.0 && actual / p < 20.0,
+        "{what}: predicted {p} s, actual {actual} s: {v:#}"
+    );
+}
+
 /// The server's clock, RFC 3339 UTC with microseconds.
 pub(crate) fn server_now(c: &Cluster) -> String {
     c.psql(
@@ -208,6 +240,7 @@ fn restore_to_a_point_in_time_on_every_major_and_backend() {
                 v["verify"]["checks"][0]["ok"], true,
                 "PG {major} {target:?}: {v:#}"
             );
+            assert_rto_prediction(&v, k >= 2, &format!("PG {major} {target:?}"));
         }
         // Latest: the table is gone, the later table exists.
         let dir = restore_dir(tmp.path(), "latest");
@@ -231,6 +264,14 @@ fn restore_to_a_point_in_time_on_every_major_and_backend() {
                 .arg(&dir),
         ));
         assert!(o.status.success(), "{}", text(&o));
+        // The plan predicts the RTO from the rates the verifications above recorded.
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            out.lines().any(|l| l.starts_with("RTO estimate:   ~")
+                && l.contains("of WAL to replay at")
+                && l.contains("at the rates the --verify of")),
+            "{out}"
+        );
         let o = run(install.command("pg_verifybackup").arg(&dir));
         assert!(
             o.status.success(),

@@ -7,6 +7,7 @@
 //! | `points/<LSN>.json` | [`PointRecord`] (a restore point made by `pitr mark`) |
 //! | `wal/TTTTTTTT/<segment>.summary.json` | [`SummaryRecord`] (a segment summary, also what `pitr wal inspect --json` prints per file) |
 //! | `gaps/TTTTTTTT-<FROM>-<TO>.json` | [`super::gaps::GapRecord`] |
+//! | `stats/rto/<UTC time>-<random>.json` | [`RtoSample`] (what a passing `restore --verify` measured) |
 //!
 //! # Invariants
 //!
@@ -178,6 +179,33 @@ impl BackupRecord {
         }
         Ok(())
     }
+}
+
+/// The RTO-sample format this code writes and reads ([`RtoSample::format`]).
+pub(crate) const SAMPLE_FORMAT: u32 = 1;
+
+/// What one passing `restore --verify` measured (`stats/rto/<id>.json`), from which the
+/// next restore predicts its RTO (`crate::restore::rto`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct RtoSample {
+    /// Sample format ([`SAMPLE_FORMAT`]).
+    pub format: u32,
+    /// When it was measured (RFC 3339, UTC).
+    pub at: String,
+    /// The backup restored.
+    pub backup: String,
+    /// Bytes written into the data directory: the backup's and the WAL's.
+    pub written_bytes: u64,
+    /// Seconds the restore took (download, check, extract, place WAL).
+    pub restore_seconds: f64,
+    /// WAL PostgreSQL replayed, bytes (from the backup's start to the replay end).
+    pub wal_bytes: u64,
+    /// Seconds from starting PostgreSQL to the end of recovery.
+    pub recovery_seconds: f64,
+    /// The PostgreSQL that replayed it (binaries' directory or image).
+    pub postgres: String,
+    /// The pitr that measured it.
+    pub created_by: String,
 }
 
 /// A restore point made by `pitr mark` (`points/<LSN>.json`).

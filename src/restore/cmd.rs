@@ -121,6 +121,8 @@ async fn restore(
         if !a.json {
             r.print(&mut out)?;
         }
+        // A passing verification's rates predict the next restore's RTO.
+        restore::rto::record(&opts.repo, &plan, &stats, &r).await;
         *report = Some(r);
     }
     if a.json {

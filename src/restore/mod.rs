@@ -19,6 +19,7 @@ pub mod cmd;
 pub(crate) mod container;
 pub(crate) mod extract;
 pub(crate) mod plan;
+pub(crate) mod rto;
 pub mod target;
 pub mod textfile;
 pub mod verify;
@@ -274,6 +275,10 @@ pub async fn plan(opts: &RestoreOptions) -> Result<Plan, RestoreError> {
         tablespace_map: opts.tablespace_map.clone(),
     };
     let mut p = plan::plan(&input, &cat, &req).await?;
+    p.rto = Some(rto::estimate(
+        rto::sizes(&p),
+        rto::newest(&opts.repo).await.as_ref(),
+    ));
     for b in bad {
         p.notes.push(format!(
             "skipped an unusable catalog entry {} ({}); `pitr verify` reports it",
@@ -372,6 +377,9 @@ pub(crate) fn print_plan(w: &mut impl Write, p: &Plan) -> std::io::Result<()> {
         .map(String::as_str)
         .collect();
     writeln!(w, "recovery:       {}", settings.join("; "))?;
+    if let Some(e) = &p.rto {
+        writeln!(w, "RTO estimate:   {}", rto::describe(e))?;
+    }
     for n in &p.notes {
         writeln!(w, "note:           {n}")?;
     }

@@ -297,6 +297,10 @@ pub struct Plan {
     pub tablespaces: Vec<(String, PathBuf)>,
     /// Things the user should know (a restore point name that is not unique, ...).
     pub notes: Vec<String>,
+    /// The restore-time prediction (set by `restore::plan`, which reads the repo's
+    /// measured rates; `None` from the pure planner).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rto: Option<super::rto::RtoEstimate>,
     /// Segment size.
     #[serde(skip)]
     pub seg: WalSegSize,
@@ -1442,6 +1446,7 @@ pub(crate) async fn plan<I: PlanInput>(
         dir: req.dir.clone(),
         tablespaces,
         notes: r.notes,
+        rto: None,
         seg: cat.index.seg,
     })
 }

@@ -510,6 +510,7 @@ pitr_restore_verify_wal_replayed_bytes{repo=\"s3://backups/db1\"} 50331648
             restore_seconds: 1.0,
             recovery_seconds: 2.0,
             rto_seconds: 3.0,
+            predicted_rto_seconds: None,
             wal_replayed_bytes: 4096,
             checks: vec![],
             ok,

@@ -127,6 +127,8 @@ pub struct Report {
     pub recovery_seconds: f64,
     /// Restore plus recovery: the measured RTO.
     pub rto_seconds: f64,
+    /// The RTO the plan predicted (`None`: no rates measured before).
+    pub predicted_rto_seconds: Option<f64>,
     /// WAL replayed, bytes (from the backup's start to the replay end).
     pub wal_replayed_bytes: u64,
     /// Checks.
@@ -180,10 +182,14 @@ impl Report {
         }
         writeln!(
             w,
-            "  restore {:.1}s + recovery {:.1}s = RTO {:.1}s; WAL replayed {} MiB; {}",
+            "  restore {:.1}s + recovery {:.1}s = RTO {:.1}s ({}); WAL replayed {} MiB; {}",
             self.restore_seconds,
             self.recovery_seconds,
             self.rto_seconds,
+            self.predicted_rto_seconds.map_or_else(
+                || "no prediction: no earlier --verify had measured the rates".to_string(),
+                |p| format!("predicted {p:.1}s")
+            ),
             self.wal_replayed_bytes >> 20,
             self.postgres
         )
@@ -853,6 +859,7 @@ fn failed_report(
         restore_seconds: stats.seconds,
         recovery_seconds,
         rto_seconds: stats.seconds + recovery_seconds,
+        predicted_rto_seconds: plan.rto.as_ref().and_then(|e| e.seconds),
         wal_replayed_bytes: 0,
         checks: Vec::new(),
         ok: false,

@@ -201,6 +201,7 @@ async fn tour_steps(
         repo: repo.clone(),
         label: "demo".into(),
         server_compression: false,
+        codec: crate::repo::codec::ChunkCodec::Lz4,
         wal_timeout: Duration::from_secs(60),
         progress: false,
         wake: None,

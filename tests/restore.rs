@@ -575,9 +575,13 @@ fn backup_under_pgbench_with_a_tablespace_restores_and_verifies() {
         std::thread::sleep(Duration::from_millis(500));
         // Server-side lz4 where the server is built with it (Debian's 15; the PyPI builds of
         // 16-18 are not).
+        // The second major: pitr's zstd chunks (catalog entry format 2).
         let server_lz4 = i == 0;
+        let zstd = i == 1;
         let extra: &[&str] = if server_lz4 {
             &["--server-compression"]
+        } else if zstd {
+            &["--compress", "zstd:5"]
         } else {
             &[]
         };
@@ -585,6 +589,19 @@ fn backup_under_pgbench_with_a_tablespace_restores_and_verifies() {
         assert_eq!(b["archives"].as_array().unwrap().len(), 2, "{b:#}");
         if server_lz4 {
             assert_eq!(b["compression"], "server-lz4", "{b:#}");
+        }
+        if zstd {
+            assert_eq!(
+                (&b["compression"], &b["format"]),
+                (&"zstd".into(), &2.into()),
+                "{b:#}"
+            );
+            for a in b["archives"].as_array().unwrap() {
+                for ch in a["chunks"].as_array().unwrap() {
+                    assert!(ch["key"].as_str().unwrap().ends_with(".zst"), "{b:#}");
+                }
+            }
+            assert!(b["stored_bytes"].as_u64() < b["bytes"].as_u64(), "{b:#}");
         }
         assert!(load.wait().unwrap().success());
         c.psql("INSERT INTO spaced VALUES (-1)");
@@ -629,6 +646,9 @@ fn backup_under_pgbench_with_a_tablespace_restores_and_verifies() {
         )
         .unwrap();
         assert_eq!(link, newts, "PG {major}");
+        // verify reads every chunk back, whichever the codec.
+        let o = run(repo.apply(pitr().args(["verify"])));
+        assert!(o.status.success(), "PG {major} verify: {}", text(&o));
     }
 }
 

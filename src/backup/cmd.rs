@@ -8,9 +8,10 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use crate::backup::{self, BackupError, BackupOptions};
-use crate::cli::{BackupArgs, MarkArgs};
+use crate::cli::{BackupArgs, Compress, MarkArgs};
 use crate::cmd::{OutputError, emit};
 use crate::replication::conninfo::{ConnInfoError, ConnParams};
+use crate::repo::codec::ChunkCodec;
 use crate::repo::{Repo, RepoError};
 
 /// Why `pitr backup` or `pitr mark` failed.
@@ -38,7 +39,11 @@ pub async fn run(a: BackupArgs) -> Result<ExitCode, CmdError> {
         source,
         repo,
         label: a.label.clone(),
-        server_compression: a.server_compression,
+        server_compression: a.server_compression || a.compress == Compress::ServerLz4,
+        codec: match a.compress {
+            Compress::Zstd(level) => ChunkCodec::Zstd(level),
+            Compress::Lz4 | Compress::ServerLz4 => ChunkCodec::Lz4,
+        },
         wal_timeout: a.wal_timeout,
         progress: std::io::stderr().is_terminal(),
         wake: None,

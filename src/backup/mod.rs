@@ -40,6 +40,7 @@ use crate::replication::{Explained, explain};
 use crate::repo::catalog::{
     self, ArchiveRecord, BackupRecord, CHUNK_BYTES, ChunkRecord, PointRecord, WalIndex,
 };
+use crate::repo::codec::ChunkCodec;
 use crate::repo::{self, Repo, RepoError};
 
 /// Chunks compressed or uploading at once (memory: about twice this many chunk sizes).
@@ -92,6 +93,8 @@ pub(crate) struct BackupOptions {
     pub label: String,
     /// Ask the server to lz4-compress (`COMPRESSION 'lz4'`) instead of compressing here.
     pub server_compression: bool,
+    /// How pitr compresses the chunks (without `server_compression`).
+    pub codec: ChunkCodec,
     /// How long to wait for the backup's WAL to reach the repo.
     pub wal_timeout: Duration,
     /// Draw a progress bar (stderr is a terminal).
@@ -106,6 +109,7 @@ struct ArchiveWriter {
     name: String,
     location: Option<String>,
     server_compressed: bool,
+    codec: ChunkCodec,
     buf: BytesMut,
     n: usize,
     bytes: u64,
@@ -113,12 +117,19 @@ struct ArchiveWriter {
 }
 
 impl ArchiveWriter {
-    fn new(id: &str, name: String, location: Option<String>, server_compressed: bool) -> Self {
+    fn new(
+        id: &str,
+        name: String,
+        location: Option<String>,
+        server_compressed: bool,
+        codec: ChunkCodec,
+    ) -> Self {
         ArchiveWriter {
             id: id.into(),
             name,
             location,
             server_compressed,
+            codec,
             buf: BytesMut::with_capacity(CHUNK_BYTES),
             n: 0,
             bytes: 0,
@@ -141,7 +152,13 @@ impl ArchiveWriter {
 
     async fn cut(&mut self, repo: &Repo, sem: &Arc<Semaphore>) {
         let data = std::mem::replace(&mut self.buf, BytesMut::with_capacity(CHUNK_BYTES)).freeze();
-        let key = catalog::chunk_key(&self.id, &self.name, self.n, self.server_compressed);
+        let ext = if self.server_compressed {
+            "srv"
+        } else {
+            self.codec.ext()
+        };
+        let key = catalog::chunk_key(&self.id, &self.name, self.n, ext);
+        let codec = self.codec;
         self.n += 1;
         // Back-pressure: wait for a slot before taking more from the socket.
         let permit = sem.clone().acquire_owned().await;
@@ -153,7 +170,7 @@ impl ArchiveWriter {
             let stored = if raw {
                 data
             } else {
-                tokio::task::spawn_blocking(move || repo::compress(&data))
+                tokio::task::spawn_blocking(move || codec.compress(&data))
                     .await
                     .map_err(RepoError::task("compression"))?
             };
@@ -399,6 +416,7 @@ async fn receive(
                     stem,
                     location,
                     opts.server_compression,
+                    opts.codec,
                 ));
             }
             BackupEvent::ArchiveData(data) => {
@@ -481,7 +499,11 @@ fn record(
         .sum::<u64>()
         + manifest.as_ref().map_or(0, |m| m.stored);
     BackupRecord {
-        format: catalog::BACKUP_FORMAT,
+        format: if opts.codec == ChunkCodec::Lz4 || opts.server_compression {
+            catalog::BACKUP_FORMAT
+        } else {
+            catalog::BACKUP_FORMAT_ZSTD
+        },
         id,
         label: opts.label.clone(),
         start_lsn,
@@ -496,7 +518,7 @@ fn record(
         compression: if opts.server_compression {
             "server-lz4".into()
         } else {
-            "lz4".into()
+            opts.codec.name().into()
         },
         archives,
         manifest,

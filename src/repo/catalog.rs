@@ -5,7 +5,7 @@
 //!
 //! | key | content |
 //! |---|---|
-//! | `backups/<id>/<archive>.<NNNNNN>.lz4` | chunk `NNNNNN` (from 000000) of one tar archive of the backup (`base` or a tablespace OID), an lz4 frame of at most [`CHUNK_BYTES`] tar bytes; with server-side compression, the server's compressed stream cut at [`CHUNK_BYTES`] and stored as is (`.srv` instead of `.lz4`) |
+//! | `backups/<id>/<archive>.<NNNNNN>.lz4` | chunk `NNNNNN` (from 000000) of one tar archive of the backup (`base` or a tablespace OID), an lz4 frame of at most [`CHUNK_BYTES`] tar bytes (a zstd frame, `.zst` instead of `.lz4`, with `--compress zstd`); with server-side compression, the server's compressed stream cut at [`CHUNK_BYTES`] and stored as is (`.srv` instead of `.lz4`) |
 //! | `backups/<id>/backup_manifest.lz4` | the server's backup manifest, lz4 frame |
 //! | `backups/<id>/backup.json` | the catalog entry ([`BackupRecord`]); **written last**, only once every chunk, the manifest and the WAL from the backup's start to its end LSN are in the repo |
 //! | `points/<LSN>.json` | a restore point made by `pitr mark` ([`PointRecord`]); `LSN` is 16 hex digits |
@@ -30,7 +30,7 @@ use walfmt::{DecoderConfig, Lsn, SegNo, TimeLineId, WalSegSize};
 
 use super::objects::SummaryRecord;
 pub(crate) use super::objects::{
-    ArchiveRecord, BACKUP_FORMAT, BackupRecord, ChunkRecord, PointRecord,
+    ArchiveRecord, BACKUP_FORMAT, BACKUP_FORMAT_ZSTD, BackupRecord, ChunkRecord, PointRecord,
 };
 use super::{Repo, RepoError, WalObject, parse_wal_key};
 
@@ -74,8 +74,8 @@ pub(crate) fn id_start_time(id: &str) -> Option<jiff::Timestamp> {
 }
 
 /// Key of one chunk of a backup archive.
-pub(crate) fn chunk_key(id: &str, archive: &str, n: usize, server_compressed: bool) -> String {
-    let ext = if server_compressed { "srv" } else { "lz4" };
+/// `ext` is the codec's (`lz4`, `zst`), or `srv` for the server's compressed stream.
+pub(crate) fn chunk_key(id: &str, archive: &str, n: usize, ext: &str) -> String {
     format!("backups/{id}/{archive}.{n:06}.{ext}")
 }
 

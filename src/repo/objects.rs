@@ -31,6 +31,11 @@ use walfmt::{EndOfWal, Lsn, SegNo, SegmentSummary, TimeLineId, WalSegSize, XactK
 /// The catalog-entry format this code writes and reads ([`BackupRecord::format`]).
 pub(crate) const BACKUP_FORMAT: u32 = 1;
 
+/// The catalog-entry format of a backup whose chunks are zstd frames (`compression` is
+/// `zstd`): the same fields as [`BACKUP_FORMAT`], numbered apart so that a pitr that knows
+/// only lz4 refuses the entry in one line instead of failing on its first chunk.
+pub(crate) const BACKUP_FORMAT_ZSTD: u32 = 2;
+
 /// `pitr.json`: the repo marker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Identity {
@@ -156,10 +161,17 @@ impl BackupRecord {
     /// Checks what the types cannot: an error names the field. An entry of another format
     /// is unusable here (it is never read as if it were this one).
     pub(crate) fn validate(&self) -> Result<(), String> {
-        if self.format != BACKUP_FORMAT {
+        let zstd = self.compression == "zstd";
+        if self.format != BACKUP_FORMAT && self.format != BACKUP_FORMAT_ZSTD {
             return Err(format!(
-                "catalog entry format {} is not supported by this pitr (format {BACKUP_FORMAT})",
+                "catalog entry format {} is not supported by this pitr (formats {BACKUP_FORMAT} and {BACKUP_FORMAT_ZSTD})",
                 self.format
+            ));
+        }
+        if zstd != (self.format == BACKUP_FORMAT_ZSTD) {
+            return Err(format!(
+                "compression {:?} does not go with catalog entry format {}",
+                self.compression, self.format
             ));
         }
         if self.start_lsn > self.end_lsn {
@@ -487,6 +499,40 @@ mod tests {
 
     use super::*;
 
+    /// Format 2 is format 1 with zstd chunks: each format goes only with its compression,
+    /// and a format this pitr does not know is refused naming both it knows.
+    #[test]
+    fn a_zstd_entry_is_format_2_and_formats_go_with_their_compression() {
+        let text = r#"{"format":1,"id":"20260101T000000Z","label":"b","start_lsn":"0/6000028","start_tli":1,"end_lsn":"0/7000000","end_tli":1,"start_time":"2026-01-01T00:00:00Z","end_time":"2026-01-01T00:00:05Z","pg_version":"17.2","pg_major":17,"system_id":"7400000000000000001","compression":"lz4","archives":[{"name":"base","location":null,"bytes":1,"server_compression":null,"chunks":[{"key":"backups/20260101T000000Z/base.000000.lz4","bytes":1,"stored":2,"crc32c":3}]}],"manifest":null,"bytes":1,"stored_bytes":2,"created_by":"pitr 0.1.0","source_user":null}"#;
+        let lz4: BackupRecord = serde_json::from_str(text).unwrap();
+        lz4.validate().unwrap();
+        let zstd = BackupRecord {
+            format: BACKUP_FORMAT_ZSTD,
+            compression: "zstd".into(),
+            ..lz4.clone()
+        };
+        zstd.validate().unwrap();
+        let mismatched = [
+            BackupRecord {
+                format: BACKUP_FORMAT_ZSTD,
+                ..lz4.clone()
+            },
+            BackupRecord {
+                format: BACKUP_FORMAT,
+                ..zstd.clone()
+            },
+        ];
+        for r in mismatched {
+            let e = r.validate().unwrap_err();
+            assert!(e.contains("does not go with catalog entry format"), "{e}");
+        }
+        let e = BackupRecord { format: 3, ..zstd }.validate().unwrap_err();
+        assert_eq!(
+            e,
+            "catalog entry format 3 is not supported by this pitr (formats 1 and 2)"
+        );
+    }
+
     /// A catalog entry as format 1 wrote it: it reads into typed fields and writes back to
     /// the same JSON, field for field.
     #[test]
@@ -499,7 +545,7 @@ mod tests {
         assert_eq!(r.validate(), Ok(()));
         assert_eq!(serde_json::to_string(&r).unwrap(), text);
         let mut future = r.clone();
-        future.format = 2;
+        future.format = 3;
         assert!(future.validate().unwrap_err().contains("not supported"));
     }
 

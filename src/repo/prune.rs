@@ -346,7 +346,7 @@ mod tests {
         };
         for b in backups {
             put(catalog::backup_key(&b.id), serde_json::to_vec(b).unwrap()).await;
-            put(catalog::chunk_key(&b.id, "base", 0, false), b"x".to_vec()).await;
+            put(catalog::chunk_key(&b.id, "base", 0, "lz4"), b"x".to_vec()).await;
         }
         let t = TimeLineId(1);
         for s in 1..=9 {
@@ -507,7 +507,7 @@ mod tests {
                 .to_string();
             for id in ["20200101T000000Z", recent.as_str()] {
                 repo.put(
-                    &catalog::chunk_key(id, "base", 0, false),
+                    &catalog::chunk_key(id, "base", 0, "lz4"),
                     bytes::Bytes::from_static(b"x"),
                 )
                 .await

@@ -128,6 +128,7 @@ fn scheduled_backups(settings: &StreamSettings, opts: &StreamOptions) -> Option<
             repo: opts.repo.clone(),
             label: config::SCHEDULED_BACKUP_LABEL.into(),
             server_compression: false,
+            codec: crate::repo::codec::ChunkCodec::Lz4,
             wal_timeout: config::SCHEDULED_BACKUP_WAL_TIMEOUT,
             progress: false,
             wake: Some(opts.metrics.clone()),

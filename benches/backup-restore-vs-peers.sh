@@ -4,7 +4,7 @@
 # One throwaway PostgreSQL server (wal_level replica, archive_mode on with pgBackRest's
 # archive-push), loaded with pgbench -i -s SCALE (scale 50: about 750 MB). `pitr stream` runs in
 # the background into a local directory repo (pitr backup waits for its WAL there). Each command
-# below runs once, on an otherwise idle server, timed from start to exit (wall clock), with its
+# below runs PITR_BENCH_ROUNDS times (median reported), on an otherwise idle server, timed from start to exit (wall clock), with its
 # peak RSS from /usr/bin/time -v ("Maximum resident set size": the largest single process of the
 # command, children included, not their sum):
 #   backup   pitr backup (client-side lz4, the default)     vs pg_basebackup -Ft -X stream -c fast --compress=client-lz4
@@ -32,7 +32,8 @@
 # skipped with a message (use PITR_BENCH_PG=15 for the full comparison).
 #
 # Settings (environment):
-#   PITR_BENCH_SCALE      pgbench -i -s (default 50)
+#   PITR_BENCH_SCALE      pgbench -i -s (default 50; 200 is about 3 GB)
+#   PITR_BENCH_ROUNDS     runs of each timed command, median reported (default 3)
 #   PITR_BENCH_PG         PostgreSQL major under .cache/pg (default 17)
 #   PITR_BENCH_KEEP=1     keep the temporary directory (server, repos, restored dirs, logs)
 #   PITR_BENCH_DROP_CACHES=0  never drop the page cache (warm-cache figures)
@@ -44,6 +45,7 @@ set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 SCALE=${PITR_BENCH_SCALE:-50}
+ROUNDS=${PITR_BENCH_ROUNDS:-3}
 MAJOR=${PITR_BENCH_PG:-17}
 ME=backup-restore-vs-peers
 
@@ -279,6 +281,21 @@ timed() {
     [ -z "$STREAM_PID" ] || kill -0 "$STREAM_PID" 2>/dev/null || { log_tail "$WORK/pitr-stream.log"; die "pitr stream died during $name"; }
 }
 du_bytes() { du -sb "$1" | cut -f1; }
+# settle NAME: NAME's figures (_ms, _cpu, _rss) are those of its median run among NAME_r1..;
+# NAME_walls lists every run's wall in seconds, in round order.
+settle() {
+    python3 - "$RES" "$1" "$ROUNDS" >>"$RES" <<'PY'
+import sys
+res = dict(l.rstrip("\n").partition("=")[::2] for l in open(sys.argv[1]))
+n, rounds = sys.argv[2], int(sys.argv[3])
+runs = [r for r in range(1, rounds + 1) if f"{n}_r{r}_ms" in res]
+walls = [int(res[f"{n}_r{r}_ms"]) for r in runs]
+med = sorted(runs, key=lambda r: int(res[f"{n}_r{r}_ms"]))[len(runs) // 2]
+for f in ("ms", "cpu", "rss"):
+    print(f"{n}_{f}={res[f'{n}_r{med}_{f}']}")
+print(f"{n}_walls={' '.join(f'{w / 1000:.2f}' for w in walls)}")
+PY
+}
 
 # pg_basebackup at equal compression: client-side lz4 when this pg_basebackup has it.
 if "$BIN/pg_basebackup" --help | grep -q 'client'; then
@@ -304,28 +321,61 @@ rm -rf "$WORK/pgbb-warmup"
 "${PITR_BACKUP[@]}" --label warm-up --server-compression >>"$WORK/warmup.log" 2>&1 ||
     { log_tail "$WORK/warmup.log"; die "the warm-up pitr backup failed"; }
 
-# The client-lz4 pitr backup (the one the goals use) is taken last before pitr stream stops, so
-# that restoring it to `latest` places only its own WAL in pg_wal, not the WAL of later backups.
-timed pitr_backup_srv root "${PITR_BACKUP[@]}" --label bench-server --server-compression
-timed pgbb_server root "${PGBB[@]}" -D "$WORK/pgbb-server" --compress=server-lz4
-timed pgbb_client root "${PGBB[@]}" -D "$WORK/pgbb-client" --compress="$PGBB_CLIENT"
-# zstd (issue 13 §5): pitr --compress zstd (level 3) against pg_basebackup client-zstd (level 3
-# too), where this pg_basebackup is built with zstd.
-timed pitr_backup_zstd root "${PITR_BACKUP[@]}" --label bench-zstd --compress zstd
+# Each backup command runs ROUNDS times (PITR_BENCH_ROUNDS, default 3), the rounds in rotated
+# orders; its figures are those of its median run (by wall time), and every run's wall is
+# reported. The last round keeps the canonical order, with the client-lz4 pitr backup (the one
+# the goals use) last before pitr stream stops, so that restoring it to `latest` places only its
+# own WAL in pg_wal; the restores use the last round's backups.
+HAVE_PGBB_ZSTD=""
 if ldd "$BIN/pg_basebackup" 2>/dev/null | grep -q libzstd; then
-    timed pgbb_zstd root "${PGBB[@]}" -D "$WORK/pgbb-zstd" --compress=client-zstd
-    put pgbb_zstd_bytes "$(du_bytes "$WORK/pgbb-zstd")"
+    HAVE_PGBB_ZSTD=1
 else
     log "pg_basebackup of PostgreSQL $MAJOR is built without zstd: no client-zstd row"
 fi
-timed pitr_backup root "${PITR_BACKUP[@]}" --label bench-client
+backup_step() {
+    local r=$1
+    case $2 in
+    pitr_backup_srv) timed "pitr_backup_srv_r$r" root "${PITR_BACKUP[@]}" --label "bench-server-$r" --server-compression ;;
+    pgbb_server)
+        rm -rf "$WORK/pgbb-server"
+        timed "pgbb_server_r$r" root "${PGBB[@]}" -D "$WORK/pgbb-server" --compress=server-lz4
+        ;;
+    pgbb_client)
+        rm -rf "$WORK/pgbb-client"
+        timed "pgbb_client_r$r" root "${PGBB[@]}" -D "$WORK/pgbb-client" --compress="$PGBB_CLIENT"
+        ;;
+    # zstd (issue 13 §5): pitr --compress zstd (level 3) against pg_basebackup client-zstd
+    # (level 3 too), where this pg_basebackup is built with zstd.
+    pitr_backup_zstd) timed "pitr_backup_zstd_r$r" root "${PITR_BACKUP[@]}" --label "bench-zstd-$r" --compress zstd ;;
+    pgbb_zstd)
+        [ -n "$HAVE_PGBB_ZSTD" ] || return 0
+        rm -rf "$WORK/pgbb-zstd"
+        timed "pgbb_zstd_r$r" root "${PGBB[@]}" -D "$WORK/pgbb-zstd" --compress=client-zstd
+        ;;
+    pitr_backup) timed "pitr_backup_r$r" root "${PITR_BACKUP[@]}" --label "bench-client-$r" ;;
+    esac
+}
+STEPS=(pitr_backup_srv pgbb_server pgbb_client pitr_backup_zstd pgbb_zstd pitr_backup)
+for r in $(seq "$ROUNDS"); do
+    order=("${STEPS[@]}")
+    if [ "$r" -lt "$ROUNDS" ]; then
+        k=$((r % ${#STEPS[@]}))
+        order=("${STEPS[@]:$k}" "${STEPS[@]:0:$k}")
+    fi
+    log "backup round $r of $ROUNDS: ${order[*]}"
+    for step in "${order[@]}"; do backup_step "$r" "$step"; done
+done
+BACKUPS=(pitr_backup_srv pgbb_server pgbb_client pitr_backup_zstd pitr_backup)
+[ -z "$HAVE_PGBB_ZSTD" ] || BACKUPS+=(pgbb_zstd)
+for n in "${BACKUPS[@]}"; do settle "$n"; done
+[ -z "$HAVE_PGBB_ZSTD" ] || put pgbb_zstd_bytes "$(du_bytes "$WORK/pgbb-zstd")"
 for n in client server; do
     put "pgbb_${n}_bytes" "$(du_bytes "$WORK/pgbb-$n")"
     put "pgbb_${n}_base" "$(stat -c %s "$WORK/pgbb-$n"/base.tar*)"
     put "pgbb_${n}_wal" "$(stat -c %s "$WORK/pgbb-$n"/pg_wal.tar*)"
 done
 for n in pitr_backup pitr_backup_srv pitr_backup_zstd; do
-    python3 - "$WORK/$n.out" "$n" >>"$RES" <<'PY'
+    python3 - "$WORK/${n}_r$ROUNDS.out" "$n" >>"$RES" <<'PY'
 import json, sys
 text = open(sys.argv[1]).read()
 j = json.loads(text[text.index("{"):])
@@ -358,21 +408,29 @@ if [ -z "$PGBR_SKIP" ]; then
 fi
 
 PITR_RESTORE=(env NO_COLOR=1 "$PITR" restore --repo "$WORK/pitr-repo" --to latest)
-timed pitr_restore root "${PITR_RESTORE[@]}" --backup "$pitr_backup_id" -D "$WORK/restored-pitr"
-timed pitr_restore_srv root "${PITR_RESTORE[@]}" --backup "$pitr_backup_srv_id" -D "$WORK/restored-pitr-srv"
-timed pitr_restore_zstd root "${PITR_RESTORE[@]}" --backup "$pitr_backup_zstd_id" -D "$WORK/restored-pitr-zstd"
-put pitr_restore_zstd_du "$(du_bytes "$WORK/restored-pitr-zstd")"
-put pitr_restore_zstd_wal "$(find "$WORK/restored-pitr-zstd/pg_wal" -maxdepth 1 -type f -name '0*' | wc -l)"
+# ROUNDS rounds of the restores too (the directories of the last one are kept and checked).
+RESTORES=(pitr_restore pitr_restore_srv pitr_restore_zstd)
+[ -n "$PGBR_SKIP" ] || RESTORES+=(pgbr_restore)
+for r in $(seq "$ROUNDS"); do
+    rm -rf "$WORK/restored-pitr" "$WORK/restored-pitr-srv" "$WORK/restored-pitr-zstd" "$WORK/restored-pgbr"
+    log "restore round $r of $ROUNDS"
+    timed "pitr_restore_r$r" root "${PITR_RESTORE[@]}" --backup "$pitr_backup_id" -D "$WORK/restored-pitr"
+    timed "pitr_restore_srv_r$r" root "${PITR_RESTORE[@]}" --backup "$pitr_backup_srv_id" -D "$WORK/restored-pitr-srv"
+    timed "pitr_restore_zstd_r$r" root "${PITR_RESTORE[@]}" --backup "$pitr_backup_zstd_id" -D "$WORK/restored-pitr-zstd"
+    if [ -z "$PGBR_SKIP" ]; then
+        "${RUN[@]}" mkdir -m 700 "$WORK/restored-pgbr"
+        timed "pgbr_restore_r$r" pg pgbackrest --config="$PGBR_CONF" --stanza=bench --process-max=2 restore \
+            --pg1-path="$WORK/restored-pgbr"
+    fi
+done
+for n in "${RESTORES[@]}"; do settle "$n"; done
 put pitr_restore_du "$(du_bytes "$WORK/restored-pitr")"
 put pitr_restore_wal "$(find "$WORK/restored-pitr/pg_wal" -maxdepth 1 -type f -name '0*' | wc -l)"
 put pitr_restore_srv_du "$(du_bytes "$WORK/restored-pitr-srv")"
 put pitr_restore_srv_wal "$(find "$WORK/restored-pitr-srv/pg_wal" -maxdepth 1 -type f -name '0*' | wc -l)"
-if [ -z "$PGBR_SKIP" ]; then
-    "${RUN[@]}" mkdir -m 700 "$WORK/restored-pgbr"
-    timed pgbr_restore pg pgbackrest --config="$PGBR_CONF" --stanza=bench --process-max=2 restore \
-        --pg1-path="$WORK/restored-pgbr"
-    put pgbr_restore_du "$(du_bytes "$WORK/restored-pgbr")"
-fi
+put pitr_restore_zstd_du "$(du_bytes "$WORK/restored-pitr-zstd")"
+put pitr_restore_zstd_wal "$(find "$WORK/restored-pitr-zstd/pg_wal" -maxdepth 1 -type f -name '0*' | wc -l)"
+[ -n "$PGBR_SKIP" ] || put pgbr_restore_du "$(du_bytes "$WORK/restored-pgbr")"
 DIRS=(restored-pitr restored-pitr-srv restored-pitr-zstd)
 [ -n "$PGBR_SKIP" ] || DIRS+=(restored-pgbr)
 for d in "${DIRS[@]}"; do
@@ -390,6 +448,7 @@ put pgbr_skip "$PGBR_SKIP"
 put cache "$CACHE_STATE"
 put cpus "$(nproc)"
 put scale "$SCALE"
+put rounds "$ROUNDS"
 python3 - "$RES" >"$WORK/report.txt" <<'PY'
 import sys
 
@@ -442,11 +501,14 @@ if has("pgbr_restore_ms"):
     rows.append(("restore", "pgbackrest --process-max=2 restore (lz4)", "pgbr_restore",
                  f"{i('pgbr_restore_du') / MB:,.1f} MB written, WAL left to restore_command"))
 
-print("| step | command | wall (s) | CPU user+sys (s) | peak RSS (MiB) | size |")
-print("|---|---|---|---|---|---|")
+print(f"wall, CPU and RSS: the median of {res['rounds']} runs by wall time (every run's wall in the last column;")
+print("backups in rotated orders); pgBackRest's backup runs once, for context.")
+print()
+print("| step | command | wall (s) | CPU user+sys (s) | peak RSS (MiB) | size | runs (s) |")
+print("|---|---|---|---|---|---|---|")
 for step, label, k, size in rows:
     print(f"| {step} | {label} | {i(k + '_ms') / 1000:.2f} | {float(res[k + '_cpu']):.2f} | "
-          f"{i(k + '_rss') / 1024:.1f} | {size} |")
+          f"{i(k + '_rss') / 1024:.1f} | {size} | {res.get(k + '_walls', '-')} |")
 print()
 print(f"pitr backup: {i('pitr_backup_bytes') / MB:,.0f} MB of tar stored as {i('pitr_backup_stored') / MB:,.1f} MB "
       f"(client lz4), {i('pitr_backup_srv_stored') / MB:,.1f} MB (server lz4); its WAL is in the repo's wal/ "

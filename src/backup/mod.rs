@@ -470,7 +470,7 @@ async fn receive(
 /// Compresses and uploads the backup manifest.
 async fn upload_manifest(repo: &Repo, id: &str, m: &[u8]) -> Result<ChunkRecord, BackupError> {
     let key = catalog::manifest_key(id);
-    let stored = repo::compress(m);
+    let stored = repo::codec::compress_chunk(m);
     upload(repo, &key, stored.clone()).await?;
     Ok(ChunkRecord {
         key,

@@ -5,7 +5,8 @@
 //!
 //! - [`compress`] always writes the content size and the content checksum, in independent
 //!   256 KiB blocks: a reader detects any corruption of the uncompressed bytes, and knows
-//!   their size before decoding. Any lz4 frame decoder reads it (the `lz4` command, and
+//!   their size before decoding. Backup chunks and manifests ([`compress_chunk`]) leave the
+//!   content checksum out: the catalog's CRC-32C of their stored bytes covers them. Any lz4 frame decoder reads it (the `lz4` command, and
 //!   every earlier pitr).
 //! - The same bytes always compress to the same object, and [`FramedCompressor`] gives
 //!   exactly [`compress`]'s bytes for what was pushed into it while compressing each block
@@ -57,7 +58,7 @@ impl ChunkCodec {
     /// Compresses one chunk.
     pub(crate) fn compress(self, data: &[u8]) -> Bytes {
         match self {
-            ChunkCodec::Lz4 => compress(data),
+            ChunkCodec::Lz4 => compress_chunk(data),
             ChunkCodec::Zstd(level) => {
                 let mut c = zstd::bulk::Compressor::new(level)
                     .expect("a level in ZSTD_LEVELS is valid (checked when parsed)");
@@ -148,11 +149,19 @@ const BD: u8 = 5 << 4;
 /// A block stored uncompressed (its size field's high bit).
 const UNCOMPRESSED: u32 = 0x8000_0000;
 
+/// `FLG` of a backup chunk's frame ([`compress_chunk`]): [`FLG`] without the content checksum.
+const FLG_CHUNK: u8 = FLG & !0x04;
+
 /// Appends a frame header declaring `len` content bytes.
 fn push_header(len: u64, out: &mut Vec<u8>) {
+    push_header_flg(FLG, len, out);
+}
+
+/// Appends a frame header with this `FLG` declaring `len` content bytes.
+fn push_header_flg(flg: u8, len: u64, out: &mut Vec<u8>) {
     out.extend_from_slice(&LZ4_FRAME_MAGIC);
     let at = out.len();
-    out.push(FLG);
+    out.push(flg);
     out.push(BD);
     out.extend_from_slice(&len.to_le_bytes());
     // Header checksum: the second byte of xxHash32 (seed 0) of the descriptor.
@@ -199,6 +208,22 @@ pub(crate) fn compress(data: &[u8]) -> Bytes {
         push_block(block, &mut out);
     }
     push_end(twox_hash::XxHash32::oneshot(0, data), &mut out);
+    Bytes::from(out)
+}
+
+/// Compresses a backup chunk (or manifest): [`compress`]'s frame without the content
+/// checksum. The catalog entry records the CRC-32C of the stored bytes, which restore and
+/// `verify` check before decoding, so an xxHash32 of the same content would be a second pass
+/// over every byte (it cost more than compressing: BENCHMARKS.md, "lz4 and zstd codecs"),
+/// as pg_basebackup's lz4 frames also skip it. WAL objects, which nothing else checks end to
+/// end, keep theirs.
+pub(crate) fn compress_chunk(data: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(data.len() / 2 + 64);
+    push_header_flg(FLG_CHUNK, data.len() as u64, &mut out);
+    for block in data.chunks(BLOCK_RAW) {
+        push_block(block, &mut out);
+    }
+    out.extend_from_slice(&0u32.to_le_bytes());
     Bytes::from(out)
 }
 
@@ -558,5 +583,24 @@ mod tests {
         let big = zstd::bulk::compress(&vec![0u8; (PREALLOC_MAX + 1) as usize], 1).unwrap();
         let e = decompress(&big, key).unwrap_err();
         assert!(e.contains("more than pitr writes"), "{e}");
+    }
+
+    #[test]
+    fn a_chunk_frame_has_no_content_checksum_and_any_decoder_reads_it() {
+        let data: Vec<u8> = (0..700_000u32).map(|i| (i % 313) as u8).collect();
+        let z = compress_chunk(&data);
+        assert_eq!(z[4], FLG_CHUNK);
+        assert_eq!(z[4] & 0x04, 0, "no content checksum");
+        assert_eq!(frame_content_size(&z), Some(data.len() as u64));
+        assert_eq!(decompress(&z, "k").unwrap(), data);
+        // The same blocks as compress, without the 4-byte checksum; lz4_flex's frame decoder
+        // (what earlier pitr versions use) reads it.
+        assert_eq!(z.len() + 4, compress(&data).len());
+        let mut out = Vec::new();
+        lz4_flex::frame::FrameDecoder::new(&z[..])
+            .read_to_end(&mut out)
+            .unwrap();
+        assert_eq!(out, data);
+        assert_eq!(decompress(&compress_chunk(b""), "k").unwrap(), b"");
     }
 }

@@ -76,11 +76,21 @@ pub(crate) async fn get_raw(repo: &Repo, c: &ChunkRecord) -> Result<Bytes, Fetch
 /// manifest).
 pub(crate) async fn get_checked(repo: &Repo, c: &ChunkRecord) -> Result<Vec<u8>, FetchError> {
     let raw = get_raw(repo, c).await?;
-    let key = c.key.clone();
-    tokio::task::spawn_blocking(move || super::decompress(&raw, &key))
-        .await
-        .map_err(RepoError::task("decompression"))?
-        .map_err(FetchError::Decompress)
+    let (key, want) = (c.key.clone(), c.bytes);
+    tokio::task::spawn_blocking(move || {
+        let out = super::decompress(&raw, &key)?;
+        // The catalog's size too: a chunk's frame has no content checksum of its own.
+        if out.len() as u64 != want {
+            return Err(format!(
+                "{key}: corrupt object: decodes to {} bytes, the catalog says {want}",
+                out.len()
+            ));
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(RepoError::task("decompression"))?
+    .map_err(FetchError::Decompress)
 }
 
 #[cfg(test)]
@@ -111,8 +121,21 @@ mod tests {
             repo.put("backups/b/base.000000.lz4", body.clone())
                 .await
                 .unwrap();
-            let good = record("backups/b/base.000000.lz4", &body);
+            let good = ChunkRecord {
+                bytes: 9,
+                ..record("backups/b/base.000000.lz4", &body)
+            };
             assert_eq!(get_checked(&repo, &good).await.unwrap(), b"tar bytes");
+            // Another decoded size in the catalog.
+            let longer = ChunkRecord {
+                bytes: 10,
+                ..good.clone()
+            };
+            let e = get_checked(&repo, &longer).await.unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                "backups/b/base.000000.lz4: corrupt object: decodes to 9 bytes, the catalog says 10"
+            );
             assert_eq!(get_raw(&repo, &good).await.unwrap(), body);
             // Another CRC in the catalog: a mismatch naming the object.
             let mut other = good.clone();

@@ -525,7 +525,6 @@ pub(crate) fn parse_bytes(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size {s:?} out of range"))
 }
 
-/// Parses `500ms`, `1s`, `2m`, `1h` or a number of seconds.
 /// `pitr backup --compress`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compress {
@@ -547,9 +546,8 @@ pub(crate) fn parse_compress(s: &str) -> Result<Compress, String> {
         other => match other.strip_prefix("zstd:").map(|l| l.trim().parse::<i32>()) {
             Some(Ok(l)) if levels.contains(&l) => Ok(Compress::Zstd(l)),
             Some(_) => Err(format!(
-                "the zstd level must be a number from {} to {} (above {}, zstd needs more memory per chunk than pitr allows)",
+                "the zstd level must be a number from {} to {} (higher levels need more memory per chunk than pitr allows)",
                 levels.start(),
-                levels.end(),
                 levels.end()
             )),
             None => Err(format!(
@@ -559,6 +557,7 @@ pub(crate) fn parse_compress(s: &str) -> Result<Compress, String> {
     }
 }
 
+/// Parses `500ms`, `1s`, `2m`, `1h` or a number of seconds.
 pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let s = s.trim();
     let split = s

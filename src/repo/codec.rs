@@ -96,7 +96,7 @@ pub(crate) fn is_zstd_frame(data: &[u8]) -> bool {
 }
 
 /// Decodes one zstd frame into exactly the size it declares (at most [`PREALLOC_MAX`]).
-fn decompress_zstd(data: &[u8], key: &str) -> Result<Vec<u8>, String> {
+fn decompress_zstd(data: &[u8], key: &str, out: &mut Vec<u8>) -> Result<(), String> {
     let size = match zstd::zstd_safe::get_frame_content_size(data) {
         Ok(Some(n)) if n <= PREALLOC_MAX => n as usize,
         Ok(Some(n)) => {
@@ -110,15 +110,18 @@ fn decompress_zstd(data: &[u8], key: &str) -> Result<Vec<u8>, String> {
             ));
         }
     };
-    let out =
-        zstd::bulk::decompress(data, size).map_err(|e| format!("{key}: corrupt object: {e}"))?;
+    out.clear();
+    out.reserve_exact(size);
+    zstd::bulk::Decompressor::new()
+        .and_then(|mut d| d.decompress_to_buffer(data, out))
+        .map_err(|e| format!("{key}: corrupt object: {e}"))?;
     if out.len() != size {
         return Err(format!(
             "{key}: corrupt object: a zstd frame declaring {size} bytes holds {}",
             out.len()
         ));
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Whether `data` starts with an lz4 frame's magic number.
@@ -335,8 +338,16 @@ impl FramedCompressor {
 /// Decompresses and verifies an object written by [`compress`]; `key` names it in the
 /// error.
 pub(crate) fn decompress(data: &[u8], key: &str) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    decompress_into(data, key, &mut out)?;
+    Ok(out)
+}
+
+/// [`decompress`] into `out` (cleared first; its allocation is reused when large enough), so
+/// that a restore decodes chunk after chunk into the same few buffers.
+pub(crate) fn decompress_into(data: &[u8], key: &str, out: &mut Vec<u8>) -> Result<(), String> {
     if is_zstd_frame(data) {
-        return decompress_zstd(data, key);
+        return decompress_zstd(data, key, out);
     }
     // An empty or foreign body is never one of pitr's objects (every one starts with a frame
     // header); the frame decoder would read an empty input as an empty stream.
@@ -348,11 +359,12 @@ pub(crate) fn decompress(data: &[u8], key: &str) -> Result<Vec<u8>, String> {
     let cap = frame_content_size(data)
         .filter(|n| *n <= PREALLOC_MAX)
         .unwrap_or(0) as usize;
-    let mut out = Vec::with_capacity(cap);
+    out.clear();
+    out.reserve_exact(cap);
     lz4_flex::frame::FrameDecoder::new(data)
-        .read_to_end(&mut out)
+        .read_to_end(out)
         .map_err(|e| format!("{key}: corrupt object: {e}"))?;
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -5,8 +5,8 @@
 //!
 //! - [`get_raw`] returns the stored bytes only when their length and CRC-32C match the
 //!   [`ChunkRecord`]; a missing object is an error naming it, never an empty body.
-//! - [`get_checked`] additionally decompresses a pitr lz4 chunk and verifies its content
-//!   checksum ([`super::decompress`]).
+//! - [`get_checked`] additionally decompresses a pitr chunk (lz4 or zstd) and checks its
+//!   decoded size against the record (and the frame's content checksum where it has one).
 //! - Transient storage errors are retried (capped backoff); permanent ones return as
 //!   [`FetchError::Repo`].
 
@@ -75,10 +75,20 @@ pub(crate) async fn get_raw(repo: &Repo, c: &ChunkRecord) -> Result<Bytes, Fetch
 /// Fetches one backup object, checks its CRC-32C and decompresses it (an lz4 chunk or the
 /// manifest).
 pub(crate) async fn get_checked(repo: &Repo, c: &ChunkRecord) -> Result<Vec<u8>, FetchError> {
+    get_checked_into(repo, c, Vec::new()).await
+}
+
+/// [`get_checked`], decoding into `buf` (its allocation reused).
+pub(crate) async fn get_checked_into(
+    repo: &Repo,
+    c: &ChunkRecord,
+    mut buf: Vec<u8>,
+) -> Result<Vec<u8>, FetchError> {
     let raw = get_raw(repo, c).await?;
     let (key, want) = (c.key.clone(), c.bytes);
     tokio::task::spawn_blocking(move || {
-        let out = super::decompress(&raw, &key)?;
+        super::codec::decompress_into(&raw, &key, &mut buf)?;
+        let out = buf;
         // The catalog's size too: a chunk's frame has no content checksum of its own.
         if out.len() as u64 != want {
             return Err(format!(

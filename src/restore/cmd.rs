@@ -121,8 +121,17 @@ async fn restore(
         if !a.json {
             r.print(&mut out)?;
         }
-        // A passing verification's rates predict the next restore's RTO.
-        restore::rto::record(&opts.repo, &plan, &stats, &r).await;
+        // A passing verification's rates predict the next restore's RTO (bounded: a hung
+        // repo must not hold the report).
+        if tokio::time::timeout(
+            restore::rto::RECORD_TIMEOUT,
+            restore::rto::record(&opts.repo, &plan, &stats, &r),
+        )
+        .await
+        .is_err()
+        {
+            tracing::warn!(timeout = ?restore::rto::RECORD_TIMEOUT, "recording the measured restore rates in the repo timed out; the next plan's RTO estimate uses older ones, or none");
+        }
         *report = Some(r);
     }
     if a.json {

@@ -30,6 +30,46 @@ pub(crate) const PREFIX: &str = "stats/rto/";
 /// Samples kept when a new one is recorded.
 pub(crate) const KEEP: usize = 16;
 
+/// How long recording a sample may take before `restore --verify` gives up on it.
+pub(crate) const RECORD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The time in a sample's key (`stats/rto/YYYYMMDDTHHMMSS.ffffffZ-<8 hex>.json`), as its
+/// sortable `YYYYMMDDTHHMMSS.ffffff` text; `None` for any other name.
+pub(crate) fn key_time(key: &str) -> Option<&str> {
+    let name = key.strip_prefix(PREFIX)?.strip_suffix(".json")?;
+    let (time, rand) = name.split_once("Z-")?;
+    let ok = time.len() == 22
+        && time.as_bytes()[8] == b'T'
+        && time.as_bytes()[15] == b'.'
+        && time
+            .bytes()
+            .enumerate()
+            .all(|(i, b)| matches!(i, 8 | 15) || b.is_ascii_digit())
+        && rand.len() == 8
+        && rand.bytes().all(|b| b.is_ascii_hexdigit());
+    ok.then_some(time)
+}
+
+/// The key of the sample to use (pure): the newest well-formed name not after `now` (plus a
+/// minute of clock skew), so a name from a clock far ahead cannot pin the estimate.
+pub(crate) fn pick<'a>(keys: impl IntoIterator<Item = &'a str>, now: &str) -> Option<&'a str> {
+    keys.into_iter()
+        .filter_map(|k| key_time(k).map(|t| (t, k)))
+        .filter(|(t, _)| *t <= now)
+        .max()
+        .map(|(_, k)| k)
+}
+
+/// `now` plus a minute, in [`key_time`]'s form.
+fn now_key_time() -> String {
+    let t = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(60);
+    format!(
+        "{}.{:06}",
+        t.strftime("%Y%m%dT%H%M%S"),
+        t.subsec_microsecond()
+    )
+}
+
 /// The shortest recovery predicted when the sample's own was longer: PostgreSQL's start-up
 /// and the promotion poll alone take about this long.
 pub(crate) const RECOVERY_FLOOR: f64 = 1.0;
@@ -135,11 +175,8 @@ pub(crate) async fn newest(repo: &Repo) -> Option<RtoSample> {
             return None;
         }
     };
-    let key = listed
-        .into_iter()
-        .map(|o| o.key)
-        .filter(|k| k.ends_with(".json"))
-        .max()?;
+    let keys: Vec<String> = listed.into_iter().map(|o| o.key).collect();
+    let key = pick(keys.iter().map(String::as_str), &now_key_time())?.to_string();
     let read = async {
         let body = repo
             .store()
@@ -206,7 +243,12 @@ pub(crate) async fn record(repo: &Repo, p: &Plan, stats: &RestoreStats, r: &Repo
     let Ok(listed) = repo.store().list(PREFIX).await else {
         return;
     };
-    let mut keys: Vec<String> = listed.into_iter().map(|o| o.key).collect();
+    // Only well-formed names count and go, oldest first.
+    let mut keys: Vec<String> = listed
+        .into_iter()
+        .map(|o| o.key)
+        .filter(|k| key_time(k).is_some())
+        .collect();
     keys.sort();
     let extra = keys.len().saturating_sub(KEEP);
     for k in &keys[..extra] {
@@ -311,5 +353,25 @@ mod tests {
         let s = sample(800 * MIB, 2.0, 160 * MIB, 4.0);
         let j = serde_json::to_vec(&s).unwrap();
         assert_eq!(serde_json::from_slice::<RtoSample>(&j).unwrap(), s);
+    }
+
+    #[test]
+    fn the_newest_well_formed_sample_not_from_the_future_is_used() {
+        let keys = [
+            "stats/rto/20261203T150000.000001Z-0a1b2c3d.json",
+            "stats/rto/20261203T160000.123456Z-deadbeef.json",
+            "stats/rto/99991231T235959.999999Z-00000000.json",
+            "stats/rto/zzzz.json",
+            "stats/rto/20261203T170000.000000Z-nothex!!.json",
+            "stats/other/20261203T170000.000000Z-00000000.json",
+        ];
+        let now = "20261203T163000.000000";
+        assert_eq!(pick(keys, now), Some(keys[1]));
+        assert_eq!(pick(keys, "20261203T150000.000001"), Some(keys[0]));
+        assert_eq!(pick(keys, "20261203T140000.000000"), None);
+        assert_eq!(key_time(keys[0]), Some("20261203T150000.000001"));
+        for bad in &keys[3..] {
+            assert_eq!(key_time(bad), None, "{bad}");
+        }
     }
 }

@@ -187,7 +187,7 @@ impl Report {
             self.recovery_seconds,
             self.rto_seconds,
             self.predicted_rto_seconds.map_or_else(
-                || "no prediction: no earlier --verify had measured the rates".to_string(),
+                || "no prediction: no measured rates were read from the repo".to_string(),
                 |p| format!("predicted {p:.1}s")
             ),
             self.wal_replayed_bytes >> 20,

@@ -1644,12 +1644,18 @@ async fn finish(
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
     if let Some(sc) = &opts.spool {
-        match spool::cleanup(&sc.dir, pipe.seg, &opts.repo).await {
-            Ok(0) => {}
-            Ok(left) => {
+        // Bounded like the rest of the stop: with storage unreachable its checks could take
+        // as long as their retries; what it leaves, the next start uploads or removes.
+        let cleanup = spool::cleanup(&sc.dir, pipe.seg, &opts.repo);
+        match tokio::time::timeout(opts.shutdown_timeout, cleanup).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(left)) => {
                 tracing::info!(bytes = left, dir = %sc.dir.display(), "WAL left in the spool; the next start uploads it")
             }
-            Err(e) => tracing::warn!(error = %e, "spool cleanup"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "spool cleanup"),
+            Err(_) => {
+                tracing::warn!(dir = %sc.dir.display(), "spool cleanup did not finish before the shutdown deadline; the next start finishes it")
+            }
         }
     }
     conn.close().await;

@@ -1,6 +1,6 @@
 //! `pitr verify`: re-reads every object the complete backups need and checks it.
 //!
-//! - Backup chunks: stored size and CRC-32C against the catalog, lz4 content checksum, and
+//! - Backup chunks: stored size and CRC-32C against the catalog, decoded size, and
 //!   every file of every archive against the server's backup manifest (size and CRC-32C),
 //!   plus the manifest's own SHA-256.
 //! - WAL: on every timeline, continuity from each backup's start to the newest archived

@@ -449,8 +449,12 @@ fn verify_image_a_hung_engine_or_docker_call_does_not_hold_pitr() {
         ),
     );
     let dir = restore_dir(tmp.path(), "slow");
+    // Its own TMPDIR: the watchdog's exit must not leave the verification's directory.
+    let vtmp = restore_dir(tmp.path(), "verify-tmp");
+    std::fs::create_dir(&vtmp).unwrap();
     let mut child = restore_in_image(&repo, &engine, &image, &dir, &["--to", "latest"])
         .env("PITR_CONTAINER_CLI", &cli)
+        .env("TMPDIR", &vtmp)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(tmp.path().join("slow.log")).unwrap())
         .spawn()
@@ -481,4 +485,10 @@ fn verify_image_a_hung_engine_or_docker_call_does_not_hold_pitr() {
     assert!(log.contains("SIGTERM received during --verify"), "{log}");
     let mine = engine.containers_labelled(&format!("{LABEL}.dir={}", dir.display()));
     assert!(mine.is_empty(), "{mine:?}");
+    let left: Vec<_> = std::fs::read_dir(&vtmp)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "left in TMPDIR: {left:?}");
 }

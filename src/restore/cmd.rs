@@ -233,7 +233,7 @@ const SIGNAL_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 /// Runs `f` unless SIGINT or SIGTERM comes first; then `f` is dropped (which stops the
 /// verification server and removes its container) and the error says so. If `f` is stuck
 /// in a blocking call and does not notice within [`SIGNAL_GRACE`], a watchdog task removes
-/// this process's verification containers and exits 130.
+/// this process's verification containers and temporary directories and exits 130.
 async fn until_signal<T>(f: impl std::future::Future<Output = T>) -> Result<T, CmdError> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
@@ -247,6 +247,7 @@ async fn until_signal<T>(f: impl std::future::Future<Output = T>) -> Result<T, C
         let _ = tx.send(Some(sig));
         tokio::time::sleep(SIGNAL_GRACE).await;
         let _ = tokio::task::spawn_blocking(crate::restore::container::remove_mine).await;
+        crate::restore::verify::remove_live_workspaces();
         eprintln!("pitr: error: {}", CmdError::Interrupted(sig));
         std::process::exit(130);
     });

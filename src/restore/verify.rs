@@ -464,6 +464,9 @@ impl Workspace {
         } else {
             None
         };
+        if let Ok(mut live) = LIVE_WORKSPACES.lock() {
+            live.push(sock.clone());
+        }
         Ok(Workspace {
             _dir: work,
             sock,
@@ -471,6 +474,32 @@ impl Workspace {
             log,
             run_as,
         })
+    }
+}
+
+/// The workspaces of this process not yet dropped: what [`remove_live_workspaces`] removes
+/// when a signal's watchdog ends the process without unwinding (a verification stuck in a
+/// blocking call).
+static LIVE_WORKSPACES: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+impl Drop for Workspace {
+    fn drop(&mut self) {
+        // The directory itself goes with `_dir`, dropped after this.
+        if let Ok(mut live) = LIVE_WORKSPACES.lock() {
+            live.retain(|p| p != &self.sock);
+        }
+    }
+}
+
+/// Removes every workspace this process still has (best effort): for the signal watchdog,
+/// which exits without running destructors.
+pub(crate) fn remove_live_workspaces() {
+    let dirs = match LIVE_WORKSPACES.lock() {
+        Ok(mut live) => std::mem::take(&mut *live),
+        Err(_) => return,
+    };
+    for d in dirs {
+        let _ = std::fs::remove_dir_all(&d);
     }
 }
 

@@ -793,9 +793,21 @@ fn point_ok(plan: &Plan, end_lsn: Option<walfmt::Lsn>) -> bool {
         (Stop::After(_), Some(end)) => plan
             .stop_record
             .is_none_or(|r| r.end.maxalign() == Some(end)),
-        (Stop::EndOfWal, Some(end)) => end >= plan.backup.end() && end <= plan.wal_end,
+        // ... or at the end of the WAL placed: at most its end, or, when that end is inside
+        // a segment (a partial), that segment's end, which is where PostgreSQL says replay
+        // ended after a WAL switch record (the rest of the segment is consumed by it; pitr
+        // placed nothing beyond).
+        (Stop::EndOfWal, Some(end)) => {
+            end >= plan.backup.end()
+                && (end <= plan.wal_end || Some(end) == segment_end_after(plan.wal_end, plan.seg))
+        }
         (_, None) => false,
     }
+}
+
+/// The end of the segment `l` is inside (`None` at a segment boundary: nothing to round up).
+fn segment_end_after(l: walfmt::Lsn, seg: walfmt::WalSegSize) -> Option<walfmt::Lsn> {
+    (l.segment_offset(seg) != 0).then(|| walfmt::Lsn((l.segment(seg).0 + 1) * seg.bytes()))
 }
 
 /// Runs the `--check-sql` queries in the requested database, as `user`.
@@ -908,5 +920,24 @@ fn keep_log(log: &Path) -> String {
     match std::fs::copy(log, &dest) {
         Ok(_) => dest.display().to_string(),
         Err(_) => log.display().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use walfmt::{Lsn, WalSegSize};
+
+    /// Replay that ends at a partial's segment end (after a WAL switch record) is the end of
+    /// the WAL placed; past that segment, or at a boundary already, it is not.
+    #[test]
+    fn a_switch_record_ends_replay_at_the_partial_s_segment_end() {
+        let mb = WalSegSize::new(1 << 20).unwrap();
+        assert_eq!(segment_end_after(Lsn(0xAE_0000), mb), Some(Lsn(0xB0_0000)));
+        assert_eq!(segment_end_after(Lsn(0xB0_0000), mb), None);
+        assert_eq!(
+            segment_end_after(Lsn(0x0300_0001), WalSegSize::DEFAULT),
+            Some(Lsn(0x0400_0000))
+        );
     }
 }
